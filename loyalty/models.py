@@ -1,0 +1,571 @@
+"""Programs, member balances, the ledger, point lots, redemptions, vouchers, tiers, campaigns.
+
+The ledger is the source of truth: `MemberBalance` is a cache of its entries
+(`points_balance == sum(entries)`, `locked == sum(pending holds)`), checked by
+`manage.py loyalty_verify`.
+"""
+
+import uuid
+import zoneinfo
+
+import pgtrigger
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from .money import currency_choices
+
+
+def points_field(**kwargs) -> models.DecimalField:
+    return models.DecimalField(max_digits=20, decimal_places=2, **kwargs)
+
+
+def money_field(**kwargs) -> models.DecimalField:
+    # Two places hold every supported currency's minor unit; quantizing to the currency's own
+    # exponent happens in `money.quantize_money`.
+    return models.DecimalField(max_digits=20, decimal_places=2, **kwargs)
+
+
+def validate_timezone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"Unknown time zone {value!r}.") from exc
+
+
+class Merchant(models.Model):
+    """A merchant of the payments platform; its id is the platform's own (e.g. `m_123`)."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+
+class Program(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+        CLOSED = "closed"
+
+    class RefundPolicy(models.TextChoices):
+        # A refund of spent points leaves a debt (negative balance) so earn-redeem-refund is
+        # no exploit; redemptions are refused until it is repaid.
+        ALLOW_NEGATIVE = "allow_negative"
+        # Claw back at most the available balance and record the shortfall.
+        CAP_AT_AVAILABLE = "cap_at_available"
+
+    class TierBasis(models.TextChoices):
+        POINTS = "points"
+        SPEND = "spend"
+
+    class DowngradePolicy(models.TextChoices):
+        NONE = "none"
+        ONE_DOWN = "one_down"
+        RECALCULATE = "recalculate"
+
+    class ExpiryRounding(models.TextChoices):
+        NONE = "none"
+        END_OF_MONTH = "month"
+        END_OF_QUARTER = "quarter"
+        END_OF_YEAR = "year"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="programs")
+    name = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3, choices=currency_choices())
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    earn_rate = models.DecimalField(
+        max_digits=12, decimal_places=6, help_text="Points per currency unit spent."
+    )
+    point_value = models.DecimalField(
+        max_digits=20, decimal_places=6, help_text="Money (program currency) per point."
+    )
+    expiry_days = models.PositiveIntegerField(null=True, blank=True)
+    expiry_rounding = models.CharField(
+        max_length=8, choices=ExpiryRounding.choices, default=ExpiryRounding.NONE
+    )
+    expiry_warning_days = models.PositiveIntegerField(default=30)
+    budget_limit = money_field(null=True, blank=True)
+    max_earn_per_day = points_field(null=True, blank=True)
+    fraud_detection_enabled = models.BooleanField(default=True)
+    refund_policy = models.CharField(
+        max_length=20, choices=RefundPolicy.choices, default=RefundPolicy.ALLOW_NEGATIVE
+    )
+    tier_basis = models.CharField(max_length=8, choices=TierBasis.choices, default=TierBasis.POINTS)
+    tier_downgrade_policy = models.CharField(
+        max_length=12, choices=DowngradePolicy.choices, default=DowngradePolicy.NONE
+    )
+    tier_qualifying_days = models.PositiveIntegerField(default=365)
+    tier_cycle_date = models.DateField(null=True, blank=True)
+    sira_settings = models.JSONField(default=dict, blank=True)
+    hold_ttl_seconds = models.PositiveIntegerField(default=900)
+    voucher_validity_days = models.PositiveIntegerField(default=90)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["active", "suspended", "closed"]),
+                name="program_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(earn_rate__gte=0), name="program_earn_rate_gte_0"),
+            models.CheckConstraint(condition=Q(point_value__gt=0), name="program_point_value_gt_0"),
+            models.CheckConstraint(
+                condition=Q(budget_limit__isnull=True) | Q(budget_limit__gte=0),
+                name="program_budget_limit_gte_0",
+            ),
+        ]
+        indexes = [models.Index(fields=["merchant", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.currency})"
+
+
+class Tier(models.Model):
+    """A tier of a program; members qualify by `min_points` or `min_spend` (program.tier_basis)."""
+
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="tiers")
+    name = models.CharField(max_length=32)
+    rank = models.PositiveSmallIntegerField()
+    min_points = points_field(default=0)
+    min_spend = money_field(default=0)
+    earn_multiplier = models.DecimalField(max_digits=6, decimal_places=3, default=1)
+
+    class Meta:
+        ordering = ["program", "rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["program", "name"], name="tier_unique_name"),
+            models.UniqueConstraint(fields=["program", "rank"], name="tier_unique_rank"),
+            models.CheckConstraint(condition=Q(earn_multiplier__gt=0), name="tier_multiplier_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class BudgetShard(models.Model):
+    """One slice of a program's budget counter.
+
+    Awards lock a single random shard (SKIP LOCKED), so concurrent events of one program do
+    not queue on one row; `allocated` is this shard's share of the limit (null: no limit).
+    """
+
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="budget_shards")
+    shard = models.PositiveSmallIntegerField()
+    allocated = money_field(null=True, blank=True)
+    spent = money_field(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["program", "shard"], name="budget_shard_unique"),
+            models.CheckConstraint(
+                condition=Q(allocated__isnull=True) | Q(spent__lte=models.F("allocated")),
+                name="budget_shard_not_overspent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.program_id}#{self.shard}"
+
+
+class MemberBalance(models.Model):
+    """A member of a program and their balance; the row every write of that member locks."""
+
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="balances")
+    member_id = models.CharField(max_length=128)
+    points_balance = points_field(default=0)
+    locked = points_field(default=0)
+    lifetime_earned = points_field(default=0)
+    lifetime_redeemed = points_field(default=0)
+    lifetime_spend = money_field(default=0)
+    tier = models.CharField(max_length=32, default="basic")
+    tier_updated_at = models.DateTimeField(null=True, blank=True)
+    churn_risk = models.DecimalField(max_digits=5, decimal_places=4, default=0)
+    engagement_score = models.DecimalField(max_digits=5, decimal_places=4, default=0)
+    fraud_flags = models.JSONField(default=list, blank=True)
+    is_frozen = models.BooleanField(default=False)
+    encrypted_meta = models.BinaryField(null=True, blank=True, editable=False)
+    # Daily cap bookkeeping: points earned on `earned_day` (the program's local date).
+    earned_day = models.DateField(null=True, blank=True)
+    earned_today = points_field(default=0)
+    purchase_count = models.PositiveIntegerField(default=0)
+    last_purchase_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["program", "member_id"], name="balance_unique_member"),
+            models.CheckConstraint(condition=Q(locked__gte=0), name="balance_locked_gte_0"),
+            models.CheckConstraint(
+                condition=Q(earned_today__gte=0), name="balance_earned_today_gte_0"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["program", "tier"]),
+            models.Index(fields=["program", "last_activity_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.member_id} @ {self.program_id}"
+
+    @property
+    def available(self):
+        return self.points_balance - self.locked
+
+
+class LedgerEntry(models.Model):
+    """An immutable change of one balance. Never updated or deleted."""
+
+    class Type(models.TextChoices):
+        PURCHASE = "purchase"
+        REFUND = "refund"
+        REFERRAL = "referral"
+        CAMPAIGN_BONUS = "campaign_bonus"
+        MANUAL_ADJUST = "manual_adjust"
+        REDEMPTION = "redemption"
+        EXPIRY = "expiry"
+        TIER_ROLLBACK = "tier_rollback"
+
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="entries")
+    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="entries")
+    type = models.CharField(max_length=20, choices=Type.choices)
+    points = points_field()
+    amount = money_field(null=True, blank=True)
+    currency = models.CharField(max_length=3, blank=True)
+    module = models.CharField(max_length=32, blank=True)
+    reference = models.CharField(max_length=128, blank=True)
+    original_entry = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="refunds"
+    )
+    redemption = models.ForeignKey(
+        "Redemption", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    balance_after = points_field()
+    reason = models.CharField(max_length=500, blank=True)
+    # What the points are made of (breakdown, SIRA score, caps, debt) so a replay of the
+    # idempotency key answers exactly what the first call answered.
+    details = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    actor_id = models.CharField(max_length=128)
+    actor_role = models.CharField(max_length=32)
+    occurred_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        # Immutable in the database itself, not only in the admin.
+        triggers = [
+            pgtrigger.Protect(
+                name="ledger_entry_append_only", operation=pgtrigger.Update | pgtrigger.Delete
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["program", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="ledger_unique_idempotency_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["balance", "-id"]),
+            models.Index(fields=["program", "reference"]),
+            models.Index(fields=["program", "type", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.points} ({self.pk})"
+
+
+class PointLot(models.Model):
+    """Points earned together, with one expiry date; consumed oldest first (FIFO)."""
+
+    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="lots")
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="lots")
+    entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="lots")
+    points = points_field()
+    remaining = points_field()
+    earned_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(remaining__gte=0) & Q(remaining__lte=models.F("points")),
+                name="lot_remaining_in_range",
+            ),
+        ]
+        indexes = [
+            # Open lots of a member in FIFO order, and open lots due to expire.
+            models.Index(
+                fields=["balance", "id"], condition=Q(remaining__gt=0), name="lot_open_fifo"
+            ),
+            models.Index(
+                fields=["program", "expires_at"],
+                condition=Q(remaining__gt=0),
+                name="lot_open_expiry",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"lot {self.pk}: {self.remaining}/{self.points}"
+
+
+class Voucher(models.Model):
+    class Type(models.TextChoices):
+        DISCOUNT = "discount"
+        WALLET_TOPUP = "wallet_topup"
+        FREE_PRODUCT = "free_product"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        REDEEMED = "redeemed"
+        EXPIRED = "expired"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.CharField(max_length=32, unique=True)
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="vouchers")
+    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="vouchers")
+    type = models.CharField(max_length=16, choices=Type.choices)
+    value = money_field()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    expires_at = models.DateTimeField()
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    redeemed_by = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["active", "redeemed", "expired", "cancelled"]),
+                name="voucher_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(value__gte=0), name="voucher_value_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Redemption(models.Model):
+    """A two-phase redemption: a hold of points (pending), then capture, release or expiry."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+        EXPIRED = "expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="redemptions")
+    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="redemptions")
+    points = points_field()
+    reward_type = models.CharField(max_length=16, choices=Voucher.Type.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    expires_at = models.DateTimeField()
+    voucher = models.OneToOneField(
+        Voucher, null=True, blank=True, on_delete=models.PROTECT, related_name="redemption"
+    )
+    actor_id = models.CharField(max_length=128)
+    actor_role = models.CharField(max_length=32)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["program", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="redemption_unique_idempotency_key",
+            ),
+            models.CheckConstraint(condition=Q(points__gt=0), name="redemption_points_gt_0"),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "completed", "cancelled", "expired"]),
+                name="redemption_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(status="pending"),
+                name="redemption_pending_expiry",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"redemption {self.pk} ({self.status})"
+
+
+class TierSnapshot(models.Model):
+    """One tier change of a member: who, when, from, to, why; rollback restores `from_tier`."""
+
+    balance = models.ForeignKey(
+        MemberBalance, on_delete=models.PROTECT, related_name="tier_snapshots"
+    )
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="tier_snapshots")
+    from_tier = models.CharField(max_length=32)
+    to_tier = models.CharField(max_length=32)
+    reason = models.CharField(max_length=200)
+    points_balance = points_field()
+    lifetime_spend = money_field()
+    actor_id = models.CharField(max_length=128)
+    job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL)
+    rolled_back_at = models.DateTimeField(null=True, blank=True)
+    rollback_of = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="rolled_back_by"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["balance", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.balance_id}: {self.from_tier} -> {self.to_tier}"
+
+
+class Campaign(models.Model):
+    class Segment(models.TextChoices):
+        INACTIVE = "inactive"
+        AT_RISK = "at_risk"
+        HIGH_VALUE = "high_value"
+        TIER_BASIC = "tier_basic"
+        TIER_SILVER = "tier_silver"
+        TIER_GOLD = "tier_gold"
+        TIER_PLATINUM = "tier_platinum"
+        ALL = "all"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        SCHEDULED = "scheduled"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        CANCELLED = "cancelled"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="campaigns")
+    name = models.CharField(max_length=200)
+    segment = models.CharField(max_length=16, choices=Segment.choices)
+    bonus_points = points_field()
+    scheduled_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.SCHEDULED)
+    awarded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    created_by = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(bonus_points__gt=0), name="campaign_bonus_points_gt_0"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "scheduled_at"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignAward(models.Model):
+    """At most one award per member per campaign, whatever the number of runs or workers."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="awards")
+    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="+")
+    entry = models.ForeignKey(LedgerEntry, null=True, blank=True, on_delete=models.PROTECT)
+    status = models.CharField(max_length=16, default="awarded")  # awarded | failed
+    error_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "balance"], name="campaign_award_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}/{self.balance_id}: {self.status}"
+
+
+class Job(models.Model):
+    """One run of a background job: what, for whom, how far, and how it ended."""
+
+    class Kind(models.TextChoices):
+        TIER_EVALUATION = "tier_evaluation"
+        POINT_EXPIRY = "point_expiry"
+        CAMPAIGN_EXECUTION = "campaign_execution"
+        HOLD_EXPIRY = "hold_expiry"
+        APPROVAL_EXPIRY = "approval_expiry"
+        CHURN_UPDATE = "churn_update"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    program = models.ForeignKey(Program, null=True, blank=True, on_delete=models.SET_NULL)
+    merchant = models.ForeignKey(Merchant, null=True, blank=True, on_delete=models.SET_NULL)
+    parameters = models.JSONField(default=dict, blank=True)
+    # Two runs of the same job for the same program and day never overlap.
+    run_key = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(default=dict, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    triggered_by = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run_key"],
+                condition=Q(status__in=["queued", "running"]) & ~Q(run_key=""),
+                name="job_one_active_run",
+            ),
+        ]
+        indexes = [models.Index(fields=["kind", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.status}"
+
+
+class OutboxEvent(models.Model):
+    """A business event written in the same transaction as the change it describes.
+
+    Delivery to merchants' webhook endpoints reads from here, so no event is lost or phantom.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="+")
+    program = models.ForeignKey(Program, null=True, on_delete=models.PROTECT, related_name="+")
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=Q(dispatched_at__isnull=True),
+                name="outbox_undispatched",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.pk}"

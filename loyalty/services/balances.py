@@ -1,0 +1,136 @@
+"""Member balances and their point lots: the row lock every member write takes, and FIFO lots."""
+
+import calendar
+import zoneinfo
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from ..models import LedgerEntry, MemberBalance, PointLot, Program, Tier
+from ..money import ZERO
+
+REFUND_DEBT_FLAG = "refund_debt"
+# Flags that stop earning and redemptions while the program has fraud detection on.
+BLOCKING_FRAUD_FLAGS = frozenset({"suspicious_activity", "manual_review", "chargeback_abuse"})
+
+
+def program_local_date(program: Program, at: datetime | None = None) -> date:
+    """The program's calendar day at `at` (default now): the day of "per day" limits."""
+    return timezone.localtime(at or timezone.now(), zoneinfo.ZoneInfo(program.timezone)).date()
+
+
+def balance_lock(*, program: Program, member_id: str, create: bool = False) -> MemberBalance | None:
+    """The member's balance row, locked until commit; created on first use when `create`."""
+    balance = (
+        MemberBalance.objects.select_for_update()
+        .filter(program=program, member_id=member_id)
+        .first()
+    )
+    if balance is None and create:
+        # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
+        MemberBalance.objects.bulk_create(
+            [MemberBalance(program=program, member_id=member_id, tier=_entry_tier(program))],
+            ignore_conflicts=True,
+        )
+        balance = MemberBalance.objects.select_for_update().get(
+            program=program, member_id=member_id
+        )
+    return balance
+
+
+def _entry_tier(program: Program) -> str:
+    tier = Tier.objects.filter(program=program).order_by("rank").values_list("name", flat=True)
+    return tier.first() or "basic"
+
+
+def has_blocking_flag(balance: MemberBalance) -> bool:
+    return any(flag.get("code") in BLOCKING_FRAUD_FLAGS for flag in balance.fraud_flags or [])
+
+
+def fraud_flag_add(balance: MemberBalance, code: str, **detail) -> None:
+    """Adds a flag (once per code) to the locked balance; the caller saves `fraud_flags`."""
+    if any(flag.get("code") == code for flag in balance.fraud_flags):
+        return
+    balance.fraud_flags = [
+        *balance.fraud_flags,
+        {"code": code, "at": timezone.now().isoformat(), **detail},
+    ]
+
+
+def fraud_flag_remove(balance: MemberBalance, code: str) -> None:
+    balance.fraud_flags = [f for f in balance.fraud_flags if f.get("code") != code]
+
+
+def lot_expiry(program: Program, earned_at: datetime) -> datetime | None:
+    """N days after earning, optionally rounded up to the end of that month, quarter or year
+    (the end of that local day, in the program's time zone)."""
+    if not program.expiry_days:
+        return None
+    tz = zoneinfo.ZoneInfo(program.timezone)
+    due = timezone.localtime(earned_at, tz) + timedelta(days=program.expiry_days)
+    rounding = program.expiry_rounding
+    if rounding == Program.ExpiryRounding.NONE:
+        return due
+    day = due.date()
+    if rounding == Program.ExpiryRounding.END_OF_MONTH:
+        last = date(day.year, day.month, calendar.monthrange(day.year, day.month)[1])
+    elif rounding == Program.ExpiryRounding.END_OF_QUARTER:
+        month = ((day.month - 1) // 3 + 1) * 3
+        last = date(day.year, month, calendar.monthrange(day.year, month)[1])
+    else:
+        last = date(day.year, 12, 31)
+    return datetime.combine(last + timedelta(days=1), time.min, tzinfo=tz)
+
+
+def lot_create(*, balance: MemberBalance, entry: LedgerEntry, points: Decimal) -> PointLot:
+    return PointLot.objects.create(
+        balance=balance,
+        program_id=balance.program_id,
+        entry=entry,
+        points=points,
+        remaining=points,
+        earned_at=entry.created_at,
+        expires_at=lot_expiry(balance.program, entry.created_at),
+    )
+
+
+def lots_consume(
+    *, balance: MemberBalance, points: Decimal, first_entry_id: int | None = None
+) -> Decimal:
+    """Takes `points` from the member's open lots, oldest first (after the lot of
+    `first_entry_id`, when given, e.g. the purchase a refund claws back). Returns what it took.
+    The caller holds the balance lock, which guards the member's lots."""
+    if points <= 0:
+        return ZERO
+    lots = list(PointLot.objects.filter(balance=balance, remaining__gt=0).order_by("id"))
+    if first_entry_id is not None:
+        lots.sort(key=lambda lot: lot.entry_id != first_entry_id)
+    left = points
+    changed = []
+    for lot in lots:
+        if left <= 0:
+            break
+        take = min(lot.remaining, left)
+        lot.remaining -= take
+        left -= take
+        changed.append(lot)
+    PointLot.objects.bulk_update(changed, ["remaining"])
+    return points - left
+
+
+def lots_settle(
+    *,
+    balance: MemberBalance,
+    before: Decimal,
+    after: Decimal,
+    entry: LedgerEntry,
+    first_entry_id: int | None = None,
+) -> None:
+    """Keeps `sum(lot.remaining) == max(points_balance, 0)` across a balance change: a gain
+    first repays any debt and lots the rest; a loss consumes lots FIFO."""
+    gained = max(after, ZERO) - max(before, ZERO)
+    if gained > 0:
+        lot_create(balance=balance, entry=entry, points=gained)
+    elif gained < 0:
+        lots_consume(balance=balance, points=-gained, first_entry_id=first_entry_id)

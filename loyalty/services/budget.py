@@ -1,0 +1,124 @@
+"""A program's budget as sharded counters, so awards of one program do not queue on one row.
+
+Lock order: a member's balance row first, then budget shards in shard order. The fast path
+locks one random shard with SKIP LOCKED and never waits; only the slow path (no single shard
+can pay) waits, and it takes every shard in order, so two slow paths cannot deadlock.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import F, Sum
+
+from ..errors import BudgetExhausted
+from ..models import BudgetShard, Program
+from ..money import ZERO, money_floor, points_affordable, points_cost
+
+
+def budget_shards_create(*, program: Program) -> None:
+    shards = settings.LOYALTY_BUDGET_SHARDS
+    BudgetShard.objects.bulk_create(
+        BudgetShard(program=program, shard=i, allocated=None) for i in range(shards)
+    )
+    if program.budget_limit is not None:
+        budget_set_limit(program=program, limit=program.budget_limit)
+
+
+def budget_spent(*, program: Program) -> Decimal:
+    total = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
+    return total if total is not None else ZERO
+
+
+def budget_set_limit(*, program: Program, limit: Decimal | None) -> None:
+    """Spreads what is left of `limit` evenly over the shards (locks every shard, in order)."""
+    shards = _lock_all(program)
+    if limit is None:
+        for shard in shards:
+            shard.allocated = None
+    else:
+        _rebalance(
+            shards,
+            remaining=max(limit - sum(s.spent for s in shards), ZERO),
+            currency=program.currency,
+        )
+    BudgetShard.objects.bulk_update(shards, ["allocated"])
+
+
+def _rebalance(shards: list[BudgetShard], *, remaining: Decimal, currency: str) -> None:
+    share = money_floor(remaining / len(shards), currency)
+    for shard in shards:
+        shard.allocated = shard.spent + share
+    # The rounding remainder goes to the first shard, so the shares add up exactly.
+    shards[0].allocated += remaining - share * len(shards)
+
+
+def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = True) -> Decimal:
+    """Charges the cost of `points` to the budget; returns the points it could pay for.
+
+    Raises BudgetExhausted when nothing (or, without `allow_partial`, not all) can be paid.
+    """
+    cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+    shards = BudgetShard.objects.filter(program=program)
+    if program.budget_limit is None:
+        # No limit: spending is only counted; any free shard will do.
+        shard = shards.select_for_update(skip_locked=True).order_by("?").first()
+        if shard is None:
+            shard = shards.select_for_update().order_by("?").first()
+        BudgetShard.objects.filter(pk=shard.pk).update(spent=F("spent") + cost)
+        return points
+
+    shard = (
+        shards.select_for_update(skip_locked=True)
+        .filter(allocated__gte=F("spent") + cost)
+        .order_by("?")
+        .first()
+    )
+    if shard is not None:
+        BudgetShard.objects.filter(pk=shard.pk).update(spent=F("spent") + cost)
+        return points
+    return _charge_across_shards(program=program, points=points, allow_partial=allow_partial)
+
+
+def _charge_across_shards(*, program: Program, points: Decimal, allow_partial: bool) -> Decimal:
+    shards = _lock_all(program)
+    remaining = sum((s.allocated - s.spent for s in shards), ZERO)
+    affordable = min(points, points_affordable(remaining, point_value=program.point_value))
+    if affordable <= 0 or (affordable < points and not allow_partial):
+        raise BudgetExhausted(remaining_budget=str(remaining), currency=program.currency)
+    cost = points_cost(affordable, point_value=program.point_value, currency=program.currency)
+    _consolidate(shards, delta=cost, remaining=remaining - cost, currency=program.currency)
+    return affordable
+
+
+def _lock_all(program: Program) -> list[BudgetShard]:
+    return list(BudgetShard.objects.select_for_update().filter(program=program).order_by("shard"))
+
+
+def _consolidate(
+    shards: list[BudgetShard], *, delta: Decimal, remaining: Decimal | None, currency: str
+) -> None:
+    """Moves all spending (plus `delta`) to the first shard and re-spreads what is left of the
+    limit evenly, so the one-shard fast path works again after a slow-path charge."""
+    spent_total = max(sum((s.spent for s in shards), ZERO) + delta, ZERO)
+    for shard in shards:
+        shard.spent = ZERO
+    shards[0].spent = spent_total
+    if remaining is not None:
+        _rebalance(shards, remaining=max(remaining, ZERO), currency=currency)
+    BudgetShard.objects.bulk_update(shards, ["allocated", "spent"])
+
+
+def budget_credit(*, program: Program, points: Decimal) -> None:
+    """Gives the cost of clawed-back points back to the budget."""
+    cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+    if cost <= 0:
+        return
+    shards = BudgetShard.objects.filter(program=program)
+    shard = shards.select_for_update(skip_locked=True).filter(spent__gte=cost).order_by("?").first()
+    if shard is not None:
+        BudgetShard.objects.filter(pk=shard.pk).update(spent=F("spent") - cost)
+        return
+    locked = _lock_all(program)
+    limited = locked[0].allocated is not None
+    remaining = sum((s.allocated - s.spent for s in locked), ZERO) + cost if limited else None
+    _consolidate(locked, delta=-cost, remaining=remaining, currency=program.currency)

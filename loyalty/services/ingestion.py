@@ -1,0 +1,482 @@
+"""Exactly-once ingestion of merchant events: purchase, refund, referral, campaign_bonus,
+manual_adjust.
+
+One event is one transaction: lock the member's balance row, compute, charge the budget
+(sharded), write one immutable ledger entry, settle the point lots, update the balance cache,
+append the outbox event and the audit entry. The idempotency key is unique per program in the
+database, so concurrent repeats write one entry and every repeat answers the first result.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from sira.scoring import MemberFacts, sira_score_purchase, sira_settings_resolve
+
+from ..actors import Actor
+from ..errors import (
+    AccountFrozen,
+    CurrencyMismatch,
+    FraudReview,
+    IdempotencyKeyReused,
+    InsufficientPoints,
+    OriginalNotFound,
+    ProgramInactive,
+    RefundExceedsOriginal,
+    ValidationFailed,
+)
+from ..models import LedgerEntry, MemberBalance, Program, Tier
+from ..money import ZERO, is_exact_money, is_exact_points, points_floor
+from .balances import (
+    REFUND_DEBT_FLAG,
+    balance_lock,
+    fraud_flag_add,
+    fraud_flag_remove,
+    has_blocking_flag,
+    lots_settle,
+    program_local_date,
+)
+from .budget import budget_charge, budget_credit
+from .outbox import outbox_publish
+
+EARN_TYPES = {"purchase", "referral", "campaign_bonus"}
+POINTS_TYPES = {"referral", "campaign_bonus", "manual_adjust"}
+EVENT_TYPES = {"purchase", "refund", *POINTS_TYPES}
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """A validated merchant event. Amounts are Decimals; `occurred_at` is aware."""
+
+    type: str
+    member_id: str
+    idempotency_key: str
+    amount: Decimal | None = None
+    currency: str | None = None
+    points: Decimal | None = None
+    reason: str = ""
+    module: str = ""
+    reference: str = ""
+    original_reference: str = ""
+    occurred_at: datetime | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of what the event asks for, to tell a replay from a reused key."""
+        body = {
+            "type": self.type,
+            "member_id": self.member_id,
+            "amount": None if self.amount is None else str(self.amount.normalize()),
+            "currency": self.currency,
+            "points": None if self.points is None else str(self.points.normalize()),
+            "reference": self.reference,
+            "original_reference": self.original_reference,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class IngestResult:
+    entry: LedgerEntry
+    replayed: bool = False
+
+    def as_dict(self) -> dict:
+        """The response body; built from the stored entry, so a replay answers the same."""
+        details = self.entry.details
+        return {
+            "transaction_id": str(self.entry.pk),
+            "type": self.entry.type,
+            "member_id": details["member_id"],
+            "points": str(self.entry.points),
+            "balance": details["balance"],
+            "breakdown": details.get("breakdown", {}),
+            "sira": details.get("sira"),
+            "created_at": self.entry.created_at.isoformat(),
+        }
+
+
+def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
+    """Applies one event exactly once per (program, idempotency key)."""
+    _validate(program, event)
+    replay = _replay(program, event)
+    if replay:
+        return replay
+    try:
+        return _ingest_atomic(program=program, event=event, actor=actor)
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer its result.
+        replay = _replay(program, event)
+        if replay:
+            return replay
+        raise
+
+
+def _replay(program: Program, event: EventInput) -> IngestResult | None:
+    entry = LedgerEntry.objects.filter(
+        program=program, idempotency_key=event.idempotency_key
+    ).first()
+    if entry is None:
+        return None
+    if entry.details.get("fingerprint") != event.fingerprint():
+        raise IdempotencyKeyReused(
+            "This idempotency key was already used for a different event.",
+            idempotency_key=event.idempotency_key,
+        )
+    return IngestResult(entry=entry, replayed=True)
+
+
+@transaction.atomic(durable=True)
+def _ingest_atomic(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
+    balance = balance_lock(program=program, member_id=event.member_id, create=True)
+    replay = _replay(program, event)  # committed by a request we waited for on the lock
+    if replay:
+        return replay
+    if event.type == "refund":
+        entry = _refund(program, balance, event, actor)
+    elif event.type == "manual_adjust":
+        entry = _adjust(program, balance, event, actor)
+    else:
+        entry = _earn(program, balance, event, actor)
+    audit_record(
+        actor=actor,
+        action=f"transaction.{event.type}",
+        entity_type="transaction",
+        entity_id=entry.pk,
+        merchant_id=program.merchant_id,
+        after={
+            "member_id": balance.member_id,
+            "points": str(entry.points),
+            "balance_after": str(entry.balance_after),
+            "reference": entry.reference,
+        },
+    )
+    return IngestResult(entry=entry)
+
+
+def _validate(program: Program, event: EventInput) -> None:
+    errors: dict[str, list[str]] = {}
+    if event.type not in EVENT_TYPES:
+        errors["type"] = [f"Must be one of {sorted(EVENT_TYPES)}."]
+    if not event.member_id:
+        errors["member_id"] = ["This field is required."]
+    if not event.idempotency_key:
+        errors["idempotency_key"] = ["This field is required."]
+    if event.type in ("purchase", "refund"):
+        if event.amount is None or event.amount <= 0:
+            errors["amount"] = ["A positive amount is required."]
+        elif event.currency == program.currency and not is_exact_money(
+            event.amount, program.currency
+        ):
+            errors["amount"] = [f"{program.currency} amounts have no more places than its unit."]
+        if not event.currency:
+            errors["currency"] = ["This field is required."]
+    if event.type == "refund" and not event.original_reference:
+        errors["original_reference"] = ["A refund names the purchase it refunds."]
+    if event.type in POINTS_TYPES:
+        if event.points is None or not is_exact_points(event.points):
+            errors["points"] = ["Points with at most 2 decimal places are required."]
+        elif event.type != "manual_adjust" and event.points <= 0:
+            errors["points"] = ["Must be positive."]
+        elif event.points == 0:
+            errors["points"] = ["Must not be zero."]
+        if not event.reason:
+            errors["reason"] = ["This field is required."]
+    if errors:
+        raise ValidationFailed("The event is invalid.", errors=errors)
+    if program.status == Program.Status.CLOSED or (
+        program.status != Program.Status.ACTIVE and event.type != "refund"
+    ):
+        # Refunds still claw back while a program is suspended: refusing them keeps points
+        # that were never paid for.
+        raise ProgramInactive(status=program.status)
+    if event.currency and event.currency != program.currency:
+        raise CurrencyMismatch(expected=program.currency, received=event.currency)
+
+
+def _refuse_blocked(program: Program, balance: MemberBalance) -> None:
+    if balance.is_frozen:
+        raise AccountFrozen(member_id=balance.member_id)
+    if program.fraud_detection_enabled and has_blocking_flag(balance):
+        raise FraudReview(member_id=balance.member_id)
+
+
+def _earn(program: Program, balance: MemberBalance, event: EventInput, actor: Actor) -> LedgerEntry:
+    """purchase, referral, campaign_bonus: rate (or given points), SIRA, daily cap, budget."""
+    _refuse_blocked(program, balance)
+    now = timezone.now()
+    today = program_local_date(program, now)
+    earned_today = balance.earned_today if balance.earned_day == today else ZERO
+    breakdown: dict = {}
+    sira = None
+
+    if event.type == "purchase":
+        multiplier = _tier_multiplier(program, balance.tier)
+        facts = MemberFacts(
+            churn_risk=balance.churn_risk,
+            engagement_score=balance.engagement_score,
+            lifetime_spend=balance.lifetime_spend,
+            tier=balance.tier,
+            last_purchase_at=balance.last_purchase_at,
+            first_purchase_today=balance.last_purchase_at is None
+            or program_local_date(program, balance.last_purchase_at) != today,
+        )
+        score = sira_score_purchase(
+            member=facts,
+            amount=event.amount,
+            module=event.module,
+            now=now,
+            settings=sira_settings_resolve(program.sira_settings),
+        )
+        base = points_floor(event.amount * program.earn_rate)
+        tier_bonus = points_floor(event.amount * program.earn_rate * (multiplier - 1))
+        sira_rate = points_floor(
+            event.amount * program.earn_rate * multiplier * (score.multiplier - 1)
+        )
+        sira_bonus = points_floor(score.bonus_points)
+        breakdown = {
+            "base_points": str(base),
+            "earn_rate": str(program.earn_rate.normalize()),
+            "tier": balance.tier,
+            "tier_multiplier": str(multiplier.normalize()),
+            "tier_bonus_points": str(tier_bonus),
+            "sira_multiplier_points": str(sira_rate),
+            "sira_bonus_points": str(sira_bonus),
+        }
+        uncapped = base + tier_bonus + sira_rate + sira_bonus
+        sira = score.as_dict()
+    else:
+        uncapped = event.points
+        breakdown = {"base_points": str(uncapped)}
+
+    points, capped_by = uncapped, None
+    if program.max_earn_per_day is not None:
+        allowance = max(program.max_earn_per_day - earned_today, ZERO)
+        if points > allowance:
+            points, capped_by = allowance, "daily_cap"
+    if points > 0:
+        charged = budget_charge(program=program, points=points)
+        if charged < points:
+            points, capped_by = charged, "budget"
+    breakdown.update(
+        {
+            "uncapped_points": str(uncapped),
+            "capped_by": capped_by,
+            "capped_points": str(uncapped - points),
+        }
+    )
+
+    before = balance.points_balance
+    balance.points_balance += points
+    balance.lifetime_earned += points
+    balance.earned_today = earned_today + points
+    balance.earned_day = today
+    balance.last_activity_at = now
+    fields = ["points_balance", "lifetime_earned", "earned_today", "earned_day", "last_activity_at"]
+    if event.type == "purchase":
+        balance.lifetime_spend += event.amount
+        balance.purchase_count += 1
+        balance.last_purchase_at = now
+        fields += ["lifetime_spend", "purchase_count", "last_purchase_at"]
+    if before < 0 <= balance.points_balance:
+        fraud_flag_remove(balance, REFUND_DEBT_FLAG)  # the refund debt is repaid
+        fields.append("fraud_flags")
+    entry = _entry_write(
+        program,
+        balance,
+        event,
+        actor,
+        points=points,
+        details={"breakdown": breakdown, "sira": sira},
+    )
+    lots_settle(balance=balance, before=before, after=balance.points_balance, entry=entry)
+    balance.save(update_fields=[*fields, "updated_at"])
+    if points > 0:
+        outbox_publish(
+            program=program,
+            event_type="loyalty.points.earned",
+            payload=_event_payload(entry, balance),
+        )
+    return entry
+
+
+def _refund(
+    program: Program, balance: MemberBalance, event: EventInput, actor: Actor
+) -> LedgerEntry:
+    """Claws back the purchase's points in proportion to the refunded amount, cumulatively, so
+    partial refunds never take more than was awarded and a full refund takes exactly that."""
+    original = (
+        LedgerEntry.objects.filter(
+            program=program,
+            balance=balance,
+            type=LedgerEntry.Type.PURCHASE,
+            reference=event.original_reference,
+        )
+        .order_by("id")
+        .first()
+    )
+    if original is None:
+        raise OriginalNotFound(original_reference=event.original_reference)
+    refunded_before = sum(
+        (r.amount for r in original.refunds.filter(type=LedgerEntry.Type.REFUND)), ZERO
+    )
+    refunded_after = refunded_before + event.amount
+    if refunded_after > original.amount:
+        raise RefundExceedsOriginal(
+            original_amount=str(original.amount), refunded_before=str(refunded_before)
+        )
+    due = points_floor(original.points * refunded_after / original.amount) - points_floor(
+        original.points * refunded_before / original.amount
+    )
+    before = balance.points_balance
+    fields = ["points_balance", "lifetime_earned", "lifetime_spend", "last_activity_at"]
+    if program.refund_policy == Program.RefundPolicy.CAP_AT_AVAILABLE:
+        applied = min(due, max(balance.available, ZERO))
+    else:
+        applied = due
+    shortfall = due - applied
+    balance.points_balance -= applied
+    balance.lifetime_earned -= applied
+    balance.lifetime_spend = max(balance.lifetime_spend - event.amount, ZERO)
+    balance.last_activity_at = timezone.now()
+    debt = max(-balance.points_balance, ZERO)
+    if debt > 0:
+        fraud_flag_add(balance, REFUND_DEBT_FLAG, reference=event.reference or "")
+        fields.append("fraud_flags")
+    details = {
+        "breakdown": {
+            "original_transaction_id": str(original.pk),
+            "original_points": str(original.points),
+            "refunded_amount_total": str(refunded_after),
+            "clawback_due": str(due),
+            "clawed_back": str(applied),
+            "shortfall": str(shortfall),
+            "debt": str(debt),
+        },
+    }
+    entry = _entry_write(
+        program, balance, event, actor, points=-applied, details=details, original=original
+    )
+    lots_settle(
+        balance=balance,
+        before=before,
+        after=balance.points_balance,
+        entry=entry,
+        first_entry_id=original.pk,
+    )
+    budget_credit(program=program, points=applied)
+    balance.save(update_fields=[*fields, "updated_at"])
+    outbox_publish(
+        program=program,
+        event_type="loyalty.points.clawed_back",
+        payload={**_event_payload(entry, balance), "debt": str(debt), "shortfall": str(shortfall)},
+    )
+    return entry
+
+
+def _adjust(
+    program: Program, balance: MemberBalance, event: EventInput, actor: Actor
+) -> LedgerEntry:
+    """An exact correction by staff: never capped; a credit is charged to the budget in full,
+    a debit may not leave less than the points held by pending redemptions."""
+    points = event.points
+    if points > 0:
+        budget_charge(program=program, points=points, allow_partial=False)
+    elif balance.points_balance + points < balance.locked:
+        raise InsufficientPoints(available=str(balance.available), requested=str(-points))
+    before = balance.points_balance
+    balance.points_balance += points
+    fields = ["points_balance", "last_activity_at"]
+    if points > 0:
+        balance.lifetime_earned += points
+        fields.append("lifetime_earned")
+    balance.last_activity_at = timezone.now()
+    entry = _entry_write(
+        program,
+        balance,
+        event,
+        actor,
+        points=points,
+        details={"breakdown": {"base_points": str(points), "capped_by": None}},
+    )
+    lots_settle(balance=balance, before=before, after=balance.points_balance, entry=entry)
+    if points < 0:
+        budget_credit(program=program, points=-points)
+    balance.save(update_fields=[*fields, "updated_at"])
+    outbox_publish(
+        program=program,
+        event_type="loyalty.balance.adjusted",
+        payload={**_event_payload(entry, balance), "reason": event.reason},
+    )
+    return entry
+
+
+def _tier_multiplier(program: Program, tier: str) -> Decimal:
+    multiplier = (
+        Tier.objects.filter(program=program, name=tier)
+        .values_list("earn_multiplier", flat=True)
+        .first()
+    )
+    return multiplier if multiplier is not None else Decimal(1)
+
+
+def _entry_write(
+    program: Program,
+    balance: MemberBalance,
+    event: EventInput,
+    actor: Actor,
+    *,
+    points: Decimal,
+    details: dict,
+    original: LedgerEntry | None = None,
+) -> LedgerEntry:
+    details = {
+        **details,
+        "member_id": balance.member_id,
+        "fingerprint": event.fingerprint(),
+        "balance": balance_snapshot(balance),
+    }
+    return LedgerEntry.objects.create(
+        program=program,
+        balance=balance,
+        type=event.type,
+        points=points,
+        amount=event.amount,
+        currency=event.currency or "",
+        module=event.module,
+        reference=event.reference,
+        original_entry=original,
+        idempotency_key=event.idempotency_key,
+        balance_after=balance.points_balance,
+        reason=event.reason,
+        details=details,
+        metadata=event.metadata,
+        actor_id=actor.id,
+        actor_role=actor.role,
+        occurred_at=event.occurred_at or timezone.now(),
+    )
+
+
+def balance_snapshot(balance: MemberBalance) -> dict:
+    return {
+        "points_balance": str(balance.points_balance),
+        "locked": str(balance.locked),
+        "available": str(balance.available),
+        "tier": balance.tier,
+    }
+
+
+def _event_payload(entry: LedgerEntry, balance: MemberBalance) -> dict:
+    return {
+        "transaction_id": str(entry.pk),
+        "member_id": balance.member_id,
+        "type": entry.type,
+        "points": str(entry.points),
+        "balance": balance_snapshot(balance),
+        "reference": entry.reference,
+    }

@@ -1,0 +1,187 @@
+"""Programs and their tiers; member freeze. Every write is audited in its own transaction."""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from audit.services import audit_record
+
+from ..actors import Actor
+from ..errors import NotFound, ValidationFailed
+from ..models import MemberBalance, Merchant, Program, Tier
+from ..money import CURRENCY_EXPONENTS
+from .balances import balance_lock
+from .budget import budget_set_limit, budget_shards_create
+
+DEFAULT_TIERS = [
+    {"name": "basic", "min_points": Decimal("0")},
+    {"name": "silver", "min_points": Decimal("1000")},
+    {"name": "gold", "min_points": Decimal("5000")},
+    {"name": "platinum", "min_points": Decimal("20000")},
+]
+
+# Fields a program update may change (budget_limit has its own path: it re-spreads shards).
+UPDATABLE_FIELDS = {
+    "name", "timezone", "earn_rate", "point_value", "expiry_days", "expiry_rounding",
+    "expiry_warning_days", "budget_limit", "max_earn_per_day", "fraud_detection_enabled",
+    "refund_policy", "tier_basis", "tier_downgrade_policy", "tier_qualifying_days",
+    "tier_cycle_date", "sira_settings", "hold_ttl_seconds", "voucher_validity_days",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TierInput:
+    name: str
+    min_points: Decimal = Decimal(0)
+    min_spend: Decimal = Decimal(0)
+    earn_multiplier: Decimal = Decimal(1)
+
+
+def program_snapshot(program: Program) -> dict:
+    return {
+        field: (str(value) if value is not None and not isinstance(value, bool | dict) else value)
+        for field in sorted(UPDATABLE_FIELDS | {"status", "currency"})
+        for value in [getattr(program, field)]
+    }
+
+
+@transaction.atomic(durable=True)
+def program_create(
+    *,
+    merchant_id: str,
+    name: str,
+    currency: str,
+    actor: Actor,
+    tiers: list[TierInput] | None = None,
+    **fields,
+) -> Program:
+    """Creates a program (and its merchant on first use), its tiers and budget shards."""
+    if currency not in CURRENCY_EXPONENTS:
+        raise ValidationFailed(errors={"currency": [f"Unsupported currency {currency!r}."]})
+    unknown = set(fields) - UPDATABLE_FIELDS
+    if unknown:
+        raise ValidationFailed(errors={f: ["Unknown field."] for f in unknown})
+    merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
+    program = Program(merchant=merchant, name=name, currency=currency, **fields)
+    _full_clean(program)
+    program.save()
+    tiers = tiers or [TierInput(**t) for t in DEFAULT_TIERS]
+    _tiers_replace(program, tiers)
+    budget_shards_create(program=program)
+    audit_record(
+        actor=actor,
+        action="program.create",
+        entity_type="program",
+        entity_id=program.pk,
+        merchant_id=merchant.pk,
+        after=program_snapshot(program),
+    )
+    return program
+
+
+def _full_clean(program: Program) -> None:
+    try:
+        program.full_clean(exclude=["merchant"])
+    except ValidationError as exc:
+        raise ValidationFailed(errors=exc.message_dict) from exc
+
+
+def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
+    names = [t.name for t in tiers]
+    if len(set(names)) != len(names):
+        raise ValidationFailed(errors={"tiers": ["Tier names must be unique."]})
+    ordered = sorted(tiers, key=lambda t: (t.min_points, t.min_spend))
+    if ordered[0].min_points != 0 or ordered[0].min_spend != 0:
+        raise ValidationFailed(errors={"tiers": ["The first tier must start at zero."]})
+    Tier.objects.filter(program=program).delete()
+    Tier.objects.bulk_create(
+        Tier(
+            program=program,
+            rank=rank,
+            name=t.name,
+            min_points=t.min_points,
+            min_spend=t.min_spend,
+            earn_multiplier=t.earn_multiplier,
+        )
+        for rank, t in enumerate(ordered)
+    )
+
+
+@transaction.atomic(durable=True)
+def program_update(
+    *, program_id, changes: dict, actor: Actor, tiers: list[TierInput] | None = None
+) -> Program:
+    """Applies `changes` to the program; a new budget limit is re-spread over the shards."""
+    unknown = set(changes) - UPDATABLE_FIELDS
+    if unknown:
+        raise ValidationFailed(errors={f: ["This field cannot be changed."] for f in unknown})
+    program = Program.objects.select_for_update().filter(pk=program_id).first()
+    if program is None:
+        raise NotFound("No such program.")
+    before = program_snapshot(program)
+    for field, value in changes.items():
+        setattr(program, field, value)
+    _full_clean(program)
+    program.save(update_fields=[*changes, "updated_at"])
+    if "budget_limit" in changes:
+        budget_set_limit(program=program, limit=program.budget_limit)
+    if tiers:
+        _tiers_replace(program, tiers)
+    audit_record(
+        actor=actor,
+        action="program.update",
+        entity_type="program",
+        entity_id=program.pk,
+        merchant_id=program.merchant_id,
+        before=before,
+        after=program_snapshot(program),
+    )
+    return program
+
+
+@transaction.atomic(durable=True)
+def program_set_status(*, program_id, status: str, actor: Actor, reason: str = "") -> Program:
+    """Suspends, reactivates or closes a program."""
+    program = Program.objects.select_for_update().filter(pk=program_id).first()
+    if program is None:
+        raise NotFound("No such program.")
+    if status not in Program.Status.values:
+        raise ValidationFailed(errors={"status": [f"One of {Program.Status.values}."]})
+    before = program.status
+    program.status = status
+    program.save(update_fields=["status", "updated_at"])
+    audit_record(
+        actor=actor,
+        action=f"program.status.{status}",
+        entity_type="program",
+        entity_id=program.pk,
+        merchant_id=program.merchant_id,
+        before={"status": before},
+        after={"status": status, "reason": reason},
+    )
+    return program
+
+
+@transaction.atomic(durable=True)
+def balance_set_frozen(
+    *, program: Program, member_id: str, frozen: bool, actor: Actor, reason: str = ""
+) -> MemberBalance:
+    """Freezes (or unfreezes) a member: a frozen member earns and redeems nothing."""
+    balance = balance_lock(program=program, member_id=member_id)
+    if balance is None:
+        raise NotFound("No such member in this program.", member_id=member_id)
+    before = balance.is_frozen
+    balance.is_frozen = frozen
+    balance.save(update_fields=["is_frozen", "updated_at"])
+    audit_record(
+        actor=actor,
+        action="balance.freeze" if frozen else "balance.unfreeze",
+        entity_type="balance",
+        entity_id=balance.pk,
+        merchant_id=program.merchant_id,
+        before={"is_frozen": before},
+        after={"is_frozen": frozen, "reason": reason},
+    )
+    return balance

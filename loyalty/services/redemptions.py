@@ -1,0 +1,333 @@
+"""Two-phase redemption, like a card authorisation: hold, then capture or release (or expiry).
+
+A hold moves points from available to locked under the member's row lock, so concurrent holds
+can never overdraw the balance. Lock order: balance row, then the redemption row.
+"""
+
+import secrets
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+
+from ..actors import Actor
+from ..errors import (
+    AccountFrozen,
+    FraudReview,
+    HoldExpired,
+    IdempotencyKeyReused,
+    InsufficientPoints,
+    InvalidState,
+    NotFound,
+    OutstandingDebt,
+    ProgramInactive,
+    ValidationFailed,
+    VoucherNotRedeemable,
+)
+from ..models import LedgerEntry, MemberBalance, Program, Redemption, Voucher
+from ..money import is_exact_points, money_floor
+from .balances import balance_lock, has_blocking_flag, lots_consume
+from .ingestion import balance_snapshot
+from .outbox import outbox_publish
+
+VOUCHER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I look-alikes
+
+
+def redemption_hold(
+    *,
+    program: Program,
+    member_id: str,
+    points: Decimal,
+    reward_type: str,
+    idempotency_key: str,
+    actor: Actor,
+    capture: bool = False,
+) -> Redemption:
+    """Locks `points` of the member's available balance; never leaves available below zero.
+    With `capture`, captures in the same transaction."""
+    if points is None or points <= 0 or not is_exact_points(points):
+        raise ValidationFailed(errors={"points": ["Positive points, at most 2 places."]})
+    if reward_type not in Voucher.Type.values:
+        raise ValidationFailed(errors={"reward_type": [f"One of {Voucher.Type.values}."]})
+    existing = _redemption_for_key(program, idempotency_key, member_id, points, reward_type)
+    if existing:
+        return existing
+    try:
+        return _hold_atomic(
+            program=program,
+            member_id=member_id,
+            points=points,
+            reward_type=reward_type,
+            idempotency_key=idempotency_key,
+            actor=actor,
+            capture=capture,
+        )
+    except IntegrityError:
+        existing = _redemption_for_key(program, idempotency_key, member_id, points, reward_type)
+        if existing:
+            return existing
+        raise
+
+
+def _redemption_for_key(program, key, member_id, points, reward_type) -> Redemption | None:
+    found = (
+        Redemption.objects.select_related("balance", "voucher")
+        .filter(program=program, idempotency_key=key)
+        .first()
+    )
+    if found and (found.balance.member_id, found.points, found.reward_type) != (
+        member_id,
+        points,
+        reward_type,
+    ):
+        raise IdempotencyKeyReused(idempotency_key=key)
+    return found
+
+
+@transaction.atomic(durable=True)
+def _hold_atomic(
+    *, program, member_id, points, reward_type, idempotency_key, actor, capture
+) -> Redemption:
+    if program.status != Program.Status.ACTIVE:
+        raise ProgramInactive(status=program.status)
+    balance = balance_lock(program=program, member_id=member_id)
+    if balance is None:
+        raise NotFound("No such member in this program.", member_id=member_id)
+    existing = _redemption_for_key(program, idempotency_key, member_id, points, reward_type)
+    if existing:
+        return existing
+    _refuse_redemption(program, balance)
+    if balance.available < points:
+        raise InsufficientPoints(available=str(balance.available), requested=str(points))
+    balance.locked += points
+    balance.last_activity_at = timezone.now()
+    balance.save(update_fields=["locked", "last_activity_at", "updated_at"])
+    redemption = Redemption.objects.create(
+        program=program,
+        balance=balance,
+        points=points,
+        reward_type=reward_type,
+        idempotency_key=idempotency_key,
+        expires_at=timezone.now() + timedelta(seconds=program.hold_ttl_seconds),
+        actor_id=actor.id,
+        actor_role=actor.role,
+    )
+    _audit(actor, "redemption.hold", redemption, program)
+    if capture:
+        _capture(redemption, balance, actor)
+    return redemption
+
+
+def _refuse_redemption(program: Program, balance: MemberBalance) -> None:
+    if balance.is_frozen:
+        raise AccountFrozen(member_id=balance.member_id)
+    if balance.points_balance < 0:
+        raise OutstandingDebt(debt=str(-balance.points_balance))
+    if program.fraud_detection_enabled and has_blocking_flag(balance):
+        raise FraudReview(member_id=balance.member_id)
+
+
+def _lock_redemption(redemption_id) -> tuple[Redemption, MemberBalance]:
+    """Locks the member's balance, then the redemption (the fixed order)."""
+    found = Redemption.objects.filter(pk=redemption_id).values_list("balance_id", flat=True)
+    balance_id = found.first()
+    if balance_id is None:
+        raise NotFound("No such redemption.")
+    balance = MemberBalance.objects.select_for_update().select_related("program").get(pk=balance_id)
+    redemption = Redemption.objects.select_for_update().get(pk=redemption_id)
+    return redemption, balance
+
+
+@transaction.atomic(durable=True)
+def redemption_capture(*, redemption_id, actor: Actor) -> Redemption:
+    """Spends the held points and issues the voucher; a repeat returns the completed one."""
+    redemption, balance = _lock_redemption(redemption_id)
+    if redemption.status == Redemption.Status.COMPLETED:
+        return redemption
+    if redemption.status != Redemption.Status.PENDING:
+        raise InvalidState(f"The redemption is {redemption.status}.", status=redemption.status)
+    if redemption.expires_at <= timezone.now():
+        raise HoldExpired(expired_at=redemption.expires_at.isoformat())
+    _refuse_redemption(balance.program, balance)
+    if balance.points_balance < redemption.points:
+        raise InsufficientPoints(
+            available=str(balance.points_balance), requested=str(redemption.points)
+        )
+    _capture(redemption, balance, actor)
+    return redemption
+
+
+def _capture(redemption: Redemption, balance: MemberBalance, actor: Actor) -> None:
+    program = balance.program
+    now = timezone.now()
+    balance.points_balance -= redemption.points
+    balance.locked -= redemption.points
+    balance.lifetime_redeemed += redemption.points
+    balance.last_activity_at = now
+    consumed = lots_consume(balance=balance, points=redemption.points)
+    assert consumed == redemption.points, "lots out of step with the balance"  # noqa: S101
+    balance.save(
+        update_fields=[
+            "points_balance",
+            "locked",
+            "lifetime_redeemed",
+            "last_activity_at",
+            "updated_at",
+        ]
+    )
+    voucher = Voucher.objects.create(
+        code=voucher_code_generate(),
+        program=program,
+        balance=balance,
+        type=redemption.reward_type,
+        value=money_floor(redemption.points * program.point_value, program.currency),
+        currency=program.currency,
+        expires_at=now + timedelta(days=program.voucher_validity_days),
+    )
+    entry = LedgerEntry.objects.create(
+        program=program,
+        balance=balance,
+        type=LedgerEntry.Type.REDEMPTION,
+        points=-redemption.points,
+        redemption=redemption,
+        idempotency_key=f"redemption:{redemption.pk}",
+        balance_after=balance.points_balance,
+        reason=f"{redemption.reward_type} voucher",
+        details={
+            "member_id": balance.member_id,
+            "balance": balance_snapshot(balance),
+            "voucher_code": voucher.code,
+        },
+        actor_id=actor.id,
+        actor_role=actor.role,
+        occurred_at=now,
+    )
+    redemption.status = Redemption.Status.COMPLETED
+    redemption.voucher = voucher
+    redemption.finished_at = now
+    redemption.save(update_fields=["status", "voucher", "finished_at"])
+    _audit(actor, "redemption.capture", redemption, program)
+    audit_record(
+        actor=actor,
+        action="voucher.generate",
+        entity_type="voucher",
+        entity_id=voucher.pk,
+        merchant_id=program.merchant_id,
+        after={"type": voucher.type, "value": str(voucher.value), "currency": voucher.currency},
+    )
+    payload = {
+        "redemption_id": str(redemption.pk),
+        "transaction_id": str(entry.pk),
+        "member_id": balance.member_id,
+        "points": str(redemption.points),
+        "balance": balance_snapshot(balance),
+    }
+    outbox_publish(program=program, event_type="loyalty.points.redeemed", payload=payload)
+    outbox_publish(
+        program=program,
+        event_type="loyalty.voucher.generated",
+        payload={
+            "voucher_id": str(voucher.pk),
+            "member_id": balance.member_id,
+            "type": voucher.type,
+            "value": str(voucher.value),
+            "currency": voucher.currency,
+            "expires_at": voucher.expires_at.isoformat(),
+        },
+    )
+
+
+@transaction.atomic(durable=True)
+def redemption_release(*, redemption_id, actor: Actor) -> Redemption:
+    """Unlocks the held points; a repeat returns the cancelled redemption."""
+    redemption, balance = _lock_redemption(redemption_id)
+    if redemption.status == Redemption.Status.CANCELLED:
+        return redemption
+    if redemption.status != Redemption.Status.PENDING:
+        raise InvalidState(f"The redemption is {redemption.status}.", status=redemption.status)
+    _unlock(redemption, balance, Redemption.Status.CANCELLED)
+    _audit(actor, "redemption.release", redemption, balance.program)
+    return redemption
+
+
+def _unlock(redemption: Redemption, balance: MemberBalance, status: str) -> None:
+    balance.locked -= redemption.points
+    balance.save(update_fields=["locked", "updated_at"])
+    redemption.status = status
+    redemption.finished_at = timezone.now()
+    redemption.save(update_fields=["status", "finished_at"])
+
+
+@transaction.atomic(durable=True)
+def redemption_expire(*, redemption_id, actor: Actor) -> bool:
+    """Releases a hold past its time-to-live; False when it was already settled."""
+    redemption, balance = _lock_redemption(redemption_id)
+    if redemption.status != Redemption.Status.PENDING or redemption.expires_at > timezone.now():
+        return False
+    _unlock(redemption, balance, Redemption.Status.EXPIRED)
+    _audit(actor, "redemption.expire", redemption, balance.program)
+    return True
+
+
+def redemptions_expire_due(*, actor: Actor, limit: int = 1000) -> int:
+    """Expires up to `limit` holds past their TTL, one short transaction each."""
+    due = (
+        Redemption.objects.filter(status=Redemption.Status.PENDING, expires_at__lte=timezone.now())
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(redemption_expire(redemption_id=pk, actor=actor) for pk in list(due))
+
+
+def _audit(actor: Actor, action: str, redemption: Redemption, program: Program) -> None:
+    audit_record(
+        actor=actor,
+        action=action,
+        entity_type="redemption",
+        entity_id=redemption.pk,
+        merchant_id=program.merchant_id,
+        after={"status": redemption.status, "points": str(redemption.points)},
+    )
+
+
+def voucher_code_generate() -> str:
+    """`MLY-XXXX-XXXX-XXXX`: 60 random bits, unguessable; unique in the database."""
+    chars = "".join(secrets.choice(VOUCHER_ALPHABET) for _ in range(12))
+    return f"MLY-{chars[:4]}-{chars[4:8]}-{chars[8:]}"
+
+
+@transaction.atomic(durable=True)
+def voucher_redeem(*, voucher: Voucher, actor: Actor) -> Voucher:
+    """Marks an active voucher redeemed, exactly once: a conditional UPDATE decides the race."""
+    now = timezone.now()
+    won = Voucher.objects.filter(
+        pk=voucher.pk, status=Voucher.Status.ACTIVE, expires_at__gt=now
+    ).update(status=Voucher.Status.REDEEMED, redeemed_at=now, redeemed_by=actor.id)
+    voucher.refresh_from_db()
+    if not won:
+        status = voucher.status
+        if status == Voucher.Status.ACTIVE:  # past its date but not yet swept
+            status = Voucher.Status.EXPIRED
+        raise VoucherNotRedeemable(f"The voucher is {status}.", status=status)
+    audit_record(
+        actor=actor,
+        action="voucher.redeem",
+        entity_type="voucher",
+        entity_id=voucher.pk,
+        merchant_id=voucher.program.merchant_id,
+        after={"status": voucher.status},
+    )
+    outbox_publish(
+        program=voucher.program,
+        event_type="loyalty.voucher.redeemed",
+        payload={
+            "voucher_id": str(voucher.pk),
+            "code_last4": voucher.code[-4:],
+            "value": str(voucher.value),
+            "currency": voucher.currency,
+        },
+    )
+    return voucher

@@ -1,0 +1,65 @@
+"""The ledger's invariants, checked in SQL over every member (`manage.py loyalty_verify`).
+
+- points_balance == sum(ledger entries.points)
+- locked == sum(points of pending redemptions)
+- sum(open lot remaining) == max(points_balance, 0)
+- the program's budget shards never spend past their allocation
+"""
+
+from dataclasses import dataclass
+
+from django.db import connection
+
+CHECKS = {
+    "balance_vs_ledger": """
+        SELECT b.id, b.member_id, b.program_id, b.points_balance,
+               COALESCE(e.total, 0) AS expected
+        FROM loyalty_memberbalance b
+        LEFT JOIN (SELECT balance_id, SUM(points) AS total FROM loyalty_ledgerentry
+                   GROUP BY balance_id) e ON e.balance_id = b.id
+        WHERE b.points_balance <> COALESCE(e.total, 0)
+    """,
+    "locked_vs_holds": """
+        SELECT b.id, b.member_id, b.program_id, b.locked, COALESCE(r.total, 0) AS expected
+        FROM loyalty_memberbalance b
+        LEFT JOIN (SELECT balance_id, SUM(points) AS total FROM loyalty_redemption
+                   WHERE status = 'pending' GROUP BY balance_id) r ON r.balance_id = b.id
+        WHERE b.locked <> COALESCE(r.total, 0)
+    """,
+    "lots_vs_balance": """
+        SELECT b.id, b.member_id, b.program_id, COALESCE(l.total, 0) AS lots,
+               CASE WHEN b.points_balance > 0 THEN b.points_balance ELSE 0 END AS expected
+        FROM loyalty_memberbalance b
+        LEFT JOIN (SELECT balance_id, SUM(remaining) AS total FROM loyalty_pointlot
+                   GROUP BY balance_id) l ON l.balance_id = b.id
+        WHERE COALESCE(l.total, 0)
+              <> CASE WHEN b.points_balance > 0 THEN b.points_balance ELSE 0 END
+    """,
+    "balance_after_chain": """
+        SELECT e.balance_id, e.id, e.balance_after, e.running
+        FROM (SELECT balance_id, id, balance_after,
+                     SUM(points) OVER (PARTITION BY balance_id ORDER BY id) AS running
+              FROM loyalty_ledgerentry) e
+        WHERE e.balance_after <> e.running
+    """,
+    "budget_overspent": """
+        SELECT program_id, shard, allocated, spent FROM loyalty_budgetshard
+        WHERE allocated IS NOT NULL AND spent > allocated
+    """,
+}
+
+
+@dataclass
+class Mismatch:
+    check: str
+    row: tuple
+
+
+def ledger_verify(*, limit: int = 100) -> list[Mismatch]:
+    """Every invariant violation (up to `limit` per check); empty when the ledger is sound."""
+    found: list[Mismatch] = []
+    with connection.cursor() as cursor:
+        for name, sql in CHECKS.items():
+            cursor.execute(f"{sql} LIMIT %s", [limit])
+            found.extend(Mismatch(check=name, row=row) for row in cursor.fetchall())
+    return found

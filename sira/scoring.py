@@ -1,0 +1,151 @@
+"""SIRA scoring at ingestion: eight rules that raise a purchase's earn multiplier or add points.
+
+The rules and thresholds are the seed's (`siraScoreForUser`); each program can override any
+value through `Program.sira_settings`. Thresholds are amounts in the program's currency.
+The score is a pure function of the member's state and the purchase, so it needs no query.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+D = Decimal
+ZERO = D("0")
+ONE = D("1")
+HALF = D("0.50")
+
+DEFAULT_SIRA_SETTINGS: dict[str, object] = {
+    "enabled": True,
+    # 1. High-value transaction boost.
+    "high_value_amount": D("500"),
+    "high_value_bonus": D("0.01"),
+    # 2. Churn prevention.
+    "churn_high_risk": D("0.7"),
+    "churn_high_bonus": D("0.02"),
+    "churn_medium_risk": D("0.5"),
+    "churn_medium_bonus": D("0.01"),
+    # 3. Frequency: a purchase within N days of the previous one.
+    "frequency_days": 7,
+    "frequency_bonus": D("0.005"),
+    # 4. First purchase of the member's day (program time zone).
+    "first_daily_purchase_points": D("10"),
+    # 5. Cross-module promotion.
+    "promoted_modules": ["eats"],
+    "cross_module_bonus": D("0.015"),
+    # 6. Customer lifetime value.
+    "ltv_spend": D("10000"),
+    "ltv_bonus": D("0.01"),
+    # 7. Engagement.
+    "engagement_score": D("0.8"),
+    "engagement_bonus": D("0.005"),
+    # 8. Tier stagnation: still basic after this much lifetime spend.
+    "stagnation_spend": D("300"),
+    "stagnation_points": D("15"),
+    # Confidence: a base plus a step per rule that fired, capped.
+    "confidence_base": D("0.50"),
+    "confidence_step": D("0.05"),
+    "confidence_max": D("0.95"),
+}
+
+DECIMAL_SETTINGS = {k for k, v in DEFAULT_SIRA_SETTINGS.items() if isinstance(v, Decimal)}
+
+
+def sira_settings_resolve(overrides: dict | None) -> dict:
+    """Program overrides on top of the defaults; unknown keys and bad values raise ValueError."""
+    settings = dict(DEFAULT_SIRA_SETTINGS)
+    for key, value in (overrides or {}).items():
+        if key not in DEFAULT_SIRA_SETTINGS:
+            raise ValueError(f"unknown SIRA setting {key!r}")
+        if key in DECIMAL_SETTINGS:
+            value = D(str(value))
+            if value < 0:
+                raise ValueError(f"SIRA setting {key!r} must not be negative")
+        elif key == "enabled":
+            value = bool(value)
+        elif key == "frequency_days":
+            value = int(value)
+        elif key == "promoted_modules" and (
+            not isinstance(value, list) or not all(isinstance(m, str) for m in value)
+        ):
+            raise ValueError("promoted_modules must be a list of module names")
+        settings[key] = value
+    return settings
+
+
+@dataclass(frozen=True)
+class MemberFacts:
+    """What the rules read of a member, taken before this purchase is applied."""
+
+    churn_risk: Decimal
+    engagement_score: Decimal
+    lifetime_spend: Decimal
+    tier: str
+    last_purchase_at: datetime | None
+    first_purchase_today: bool
+
+
+@dataclass
+class SiraScore:
+    multiplier: Decimal = ONE
+    bonus_points: Decimal = ZERO
+    reasons: list[str] = field(default_factory=list)
+    confidence: Decimal = HALF
+
+    def as_dict(self) -> dict:
+        return {
+            "multiplier": decimal_str(self.multiplier),
+            "bonus_points": str(self.bonus_points.quantize(D("0.01"))),
+            "reasons": list(self.reasons),
+            "confidence": str(self.confidence.quantize(D("0.01"))),
+        }
+
+
+def decimal_str(value: Decimal) -> str:
+    """At least two places, more only when they carry something ("1.00", "1.015")."""
+    text = format(value.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def sira_score_purchase(
+    *, member: MemberFacts, amount: Decimal, module: str, now: datetime, settings: dict
+) -> SiraScore:
+    """The seed's eight rules; each one that fires adds to the multiplier or the bonus points."""
+    score = SiraScore(confidence=settings["confidence_base"])
+    if not settings["enabled"]:
+        return score
+    bonus_rate = D("0")
+
+    def fire(reason: str, *, rate: Decimal = ZERO, points: Decimal = ZERO) -> None:
+        nonlocal bonus_rate
+        bonus_rate += rate
+        score.bonus_points += points
+        score.reasons.append(reason)
+
+    if amount > settings["high_value_amount"]:
+        fire("high_value_transaction", rate=settings["high_value_bonus"])
+    if member.churn_risk > settings["churn_high_risk"]:
+        fire("churn_prevention_high", rate=settings["churn_high_bonus"])
+    elif member.churn_risk > settings["churn_medium_risk"]:
+        fire("churn_prevention_medium", rate=settings["churn_medium_bonus"])
+    if member.last_purchase_at and now - member.last_purchase_at < timedelta(
+        days=settings["frequency_days"]
+    ):
+        fire("frequent_purchaser", rate=settings["frequency_bonus"])
+    if member.first_purchase_today and settings["first_daily_purchase_points"] > 0:
+        fire("first_daily_purchase", points=settings["first_daily_purchase_points"])
+    if module and module in settings["promoted_modules"]:
+        fire("cross_module_promotion", rate=settings["cross_module_bonus"])
+    if member.lifetime_spend > settings["ltv_spend"]:
+        fire("high_lifetime_value", rate=settings["ltv_bonus"])
+    if member.engagement_score > settings["engagement_score"]:
+        fire("high_engagement", rate=settings["engagement_bonus"])
+    if member.tier == "basic" and member.lifetime_spend >= settings["stagnation_spend"]:
+        fire("tier_stagnation_incentive", points=settings["stagnation_points"])
+
+    score.multiplier = D("1") + bonus_rate
+    score.confidence = min(
+        settings["confidence_base"] + settings["confidence_step"] * len(score.reasons),
+        settings["confidence_max"],
+    )
+    return score

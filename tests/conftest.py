@@ -1,0 +1,81 @@
+"""Shared fixtures. Tests run on PostgreSQL when DATABASE_URL points at one, else on SQLite
+with the `postgres`-marked tests (row locks, triggers, real concurrency) skipped.
+
+With LOYALTY_REQUIRE_POSTGRES=1 (CI) a run that is not on PostgreSQL, or in which no
+`postgres` test passed, fails instead."""
+
+import os
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from loyalty.actors import Actor
+from loyalty.services import program_create
+
+REQUIRE_POSTGRES = os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1"
+_postgres_passed = 0
+
+
+def on_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items):
+    if on_postgres():
+        return
+    if REQUIRE_POSTGRES:
+        pytest.exit("LOYALTY_REQUIRE_POSTGRES=1 but DATABASE_URL is not PostgreSQL", returncode=3)
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://...")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report):
+    global _postgres_passed
+    if report.when == "call" and report.passed and "postgres" in report.keywords:
+        _postgres_passed += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_POSTGRES and exitstatus == 0 and _postgres_passed == 0:
+        session.exitstatus = 1
+        print("\nFAILED: LOYALTY_REQUIRE_POSTGRES=1 but no PostgreSQL-only test passed.")
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"PostgreSQL-only tests passed: {_postgres_passed}")
+
+
+@pytest.fixture
+def actor() -> Actor:
+    return Actor(id="ops-1", role="ops_marketing", ip="127.0.0.1", user_agent="pytest")
+
+
+@pytest.fixture
+def make_program(actor):
+    """Creates a program through the service (tiers and budget shards included)."""
+
+    def make(**overrides):
+        fields = {
+            "merchant_id": "m_test",
+            "name": "Test Rewards",
+            "currency": "XOF",
+            "timezone": "Africa/Dakar",
+            "earn_rate": Decimal("0.02"),
+            "point_value": Decimal("1"),
+            "expiry_days": 365,
+            "budget_limit": None,
+            "max_earn_per_day": None,
+            "sira_settings": {"enabled": False},
+        }
+        fields.update(overrides)
+        return program_create(actor=actor, **fields)
+
+    return make
+
+
+@pytest.fixture
+def program(make_program):
+    return make_program()
