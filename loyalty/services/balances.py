@@ -30,7 +30,7 @@ def balance_lock(*, program: Program, member_id: str, create: bool = False) -> M
     if balance is None and create:
         # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
         MemberBalance.objects.bulk_create(
-            [MemberBalance(program=program, member_id=member_id, tier=_entry_tier(program))],
+            [MemberBalance(program=program, member_id=member_id, tier=entry_tier(program))],
             ignore_conflicts=True,
         )
         balance = MemberBalance.objects.select_for_update().get(
@@ -39,7 +39,7 @@ def balance_lock(*, program: Program, member_id: str, create: bool = False) -> M
     return balance
 
 
-def _entry_tier(program: Program) -> str:
+def entry_tier(program: Program) -> str:
     tier = Tier.objects.filter(program=program).order_by("rank").values_list("name", flat=True)
     return tier.first() or "basic"
 

@@ -103,21 +103,21 @@ class IngestResult:
 
 def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
     """Applies one event exactly once per (program, idempotency key)."""
-    _validate(program, event)
-    replay = _replay(program, event)
+    event_validate(program, event)
+    replay = event_replay(program, event)
     if replay:
         return replay
     try:
         return _ingest_atomic(program=program, event=event, actor=actor)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer its result.
-        replay = _replay(program, event)
+        replay = event_replay(program, event)
         if replay:
             return replay
         raise
 
 
-def _replay(program: Program, event: EventInput) -> IngestResult | None:
+def event_replay(program: Program, event: EventInput) -> IngestResult | None:
     entry = LedgerEntry.objects.filter(
         program=program, idempotency_key=event.idempotency_key
     ).first()
@@ -133,8 +133,13 @@ def _replay(program: Program, event: EventInput) -> IngestResult | None:
 
 @transaction.atomic(durable=True)
 def _ingest_atomic(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
+    return ingest_in_transaction(program=program, event=event, actor=actor)
+
+
+def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
+    """The body of one ingestion; the caller owns the transaction (a batch item's savepoint)."""
     balance = balance_lock(program=program, member_id=event.member_id, create=True)
-    replay = _replay(program, event)  # committed by a request we waited for on the lock
+    replay = event_replay(program, event)  # committed by a request we waited for on the lock
     if replay:
         return replay
     if event.type == "refund":
@@ -159,7 +164,7 @@ def _ingest_atomic(*, program: Program, event: EventInput, actor: Actor) -> Inge
     return IngestResult(entry=entry)
 
 
-def _validate(program: Program, event: EventInput) -> None:
+def event_validate(program: Program, event: EventInput) -> None:
     errors: dict[str, list[str]] = {}
     if event.type not in EVENT_TYPES:
         errors["type"] = [f"Must be one of {sorted(EVENT_TYPES)}."]
