@@ -1,1 +1,294 @@
-# Register your models here.
+"""The ops console: programs, members, the ledger and redemptions for ops, finance and auditors.
+
+The ledger and everything the engine writes (entries, lots, redemptions, vouchers, snapshots,
+jobs, outbox) are read-only here; changes go through services, in their own transactions,
+and are audited there.
+"""
+
+from django.contrib import admin
+from django.db.models import Sum
+from guardian.shortcuts import get_objects_for_user
+
+from .actors import Actor
+from .models import (
+    BudgetShard,
+    Campaign,
+    CampaignAward,
+    Job,
+    LedgerEntry,
+    MemberBalance,
+    Merchant,
+    OutboxEvent,
+    PointLot,
+    Program,
+    Redemption,
+    Tier,
+    TierSnapshot,
+    Voucher,
+)
+from .roles import user_roles
+from .services import (
+    balance_set_frozen,
+    program_create,
+    program_set_status,
+    program_update,
+    redemption_release,
+)
+from .services.programs import UPDATABLE_FIELDS
+
+
+def request_actor(request) -> Actor:
+    """The staff user as an actor: role from their groups (the most privileged first)."""
+    roles = user_roles(request.user)
+    order = ["system", "finance_ops", "ops_marketing", "auditor", "merchant_admin"]
+    role = next((r for r in order if r in roles), "superuser" if request.user.is_superuser else "")
+    return Actor(
+        id=f"user:{request.user.pk}",
+        role=role,
+        ip=request.META.get("REMOTE_ADDR"),
+        user_agent=request.META.get("HTTP_USER_AGENT", ""),
+    )
+
+
+class ScopedAdmin(admin.ModelAdmin):
+    """Staff whose only role is `merchant_admin` see only their merchants' objects."""
+
+    merchant_path = "program__merchant"
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        user = request.user
+        if user.is_superuser or user_roles(user) - {"merchant_admin"}:
+            return queryset
+        merchants = get_objects_for_user(
+            user, "loyalty.view_merchant", klass=Merchant, accept_global_perms=False
+        )
+        return queryset.filter(**{f"{self.merchant_path}__in": merchants})
+
+
+class ReadOnlyAdmin(ScopedAdmin):
+    """What the engine writes is never edited by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ServiceFormAdmin(ScopedAdmin):
+    """Admin forms whose saves call a service.
+
+    Django wraps the change form in `transaction.atomic`; our services are durable entry points
+    that own their transaction, so the form view runs unwrapped (the service is atomic itself).
+    """
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        return self._changeform_view(request, object_id, form_url, extra_context)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Merchant)
+class MerchantAdmin(ScopedAdmin):
+    merchant_path = "pk"
+    list_display = ["id", "name", "created_at"]
+    search_fields = ["id", "name"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class TierInline(admin.TabularInline):
+    model = Tier
+    extra = 0
+    fields = ["rank", "name", "min_points", "min_spend", "earn_multiplier"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class BudgetShardInline(TierInline):
+    model = BudgetShard
+    fields = ["shard", "allocated", "spent"]
+
+
+@admin.register(Program)
+class ProgramAdmin(ServiceFormAdmin):
+    merchant_path = "merchant"
+    list_display = ["name", "merchant", "currency", "status", "earn_rate", "budget_limit",
+                    "budget_spent", "created_at"]  # fmt: skip
+    list_filter = ["status", "currency"]
+    search_fields = ["name", "merchant__id", "id"]
+    readonly_fields = ["id", "status", "budget_spent", "created_at", "updated_at"]
+    inlines = [TierInline, BudgetShardInline]
+    actions = ["suspend", "reactivate"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ["id", "status"]
+        return [*self.readonly_fields, "merchant", "currency"]
+
+    @admin.display(description="Budget spent")
+    def budget_spent(self, obj):
+        return obj.budget_shards.aggregate(s=Sum("spent"))["s"]
+
+    def save_model(self, request, obj, form, change):
+        actor = request_actor(request)
+        if change:
+            changes = {f: form.cleaned_data[f] for f in form.changed_data if f in UPDATABLE_FIELDS}
+            saved = program_update(program_id=obj.pk, changes=changes, actor=actor)
+        else:
+            fields = {f: form.cleaned_data[f] for f in UPDATABLE_FIELDS - {"name"}
+                      if f in form.cleaned_data}  # fmt: skip
+            saved = program_create(
+                merchant_id=form.cleaned_data["merchant"].pk,
+                name=form.cleaned_data["name"],
+                currency=form.cleaned_data["currency"],
+                actor=actor,
+                **fields,
+            )
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        """Tiers are written by the program service, not by the inline formsets."""
+
+    @admin.action(description="Suspend the selected programs", permissions=["change"])
+    def suspend(self, request, queryset):
+        self._set_status(request, queryset, Program.Status.SUSPENDED)
+
+    @admin.action(description="Reactivate the selected programs", permissions=["change"])
+    def reactivate(self, request, queryset):
+        self._set_status(request, queryset, Program.Status.ACTIVE)
+
+    def _set_status(self, request, queryset, status):
+        actor = request_actor(request)
+        for program in queryset:
+            program_set_status(program_id=program.pk, status=status, actor=actor,
+                               reason="admin action")  # fmt: skip
+        self.message_user(request, f"{queryset.count()} program(s) now {status}.")
+
+
+@admin.register(MemberBalance)
+class MemberBalanceAdmin(ReadOnlyAdmin):
+    list_display = ["member_id", "program", "points_balance", "locked", "tier", "is_frozen",
+                    "churn_risk", "last_activity_at"]  # fmt: skip
+    list_filter = ["tier", "is_frozen", "program"]
+    search_fields = ["member_id"]
+    list_select_related = ["program"]
+    exclude = ["encrypted_meta"]
+    actions = ["freeze", "unfreeze"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request, obj=None):
+        # No field is editable, but finance may run the freeze actions.
+        return obj is None and request.user.has_perm("loyalty.change_memberbalance")
+
+    @admin.action(description="Freeze the selected members", permissions=["change"])
+    def freeze(self, request, queryset):
+        self._set_frozen(request, queryset, frozen=True)
+
+    @admin.action(description="Unfreeze the selected members", permissions=["change"])
+    def unfreeze(self, request, queryset):
+        self._set_frozen(request, queryset, frozen=False)
+
+    def _set_frozen(self, request, queryset, *, frozen):
+        actor = request_actor(request)
+        for balance in queryset.select_related("program"):
+            balance_set_frozen(program=balance.program, member_id=balance.member_id,
+                               frozen=frozen, actor=actor, reason="admin action")  # fmt: skip
+        self.message_user(request, f"{queryset.count()} member(s) updated.")
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "type", "points", "balance_after", "amount", "currency", "reference",
+                    "actor_id", "created_at"]  # fmt: skip
+    list_filter = ["type", "program"]
+    search_fields = ["balance__member_id", "reference", "idempotency_key"]
+    list_select_related = ["balance"]
+    show_full_result_count = False
+
+
+@admin.register(PointLot)
+class PointLotAdmin(ReadOnlyAdmin):
+    list_display = ["id", "balance", "points", "remaining", "earned_at", "expires_at"]
+    search_fields = ["balance__member_id"]
+    list_select_related = ["balance"]
+    show_full_result_count = False
+
+
+@admin.register(Redemption)
+class RedemptionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "balance", "points", "reward_type", "status", "expires_at",
+                    "created_at"]  # fmt: skip
+    list_filter = ["status", "reward_type"]
+    search_fields = ["balance__member_id", "idempotency_key"]
+    list_select_related = ["balance"]
+    actions = ["release"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and request.user.has_perm("loyalty.change_redemption")
+
+    @admin.action(description="Release the selected pending holds", permissions=["change"])
+    def release(self, request, queryset):
+        actor = request_actor(request)
+        done = 0
+        for redemption in queryset.filter(status=Redemption.Status.PENDING):
+            redemption_release(redemption_id=redemption.pk, actor=actor)
+            done += 1
+        self.message_user(request, f"{done} hold(s) released.")
+
+
+@admin.register(Voucher)
+class VoucherAdmin(ReadOnlyAdmin):
+    list_display = ["code", "type", "value", "currency", "status", "expires_at", "redeemed_at"]
+    list_filter = ["status", "type"]
+    search_fields = ["code", "balance__member_id"]
+
+
+@admin.register(TierSnapshot)
+class TierSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ["balance", "from_tier", "to_tier", "reason", "actor_id", "created_at",
+                    "rolled_back_at"]  # fmt: skip
+    search_fields = ["balance__member_id"]
+    list_select_related = ["balance"]
+
+
+@admin.register(Campaign)
+class CampaignAdmin(ReadOnlyAdmin):
+    list_display = ["name", "program", "segment", "bonus_points", "scheduled_at", "status",
+                    "awarded_count", "failed_count"]  # fmt: skip
+    list_filter = ["status", "segment"]
+    search_fields = ["name"]
+
+
+@admin.register(CampaignAward)
+class CampaignAwardAdmin(ReadOnlyAdmin):
+    merchant_path = "campaign__program__merchant"
+    list_display = ["campaign", "balance", "status", "error_code", "created_at"]
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ["id", "kind", "program", "status", "counts", "triggered_by", "started_at",
+                    "finished_at"]  # fmt: skip
+    list_filter = ["kind", "status"]
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(ReadOnlyAdmin):
+    merchant_path = "merchant"
+    list_display = ["id", "event_type", "merchant", "created_at", "dispatched_at"]
+    list_filter = ["event_type"]

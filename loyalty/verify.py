@@ -1,5 +1,8 @@
 """The ledger's invariants, checked in SQL over every member (`manage.py loyalty_verify`).
 
+Differences are compared after ROUND(, 2): exact on PostgreSQL's NUMERIC, and it absorbs
+SQLite's floating-point SUM in development.
+
 - points_balance == sum(ledger entries.points)
 - locked == sum(points of pending redemptions)
 - sum(open lot remaining) == max(points_balance, 0)
@@ -17,14 +20,14 @@ CHECKS = {
         FROM loyalty_memberbalance b
         LEFT JOIN (SELECT balance_id, SUM(points) AS total FROM loyalty_ledgerentry
                    GROUP BY balance_id) e ON e.balance_id = b.id
-        WHERE b.points_balance <> COALESCE(e.total, 0)
+        WHERE ROUND(b.points_balance - COALESCE(e.total, 0), 2) <> 0
     """,
     "locked_vs_holds": """
         SELECT b.id, b.member_id, b.program_id, b.locked, COALESCE(r.total, 0) AS expected
         FROM loyalty_memberbalance b
         LEFT JOIN (SELECT balance_id, SUM(points) AS total FROM loyalty_redemption
                    WHERE status = 'pending' GROUP BY balance_id) r ON r.balance_id = b.id
-        WHERE b.locked <> COALESCE(r.total, 0)
+        WHERE ROUND(b.locked - COALESCE(r.total, 0), 2) <> 0
     """,
     "lots_vs_balance": """
         SELECT b.id, b.member_id, b.program_id, COALESCE(l.total, 0) AS lots,
@@ -32,15 +35,15 @@ CHECKS = {
         FROM loyalty_memberbalance b
         LEFT JOIN (SELECT balance_id, SUM(remaining) AS total FROM loyalty_pointlot
                    GROUP BY balance_id) l ON l.balance_id = b.id
-        WHERE COALESCE(l.total, 0)
-              <> CASE WHEN b.points_balance > 0 THEN b.points_balance ELSE 0 END
+        WHERE ROUND(COALESCE(l.total, 0)
+              - CASE WHEN b.points_balance > 0 THEN b.points_balance ELSE 0 END, 2) <> 0
     """,
     "balance_after_chain": """
         SELECT e.balance_id, e.id, e.balance_after, e.running
         FROM (SELECT balance_id, id, balance_after,
                      SUM(points) OVER (PARTITION BY balance_id ORDER BY id) AS running
               FROM loyalty_ledgerentry) e
-        WHERE e.balance_after <> e.running
+        WHERE ROUND(e.balance_after - e.running, 2) <> 0
     """,
     "budget_overspent": """
         SELECT program_id, shard, allocated, spent FROM loyalty_budgetshard
