@@ -1,23 +1,14 @@
-"""
-URL configuration for loyalty_project project.
-
-The `urlpatterns` list routes URLs to views. For more information please see:
-    https://docs.djangoproject.com/en/5.2/topics/http/urls/
-Examples:
-Function views
-    1. Add an import:  from my_app import views
-    2. Add a URL to urlpatterns:  path('', views.home, name='home')
-Class-based views
-    1. Add an import:  from other_app.views import Home
-    2. Add a URL to urlpatterns:  path('', Home.as_view(), name='home')
-Including another URLconf
-    1. Import the include() function: from django.urls import include, path
-    2. Add a URL to urlpatterns:  path('blog/', include('blog.urls'))
-"""
+"""URL configuration: the admin (ops console), the v1 API, and the ops endpoints."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+
+from . import ops
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Ops: liveness, readiness, Prometheus metrics (`/metrics`).
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("", include("django_prometheus.urls")),
 ]
