@@ -57,9 +57,12 @@ def sira_settings_resolve(overrides: dict | None) -> dict:
         if key not in DEFAULT_SIRA_SETTINGS:
             raise ValueError(f"unknown SIRA setting {key!r}")
         if key in DECIMAL_SETTINGS:
-            value = D(str(value))
-            if value < 0:
-                raise ValueError(f"SIRA setting {key!r} must not be negative")
+            try:
+                value = D(str(value))
+            except ArithmeticError as exc:  # decimal.InvalidOperation is not a ValueError
+                raise ValueError(f"SIRA setting {key!r} must be a number") from exc
+            if not value.is_finite() or value < 0:
+                raise ValueError(f"SIRA setting {key!r} must be a finite number, not negative")
         elif key == "enabled":
             value = bool(value)
         elif key == "frequency_days":

@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from audit.services import audit_record
+from sira.scoring import sira_settings_resolve
 
 from ..actors import Actor
 from ..errors import NotFound, ValidationFailed
@@ -86,6 +87,11 @@ def _full_clean(program: Program) -> None:
         program.full_clean(exclude=["merchant"])
     except ValidationError as exc:
         raise ValidationFailed(errors=exc.message_dict) from exc
+    try:
+        # Checked here, not at ingestion: a bad setting would otherwise fail every purchase.
+        sira_settings_resolve(program.sira_settings)
+    except (ValueError, TypeError) as exc:
+        raise ValidationFailed(errors={"sira_settings": [str(exc)]}) from exc
 
 
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
