@@ -419,6 +419,9 @@ class TierSnapshot(models.Model):
     reason = models.CharField(max_length=200)
     points_balance = points_field()
     lifetime_spend = money_field()
+    # The qualifying points or spend the decision was based on; a rollback records it too,
+    # so the tier job does not re-apply a rolled-back upgrade until the member earns more.
+    qualifying_value = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
     actor_id = models.CharField(max_length=128)
     job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
