@@ -1,0 +1,196 @@
+"""API authentication: JWT bearer tokens from Molam ID, and merchant API keys.
+
+The role always comes from the verified credential. Headers such as `X-User-Role` or
+`X-User-Id` are never read.
+"""
+
+import functools
+import logging
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from django.conf import settings
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+
+from loyalty.actors import Actor
+
+from .caller import Caller, client_ip, user_agent
+from .models import MerchantAPIKey
+from .permissions import API_KEY_PERMISSIONS, ROLE_PERMISSIONS, permissions_for_roles
+
+logger = logging.getLogger(__name__)
+
+# Asymmetric algorithms only: a token's header never chooses HS256 or `none`.
+ALGORITHMS_BY_KEY = {rsa.RSAPublicKey: ["RS256"], ec.EllipticCurvePublicKey: ["ES256"]}
+REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub", "roles"]
+JWT_LEEWAY_SECONDS = 30
+
+
+def _bind(request, caller: Caller) -> Caller:
+    # DRF's Request reads unknown attributes from the Django request, so views, permissions
+    # and the audit trail all see `request.caller`.
+    request._request.caller = caller
+    return caller
+
+
+@functools.cache
+def _pem_key(pem: str):
+    return load_pem_public_key(pem.encode())
+
+
+@functools.cache
+def _jwks_client(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+
+
+def _verification_key(token: str):
+    if settings.LOYALTY_JWT_JWKS_URL:
+        try:
+            return _jwks_client(settings.LOYALTY_JWT_JWKS_URL).get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError as exc:
+            logger.warning("JWKS unreachable: %s", exc)
+            raise AuthenticationFailed("The token's signing keys cannot be fetched.") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthenticationFailed("Invalid token.") from exc
+    if settings.LOYALTY_JWT_PUBLIC_KEY:
+        return _pem_key(settings.LOYALTY_JWT_PUBLIC_KEY)
+    raise AuthenticationFailed("Bearer tokens are not accepted: no verification key is set.")
+
+
+def jwt_claims(token: str) -> dict:
+    """The verified claims of `token`, or AuthenticationFailed."""
+    key = _verification_key(token)
+    algorithms = next(
+        (algs for key_type, algs in ALGORITHMS_BY_KEY.items() if isinstance(key, key_type)), None
+    )
+    if algorithms is None:
+        raise AuthenticationFailed("The configured key is not an RSA or EC public key.")
+    try:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=algorithms,
+            audience=settings.LOYALTY_JWT_AUDIENCE,
+            issuer=settings.LOYALTY_JWT_ISSUER,
+            leeway=JWT_LEEWAY_SECONDS,
+            options={"require": REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthenticationFailed("The token has expired.", code="token_expired") from exc
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise AuthenticationFailed(f"Invalid token: {exc}", code="invalid_token") from exc
+
+
+def caller_from_claims(claims: dict, request) -> Caller:
+    sub, roles, merchant_id = claims.get("sub"), claims.get("roles"), claims.get("merchant_id")
+    if not isinstance(sub, str) or not sub or len(sub) > 128:
+        raise AuthenticationFailed("The token's `sub` must be a string.", code="invalid_token")
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise AuthenticationFailed("The token's `roles` must be a list.", code="invalid_token")
+    if merchant_id is not None and (
+        not isinstance(merchant_id, str) or not merchant_id or len(merchant_id) > 64
+    ):
+        raise AuthenticationFailed("The token's `merchant_id` is invalid.", code="invalid_token")
+    known = tuple(r for r in roles if r in ROLE_PERMISSIONS)
+    if "merchant_admin" in known and merchant_id is None:
+        # merchant_admin reads its own merchant only; without a scope it would see them all.
+        raise AuthenticationFailed(
+            "A merchant_admin token must carry `merchant_id`.", code="invalid_token"
+        )
+    # The actor's role (ledger entries, audit rows) is the first known role of the token.
+    actor = Actor(
+        id=sub,
+        role=known[0] if known else "none",
+        ip=client_ip(request),
+        user_agent=user_agent(request),
+        merchant_id=merchant_id,
+        credential_id=f"jwt:{claims.get('jti') or sub}"[:128],
+    )
+    return Caller(
+        actor=actor,
+        roles=known,
+        permissions=permissions_for_roles(known),
+        merchant_id=merchant_id,
+        credential_type="jwt",
+        credential_id=actor.credential_id,
+    )
+
+
+class JWTAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <JWT>` signed by Molam ID (RS256 or ES256)."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request):
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise AuthenticationFailed("Malformed Authorization header.")
+        try:
+            token = parts[1].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise AuthenticationFailed("Malformed token.") from exc
+        caller = caller_from_claims(jwt_claims(token), request)
+        return _bind(request, caller), token
+
+    def authenticate_header(self, request) -> str:
+        # Makes DRF answer 401 (not 403) when no credential is given.
+        return 'Bearer realm="molam-loyalty", Api-Key realm="molam-loyalty"'
+
+
+class APIKeyAuthentication(BaseAuthentication):
+    """`Authorization: Api-Key <prefix.secret>` (or `X-Api-Key`): a merchant API key."""
+
+    keyword = b"api-key"
+
+    def authenticate(self, request):
+        parts = get_authorization_header(request).split()
+        if parts and parts[0].lower() == self.keyword:
+            if len(parts) != 2:
+                raise AuthenticationFailed("Malformed Authorization header.")
+            raw = parts[1]
+        elif request.META.get("HTTP_X_API_KEY"):
+            raw = request.META["HTTP_X_API_KEY"].encode("latin-1", "replace")
+        else:
+            return None
+        try:
+            key = raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise AuthenticationFailed("Invalid API key.") from exc
+        api_key = api_key_verify(key)
+        actor = Actor(
+            id=f"apikey:{api_key.prefix}",
+            role="api_key",
+            ip=client_ip(request),
+            user_agent=user_agent(request),
+            merchant_id=api_key.merchant_id,
+            credential_id=f"apikey:{api_key.prefix}",
+        )
+        caller = Caller(
+            actor=actor,
+            roles=(),
+            permissions=frozenset(api_key.permissions) & API_KEY_PERMISSIONS,
+            merchant_id=api_key.merchant_id,
+            credential_type="api_key",
+            credential_id=actor.credential_id,
+        )
+        return _bind(request, caller), api_key
+
+    def authenticate_header(self, request) -> str:
+        return 'Api-Key realm="molam-loyalty"'
+
+
+def api_key_verify(key: str) -> MerchantAPIKey:
+    """The usable key for `key` (not revoked, not expired), or AuthenticationFailed."""
+    if "." not in key or len(key) > 200:
+        raise AuthenticationFailed("Invalid API key.")
+    try:
+        api_key = MerchantAPIKey.objects.get_from_key(key)
+    except MerchantAPIKey.DoesNotExist as exc:
+        raise AuthenticationFailed("Invalid API key.") from exc
+    if api_key.has_expired:
+        raise AuthenticationFailed("The API key has expired.")
+    return api_key

@@ -1,0 +1,191 @@
+"""HTTP idempotency for every write (`Idempotency-Key` header).
+
+The first request with a key claims it (a row unique per scope and key, committed at once);
+its outcome is stored when it ends. A repeat with the same body replays the stored status and
+body with `Idempotent-Replayed: true`; a repeat with another body is refused (422
+`idempotency_key_reused`); a repeat while the first still runs gets 409
+`idempotency_in_progress`. Records are kept `LOYALTY_IDEMPOTENCY_TTL_HOURS` (>= 24 h).
+
+Stored outcomes: 2xx, 409 and 422 (the request was decided). Other failures (400 validation,
+404, 5xx) release the claim, since nothing happened and the client may retry with a fixed
+request under the same key.
+"""
+
+import functools
+import hashlib
+import json
+import re
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
+
+from loyalty.errors import Conflict, DomainError, IdempotencyKeyReused, ValidationFailed
+
+from .models import IdempotencyRecord
+
+HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+STORED_STATUSES = {409, 422}
+
+
+class IdempotencyKeyMissing(DomainError):
+    code = "idempotency_key_missing"
+    http_status = 400
+    title = "Writes need an Idempotency-Key header"
+
+
+class IdempotencyInProgress(Conflict):
+    code = "idempotency_in_progress"
+    title = "A request with this idempotency key is still being processed"
+
+
+def request_fingerprint(request) -> str:
+    """Method, path and the body as canonical JSON (key order and spacing do not matter)."""
+    body = json.dumps(request.data, sort_keys=True, cls=JSONEncoder, separators=(",", ":"))
+    raw = f"{request.method}\n{request.path}\n{body}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def idempotency_key(request) -> str:
+    key = request.headers.get(HEADER)
+    if key is None:
+        raise IdempotencyKeyMissing(f"Send a unique `{HEADER}` header with every write.")
+    if not KEY_PATTERN.match(key):
+        raise ValidationFailed(
+            errors={HEADER: ["1 to 255 printable ASCII characters without spaces."]}
+        )
+    return key
+
+
+def idempotency_claim(
+    *, scope: str, key: str, fingerprint: str, method: str, path: str, credential_id: str
+) -> tuple[IdempotencyRecord, bool]:
+    """Claims `key` for this request: (record, False), or (stored record, True) to replay.
+
+    Raises IdempotencyKeyReused for another body, IdempotencyInProgress while it runs.
+    """
+    now = timezone.now()
+    fresh = {
+        "method": method,
+        "path": path[:500],
+        "request_hash": fingerprint,
+        "credential_id": credential_id[:128],
+        "status": IdempotencyRecord.Status.IN_PROGRESS,
+        "response_status": None,
+        "response_body": None,
+        "response_content_type": "",
+        "created_at": now,
+        "locked_until": now + timedelta(seconds=settings.LOYALTY_IDEMPOTENCY_LOCK_SECONDS),
+        "completed_at": None,
+        "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
+    }
+    for _ in range(3):
+        try:
+            # Its own short transaction: the claim is visible to concurrent repeats at once.
+            with transaction.atomic():
+                return IdempotencyRecord.objects.create(scope=scope, key=key, **fresh), False
+        except IntegrityError:
+            pass
+        existing = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
+        if existing is None:
+            continue  # purged meanwhile: claim again
+        stale = existing.expires_at <= now or (
+            existing.status == IdempotencyRecord.Status.IN_PROGRESS and existing.locked_until <= now
+        )
+        if stale:
+            # Expired, or abandoned by a request that died: take it over, once (conditional
+            # UPDATE, so two repeats cannot both win).
+            won = IdempotencyRecord.objects.filter(
+                pk=existing.pk, status=existing.status, created_at=existing.created_at
+            ).update(**fresh)
+            if won:
+                existing.refresh_from_db()
+                return existing, False
+            existing.refresh_from_db()
+        if existing.request_hash != fingerprint:
+            raise IdempotencyKeyReused(
+                "This idempotency key was already used for a different request.",
+                idempotency_key=key,
+            )
+        if existing.status == IdempotencyRecord.Status.IN_PROGRESS:
+            raise IdempotencyInProgress(idempotency_key=key)
+        return existing, True
+    raise IdempotencyInProgress(idempotency_key=key)
+
+
+def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
+    body = json.loads(json.dumps(response.data, cls=JSONEncoder))
+    IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
+        status=IdempotencyRecord.Status.COMPLETED,
+        response_status=response.status_code,
+        response_body=body,
+        response_content_type=response.content_type or "",
+        completed_at=timezone.now(),
+    )
+
+
+def idempotency_release(record: IdempotencyRecord) -> None:
+    IdempotencyRecord.objects.filter(
+        pk=record.pk, created_at=record.created_at, status=IdempotencyRecord.Status.IN_PROGRESS
+    ).delete()
+
+
+def replay_response(record: IdempotencyRecord) -> Response:
+    return Response(
+        record.response_body,
+        status=record.response_status,
+        headers={REPLAY_HEADER: "true"},
+        content_type=record.response_content_type or None,
+    )
+
+
+def idempotent(handler):
+    """Wraps a write handler of an APIView (after authentication and permission checks)."""
+
+    @functools.wraps(handler)
+    def wrapper(self, request, *args, **kwargs):
+        key = idempotency_key(request)
+        caller = request.caller
+        record, replay = idempotency_claim(
+            scope=caller.idempotency_scope,
+            key=key,
+            fingerprint=request_fingerprint(request),
+            method=request.method,
+            path=request.path,
+            credential_id=caller.credential_id,
+        )
+        if replay:
+            return replay_response(record)
+        try:
+            try:
+                response = handler(self, request, *args, **kwargs)
+            except Exception as exc:
+                # Rendered here (not by dispatch) so a refusal's problem body can be stored;
+                # unknown exceptions re-raise from handle_exception.
+                response = self.handle_exception(exc)
+        except BaseException:
+            idempotency_release(record)
+            raise
+        if 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
+            idempotency_complete(record, response)
+        else:
+            idempotency_release(record)
+        return response
+
+    wrapper.idempotent = True
+    return wrapper
+
+
+def idempotency_records_purge(*, limit: int = 10_000) -> int:
+    """Deletes up to `limit` expired records (a scheduled job may call it)."""
+    ids = list(
+        IdempotencyRecord.objects.filter(expires_at__lte=timezone.now())
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return IdempotencyRecord.objects.filter(pk__in=ids).delete()[0]

@@ -1,0 +1,37 @@
+"""Strict JSON parsing with a size limit.
+
+Numbers parse to Decimal (never float), NaN/Infinity are refused, and a body larger than
+`LOYALTY_API_MAX_BODY_BYTES` is refused with 413 even without a Content-Length header.
+"""
+
+import json
+from decimal import Decimal
+
+from django.conf import settings
+from rest_framework import status
+from rest_framework.exceptions import APIException, ParseError
+from rest_framework.parsers import JSONParser
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "payload_too_large"
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+class StrictJSONParser(JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.LOYALTY_API_MAX_BODY_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+        try:
+            return json.loads(
+                raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant
+            )
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ParseError(f"JSON parse error: {exc}") from exc

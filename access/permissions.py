@@ -1,0 +1,152 @@
+"""The one map from roles to named permissions, and the DRF permission that enforces it.
+
+Roles come only from a verified credential (JWT `roles` claim, or the permission set stored
+on a merchant API key); no header grants anything. Every API view names the permission each
+of its methods needs; the RBAC matrix test is generated from this map and the URL list.
+"""
+
+from rest_framework.permissions import BasePermission
+
+# Named permissions: `<resource>:<verb>`. Other apps (audit, approvals, jobs, webhooks, SIRA)
+# use the ones reserved for them here so the map stays the single source of truth.
+PERMISSIONS = (
+    "programs:read",
+    "programs:create",
+    "programs:write",
+    "programs:suspend",
+    "budgets:write",
+    "members:read",
+    "members:adjust",
+    "members:freeze",
+    "events:write",
+    "redemptions:write",
+    "vouchers:read",
+    "vouchers:redeem",
+    "campaigns:read",
+    "campaigns:write",
+    "audit:read",
+    "approvals:read",
+    "approvals:decide",
+    "jobs:read",
+    "jobs:run",
+    "webhooks:read",
+    "webhooks:write",
+    "sira:read",
+    "sira:feedback",
+)
+
+READ_PERMISSIONS = frozenset(p for p in PERMISSIONS if p.endswith(":read"))
+
+# The seed's five roles (DESIGN.md "Identity, roles, scoping").
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    # View-only access to its own merchant's programs (a merchant_id scope is mandatory).
+    "merchant_admin": frozenset(
+        {"programs:read", "members:read", "vouchers:read", "campaigns:read"}
+    ),
+    # Campaigns, program updates, adjustment requests.
+    "ops_marketing": frozenset(
+        {
+            "programs:read",
+            "programs:create",
+            "programs:write",
+            "programs:suspend",
+            "members:read",
+            "members:adjust",
+            "vouchers:read",
+            "campaigns:read",
+            "campaigns:write",
+            "approvals:read",
+            "approvals:decide",
+            "jobs:read",
+            "jobs:run",
+            "sira:read",
+            "webhooks:read",
+        }
+    ),
+    # Adjustments, budgets, approvals, freezing.
+    "finance_ops": frozenset(
+        {
+            "programs:read",
+            "programs:suspend",
+            "budgets:write",
+            "members:read",
+            "members:adjust",
+            "members:freeze",
+            "vouchers:read",
+            "campaigns:read",
+            "audit:read",
+            "approvals:read",
+            "approvals:decide",
+            "jobs:read",
+            "webhooks:read",
+        }
+    ),
+    # Reads everything, the audit log included; changes nothing.
+    "auditor": READ_PERMISSIONS,
+    # Workers and internal services.
+    "system": frozenset(PERMISSIONS),
+}
+
+ROLES = tuple(ROLE_PERMISSIONS)
+
+# A merchant API key is an integration credential: it may hold any permission except
+# deciding approvals, which needs a person (multi-signature approvals count people).
+API_KEY_PERMISSIONS = frozenset(PERMISSIONS) - {"approvals:decide"}
+# What `apikey_create` grants by default: what a merchant's checkout integration needs.
+API_KEY_DEFAULT_PERMISSIONS = (
+    "programs:read",
+    "members:read",
+    "events:write",
+    "redemptions:write",
+    "vouchers:read",
+    "vouchers:redeem",
+)
+
+
+def permissions_for_roles(roles) -> frozenset[str]:
+    granted: set[str] = set()
+    for role in roles:
+        granted |= ROLE_PERMISSIONS.get(role, frozenset())
+    return frozenset(granted)
+
+
+class HasPermission(BasePermission):
+    """`permission_classes = [HasPermission("events:write")]`: the caller must hold it.
+
+    Called with a permission name it returns a subclass (DRF instantiates permission classes
+    itself), so views read like the permission map. Views with several methods on one URL set
+    `method_permissions = {"get": "programs:read", "post": "programs:create"}` instead and use
+    `HasPermission` bare.
+    """
+
+    permission: str = ""
+
+    def __new__(cls, *args, **kwargs):
+        if cls is HasPermission and args and isinstance(args[0], str):
+            name = args[0]
+            if name not in PERMISSIONS:
+                raise ValueError(f"unknown permission {name!r}")
+            return type(
+                f"HasPermission_{name.replace(':', '_')}", (HasPermission,), {"permission": name}
+            )
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def has_permission(self, request, view) -> bool:
+        caller = getattr(request, "caller", None)
+        needed = view_permission(type(view), request.method)
+        # A method without a declared permission is refused, never open by omission.
+        return caller is not None and needed is not None and needed in caller.permissions
+
+
+def view_permission(view_cls, method: str) -> str | None:
+    """The permission a view's method needs (used by the RBAC matrix and the schema)."""
+    per_method = getattr(view_cls, "method_permissions", None)
+    if per_method:
+        return per_method.get(method.lower())
+    for perm_cls in getattr(view_cls, "permission_classes", []):
+        if isinstance(perm_cls, type) and issubclass(perm_cls, HasPermission):
+            return perm_cls.permission or None
+    return None
