@@ -4,6 +4,7 @@ Defaults are safe for local development: SQLite, eager in-process tasks, DEBUG o
 Production overrides live in `production.py`, which refuses to start without real secrets.
 """
 
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -39,11 +40,13 @@ INSTALLED_APPS = [
     "audit",
     "approvals",
     "sira",
+    "access",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "access.middleware.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -128,10 +131,35 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # --- API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    # The role always comes from one of these verified credentials (see access/).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "access.authentication.JWTAuthentication",
+        "access.authentication.APIKeyAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["access.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "access.problems.problem_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+# API request bodies above this are refused with 413 (a batch of 1,000 events fits).
+LOYALTY_API_MAX_BODY_BYTES = env.int("LOYALTY_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)
+# Trusted reverse proxies in front of the app (client IP taken from X-Forwarded-For).
+LOYALTY_API_NUM_PROXIES = env.int("LOYALTY_API_NUM_PROXIES", default=0)
+# Idempotency-Key records are kept this long; a claim abandoned by a crashed request may be
+# taken over after LOCK_SECONDS (longer than any request may run).
+LOYALTY_IDEMPOTENCY_TTL_HOURS = env.int("LOYALTY_IDEMPOTENCY_TTL_HOURS", default=48)
+LOYALTY_IDEMPOTENCY_LOCK_SECONDS = env.int("LOYALTY_IDEMPOTENCY_LOCK_SECONDS", default=120)
+# Multi-signature approval: sizes above which an operation needs approval (access/approval_gate).
+# balance_adjustment: points either way; budget_change: program currency.
+LOYALTY_APPROVAL_THRESHOLDS = {
+    "balance_adjustment": Decimal(env.str("LOYALTY_APPROVAL_ADJUSTMENT_POINTS", default="10000")),
+    "budget_change": Decimal(env.str("LOYALTY_APPROVAL_BUDGET_CHANGE", default="50000")),
+}
+LOYALTY_APPROVAL_REQUIRED_ROLES = env.list(
+    "LOYALTY_APPROVAL_REQUIRED_ROLES", default=["ops_marketing", "finance_ops"]
+)
+LOYALTY_APPROVAL_FREEZE_REQUIRED = env.bool("LOYALTY_APPROVAL_FREEZE_REQUIRED", default=False)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Molam Loyalty API",
     "DESCRIPTION": "Loyalty and rewards engine: events, redemptions, vouchers, programs.",
