@@ -1,0 +1,244 @@
+"""Point expiry (the daily job): lots past their date expire exactly once, oldest first.
+
+Per chunk of members with due lots (keyset on balance id), one short transaction: lock the
+balance rows in id order (the lock every member write takes first, and which guards the
+member's lots), re-read the due lots under the lock, take from them oldest first at most what
+the member has available (balance - locked: points held by a pending redemption stay until
+the hold is captured or released; the rest of the lot waits for a later run), then write one
+`expiry` ledger entry per member, the lots, the balance, the outbox events and the audit
+entries, and the job's progress. A crash rolls back the chunk in flight only; lots already
+expired have nothing left, so a re-run can never expire them twice.
+
+The same job sends `loyalty.points.expiring` once per lot, `expiry_warning_days` before.
+"""
+
+from collections import defaultdict
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..actors import system_actor
+from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
+from ..money import ZERO
+from .ingestion import balance_snapshot
+from .jobs import JobTracker, audit_many, job_programs
+
+CHUNK = 2000
+
+
+def points_expire(*, job: Job, tracker: JobTracker) -> None:
+    """The expiry job over its program (or every program that is not closed)."""
+    statuses = (Program.Status.ACTIVE, Program.Status.SUSPENDED)
+    for program in job_programs(job, statuses=statuses):
+        if not program.expiry_days and not _has_dated_lots(program):
+            continue
+        _expire_program(program, job, tracker)
+        if program.expiry_warning_days:
+            _warn_program(program, tracker)
+
+
+def _has_dated_lots(program: Program) -> bool:
+    # Lots keep the date they were earned with, even if the program stopped expiring points.
+    return PointLot.objects.filter(
+        program=program, remaining__gt=0, expires_at__isnull=False
+    ).exists()
+
+
+def _expire_program(program: Program, job: Job, tracker: JobTracker) -> None:
+    now = timezone.now()
+    last = 0
+    while True:
+        ids = list(
+            PointLot.objects.filter(
+                program=program, remaining__gt=0, expires_at__lte=now, balance_id__gt=last
+            )
+            .order_by("balance_id")
+            .values_list("balance_id", flat=True)
+            .distinct()[:CHUNK]
+        )
+        if not ids:
+            return
+        _expire_chunk(program=program, balance_ids=ids, now=now, job=job, tracker=tracker)
+        last = ids[-1]
+
+
+@transaction.atomic(durable=True)
+def _expire_chunk(
+    *, program: Program, balance_ids: list[int], now, job: Job, tracker: JobTracker
+) -> None:
+    balances = {
+        b.pk: b
+        for b in MemberBalance.objects.select_for_update().filter(pk__in=balance_ids).order_by("pk")
+    }
+    due = PointLot.objects.filter(
+        balance_id__in=balance_ids, remaining__gt=0, expires_at__lte=now
+    ).order_by("balance_id", "expires_at", "id")
+    lots_by_member: dict[int, list[PointLot]] = defaultdict(list)
+    for lot in due:
+        lots_by_member[lot.balance_id].append(lot)
+
+    actor = system_actor(job.kind)
+    changed_lots: list[PointLot] = []
+    expired: dict[int, tuple[Decimal, list[dict]]] = {}
+    for balance_id, lots in lots_by_member.items():
+        balance = balances[balance_id]
+        # Points held by pending redemptions are not the job's to take.
+        room = max(balance.points_balance - balance.locked, ZERO)
+        taken_total, taken = ZERO, []
+        for lot in lots:
+            take = min(lot.remaining, room - taken_total)
+            if take <= 0:
+                continue
+            lot.remaining -= take
+            taken_total += take
+            taken.append({"lot_id": lot.pk, "points": str(take)})
+            changed_lots.append(lot)
+        if taken_total > 0:
+            expired[balance_id] = (taken_total, taken)
+
+    PointLot.objects.bulk_update(changed_lots, ["remaining"], batch_size=500)
+    entries = []
+    for balance_id, (points, taken) in expired.items():
+        balance = balances[balance_id]
+        balance.points_balance -= points
+        balance.updated_at = now
+        entries.append(
+            LedgerEntry(
+                program=program,
+                balance=balance,
+                type=LedgerEntry.Type.EXPIRY,
+                points=-points,
+                # One entry per member per run; the lots (not this key) make it exactly once.
+                idempotency_key=f"expiry:{job.pk}:{balance_id}",
+                balance_after=balance.points_balance,
+                reason="points expired",
+                details={
+                    "member_id": balance.member_id,
+                    "balance": balance_snapshot(balance),
+                    "lots": taken,
+                    "job_id": str(job.pk),
+                },
+                actor_id=actor.id,
+                actor_role=actor.role,
+                occurred_at=now,
+            )
+        )
+    LedgerEntry.objects.bulk_create(entries, batch_size=500)
+    MemberBalance.objects.bulk_update(
+        [balances[pk] for pk in expired], ["points_balance", "updated_at"], batch_size=500
+    )
+    OutboxEvent.objects.bulk_create(
+        [
+            OutboxEvent(
+                merchant_id=program.merchant_id,
+                program=program,
+                event_type="loyalty.points.expired",
+                payload={
+                    "program_id": str(program.pk),
+                    "transaction_id": str(entry.pk),
+                    "member_id": entry.balance.member_id,
+                    "points": str(entry.points),
+                    "balance": entry.details["balance"],
+                },
+            )
+            for entry in entries
+        ],
+        batch_size=500,
+    )
+    audit_many(
+        actor=actor,
+        action="transaction.expiry",
+        entity_type="transaction",
+        merchant_id=program.merchant_id,
+        rows=[
+            (e.pk, {"member_id": e.balance.member_id, "points": str(e.points),
+                    "balance_after": str(e.balance_after)})
+            for e in entries
+        ],
+    )  # fmt: skip
+    tracker.add(
+        members_expired=len(expired),
+        lots_touched=len(changed_lots),
+        points_expired_cents=int(sum((p for p, _ in expired.values()), ZERO) * 100),
+        # Due points kept because they are held by a pending redemption: a later run takes them.
+        members_waiting_on_holds=sum(1 for lots in lots_by_member.values() if _still_due(lots)),
+    )
+    tracker.save(program_id=str(program.pk), phase="expire", last_balance_id=balance_ids[-1])
+
+
+def _still_due(lots: list[PointLot]) -> bool:
+    return any(lot.remaining > 0 for lot in lots)
+
+
+def _warn_program(program: Program, tracker: JobTracker) -> None:
+    now = timezone.now()
+    horizon = now + timedelta(days=program.expiry_warning_days)
+    last = 0
+    while True:
+        ids = list(
+            PointLot.objects.filter(
+                program=program,
+                remaining__gt=0,
+                expiry_warned_at__isnull=True,
+                expires_at__gt=now,
+                expires_at__lte=horizon,
+                balance_id__gt=last,
+            )
+            .order_by("balance_id")
+            .values_list("balance_id", flat=True)
+            .distinct()[:CHUNK]
+        )
+        if not ids:
+            return
+        _warn_chunk(program=program, balance_ids=ids, now=now, horizon=horizon, tracker=tracker)
+        last = ids[-1]
+
+
+@transaction.atomic(durable=True)
+def _warn_chunk(*, program: Program, balance_ids: list[int], now, horizon, tracker) -> None:
+    """One `loyalty.points.expiring` event per member for lots not yet warned about."""
+    # The balance lock guards the member's lots (redemptions update them under it).
+    members = dict(
+        MemberBalance.objects.select_for_update()
+        .filter(pk__in=balance_ids)
+        .order_by("pk")
+        .values_list("pk", "member_id")
+    )
+    lots = list(
+        PointLot.objects.filter(
+            balance_id__in=balance_ids,
+            remaining__gt=0,
+            expiry_warned_at__isnull=True,
+            expires_at__gt=now,
+            expires_at__lte=horizon,
+        ).order_by("balance_id", "expires_at", "id")
+    )
+    PointLot.objects.filter(pk__in=[lot.pk for lot in lots]).update(expiry_warned_at=now)
+    by_member: dict[int, list[PointLot]] = defaultdict(list)
+    for lot in lots:
+        by_member[lot.balance_id].append(lot)
+    OutboxEvent.objects.bulk_create(
+        [
+            OutboxEvent(
+                merchant_id=program.merchant_id,
+                program=program,
+                event_type="loyalty.points.expiring",
+                payload={
+                    "program_id": str(program.pk),
+                    "member_id": members[balance_id],
+                    "points": str(sum((lot.remaining for lot in member_lots), ZERO)),
+                    "first_expires_at": member_lots[0].expires_at.isoformat(),
+                    "lots": [
+                        {"points": str(lot.remaining), "expires_at": lot.expires_at.isoformat()}
+                        for lot in member_lots
+                    ],
+                },
+            )
+            for balance_id, member_lots in by_member.items()
+        ],
+        batch_size=500,
+    )
+    tracker.add(members_warned=len(by_member))
+    tracker.save(program_id=str(program.pk), phase="warn", last_balance_id=balance_ids[-1])

@@ -1,0 +1,253 @@
+"""Job records: one row per run of a background job (tier evaluation, point expiry, campaigns,
+hold and approval expiry), with its progress, counts and how it ended.
+
+A job runs in chunks, each chunk its own short transaction that also records the job's
+progress, so a crash loses at most the chunk in flight and a re-run finishes the rest. Two
+active runs of the same kind for the same program and local day cannot exist: `run_key` is
+unique while a job is queued or running (a partial unique index), and a run whose heartbeat
+stopped long ago (a killed worker) is marked failed so the day is not blocked forever.
+"""
+
+import logging
+import zoneinfo
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+
+from ..actors import Actor, system_actor
+from ..errors import Conflict, NotFound
+from ..models import Job, Program
+from .balances import program_local_date
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = (Job.Status.QUEUED, Job.Status.RUNNING)
+# Kinds an operator may trigger by hand (API and admin); the others are housekeeping.
+MANUAL_KINDS = (Job.Kind.TIER_EVALUATION, Job.Kind.POINT_EXPIRY, Job.Kind.CAMPAIGN_EXECUTION)
+
+
+def _stale_after() -> timedelta:
+    return timedelta(seconds=getattr(settings, "LOYALTY_JOB_STALE_SECONDS", 3600))
+
+
+class JobAlreadyRunning(Conflict):
+    code = "job_already_running"
+    title = "The same job is already queued or running for this program today"
+
+
+def job_run_key(*, kind: str, program: Program | None) -> str:
+    """`<kind>:<program or all>:<local date>`; the day is the program's (or the beat's)."""
+    if program is not None:
+        day = program_local_date(program)
+    else:
+        tz = zoneinfo.ZoneInfo(settings.CELERY_TIMEZONE)
+        day = timezone.localtime(timezone.now(), tz).date()
+    return f"{kind}:{program.pk if program is not None else 'all'}:{day.isoformat()}"
+
+
+@transaction.atomic(durable=True)
+def job_create(
+    *,
+    kind: str,
+    actor: Actor,
+    program: Program | None = None,
+    parameters: dict | None = None,
+) -> Job:
+    """Queues a job; refuses a second active run of the same kind, program and day."""
+    if kind not in Job.Kind.values:
+        raise NotFound(f"Unknown job kind {kind!r}.")
+    run_key = job_run_key(kind=kind, program=program)
+    _reap_stale(run_key)
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                kind=kind,
+                program=program,
+                merchant_id=program.merchant_id if program is not None else None,
+                parameters=parameters or {},
+                run_key=run_key,
+                triggered_by=actor.id,
+            )
+    except IntegrityError as exc:
+        active = Job.objects.filter(run_key=run_key, status__in=ACTIVE).first()
+        raise JobAlreadyRunning(job_id=str(active.pk) if active else None, run_key=run_key) from exc
+    audit_record(
+        actor=actor,
+        action="job.create",
+        entity_type="job",
+        entity_id=job.pk,
+        merchant_id=job.merchant_id,
+        after={"kind": kind, "program_id": str(program.pk) if program else None},
+    )
+    return job
+
+
+def _reap_stale(run_key: str) -> None:
+    """Fails an active run of this key whose heartbeat stopped (its worker died)."""
+    cutoff = timezone.now() - _stale_after()
+    for job in Job.objects.select_for_update().filter(run_key=run_key, status__in=ACTIVE):
+        if _last_beat(job) < cutoff:
+            job.status = Job.Status.FAILED
+            job.error = "abandoned: no progress since " + _last_beat(job).isoformat()
+            job.finished_at = timezone.now()
+            job.save(update_fields=["status", "error", "finished_at"])
+
+
+def _last_beat(job: Job):
+    beat = (job.progress or {}).get("heartbeat")
+    if beat:
+        return datetime.fromisoformat(beat)
+    return job.started_at or job.created_at
+
+
+def job_enqueue(
+    *, kind: str, actor: Actor, program: Program | None = None, parameters: dict | None = None
+) -> Job:
+    """Creates the job and hands it to a Celery worker once the row is committed."""
+    job = job_create(kind=kind, actor=actor, program=program, parameters=parameters)
+    from ..tasks import job_run_task  # the tasks module imports services: import late
+
+    job_id = str(job.pk)
+    # job_create has committed; on_commit still defers the send when a caller wraps us.
+    transaction.on_commit(lambda: job_run_task.delay(job_id))
+    return job
+
+
+def job_run_scheduled(*, kind: str) -> Job | None:
+    """What beat runs: a job over every program, in this worker; None when one is active."""
+    try:
+        job = job_create(kind=kind, actor=system_actor(kind))
+    except JobAlreadyRunning as exc:
+        logger.info("job %s skipped: %s", kind, exc.context)
+        return None
+    return job_run(job_id=job.pk)
+
+
+def job_run(*, job_id) -> Job:
+    """Runs a queued job to its end. A duplicate delivery of a job that another worker runs,
+    or that already ended, does nothing."""
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, started_at=now, progress={"heartbeat": now.isoformat()}
+    )
+    job = Job.objects.filter(pk=job_id).select_related("program").first()
+    if job is None:
+        raise NotFound("No such job.", job_id=str(job_id))
+    if not claimed:
+        logger.info("job %s not run: it is %s", job_id, job.status)
+        return job
+    runner = _runners()[job.kind]
+    tracker = JobTracker(job)
+    try:
+        runner(job=job, tracker=tracker)
+    except Exception as exc:
+        # The chunks that committed stay committed (and counted); the next run does the rest.
+        logger.exception("job %s (%s) failed", job.pk, job.kind)
+        _job_end(job, tracker, status=Job.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return job
+    _job_end(job, tracker, status=Job.Status.SUCCEEDED, error="")
+    return job
+
+
+def _job_end(job: Job, tracker: "JobTracker", *, status: str, error: str) -> None:
+    job.status = status
+    job.error = error[:4000]
+    job.finished_at = timezone.now()
+    job.counts = tracker.counts
+    job.progress = {**tracker.progress, "heartbeat": job.finished_at.isoformat()}
+    job.save(update_fields=["status", "error", "finished_at", "counts", "progress"])
+
+
+class JobTracker:
+    """Counts and progress of a running job, written by each chunk inside its transaction so
+    the job row always tells exactly what has committed."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.counts: dict[str, int] = dict(job.counts or {})
+        self.progress: dict[str, Any] = dict(job.progress or {})
+
+    def add(self, **counts: int) -> None:
+        for name, value in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + int(value)
+
+    def save(self, **progress: Any) -> None:
+        """Call inside the chunk's transaction, after its writes."""
+        self.progress.update(progress)
+        self.progress["heartbeat"] = timezone.now().isoformat()
+        Job.objects.filter(pk=self.job.pk).update(counts=self.counts, progress=self.progress)
+
+
+def job_programs(job: Job, *, statuses: Iterable[str] = (Program.Status.ACTIVE,)):
+    """The programs a job covers: its own, or every program in one of `statuses`."""
+    if job.program_id is not None:
+        return [job.program] if job.program.status in statuses else []
+    return list(Program.objects.filter(status__in=list(statuses)).order_by("created_at", "pk"))
+
+
+def _hold_expiry(*, job: Job, tracker: JobTracker) -> None:
+    from .redemptions import redemptions_expire_due
+
+    actor = system_actor(job.kind)
+    while True:
+        expired = redemptions_expire_due(actor=actor, limit=500)
+        tracker.add(expired=expired)
+        tracker.save()
+        if expired < 500:
+            return
+
+
+def _approval_expiry(*, job: Job, tracker: JobTracker) -> None:
+    # The approvals app may not provide this yet: a missing service is a no-op, not a crash.
+    try:
+        from approvals.services import approvals_expire
+    except ImportError:
+        logger.info("approval expiry skipped: approvals.services.approvals_expire is absent")
+        tracker.save(skipped="approvals_expire is not available")
+        return
+    result = approvals_expire(actor=system_actor(job.kind))
+    tracker.add(expired=result if isinstance(result, int) else len(result or []))
+    tracker.save()
+
+
+def _runners() -> dict[str, Callable[..., None]]:
+    from .campaigns import campaigns_execute
+    from .expiry import points_expire
+    from .tiers import tiers_evaluate
+
+    return {
+        Job.Kind.TIER_EVALUATION: tiers_evaluate,
+        Job.Kind.POINT_EXPIRY: points_expire,
+        Job.Kind.CAMPAIGN_EXECUTION: campaigns_execute,
+        Job.Kind.HOLD_EXPIRY: _hold_expiry,
+        Job.Kind.APPROVAL_EXPIRY: _approval_expiry,
+    }
+
+
+def job_get(*, job_id) -> Job:
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("No such job.", job_id=str(job_id))
+    return job
+
+
+def audit_many(
+    *, actor: Actor, action: str, entity_type: str, merchant_id: str, rows: list[tuple[Any, dict]]
+) -> None:
+    """One audit entry per changed entity (`rows` of (entity id, after)), inside the caller's
+    transaction, so a job's bulk writes are audited like single writes."""
+    for entity_id, after in rows:
+        audit_record(
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            merchant_id=merchant_id,
+            after=after,
+        )
