@@ -7,6 +7,7 @@ and are audited there.
 
 from django.contrib import admin
 from django.db.models import Sum
+from django.utils.html import format_html_join
 from guardian.shortcuts import get_objects_for_user
 
 from .actors import Actor
@@ -103,26 +104,6 @@ class MerchantAdmin(ScopedAdmin):
         return False
 
 
-class TierInline(admin.TabularInline):
-    model = Tier
-    extra = 0
-    fields = ["rank", "name", "min_points", "min_spend", "earn_multiplier"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class BudgetShardInline(TierInline):
-    model = BudgetShard
-    fields = ["shard", "allocated", "spent"]
-
-
 @admin.register(Program)
 class ProgramAdmin(ServiceFormAdmin):
     merchant_path = "merchant"
@@ -130,8 +111,7 @@ class ProgramAdmin(ServiceFormAdmin):
                     "budget_spent", "created_at"]  # fmt: skip
     list_filter = ["status", "currency"]
     search_fields = ["name", "merchant__id", "id"]
-    readonly_fields = ["id", "status", "budget_spent", "created_at", "updated_at"]
-    inlines = [TierInline, BudgetShardInline]
+    readonly_fields = ["id", "status", "budget_spent", "tier_table", "created_at", "updated_at"]
     actions = ["suspend", "reactivate"]
 
     def get_readonly_fields(self, request, obj=None):
@@ -142,6 +122,14 @@ class ProgramAdmin(ServiceFormAdmin):
     @admin.display(description="Budget spent")
     def budget_spent(self, obj):
         return obj.budget_shards.aggregate(s=Sum("spent"))["s"]
+
+    @admin.display(description="Tiers")
+    def tier_table(self, obj):
+        return format_html_join(
+            ", ",
+            "{} (from {} points, {} spend, x{})",
+            ((t.name, t.min_points, t.min_spend, t.earn_multiplier) for t in obj.tiers.all()),
+        )
 
     def save_model(self, request, obj, form, change):
         actor = request_actor(request)
@@ -160,9 +148,6 @@ class ProgramAdmin(ServiceFormAdmin):
             )
         obj.pk = saved.pk
         obj.refresh_from_db()
-
-    def save_related(self, request, form, formsets, change):
-        """Tiers are written by the program service, not by the inline formsets."""
 
     @admin.action(description="Suspend the selected programs", permissions=["change"])
     def suspend(self, request, queryset):
@@ -264,6 +249,18 @@ class TierSnapshotAdmin(ReadOnlyAdmin):
                     "rolled_back_at"]  # fmt: skip
     search_fields = ["balance__member_id"]
     list_select_related = ["balance"]
+
+
+@admin.register(Tier)
+class TierAdmin(ReadOnlyAdmin):
+    list_display = ["program", "rank", "name", "min_points", "min_spend", "earn_multiplier"]
+    list_filter = ["program"]
+
+
+@admin.register(BudgetShard)
+class BudgetShardAdmin(ReadOnlyAdmin):
+    list_display = ["program", "shard", "allocated", "spent"]
+    list_filter = ["program"]
 
 
 @admin.register(Campaign)
