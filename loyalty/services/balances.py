@@ -36,6 +36,8 @@ def balance_lock(*, program: Program, member_id: str, create: bool = False) -> M
         balance = MemberBalance.objects.select_for_update().get(
             program=program, member_id=member_id
         )
+    if balance is not None:
+        balance.program = program  # saves a query wherever the program's settings are read
     return balance
 
 
