@@ -108,9 +108,14 @@ def _consolidate(
     BudgetShard.objects.bulk_update(shards, ["allocated", "spent"])
 
 
-def budget_credit(*, program: Program, points: Decimal) -> None:
-    """Gives the cost of clawed-back points back to the budget."""
-    cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+def budget_credit(*, program: Program, points: Decimal, cost: Decimal | None = None) -> None:
+    """Gives the cost of clawed-back points back to the budget.
+
+    `cost` defaults to the points' value rounded DOWN: charges round up, so crediting a part
+    rounded up could give back more than was ever charged (and let awards pass the limit).
+    """
+    if cost is None:
+        cost = money_floor(points * program.point_value, program.currency)
     if cost <= 0:
         return
     shards = BudgetShard.objects.filter(program=program)

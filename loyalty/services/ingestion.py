@@ -32,7 +32,7 @@ from ..errors import (
     ValidationFailed,
 )
 from ..models import LedgerEntry, MemberBalance, Program, Tier
-from ..money import ZERO, is_exact_money, is_exact_points, points_floor
+from ..money import ZERO, is_exact_money, is_exact_points, points_cost, points_floor
 from .balances import (
     REFUND_DEBT_FLAG,
     balance_lock,
@@ -327,9 +327,9 @@ def _refund(
     )
     if original is None:
         raise OriginalNotFound(original_reference=event.original_reference)
-    refunded_before = sum(
-        (r.amount for r in original.refunds.filter(type=LedgerEntry.Type.REFUND)), ZERO
-    )
+    earlier = list(original.refunds.filter(type=LedgerEntry.Type.REFUND))
+    refunded_before = sum((r.amount for r in earlier), ZERO)
+    clawed_before = -sum((r.points for r in earlier), ZERO)
     refunded_after = refunded_before + event.amount
     if refunded_after > original.amount:
         raise RefundExceedsOriginal(
@@ -374,7 +374,14 @@ def _refund(
         entry=entry,
         first_entry_id=original.pk,
     )
-    budget_credit(program=program, points=applied)
+    # The budget gets back the cost of what the award still holds before this refund minus
+    # after it: the credits of several partial refunds add up to exactly what was charged.
+    budget_credit(
+        program=program,
+        points=applied,
+        cost=_award_cost(program, original.points - clawed_before)
+        - _award_cost(program, original.points - clawed_before - applied),
+    )
     balance.save(update_fields=[*fields, "updated_at"])
     outbox_publish(
         program=program,
@@ -419,6 +426,12 @@ def _adjust(
         payload={**_event_payload(entry, balance), "reason": event.reason},
     )
     return entry
+
+
+def _award_cost(program: Program, points: Decimal) -> Decimal:
+    return points_cost(
+        max(points, ZERO), point_value=program.point_value, currency=program.currency
+    )
 
 
 def _tier_multiplier(program: Program, tier: str) -> Decimal:
