@@ -408,6 +408,9 @@ def _adjust(
         balance.lifetime_earned += points
         fields.append("lifetime_earned")
     balance.last_activity_at = timezone.now()
+    if before < 0 <= balance.points_balance:
+        fraud_flag_remove(balance, REFUND_DEBT_FLAG)  # the refund debt is repaid
+        fields.append("fraud_flags")
     entry = _entry_write(
         program,
         balance,
