@@ -1,10 +1,26 @@
-"""Appending to the audit trail. Call inside the transaction of the write it records."""
+"""Appending to the audit trail, and sealing it.
+
+`audit_record` is called by every write service inside its own transaction, so the entry
+commits or rolls back with the change it records. It takes no lock and reads no shared row:
+the entry's digest needs only the entry itself (see `audit.integrity`), and sealing happens
+later, in the `audit_seal` job, over transactions that have finished.
+"""
 
 from typing import Any
 
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
 from loyalty.actors import Actor
 
-from .models import AuditEntry
+from .integrity import GENESIS, audit_key, entry_digest, normalise_ip, seal_digest
+from .models import AuditEntry, AuditSeal
+from .pii import pii_scrub
+
+USER_AGENT_MAX = 400
+# A seal covers at most about this many entries, so one run stays short; the job catches up
+# over several runs.
+SEAL_MAX_ENTRIES = 50_000
 
 
 def audit_record(
@@ -17,20 +33,97 @@ def audit_record(
     before: dict | None = None,
     after: dict | None = None,
 ) -> AuditEntry:
-    """Appends one entry; the caller's transaction makes it atomic with the change."""
+    """Appends one entry, PII scrubbed, with its keyed digest; the caller's transaction makes
+    it atomic with the change."""
+    key = audit_key()
     changes = {}
     if before is not None:
-        changes["before"] = before
+        changes["before"] = pii_scrub(before, key=key)
     if after is not None:
-        changes["after"] = after
-    return AuditEntry.objects.create(
-        entity_type=entity_type,
-        entity_id=str(entity_id),
-        action=action,
-        merchant_id=merchant_id or "",
-        actor_id=actor.id,
-        actor_role=actor.role,
-        ip=actor.ip,
-        user_agent=(actor.user_agent or "")[:400],
-        changes=changes,
+        changes["after"] = pii_scrub(after, key=key)
+    fields = {
+        "entity_type": entity_type,
+        "entity_id": str(entity_id),
+        "action": action,
+        "merchant_id": merchant_id or "",
+        "actor_id": str(actor.id),
+        "actor_role": actor.role or "",
+        "ip": normalise_ip(actor.ip),
+        "user_agent": (actor.user_agent or "")[:USER_AGENT_MAX],
+        "changes": changes,
+        "created_at": timezone.now(),
+    }
+    return AuditEntry.objects.create(**fields, digest=entry_digest(**fields))
+
+
+def seal_basis() -> str:
+    return AuditSeal.Basis.TXID if connection.vendor == "postgresql" else AuditSeal.Basis.ID
+
+
+def seal_entries(*, basis: str, lo: int, hi: int):
+    """The entries a seal over [lo, hi) covers, in id order."""
+    key = "txid" if basis == AuditSeal.Basis.TXID else "id"
+    return AuditEntry.objects.filter(**{f"{key}__gte": lo, f"{key}__lt": hi}).order_by("id")
+
+
+def audit_seal(*, max_entries: int = SEAL_MAX_ENTRIES) -> AuditSeal | None:
+    """Seals the entries of every transaction finished since the last seal; None when there
+    is nothing new or a concurrent run sealed first."""
+    try:
+        return _seal_atomic(max_entries=max_entries)
+    except IntegrityError:
+        return None  # another run inserted the same `lo` (or `seq`) first
+
+
+@transaction.atomic(durable=True)
+def _seal_atomic(*, max_entries: int) -> AuditSeal | None:
+    last = AuditSeal.objects.order_by("-seq").first()
+    basis = seal_basis()
+    lo = last.hi if last else 0
+    hi = _seal_horizon(basis)
+    if hi <= lo:
+        return None
+    key = "txid" if basis == AuditSeal.Basis.TXID else "id"
+    # Cap the size: stop at the key of the (max_entries+1)-th entry, never splitting the
+    # entries of one transaction across two seals.
+    cut = (
+        AuditEntry.objects.filter(**{f"{key}__gte": lo, f"{key}__lt": hi})
+        .order_by(key)
+        .values_list(key, flat=True)[max_entries : max_entries + 1]
     )
+    cut = list(cut)
+    if cut:
+        hi = max(cut[0], lo + 1)
+    entries = list(seal_entries(basis=basis, lo=lo, hi=hi).values_list("id", "digest"))
+    if not entries:
+        return None
+    prev = last.digest if last else GENESIS
+    digest, count = seal_digest(prev_digest=prev, basis=basis, lo=lo, hi=hi, entries=entries)
+    return AuditSeal.objects.create(
+        seq=(last.seq + 1) if last else 1,
+        basis=basis,
+        lo=lo,
+        hi=hi,
+        entry_count=count,
+        first_entry_id=entries[0][0],
+        last_entry_id=entries[-1][0],
+        prev_digest=prev,
+        digest=digest,
+        created_at=timezone.now(),
+    )
+
+
+def _seal_horizon(basis: str) -> int:
+    """Exclusive upper bound of what may be sealed now: every transaction below it is over.
+
+    On PostgreSQL that is the xmin of a fresh snapshot (the oldest transaction still
+    running): entries of a running transaction have a txid at or above it, so none can land
+    in the range after it is sealed. SQLite has one writer at a time, so every committed id
+    is final.
+    """
+    with connection.cursor() as cursor:
+        if basis == AuditSeal.Basis.TXID:
+            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        else:
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {AuditEntry._meta.db_table}")  # noqa: S608
+        return int(cursor.fetchone()[0])

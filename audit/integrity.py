@@ -1,0 +1,101 @@
+"""Tamper evidence: the keyed digest of one entry and the chained digest of a seal.
+
+The key (`AUDIT_HMAC_KEY`) lives in the environment, not in the database, so someone who
+can write to the database (even disabling the append-only trigger) cannot forge a digest.
+"""
+
+import hashlib
+import hmac
+import ipaddress
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+GENESIS = "0" * 64
+
+
+def audit_key() -> bytes:
+    configured = getattr(settings, "AUDIT_HMAC_KEY", "")
+    if configured:
+        return configured.encode()
+    # Development fallback: derived from SECRET_KEY (production requires SECRET_KEY anyway).
+    return hmac.new(settings.SECRET_KEY.encode(), b"audit-hmac-v1", hashlib.sha256).digest()
+
+
+def normalise_ip(ip: str | None) -> str | None:
+    """The canonical text of an IP address (PostgreSQL's inet rewrites IPv6), None if invalid."""
+    if not ip:
+        return None
+    try:
+        return str(ipaddress.ip_address(str(ip).split("%")[0]))
+    except ValueError:
+        return None
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_digest(
+    *,
+    entity_type: str,
+    entity_id: str,
+    action: str,
+    merchant_id: str,
+    actor_id: str,
+    actor_role: str,
+    ip: str | None,
+    user_agent: str,
+    changes: dict,
+    created_at: datetime,
+) -> str:
+    content = canonical_json(
+        [
+            "v1",
+            entity_type,
+            entity_id,
+            action,
+            merchant_id,
+            actor_id,
+            actor_role,
+            normalise_ip(ip),
+            user_agent,
+            changes,
+            # Microseconds since the epoch: independent of time zone and text formatting.
+            round(created_at.timestamp() * 1_000_000),
+        ]
+    )
+    return hmac.new(audit_key(), content.encode(), hashlib.sha256).hexdigest()
+
+
+def entry_digest_of(entry) -> str:
+    """Recomputes the digest of a stored entry from its content."""
+    return entry_digest(
+        entity_type=entry.entity_type,
+        entity_id=entry.entity_id,
+        action=entry.action,
+        merchant_id=entry.merchant_id,
+        actor_id=entry.actor_id,
+        actor_role=entry.actor_role,
+        ip=entry.ip,
+        user_agent=entry.user_agent,
+        changes=entry.changes,
+        created_at=entry.created_at,
+    )
+
+
+def seal_digest(
+    *, prev_digest: str, basis: str, lo: int, hi: int, entries: Iterable[tuple[int, str]]
+) -> tuple[str, int]:
+    """Chains the previous seal with the (id, digest) of every entry in the range, in id
+    order. Returns the digest and the number of entries."""
+    mac = hmac.new(audit_key(), f"seal-v1|{prev_digest}|{basis}|{lo}|{hi}".encode(), "sha256")
+    count = 0
+    for entry_id, digest in entries:
+        mac.update(f"|{entry_id}:{digest}".encode())
+        count += 1
+    mac.update(f"|count:{count}".encode())
+    return mac.hexdigest(), count

@@ -1,0 +1,91 @@
+"""Recomputes the tamper evidence of the audit trail (`manage.py audit_verify`).
+
+Checks, in order: every seal's chain link and range, each entry's keyed digest against its
+content (naming the first entry that does not match), each seal's digest over its entries
+(entries removed or inserted), then the digests of the entries not sealed yet.
+"""
+
+from dataclasses import dataclass
+
+from .integrity import GENESIS, entry_digest_of, seal_digest
+from .models import AuditEntry, AuditSeal
+from .services import seal_basis, seal_entries
+
+CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # entry_altered | seal_mismatch | seal_chain_broken
+    message: str
+    entry_id: int | None = None
+    seal_seq: int | None = None
+
+
+def audit_verify(*, limit: int = 20) -> list[Finding]:
+    """Up to `limit` findings, the first one first; an empty list means the trail is intact."""
+    findings: list[Finding] = []
+    prev_digest, expected_lo, expected_seq = GENESIS, 0, 1
+    for seal in AuditSeal.objects.order_by("seq").iterator(chunk_size=CHUNK):
+        if (seal.seq, seal.prev_digest, seal.lo) != (expected_seq, prev_digest, expected_lo):
+            findings.append(
+                Finding(
+                    "seal_chain_broken",
+                    f"seal {seal.seq} does not follow seal {expected_seq - 1} (expected seq "
+                    f"{expected_seq}, lo {expected_lo} and the previous digest)",
+                    seal_seq=seal.seq,
+                )
+            )
+        entries = seal_entries(basis=seal.basis, lo=seal.lo, hi=seal.hi)
+        pairs = []
+        for entry in entries.iterator(chunk_size=CHUNK):
+            _check_entry(entry, findings)
+            pairs.append((entry.pk, entry.digest))
+        digest, count = seal_digest(
+            prev_digest=seal.prev_digest, basis=seal.basis, lo=seal.lo, hi=seal.hi, entries=pairs
+        )
+        if digest != seal.digest:
+            ids = f"entries {seal.first_entry_id}..{seal.last_entry_id}"
+            findings.append(
+                Finding(
+                    "seal_mismatch",
+                    f"seal {seal.seq} ({ids}) does not match: it sealed {seal.entry_count} "
+                    f"entries, {count} are there now"
+                    + (" (entries were removed or added)" if count != seal.entry_count else ""),
+                    entry_id=_first_difference(seal, pairs),
+                    seal_seq=seal.seq,
+                )
+            )
+        if len(findings) >= limit:
+            return findings[:limit]
+        prev_digest, expected_lo, expected_seq = seal.digest, seal.hi, seal.seq + 1
+    key = "txid" if seal_basis() == AuditSeal.Basis.TXID else "id"
+    tail = AuditEntry.objects.filter(**{f"{key}__gte": expected_lo}).order_by("id")
+    for entry in tail.iterator(chunk_size=CHUNK):
+        _check_entry(entry, findings)
+        if len(findings) >= limit:
+            break
+    return findings[:limit]
+
+
+def _check_entry(entry: AuditEntry, findings: list[Finding]) -> None:
+    if entry_digest_of(entry) != entry.digest:
+        findings.append(
+            Finding(
+                "entry_altered",
+                f"audit entry {entry.pk} ({entry.action} {entry.entity_type}:{entry.entity_id}) "
+                "does not match its digest: it was changed after it was written",
+                entry_id=entry.pk,
+            )
+        )
+
+
+def _first_difference(seal: AuditSeal, pairs: list[tuple[int, str]]) -> int | None:
+    """The first id where the range no longer starts or ends as sealed, when visible."""
+    if not pairs:
+        return seal.first_entry_id
+    if pairs[0][0] != seal.first_entry_id:
+        return min(pairs[0][0], seal.first_entry_id)
+    if pairs[-1][0] != seal.last_entry_id:
+        return min(pairs[-1][0], seal.last_entry_id)
+    return None
