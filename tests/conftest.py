@@ -12,6 +12,7 @@ from django.db import connection
 
 from loyalty.actors import Actor
 from loyalty.services import program_create
+from tests.audit.flush import audit_tables_flushable  # noqa: F401  (session fixture)
 
 REQUIRE_POSTGRES = os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1"
 _postgres_passed = 0
