@@ -1,0 +1,220 @@
+"""Campaign execution: segments, once per member however often it runs (also under two
+concurrent runs), the earning rules (frozen, daily cap, budget), and counts."""
+
+import threading
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
+
+from audit.models import AuditEntry
+from loyalty.actors import system_actor
+from loyalty.models import Campaign, CampaignAward, Job, LedgerEntry, MemberBalance
+from loyalty.services import balance_set_frozen
+from loyalty.services.budget import budget_spent
+from loyalty.services.campaigns import campaign_execute
+from loyalty.verify import ledger_verify
+from tests.workers.conftest import member
+
+pytestmark = pytest.mark.django_db
+CAMPAIGNS = Job.Kind.CAMPAIGN_EXECUTION
+
+
+def make_campaign(program, segment="all", points="50", scheduled_at=None, **fields):
+    return Campaign.objects.create(
+        program=program,
+        name=f"{segment} bonus",
+        segment=segment,
+        bonus_points=Decimal(points),
+        scheduled_at=scheduled_at or timezone.now() - timedelta(minutes=1),
+        **fields,
+    )
+
+
+def awarded(campaign) -> set[str]:
+    return set(
+        LedgerEntry.objects.filter(reference=f"campaign:{campaign.pk}").values_list(
+            "balance__member_id", flat=True
+        )
+    )
+
+
+def test_awards_segment_once_and_completes(program, earn, run_job):
+    for name in ("a", "b", "c"):
+        earn(program, name, "10")
+    campaign = make_campaign(program, "all", "50")
+
+    job = run_job(CAMPAIGNS, program)
+
+    campaign.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.counts == {"awarded": 3, "failed": 0}
+    assert campaign.status == Campaign.Status.COMPLETED
+    assert (campaign.awarded_count, campaign.failed_count) == (3, 0)
+    assert campaign.finished_at is not None
+    assert member(program, "a").points_balance == Decimal("60.00")
+    entry = LedgerEntry.objects.get(balance=member(program, "a"), type="campaign_bonus")
+    assert entry.idempotency_key == f"campaign:{campaign.pk}:a"
+    assert CampaignAward.objects.get(balance=member(program, "a")).entry_id == entry.pk
+    assert AuditEntry.objects.filter(action="transaction.campaign_bonus").count() == 3
+    assert AuditEntry.objects.filter(action="campaign.complete", entity_id=str(campaign.pk)).exists()
+    assert ledger_verify() == []
+
+    # Run again, even forcing the campaign back to running: nobody is awarded twice.
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.RUNNING)
+    run_job(CAMPAIGNS, program)
+    assert LedgerEntry.objects.filter(type="campaign_bonus").count() == 3
+    assert member(program, "a").points_balance == Decimal("60.00")
+
+
+def test_not_due_draft_or_future_campaigns_wait(program, earn, run_job):
+    earn(program, "a", "10")
+    future = make_campaign(program, scheduled_at=timezone.now() + timedelta(hours=1))
+    draft = make_campaign(program, status=Campaign.Status.DRAFT)
+
+    run_job(CAMPAIGNS, program)
+
+    assert awarded(future) == set()
+    assert awarded(draft) == set()
+    future.refresh_from_db()
+    assert future.status == Campaign.Status.SCHEDULED
+
+
+def test_segments(program, earn, buy, run_job):
+    with time_machine.travel(datetime.fromisoformat("2026-01-01T12:00:00+00:00"), tick=False):
+        earn(program, "sleeper", "10")
+        earn(program, "borderline", "10")
+    with time_machine.travel(datetime.fromisoformat("2026-01-02T12:00:01+00:00"), tick=False):
+        earn(program, "active", "10")
+        buy(program, "big", "5001")
+        buy(program, "exact", "5000")
+        earn(program, "risky", "10")
+        earn(program, "goldie", "10")
+    MemberBalance.objects.filter(member_id="risky").update(churn_risk=Decimal("0.7001"))
+    MemberBalance.objects.filter(member_id="active").update(churn_risk=Decimal("0.7"))
+    MemberBalance.objects.filter(member_id="goldie").update(tier="gold")
+
+    with time_machine.travel(datetime.fromisoformat("2026-02-01T12:00:00+00:00"), tick=False):
+        inactive = make_campaign(program, "inactive")
+        at_risk = make_campaign(program, "at_risk")
+        high_value = make_campaign(program, "high_value")
+        gold = make_campaign(program, "tier_gold")
+        basic = make_campaign(program, "tier_basic")
+        run_job(CAMPAIGNS, program)
+
+    # 30+ days without activity: Jan 1 12:00 is 31 days before; Jan 2 12:00:01 is not.
+    assert awarded(inactive) == {"sleeper", "borderline"}
+    assert awarded(at_risk) == {"risky"}
+    assert awarded(high_value) == {"big"}
+    assert awarded(gold) == {"goldie"}
+    assert awarded(basic) == {"sleeper", "borderline", "active", "big", "exact", "risky"}
+    assert ledger_verify() == []
+
+
+def test_refused_members_are_counted_failed(program, earn, run_job, actor):
+    earn(program, "ok", "10")
+    earn(program, "frozen", "10")
+    balance_set_frozen(program=program, member_id="frozen", frozen=True, actor=actor)
+    campaign = make_campaign(program)
+
+    run_job(CAMPAIGNS, program)
+
+    campaign.refresh_from_db()
+    assert (campaign.awarded_count, campaign.failed_count) == (1, 1)
+    failed = CampaignAward.objects.get(balance__member_id="frozen")
+    assert (failed.status, failed.error_code, failed.entry_id) == ("failed", "account_frozen", None)
+    assert member(program, "frozen").points_balance == Decimal("10.00")
+
+
+def test_daily_cap_in_program_timezone(make_program, earn, run_job):
+    program = make_program(max_earn_per_day=Decimal("100"), timezone="America/New_York")
+    with time_machine.travel(datetime.fromisoformat("2026-03-10T20:00:00-04:00"), tick=False):
+        earn(program, "capped", "70")
+        earn(program, "full", "100")
+    # 23:30 in New York is already March 11 in UTC, but still March 10 for the program.
+    with time_machine.travel(datetime.fromisoformat("2026-03-10T23:30:00-04:00"), tick=False):
+        first = make_campaign(program, "all", "50")
+        run_job(CAMPAIGNS, program)
+    points = dict(
+        LedgerEntry.objects.filter(reference=f"campaign:{first.pk}").values_list(
+            "balance__member_id", "points"
+        )
+    )
+    assert points == {"capped": Decimal("30.00")}
+    entry = LedgerEntry.objects.get(reference=f"campaign:{first.pk}")
+    assert entry.details["breakdown"]["capped_by"] == "daily_cap"
+    first.refresh_from_db()
+    assert (first.awarded_count, first.failed_count) == (1, 1)
+    assert CampaignAward.objects.get(balance__member_id="full").error_code == "daily_cap_reached"
+
+    # Half an hour after midnight in New York: a new day, a fresh allowance.
+    with time_machine.travel(datetime.fromisoformat("2026-03-11T00:30:00-04:00"), tick=False):
+        second = make_campaign(program, "all", "50")
+        run_job(CAMPAIGNS, program)
+    assert awarded(second) == {"capped", "full"}
+    assert member(program, "full").earned_today == Decimal("50.00")
+    assert ledger_verify() == []
+
+
+def test_budget_runs_out_in_member_order(make_program, earn, run_job):
+    program = make_program(budget_limit=Decimal("1000"))
+    for name in ("m1", "m2", "m3", "m4"):
+        earn(program, name, "200")  # 800 of the 1,000 budget spent
+    campaign = make_campaign(program, "all", "150")
+
+    run_job(CAMPAIGNS, program)
+
+    points = dict(
+        LedgerEntry.objects.filter(type="campaign_bonus").values_list("balance__member_id", "points")
+    )
+    assert points == {"m1": Decimal("150.00"), "m2": Decimal("50.00")}
+    assert budget_spent(program=program) == Decimal("1000")
+    assert set(
+        CampaignAward.objects.filter(error_code="budget_exhausted").values_list(
+            "balance__member_id", flat=True
+        )
+    ) == {"m3", "m4"}
+    campaign.refresh_from_db()
+    assert (campaign.awarded_count, campaign.failed_count) == (2, 2)
+    assert ledger_verify() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_runs_award_each_member_once(make_program, earn, monkeypatch):
+    from loyalty.services import campaigns
+
+    monkeypatch.setattr(campaigns, "CHUNK", 3)  # many small chunks: the runs interleave
+    program = make_program()
+    for i in range(20):
+        earn(program, f"u{i:02d}", "10")
+    campaign = make_campaign(program, "all", "25")
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def run():
+        try:
+            barrier.wait()
+            campaign_execute(campaign_id=campaign.pk, actor=system_actor("test"))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    assert errors == []
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.COMPLETED
+    assert (campaign.awarded_count, campaign.failed_count) == (20, 0)
+    assert LedgerEntry.objects.filter(type="campaign_bonus").count() == 20
+    assert CampaignAward.objects.count() == 20
+    assert all(b.points_balance == Decimal("35.00") for b in MemberBalance.objects.all())
+    assert ledger_verify() == []

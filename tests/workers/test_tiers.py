@@ -1,0 +1,211 @@
+"""Tier evaluation: thresholds by points or spend, upgrade only by default, downgrade policies
+at the tier-cycle date, snapshots, events, audit, and rollback."""
+
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+import time_machine
+
+from audit.models import AuditEntry
+from loyalty.errors import InvalidState
+from loyalty.models import Job, MemberBalance, OutboxEvent, Program, TierSnapshot
+from loyalty.services.tiers import tier_rollback
+from loyalty.verify import ledger_verify
+from tests.workers.conftest import member
+
+pytestmark = pytest.mark.django_db
+TIER = Job.Kind.TIER_EVALUATION
+
+
+def test_upgrade_at_exact_threshold_only(program, earn, run_job):
+    earn(program, "at", "1000")  # silver starts at 1000
+    earn(program, "below", "999.99")
+    earn(program, "gold", "5000")
+
+    job = run_job(TIER, program)
+
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.counts["upgraded"] == 2
+    assert job.counts["evaluated"] == 3
+    assert member(program, "at").tier == "silver"
+    assert member(program, "below").tier == "basic"
+    assert member(program, "gold").tier == "gold"
+    snapshot = TierSnapshot.objects.get(balance=member(program, "gold"))
+    assert (snapshot.from_tier, snapshot.to_tier) == ("basic", "gold")
+    assert snapshot.qualifying_value == Decimal("5000.00")
+    assert snapshot.job_id == job.pk
+    events = OutboxEvent.objects.filter(event_type="loyalty.tier.upgraded")
+    assert sorted(e.payload["member_id"] for e in events) == ["at", "gold"]
+    audits = AuditEntry.objects.filter(action="balance.tier_change")
+    assert {a.entity_id for a in audits} == {
+        str(member(program, "at").pk),
+        str(member(program, "gold").pk),
+    }
+    assert ledger_verify() == []
+
+
+def test_rerun_changes_nothing(program, earn, run_job):
+    earn(program, "u1", "1500")
+    run_job(TIER, program)
+
+    job = run_job(TIER, program)
+
+    assert job.counts.get("upgraded", 0) == 0
+    assert TierSnapshot.objects.count() == 1
+    assert OutboxEvent.objects.filter(event_type="loyalty.tier.upgraded").count() == 1
+
+
+def test_redeeming_or_refunds_never_downgrade_by_default(program, buy, run_job, actor):
+    from loyalty.services import EventInput, event_ingest
+
+    buy(program, "u1", "100000")  # 2,000 points at 0.02 -> silver
+    run_job(TIER, program)
+    assert member(program, "u1").tier == "silver"
+    refund = EventInput(
+        type="refund", member_id="u1", idempotency_key="r1", amount=Decimal("100000"),
+        currency="XOF", original_reference=member(program, "u1").entries.get().reference,
+    )  # fmt: skip
+    event_ingest(program=program, event=refund, actor=actor)
+
+    run_job(TIER, program)
+
+    assert member(program, "u1").tier == "silver"  # policy "none": upgrade only
+    assert TierSnapshot.objects.count() == 1
+
+
+def test_spend_basis_uses_lifetime_spend(make_program, buy, run_job):
+    from loyalty.services import TierInput
+
+    program = make_program(
+        tier_basis=Program.TierBasis.SPEND,
+        tiers=[
+            TierInput(name="basic"),
+            TierInput(name="silver", min_spend=Decimal("50000")),
+            TierInput(name="gold", min_spend=Decimal("200000")),
+        ],
+    )
+    buy(program, "spender", "60000")  # 1,200 points but tiers are by spend
+    buy(program, "small", "49999")
+
+    run_job(TIER, program)
+
+    assert member(program, "spender").tier == "silver"
+    assert member(program, "small").tier == "basic"
+
+
+def test_job_for_all_programs_skips_suspended(make_program, earn, run_job, actor):
+    from loyalty.services import program_set_status
+
+    active = make_program(name="A")
+    suspended = make_program(name="S")
+    earn(active, "u1", "1000")
+    earn(suspended, "u1", "1000")
+    program_set_status(program_id=suspended.pk, status="suspended", actor=actor)
+
+    run_job(TIER, None)
+
+    assert member(active, "u1").tier == "silver"
+    assert member(suspended, "u1").tier == "basic"
+
+
+def test_rollback_restores_tier_once_and_pins_it(program, earn, run_job, actor):
+    earn(program, "u1", "1200")
+    run_job(TIER, program)
+    upgrade = TierSnapshot.objects.get()
+
+    rollback = tier_rollback(snapshot_id=upgrade.pk, actor=actor, reason="points were fraud")
+
+    balance = member(program, "u1")
+    assert balance.tier == "basic"
+    assert rollback.rollback_of_id == upgrade.pk
+    assert (rollback.from_tier, rollback.to_tier) == ("silver", "basic")
+    upgrade.refresh_from_db()
+    assert upgrade.rolled_back_at is not None
+    assert AuditEntry.objects.filter(action="balance.tier_rollback").count() == 1
+    assert OutboxEvent.objects.filter(event_type="loyalty.tier.rolled_back").count() == 1
+    with pytest.raises(InvalidState):
+        tier_rollback(snapshot_id=upgrade.pk, actor=actor)
+    with pytest.raises(InvalidState):
+        tier_rollback(snapshot_id=rollback.pk, actor=actor)
+
+    # The nightly job does not undo the rollback on the same points...
+    run_job(TIER, program)
+    assert member(program, "u1").tier == "basic"
+    # ...but a member who earns more qualifies again.
+    earn(program, "u1", "10")
+    run_job(TIER, program)
+    assert member(program, "u1").tier == "silver"
+    assert TierSnapshot.objects.count() == 3
+
+
+def test_rollback_refused_when_tier_moved_on(program, earn, run_job, actor):
+    earn(program, "u1", "1200")
+    run_job(TIER, program)
+    first = TierSnapshot.objects.get()
+    earn(program, "u1", "5000")
+    run_job(TIER, program)  # silver -> gold
+
+    with pytest.raises(InvalidState):
+        tier_rollback(snapshot_id=first.pk, actor=actor)
+    assert member(program, "u1").tier == "gold"
+
+
+def _window_program(make_program, policy):
+    return make_program(
+        timezone="America/New_York",
+        tier_downgrade_policy=policy,
+        tier_qualifying_days=365,
+        tier_cycle_date=date(2027, 1, 1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [(Program.DowngradePolicy.ONE_DOWN, "gold"), (Program.DowngradePolicy.RECALCULATE, "silver")],
+)
+def test_downgrade_at_cycle_date_in_program_timezone(make_program, earn, run_job, policy, expected):
+    with time_machine.travel(datetime.fromisoformat("2025-06-01T12:00:00+00:00"), tick=False):
+        program = _window_program(make_program, policy)
+        earn(program, "vip", "25000")  # platinum, but earned outside the next cycle's window
+        run_job(TIER, program)
+    with time_machine.travel(datetime.fromisoformat("2026-03-01T12:00:00+00:00"), tick=False):
+        earn(program, "vip", "1500")  # inside the window: silver level
+        earn(program, "steady", "6000")
+        run_job(TIER, program)
+    assert member(program, "vip").tier == "platinum"
+
+    # 23:59 on Dec 31 in New York is already Jan 1 in UTC: not yet the cycle date.
+    with time_machine.travel(datetime.fromisoformat("2027-01-01T04:59:00+00:00"), tick=False):
+        run_job(TIER, program)
+    assert member(program, "vip").tier == "platinum"
+
+    with time_machine.travel(datetime.fromisoformat("2027-01-01T05:00:00+00:00"), tick=False):
+        job = run_job(TIER, program)
+        assert job.counts["downgraded"] == 1
+        assert member(program, "vip").tier == expected
+        assert member(program, "steady").tier == "gold"  # 6,000 in the window: still gold
+        program.refresh_from_db()
+        assert program.tier_cycle_date == date(2028, 1, 1)
+        assert OutboxEvent.objects.filter(event_type="loyalty.tier.downgraded").count() == 1
+
+        run_job(TIER, program)  # same day again: the cycle is done, nothing moves twice
+        assert member(program, "vip").tier == expected
+        assert TierSnapshot.objects.filter(to_tier=expected, balance__member_id="vip").count() == 1
+
+
+def test_cycle_rerun_after_crash_does_not_downgrade_twice(make_program, earn, run_job):
+    """A one_down cycle interrupted before the cycle date moved on is re-run: members already
+    re-assessed in this cycle are not taken down a second tier."""
+    with time_machine.travel(datetime.fromisoformat("2025-06-01T12:00:00+00:00"), tick=False):
+        program = _window_program(make_program, Program.DowngradePolicy.ONE_DOWN)
+        earn(program, "vip", "25000")
+        run_job(TIER, program)
+    with time_machine.travel(datetime.fromisoformat("2027-01-02T12:00:00+00:00"), tick=False):
+        run_job(TIER, program)
+        assert member(program, "vip").tier == "gold"
+        # Simulate the crash: the cycle date was never moved on.
+        Program.objects.filter(pk=program.pk).update(tier_cycle_date=date(2027, 1, 1))
+        run_job(TIER, program)
+    assert member(program, "vip").tier == "gold"
+    assert MemberBalance.objects.get(member_id="vip").tier_snapshots.count() == 2
