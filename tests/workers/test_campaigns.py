@@ -60,7 +60,8 @@ def test_awards_segment_once_and_completes(program, earn, run_job):
     assert entry.idempotency_key == f"campaign:{campaign.pk}:a"
     assert CampaignAward.objects.get(balance=member(program, "a")).entry_id == entry.pk
     assert AuditEntry.objects.filter(action="transaction.campaign_bonus").count() == 3
-    assert AuditEntry.objects.filter(action="campaign.complete", entity_id=str(campaign.pk)).exists()
+    completed = AuditEntry.objects.filter(action="campaign.complete", entity_id=str(campaign.pk))
+    assert completed.exists()
     assert ledger_verify() == []
 
     # Run again, even forcing the campaign back to running: nobody is awarded twice.
@@ -167,9 +168,8 @@ def test_budget_runs_out_in_member_order(make_program, earn, run_job):
 
     run_job(CAMPAIGNS, program)
 
-    points = dict(
-        LedgerEntry.objects.filter(type="campaign_bonus").values_list("balance__member_id", "points")
-    )
+    bonuses = LedgerEntry.objects.filter(type="campaign_bonus")
+    points = dict(bonuses.values_list("balance__member_id", "points"))
     assert points == {"m1": Decimal("150.00"), "m2": Decimal("50.00")}
     assert budget_spent(program=program) == Decimal("1000")
     assert set(

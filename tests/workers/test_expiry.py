@@ -24,7 +24,9 @@ def at(iso: str):
 def test_expires_at_end_of_month_in_program_timezone(make_program, earn, run_job):
     with at("2026-01-10T03:00:00+00:00"):  # 12:00 in Tokyo
         program = make_program(
-            timezone="Asia/Tokyo", expiry_days=30, expiry_rounding=Program.ExpiryRounding.END_OF_MONTH
+            timezone="Asia/Tokyo",
+            expiry_days=30,
+            expiry_rounding=Program.ExpiryRounding.END_OF_MONTH,
         )
         earn(program, "u1", "100")
     lot = PointLot.objects.get()
@@ -63,8 +65,14 @@ def test_oldest_lots_first_and_one_entry_per_member(program, earn, run_job, acto
         earn(program, "u1", "50")
     with at("2025-06-01T10:00:00+00:00"):
         earn(program, "u1", "30")  # still valid in February 2026
-        hold = redemption_hold(program=program, member_id="u1", points=Decimal("120"),
-                               reward_type="discount", idempotency_key="h1", actor=actor)
+        hold = redemption_hold(
+            program=program,
+            member_id="u1",
+            points=Decimal("120"),
+            reward_type="discount",
+            idempotency_key="h1",
+            actor=actor,
+        )
         redemption_release(redemption_id=hold.pk, actor=actor)
     with at("2026-02-15T00:00:00+00:00"):
         job = run_job(EXPIRY, program)
@@ -86,8 +94,14 @@ def test_consumed_lot_expires_only_what_is_left(program, earn, run_job, actor):
     with at("2025-01-01T10:00:00+00:00"):
         earn(program, "u1", "100")
         earn(program, "u1", "100")
-        hold = redemption_hold(program=program, member_id="u1", points=Decimal("130"),
-                               reward_type="discount", idempotency_key="h1", actor=actor)
+        hold = redemption_hold(
+            program=program,
+            member_id="u1",
+            points=Decimal("130"),
+            reward_type="discount",
+            idempotency_key="h1",
+            actor=actor,
+        )
         redemption_capture(redemption_id=hold.pk, actor=actor)  # lot 1 gone, lot 2 has 70
     with at("2026-01-02T00:00:00+00:00"):
         run_job(EXPIRY, program)
@@ -101,8 +115,14 @@ def test_points_held_by_a_pending_redemption_wait(program, earn, run_job, actor)
     with at("2025-01-01T10:00:00+00:00"):
         earn(program, "u1", "100")
     with at("2025-12-31T09:55:00+00:00"):
-        hold = redemption_hold(program=program, member_id="u1", points=Decimal("60"),
-                               reward_type="discount", idempotency_key="h1", actor=actor)
+        hold = redemption_hold(
+            program=program,
+            member_id="u1",
+            points=Decimal("60"),
+            reward_type="discount",
+            idempotency_key="h1",
+            actor=actor,
+        )
     with at("2026-01-01T11:00:00+00:00"):
         job = run_job(EXPIRY, program)  # the hold is still pending (not yet swept)
     assert job.counts["members_expired"] == 1
@@ -144,8 +164,8 @@ def test_expiring_soon_warning_once_per_lot(make_program, earn, run_job):
     with at("2025-12-02T10:00:01+00:00"):
         job = run_job(EXPIRY, program)
     assert job.counts["members_warned"] == 2
-    events = {e.payload["member_id"]: e.payload
-              for e in OutboxEvent.objects.filter(event_type="loyalty.points.expiring")}  # fmt: skip
+    expiring = OutboxEvent.objects.filter(event_type="loyalty.points.expiring")
+    events = {e.payload["member_id"]: e.payload for e in expiring}
     assert events["u1"]["points"] == "100.00"
     assert events["u2"]["points"] == "40.00"
     assert PointLot.objects.filter(expiry_warned_at__isnull=False).count() == 2
