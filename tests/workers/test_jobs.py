@@ -1,0 +1,190 @@
+"""Job records: no overlapping runs of a job for the same program and day, abandoned runs,
+duplicate deliveries, the housekeeping jobs, and crash-then-re-run exactly once."""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db.models import Count
+from django.utils import timezone
+
+from audit.models import AuditEntry
+from loyalty.actors import system_actor
+from loyalty.models import Campaign, CampaignAward, Job, LedgerEntry, MemberBalance, Redemption
+from loyalty.services import redemption_hold
+from loyalty.services.jobs import JobAlreadyRunning, job_create, job_run, job_run_key
+from loyalty.verify import ledger_verify
+
+pytestmark = pytest.mark.django_db
+ACTOR = system_actor("test")
+
+
+def test_second_active_run_same_program_and_day_is_refused(make_program):
+    program, other = make_program(name="P"), make_program(name="O")
+    first = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+
+    with pytest.raises(JobAlreadyRunning) as refused:
+        job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+
+    assert refused.value.context["job_id"] == str(first.pk)
+    assert refused.value.http_status == 409
+    # Another program, another kind, or all programs are separate runs.
+    job_create(kind=Job.Kind.TIER_EVALUATION, program=other, actor=ACTOR)
+    job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+    job_create(kind=Job.Kind.TIER_EVALUATION, actor=ACTOR)
+    assert Job.objects.count() == 4
+    assert AuditEntry.objects.filter(action="job.create").count() == 4
+    # Once the first run ends, the same day may run again.
+    job_run(job_id=first.pk)
+    again = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+    assert again.run_key == first.run_key
+
+
+def test_run_key_uses_the_program_local_day(make_program):
+    with time_machine.travel(datetime.fromisoformat("2026-05-01T23:30:00+00:00"), tick=False):
+        tokyo = make_program(timezone="Asia/Tokyo")
+        job = job_create(kind=Job.Kind.POINT_EXPIRY, program=tokyo, actor=ACTOR)
+        assert job.run_key == f"point_expiry:{tokyo.pk}:2026-05-02"
+        assert job_run_key(kind="point_expiry", program=None) == "point_expiry:all:2026-05-01"
+
+
+def test_abandoned_run_does_not_block_the_day(program):
+    with time_machine.travel(datetime.fromisoformat("2026-05-01T01:00:00+00:00"), tick=False):
+        dead = job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+        Job.objects.filter(pk=dead.pk).update(status=Job.Status.RUNNING, started_at=timezone.now())
+    with time_machine.travel(datetime.fromisoformat("2026-05-01T03:00:00+00:00"), tick=False):
+        fresh = job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+    dead.refresh_from_db()
+    assert dead.status == Job.Status.FAILED
+    assert dead.error.startswith("abandoned")
+    assert fresh.status == Job.Status.QUEUED
+
+
+def test_duplicate_delivery_runs_once(program, earn):
+    earn(program, "u1", "1500")
+    job = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+
+    job_run(job_id=job.pk)
+    job_run(job_id=job.pk)  # the broker delivered the task twice
+
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.counts["upgraded"] == 1
+    assert job.started_at is not None
+    assert job.finished_at >= job.started_at
+    assert MemberBalance.objects.get(member_id="u1").tier_snapshots.count() == 1
+
+
+def test_hold_expiry_job_releases_due_holds(program, earn, run_job, actor):
+    earn(program, "u1", "100")
+    hold = redemption_hold(program=program, member_id="u1", points=Decimal("40"),
+                           reward_type="discount", idempotency_key="h1", actor=actor)  # fmt: skip
+    with time_machine.travel(timezone.now() + timedelta(seconds=program.hold_ttl_seconds + 1)):
+        job = run_job(Job.Kind.HOLD_EXPIRY)
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.counts["expired"] == 1
+    hold.refresh_from_db()
+    assert hold.status == Redemption.Status.EXPIRED
+    assert MemberBalance.objects.get(member_id="u1").locked == Decimal("0.00")
+    assert ledger_verify() == []
+
+
+def test_approval_expiry_job_succeeds_with_or_without_the_approvals_service(run_job):
+    job = run_job(Job.Kind.APPROVAL_EXPIRY)
+    assert job.status == Job.Status.SUCCEEDED
+
+
+def _crash_after_first_chunk(monkeypatch, module, name):
+    real = getattr(module, name)
+    calls = {"n": 0}
+
+    def chunk_then_crash(**kwargs):
+        real(**kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(module, name, chunk_then_crash)
+    return lambda: monkeypatch.setattr(module, name, real)
+
+
+def test_campaign_crash_then_rerun_awards_everyone_once(program, earn, run_job, monkeypatch):
+    from loyalty.services import campaigns
+
+    monkeypatch.setattr(campaigns, "CHUNK", 3)
+    for i in range(8):
+        earn(program, f"u{i}", "10")
+    campaign = Campaign.objects.create(
+        program=program, name="c", segment="all", bonus_points=Decimal("5"),
+        scheduled_at=timezone.now() - timedelta(minutes=1),
+    )  # fmt: skip
+    restore = _crash_after_first_chunk(monkeypatch, campaigns, "_award_chunk")
+
+    crashed = run_job(Job.Kind.CAMPAIGN_EXECUTION, program)
+
+    assert crashed.status == Job.Status.FAILED
+    assert "worker killed" in crashed.error
+    assert crashed.counts == {"awarded": 3, "failed": 0}  # exactly what committed
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.RUNNING
+    assert ledger_verify() == []
+
+    restore()
+    rerun = run_job(Job.Kind.CAMPAIGN_EXECUTION, program)
+
+    assert rerun.status == Job.Status.SUCCEEDED
+    assert rerun.counts == {"awarded": 5, "failed": 0}
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.awarded_count) == (Campaign.Status.COMPLETED, 8)
+    per_member = LedgerEntry.objects.filter(type="campaign_bonus").values("balance").annotate(
+        n=Count("id")
+    )  # fmt: skip
+    assert sorted(row["n"] for row in per_member) == [1] * 8
+    assert CampaignAward.objects.count() == 8
+    assert all(b.points_balance == Decimal("15.00") for b in MemberBalance.objects.all())
+    assert ledger_verify() == []
+
+
+def test_expiry_crash_then_rerun_expires_everything_once(program, earn, run_job, monkeypatch):
+    from loyalty.services import expiry
+
+    monkeypatch.setattr(expiry, "CHUNK", 2)
+    with time_machine.travel(datetime.fromisoformat("2025-01-01T10:00:00+00:00"), tick=False):
+        for i in range(5):
+            earn(program, f"u{i}", "100")
+            earn(program, f"u{i}", "20")
+    restore = _crash_after_first_chunk(monkeypatch, expiry, "_expire_chunk")
+    with time_machine.travel(datetime.fromisoformat("2026-01-02T00:00:00+00:00"), tick=False):
+        crashed = run_job(Job.Kind.POINT_EXPIRY, program)
+        assert crashed.status == Job.Status.FAILED
+        assert crashed.counts["members_expired"] == 2
+        assert ledger_verify() == []
+        restore()
+        rerun = run_job(Job.Kind.POINT_EXPIRY, program)
+        assert rerun.status == Job.Status.SUCCEEDED
+        assert rerun.counts["members_expired"] == 3
+        run_job(Job.Kind.POINT_EXPIRY, program)  # and once more: nothing left
+
+    expired = LedgerEntry.objects.filter(type=LedgerEntry.Type.EXPIRY)
+    assert expired.count() == 5
+    assert all(e.points == Decimal("-120.00") for e in expired)
+    assert all(b.points_balance == 0 for b in MemberBalance.objects.all())
+    assert ledger_verify() == []
+
+
+def test_tier_crash_then_rerun_snapshots_each_change_once(program, earn, run_job, monkeypatch):
+    from loyalty.services import tiers
+
+    monkeypatch.setattr(tiers, "CHUNK", 2)
+    for i in range(5):
+        earn(program, f"u{i}", "1000")
+    restore = _crash_after_first_chunk(monkeypatch, tiers, "_apply")
+    crashed = run_job(Job.Kind.TIER_EVALUATION, program)
+    assert crashed.status == Job.Status.FAILED
+    restore()
+
+    run_job(Job.Kind.TIER_EVALUATION, program)
+
+    assert set(MemberBalance.objects.values_list("tier", flat=True)) == {"silver"}
+    assert MemberBalance.objects.annotate(n=Count("tier_snapshots")).filter(n=1).count() == 5
