@@ -150,6 +150,7 @@ def idempotent(handler):
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
         key = idempotency_key(request)
+        request.idempotency_key = key
         caller = request.caller
         record, replay = idempotency_claim(
             scope=caller.idempotency_scope,

@@ -138,11 +138,16 @@ class HasPermission(BasePermission):
         caller = getattr(request, "caller", None)
         needed = view_permission(type(view), request.method)
         # A method without a declared permission is refused, never open by omission.
-        return caller is not None and needed is not None and needed in caller.permissions
+        if caller is None or not needed:
+            return False
+        if isinstance(needed, tuple):  # any one of them (the view checks finer grains)
+            return any(p in caller.permissions for p in needed)
+        return needed in caller.permissions
 
 
-def view_permission(view_cls, method: str) -> str | None:
-    """The permission a view's method needs (used by the RBAC matrix and the schema)."""
+def view_permission(view_cls, method: str) -> str | tuple[str, ...] | None:
+    """The permission a view's method needs (used by the RBAC matrix and the schema); a
+    tuple means any one of them."""
     per_method = getattr(view_cls, "method_permissions", None)
     if per_method:
         return per_method.get(method.lower())

@@ -1,0 +1,233 @@
+"""POST /events and /events/batch: merchant events, exactly once per idempotency key."""
+
+import re
+import uuid
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.response import Response
+
+from access.approval_gate import approval_gate, approval_needed, approval_pending_body
+from access.idempotency import idempotent
+from access.problems import problem
+from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
+from access.scoping import scope_queryset
+
+from ..errors import DomainError, NotFound, ValidationFailed
+from ..models import Program
+from ..services import EventInput, event_ingest
+from ..services.batch import MAX_BATCH, events_ingest_batch
+from ..services.ingestion import EVENT_TYPES
+from . import fields as f
+from .base import LoyaltyApi
+from .serializers import (
+    ApprovalPendingSerializer,
+    BatchInputSerializer,
+    BatchResultSerializer,
+    EventInputSerializer,
+    IngestResultSerializer,
+)
+
+KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+
+
+def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID, EventInput]:
+    """(program id, event) from one JSON event, or ValidationFailed with per-field errors.
+
+    Hand-written rather than a DRF serializer: the batch path parses 1,000 of these per
+    request. EventInputSerializer documents the same fields for the schema.
+    """
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "An event is a JSON object.",
+            errors={"non_field_errors": ["A JSON object is required."]},
+        )
+    errors: dict[str, list[str]] = {}
+    values: dict = {}
+
+    def take(name: str, parse, *, required: bool = False):
+        raw = data.get(name)
+        if raw is None:
+            if required:
+                errors[name] = ["This field is required."]
+            return
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            errors[name] = [str(exc)]
+
+    take("program_id", lambda v: uuid.UUID(v) if isinstance(v, str) else _bad_uuid(), required=True)
+    take(
+        "member_id",
+        lambda v: f.parse_text(v, max_length=128, pattern=f.MEMBER_ID_PATTERN),
+        required=True,
+    )
+    take("type", _event_type, required=True)
+    take("amount", f.parse_decimal)
+    take("points", f.parse_decimal)
+    take("currency", lambda v: f.parse_text(v, max_length=3, pattern=CURRENCY_PATTERN))
+    for name, limit in (
+        ("reason", 500),
+        ("module", 32),
+        ("reference", 128),
+        ("original_reference", 128),
+    ):
+        take(name, lambda v, limit=limit: f.parse_text(v, max_length=limit, required=False))
+    take("occurred_at", f.parse_aware_datetime)
+    take("metadata", f.parse_json_object)
+    if idempotency_key is None:
+        raw_key = data.get("idempotency_key")
+        if not isinstance(raw_key, str) or not KEY_PATTERN.match(raw_key):
+            errors["idempotency_key"] = ["1 to 255 printable ASCII characters without spaces."]
+        idempotency_key = raw_key
+    if errors:
+        raise ValidationFailed("The event is invalid.", errors=errors)
+    program_id = values.pop("program_id")
+    return program_id, EventInput(idempotency_key=idempotency_key, **values)
+
+
+def _bad_uuid():
+    raise ValueError("A UUID string is required.")
+
+
+def _event_type(value):
+    if value not in EVENT_TYPES:
+        raise ValueError(f"One of {sorted(EVENT_TYPES)}.")
+    return value
+
+
+def adjustment_gate(*, program: Program, event: EventInput, caller):
+    """The approval gate of a manual_adjust event (every path: events, batch, adjustments)."""
+    if event.type != "manual_adjust" or not approval_needed(
+        operation="balance_adjustment", amount=event.points
+    ):
+        return None
+    return approval_gate(
+        operation="balance_adjustment",
+        program=program,
+        target=f"balance:{program.pk}:{event.member_id}",
+        amount=event.points,
+        actor=caller.actor,
+        payload={
+            "program_id": str(program.pk),
+            "member_id": event.member_id,
+            "points": str(event.points),
+            "reason": event.reason,
+            "idempotency_key": event.idempotency_key,
+        },
+    )
+
+
+class EventsApi(LoyaltyApi):
+    method_permissions = {"post": "events:write"}
+
+    @extend_schema(
+        operation_id="events_create",
+        summary="Ingest one event (purchase, refund, referral, campaign_bonus, manual_adjust)",
+        description="The `Idempotency-Key` header is also the event's idempotency key: a "
+        "repeat never awards twice.",
+        parameters=[IDEMPOTENCY_KEY],
+        request=EventInputSerializer,
+        responses={
+            201: IngestResultSerializer,
+            202: OpenApiResponse(ApprovalPendingSerializer, "Waiting for approval."),
+            **WRITE_ERRORS,
+        },
+    )
+    @idempotent
+    def post(self, request):
+        caller = request.caller
+        program_id, event = event_parse(request.data, idempotency_key=request.idempotency_key)
+        program = scope_queryset(Program.objects.all(), caller).filter(pk=program_id).first()
+        if program is None:
+            raise NotFound("No such program.", program_id=str(program_id))
+        pending = adjustment_gate(program=program, event=event, caller=caller)
+        if pending is not None:
+            return Response(approval_pending_body(pending), status=202)
+        result = event_ingest(program=program, event=event, actor=caller.actor)
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+        return Response(result.as_dict(), status=201, headers=headers)
+
+
+class EventsBatchApi(LoyaltyApi):
+    method_permissions = {"post": "events:write"}
+
+    @extend_schema(
+        operation_id="events_batch",
+        summary=f"Ingest up to {MAX_BATCH} events, each atomic on its own",
+        description="Each item carries its own `idempotency_key`; the answer lists, in order, "
+        "each item's status and body (201) or problem (`error`).",
+        parameters=[IDEMPOTENCY_KEY],
+        request=BatchInputSerializer,
+        responses={200: BatchResultSerializer, **WRITE_ERRORS},
+    )
+    @idempotent
+    def post(self, request):
+        caller = request.caller
+        raw = request.data.get("events") if isinstance(request.data, dict) else None
+        if not isinstance(raw, list) or not raw or len(raw) > MAX_BATCH:
+            raise ValidationFailed(errors={"events": [f"A list of 1 to {MAX_BATCH} events."]})
+        results: list[dict | None] = [None] * len(raw)
+        parsed: list[tuple[int, uuid.UUID, EventInput]] = []
+        for index, item in enumerate(raw):
+            try:
+                program_id, event = event_parse(item)
+            except DomainError as error:
+                results[index] = _error_item(index, error)
+            else:
+                parsed.append((index, program_id, event))
+        programs = {
+            p.pk: p
+            for p in scope_queryset(Program.objects.all(), caller).filter(
+                pk__in={program_id for _, program_id, _ in parsed}
+            )
+        }
+        todo: list[tuple[int, Program, EventInput]] = []
+        for index, program_id, event in parsed:
+            program = programs.get(program_id)
+            try:
+                if program is None:
+                    raise NotFound("No such program.", program_id=str(program_id))
+                pending = adjustment_gate(program=program, event=event, caller=caller)
+            except DomainError as error:
+                results[index] = _error_item(index, error)
+                continue
+            if pending is not None:
+                results[index] = {
+                    "index": index,
+                    "status": 202,
+                    "body": approval_pending_body(pending),
+                }
+            else:
+                todo.append((index, program, event))
+        if todo:
+            outcomes = events_ingest_batch(
+                items=[(program, event) for _, program, event in todo], actor=caller.actor
+            )
+            for (index, _, _), outcome in zip(todo, outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    results[index] = _error_item(index, outcome)
+                else:
+                    results[index] = {
+                        "index": index,
+                        "status": 201,
+                        "replayed": outcome.replayed,
+                        "body": outcome.as_dict(),
+                    }
+        return Response({"results": results}, status=200)
+
+
+def _error_item(index: int, error: DomainError) -> dict:
+    status = 400 if isinstance(error, ValidationFailed) else error.http_status
+    return {
+        "index": index,
+        "status": status,
+        "error": problem(
+            status_code=status,
+            code=error.code,
+            title=error.title,
+            detail=error.detail,
+            errors=getattr(error, "errors", None) or None,
+            extra=error.context,
+        ),
+    }

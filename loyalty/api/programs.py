@@ -1,0 +1,186 @@
+"""Programs: list, create, read, update (budget changes need approval above the threshold),
+suspend (always needs approval)."""
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+
+from access.approval_gate import approval_gate, approval_pending_body
+from access.idempotency import idempotent
+from access.schema import COMMON_ERRORS, IDEMPOTENCY_KEY, WRITE_ERRORS
+from access.scoping import merchant_check, program_get_for_caller, scope_queryset
+
+from ..errors import InvalidState, ValidationFailed
+from ..models import Program
+from ..services import TierInput, program_create, program_set_status, program_update
+from .base import LoyaltyApi, paginated, validated
+from .members import PAGE_PARAMS
+from .serializers import (
+    ApprovalPendingSerializer,
+    ProgramCreateSerializer,
+    ProgramFilterSerializer,
+    ProgramSerializer,
+    ProgramUpdateSerializer,
+    ReasonInputSerializer,
+    program_body,
+)
+
+
+def _tiers(data: dict) -> list[TierInput] | None:
+    tiers = data.pop("tiers", None)
+    return None if tiers is None else [TierInput(**t) for t in tiers]
+
+
+def _json(changes: dict) -> dict:
+    """The validated changes, JSON-safe, as an approval request stores them."""
+    out = {}
+    for key, value in changes.items():
+        if key == "tiers" and value is not None:
+            out[key] = [{k: str(v) for k, v in t.items()} for t in value]
+        elif value is None or isinstance(value, bool | int | dict | list | str):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+def _reload(program_id) -> Program:
+    return Program.objects.prefetch_related("tiers").get(pk=program_id)
+
+
+class ProgramsApi(LoyaltyApi):
+    method_permissions = {"get": "programs:read", "post": "programs:create"}
+
+    @extend_schema(
+        operation_id="programs_list",
+        summary="Programs the caller may see",
+        parameters=[ProgramFilterSerializer, *PAGE_PARAMS],
+        responses={200: ProgramSerializer(many=True), **COMMON_ERRORS},
+    )
+    def get(self, request):
+        filters = validated(ProgramFilterSerializer, request.query_params)
+        programs = scope_queryset(Program.objects.prefetch_related("tiers"), request.caller)
+        if "status" in filters:
+            programs = programs.filter(status=filters["status"])
+        if "merchant_id" in filters:
+            programs = programs.filter(merchant_id=filters["merchant_id"])
+        return paginated(self, request, programs, program_body, ordering="-created_at")
+
+    @extend_schema(
+        operation_id="programs_create",
+        summary="Create a program (and its merchant on first use)",
+        parameters=[IDEMPOTENCY_KEY],
+        request=ProgramCreateSerializer,
+        responses={201: ProgramSerializer, **WRITE_ERRORS},
+    )
+    @idempotent
+    def post(self, request):
+        data = dict(validated(ProgramCreateSerializer, request.data))
+        caller = request.caller
+        merchant_id = data.pop("merchant_id", None) or caller.merchant_id
+        if merchant_id is None:
+            raise ValidationFailed(errors={"merchant_id": ["This field is required."]})
+        merchant_check(caller, merchant_id)
+        tiers = _tiers(data)
+        program = program_create(
+            merchant_id=merchant_id,
+            name=data.pop("name"),
+            currency=data.pop("currency"),
+            tiers=tiers,
+            actor=caller.actor,
+            **data,
+        )
+        return Response(program_body(_reload(program.pk)), status=201)
+
+
+class ProgramDetailApi(LoyaltyApi):
+    # PATCH: program fields need programs:write, `budget_limit` needs budgets:write.
+    method_permissions = {"get": "programs:read", "patch": ("programs:write", "budgets:write")}
+
+    @extend_schema(
+        operation_id="programs_read",
+        summary="A program",
+        responses={200: ProgramSerializer, **COMMON_ERRORS},
+    )
+    def get(self, request, program_id):
+        program = program_get_for_caller(caller=request.caller, program_id=program_id)
+        return Response(program_body(_reload(program.pk)))
+
+    @extend_schema(
+        operation_id="programs_update",
+        summary="Change a program (a budget change over the threshold waits for approval)",
+        parameters=[IDEMPOTENCY_KEY],
+        request=ProgramUpdateSerializer(partial=True),
+        responses={
+            200: ProgramSerializer,
+            202: OpenApiResponse(ApprovalPendingSerializer, "Waiting for approval."),
+            **WRITE_ERRORS,
+        },
+    )
+    @idempotent
+    def patch(self, request, program_id):
+        caller = request.caller
+        changes = dict(validated(ProgramUpdateSerializer, request.data, partial=True))
+        program = program_get_for_caller(caller=caller, program_id=program_id)
+        if not changes:
+            raise ValidationFailed(errors={"non_field_errors": ["Nothing to change."]})
+        budget = "budget_limit" in changes
+        if budget and not caller.has("budgets:write"):
+            raise PermissionDenied("Changing the budget needs the budgets:write permission.")
+        if set(changes) - {"budget_limit"} and not caller.has("programs:write"):
+            raise PermissionDenied("Changing a program needs the programs:write permission.")
+        if budget and changes["budget_limit"] != program.budget_limit:
+            old, new = program.budget_limit, changes["budget_limit"]
+            pending = approval_gate(
+                operation="budget_change",
+                program=program,
+                target=f"program:{program.pk}",
+                amount=None if old is None or new is None else new - old,
+                actor=caller.actor,
+                payload={"program_id": str(program.pk), "changes": _json(changes)},
+            )
+            if pending is not None:
+                return Response(approval_pending_body(pending), status=202)
+        tiers = _tiers(changes)
+        program_update(program_id=program.pk, changes=changes, tiers=tiers, actor=caller.actor)
+        return Response(program_body(_reload(program.pk)))
+
+
+class ProgramSuspendApi(LoyaltyApi):
+    method_permissions = {"post": "programs:suspend"}
+
+    @extend_schema(
+        operation_id="programs_suspend",
+        summary="Suspend a program (needs multi-signature approval)",
+        parameters=[IDEMPOTENCY_KEY],
+        request=ReasonInputSerializer,
+        responses={
+            200: ProgramSerializer,
+            202: OpenApiResponse(ApprovalPendingSerializer, "Waiting for approval."),
+            **WRITE_ERRORS,
+        },
+    )
+    @idempotent
+    def post(self, request, program_id):
+        data = validated(ReasonInputSerializer, request.data)
+        program = program_get_for_caller(caller=request.caller, program_id=program_id)
+        if program.status == Program.Status.SUSPENDED:
+            return Response(program_body(_reload(program.pk)))
+        if program.status != Program.Status.ACTIVE:
+            raise InvalidState(f"The program is {program.status}.", status=program.status)
+        pending = approval_gate(
+            operation="program_suspend",
+            program=program,
+            target=f"program:{program.pk}",
+            actor=request.caller.actor,
+            payload={"program_id": str(program.pk), "reason": data["reason"]},
+        )
+        if pending is not None:
+            return Response(approval_pending_body(pending), status=202)
+        program_set_status(
+            program_id=program.pk,
+            status=Program.Status.SUSPENDED,
+            reason=data["reason"],
+            actor=request.caller.actor,
+        )
+        return Response(program_body(_reload(program.pk)))
