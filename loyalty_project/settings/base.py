@@ -168,6 +168,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "EventTypeEnum": ["purchase", "refund", "referral", "campaign_bonus", "manual_adjust"],
+        "LedgerEntryTypeEnum": "loyalty.models.LedgerEntry.Type",
+        "RewardTypeEnum": "loyalty.models.Voucher.Type",
+    },
 }
 
 # --- Loyalty domain -----------------------------------------------------------------------
