@@ -1,0 +1,223 @@
+"""The operations that need approval: their policy, how their payload is validated, and how
+an approved request runs.
+
+Each operation runs a loyalty service *inside* the approval's transaction, so the last
+approval, the change and the request's outcome commit together (or not at all). The loyalty
+entry points are `@transaction.atomic(durable=True)`, which refuses to nest; we call their
+undecorated bodies (`__wrapped__`, set by `functools.wraps` in Django's decorator) or, for
+ingestion, its documented in-transaction function. `test_registry.py` checks both still hold.
+
+Payload contracts (what `access.approval_gate` callers pass; JSON, decimals as strings):
+- balance_adjustment: program_id, member_id, points, reason, idempotency_key
+- budget_change:      program_id, budget_limit (string, or null for no limit)
+- program_suspend:    program_id, reason
+- member_freeze:      program_id, member_id, reason
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+
+from loyalty.actors import Actor
+from loyalty.errors import NotFound, ValidationFailed
+from loyalty.models import Program
+from loyalty.services import balance_set_frozen, program_set_status, program_update
+from loyalty.services.ingestion import (
+    EventInput,
+    event_replay,
+    event_validate,
+    ingest_in_transaction,
+)
+from loyalty.services.programs import program_snapshot
+
+from .models import ApprovalPolicy, Operation
+
+DEFAULT_TTL_HOURS = 72
+
+
+@dataclass(frozen=True)
+class Policy:
+    operation: str
+    enabled: bool
+    threshold: Decimal | None
+    required_roles: tuple[str, ...]
+    ttl_hours: int
+
+    def needs_approval(self, amount: Decimal | None) -> bool:
+        if not self.enabled:
+            return False
+        if self.threshold is None or self.operation in NO_AMOUNT:
+            return True
+        # A budget change without an amount adds or removes the limit: no threshold bounds it.
+        return amount is None or abs(amount) > self.threshold
+
+
+NO_AMOUNT = {Operation.PROGRAM_SUSPEND, Operation.MEMBER_FREEZE}
+
+
+def policy_default(operation: str) -> Policy:
+    thresholds = settings.LOYALTY_APPROVAL_THRESHOLDS
+    roles = tuple(settings.LOYALTY_APPROVAL_REQUIRED_ROLES)
+    ttl = getattr(settings, "LOYALTY_APPROVAL_TTL_HOURS", DEFAULT_TTL_HOURS)
+    enabled = True
+    if operation == Operation.MEMBER_FREEZE:
+        enabled = settings.LOYALTY_APPROVAL_FREEZE_REQUIRED
+    return Policy(operation, enabled, thresholds.get(operation), roles, ttl)
+
+
+def policy_get(operation: str) -> Policy:
+    """The operation's policy: the database row when finance set one, else settings."""
+    if operation not in Operation.values:
+        raise ValueError(f"unknown operation {operation!r}")
+    row = ApprovalPolicy.objects.filter(operation=operation).first()
+    if row is None:
+        return policy_default(operation)
+    return Policy(operation, row.enabled, row.threshold, tuple(row.required_roles), row.ttl_hours)
+
+
+# --- payload validation -------------------------------------------------------------------
+
+
+def _require(payload: dict, *names: str) -> dict:
+    missing = {n: ["This field is required."] for n in names if payload.get(n) in (None, "")}
+    if missing:
+        raise ValidationFailed("The approval payload is incomplete.", errors=missing)
+    return payload
+
+
+def _decimal(value: Any, field: str) -> Decimal:
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError) as exc:
+        raise ValidationFailed(errors={field: ["A decimal number is required."]}) from exc
+    if not number.is_finite():
+        raise ValidationFailed(errors={field: ["A finite number is required."]})
+    return number
+
+
+def _validate_adjustment(payload: dict) -> dict:
+    _require(payload, "program_id", "member_id", "points", "reason", "idempotency_key")
+    points = _decimal(payload["points"], "points")
+    if points == 0 or points != points.quantize(Decimal("0.01")):
+        raise ValidationFailed(errors={"points": ["Non-zero, at most 2 decimal places."]})
+    return {
+        "program_id": str(payload["program_id"]),
+        "member_id": str(payload["member_id"]),
+        "points": str(points),
+        "reason": str(payload["reason"]),
+        "idempotency_key": str(payload["idempotency_key"]),
+    }
+
+
+def _validate_budget(payload: dict) -> dict:
+    _require(payload, "program_id")
+    if "budget_limit" not in payload:
+        raise ValidationFailed(errors={"budget_limit": ["This field is required (or null)."]})
+    limit = payload["budget_limit"]
+    if limit is not None:
+        limit = _decimal(limit, "budget_limit")
+        if limit < 0:
+            raise ValidationFailed(errors={"budget_limit": ["Must not be negative."]})
+    return {
+        "program_id": str(payload["program_id"]),
+        "budget_limit": None if limit is None else str(limit),
+    }
+
+
+def _validate_suspend(payload: dict) -> dict:
+    _require(payload, "program_id")
+    return {"program_id": str(payload["program_id"]), "reason": str(payload.get("reason", ""))}
+
+
+def _validate_freeze(payload: dict) -> dict:
+    _require(payload, "program_id", "member_id")
+    return {
+        "program_id": str(payload["program_id"]),
+        "member_id": str(payload["member_id"]),
+        "reason": str(payload.get("reason", "")),
+    }
+
+
+# --- execution (inside the approval's transaction) ----------------------------------------
+
+
+def in_transaction(service: Callable) -> Callable:
+    """The body of a durable service, to run within the caller's transaction."""
+    body = getattr(service, "__wrapped__", None)
+    if body is None:
+        raise TypeError(f"{service.__name__} is not a transaction-decorated service")
+    return body
+
+
+def _program(payload: dict) -> Program:
+    program = Program.objects.filter(pk=payload["program_id"]).first()
+    if program is None:
+        raise NotFound("No such program.")
+    return program
+
+
+def _run_adjustment(payload: dict, actor: Actor) -> dict:
+    program = _program(payload)
+    event = EventInput(
+        type="manual_adjust",
+        member_id=payload["member_id"],
+        idempotency_key=payload["idempotency_key"],
+        points=Decimal(payload["points"]),
+        reason=payload["reason"],
+    )
+    event_validate(program, event)
+    result = event_replay(program, event) or ingest_in_transaction(
+        program=program, event=event, actor=actor
+    )
+    return result.as_dict()
+
+
+def _run_budget(payload: dict, actor: Actor) -> dict:
+    limit = payload["budget_limit"]
+    program = in_transaction(program_update)(
+        program_id=payload["program_id"],
+        changes={"budget_limit": None if limit is None else Decimal(limit)},
+        actor=actor,
+    )
+    return {
+        "program_id": str(program.pk),
+        "budget_limit": program_snapshot(program)["budget_limit"],
+    }
+
+
+def _run_suspend(payload: dict, actor: Actor) -> dict:
+    program = in_transaction(program_set_status)(
+        program_id=payload["program_id"],
+        status=Program.Status.SUSPENDED,
+        actor=actor,
+        reason=payload["reason"],
+    )
+    return {"program_id": str(program.pk), "status": program.status}
+
+
+def _run_freeze(payload: dict, actor: Actor) -> dict:
+    balance = in_transaction(balance_set_frozen)(
+        program=_program(payload),
+        member_id=payload["member_id"],
+        frozen=True,
+        actor=actor,
+        reason=payload["reason"],
+    )
+    return {"member_id": balance.member_id, "is_frozen": balance.is_frozen}
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    validate: Callable[[dict], dict]
+    run: Callable[[dict, Actor], dict]
+
+
+OPERATIONS: dict[str, OperationSpec] = {
+    Operation.BALANCE_ADJUSTMENT: OperationSpec(_validate_adjustment, _run_adjustment),
+    Operation.BUDGET_CHANGE: OperationSpec(_validate_budget, _run_budget),
+    Operation.PROGRAM_SUSPEND: OperationSpec(_validate_suspend, _run_suspend),
+    Operation.MEMBER_FREEZE: OperationSpec(_validate_freeze, _run_freeze),
+}

@@ -1,0 +1,276 @@
+"""Multi-signature approvals: request, approve, reject, expire; policy changes by finance.
+
+Rules (DESIGN.md "Multi-signature approvals"):
+- the stored, validated payload is what runs; nobody re-enters data when approving;
+- the maker cannot approve (compared by actor id, so no role, not even superuser, bypasses
+  it) and making is not approving;
+- one person fills one role, one role is filled once (database constraints too);
+- one pending request per operation and target (a partial unique index decides races);
+- rejection needs a reason; rejected and expired requests never run;
+- when the last role is filled, the operation runs in the same transaction, exactly once:
+  the request row is locked, so of two approvers racing on the last role one runs it and
+  the other finds it no longer pending. A domain error of the operation rolls back the
+  operation only (a savepoint) and is stored on the request as `failed`.
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from loyalty.actors import Actor
+from loyalty.errors import DomainError, NotFound, ValidationFailed
+from loyalty.models import Program
+
+from .errors import (
+    AlreadyApproved,
+    ApprovalExpired,
+    ApprovalNotPending,
+    ApprovalPendingExists,
+    MakerCannotApprove,
+    RoleNotRequired,
+)
+from .models import Approval, ApprovalPolicy, ApprovalRequest, Operation
+from .registry import OPERATIONS, policy_get
+
+
+def approval_request_create(
+    *,
+    operation: str,
+    program: Program,
+    target: str,
+    payload: dict,
+    actor: Actor,
+    amount: Decimal | None = None,
+) -> ApprovalRequest:
+    """Stores a pending request with its validated payload; refuses a second pending request
+    for the same operation and target. Joins the caller's transaction when there is one."""
+    if operation not in OPERATIONS:
+        raise ValidationFailed(errors={"operation": [f"One of {sorted(OPERATIONS)}."]})
+    clean = OPERATIONS[operation].validate(payload)
+    policy = policy_get(operation)
+    try:
+        with transaction.atomic():  # a savepoint: the unique index may refuse the insert
+            request = ApprovalRequest.objects.create(
+                operation=operation,
+                payload=clean,
+                amount=amount,
+                program=program,
+                merchant_id=program.merchant_id,
+                target=target,
+                maker_id=actor.id,
+                maker_role=actor.role,
+                required_roles=list(policy.required_roles),
+                expires_at=timezone.now() + timedelta(hours=policy.ttl_hours),
+            )
+    except IntegrityError as exc:
+        existing = (
+            ApprovalRequest.objects.filter(
+                operation=operation, target=target, status=ApprovalRequest.Status.PENDING
+            )
+            .values_list("pk", flat=True)
+            .first()
+        )
+        raise ApprovalPendingExists(
+            f"Request {existing} for {operation} on {target} is already pending.",
+            approval_request_id=str(existing) if existing else None,
+        ) from exc
+    _audit(actor, "approval.request", request, after=_state(request))
+    return request
+
+
+@transaction.atomic(durable=True)
+def approval_approve(
+    *, request_id, actor: Actor, roles: set[str] | frozenset[str], comment: str = ""
+) -> ApprovalRequest:
+    """Adds the actor's approval for one role they hold that is still missing; when it is
+    the last one, runs the stored operation once and records its result or error."""
+    request = _lock(request_id)
+    _refuse_closed(request)
+    if actor.id == request.maker_id:
+        raise MakerCannotApprove(maker_id=request.maker_id)
+    approvals = list(request.approvals.all())
+    if any(a.actor_id == actor.id for a in approvals):
+        raise AlreadyApproved(actor_id=actor.id)
+    filled = {a.role for a in approvals}
+    role = next((r for r in request.required_roles if r not in filled and r in roles), None)
+    if role is None:
+        raise RoleNotRequired(
+            missing_roles=[r for r in request.required_roles if r not in filled],
+            caller_roles=sorted(roles),
+        )
+    Approval.objects.create(request=request, actor_id=actor.id, role=role, comment=comment)
+    _audit(actor, "approval.approve", request, after={"role": role, "comment": comment})
+    if filled | {role} >= set(request.required_roles):
+        _execute(request, approver=actor)
+    return request
+
+
+@transaction.atomic(durable=True)
+def approval_reject(
+    *, request_id, actor: Actor, roles: set[str] | frozenset[str], comment: str
+) -> ApprovalRequest:
+    """Closes a pending request for good; needs a reason. The maker may withdraw their own
+    request; anyone else needs one of its required roles."""
+    if not (comment or "").strip():
+        raise ValidationFailed(errors={"comment": ["A rejection needs a reason."]})
+    request = _lock(request_id)
+    _refuse_closed(request)
+    if actor.id != request.maker_id and not set(roles) & set(request.required_roles):
+        raise RoleNotRequired(required_roles=request.required_roles, caller_roles=sorted(roles))
+    request.status = ApprovalRequest.Status.REJECTED
+    request.reject_reason = comment.strip()
+    request.decided_by = actor.id
+    request.decided_at = timezone.now()
+    request.save(update_fields=["status", "reject_reason", "decided_by", "decided_at"])
+    _audit(actor, "approval.reject", request, after={"status": request.status, "reason": comment})
+    return request
+
+
+def approvals_expire(*, actor: Actor, limit: int = 1000) -> int:
+    """Marks pending requests past their expiry as expired (one short transaction each)."""
+    due = (
+        ApprovalRequest.objects.filter(
+            status=ApprovalRequest.Status.PENDING, expires_at__lte=timezone.now()
+        )
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return sum(approval_expire(request_id=pk, actor=actor) for pk in list(due))
+
+
+@transaction.atomic(durable=True)
+def approval_expire(*, request_id, actor: Actor) -> bool:
+    """Expires one pending request past its expiry; False when it was already closed."""
+    request = _lock(request_id)
+    if request.status != ApprovalRequest.Status.PENDING or request.expires_at > timezone.now():
+        return False
+    request.status = ApprovalRequest.Status.EXPIRED
+    request.decided_by = actor.id
+    request.decided_at = timezone.now()
+    request.save(update_fields=["status", "decided_by", "decided_at"])
+    _audit(actor, "approval.expire", request, after={"status": request.status})
+    return True
+
+
+@transaction.atomic(durable=True)
+def approval_policy_update(
+    *,
+    operation: str,
+    actor: Actor,
+    enabled: bool,
+    threshold: Decimal | None,
+    required_roles: list[str],
+    ttl_hours: int,
+) -> ApprovalPolicy:
+    """Sets an operation's approval policy (finance); every change is audited."""
+    from loyalty.roles import ROLES
+
+    errors = {}
+    if operation not in Operation.values:
+        errors["operation"] = [f"One of {Operation.values}."]
+    if threshold is not None and threshold < 0:
+        errors["threshold"] = ["Must not be negative."]
+    unknown = [r for r in required_roles if r not in ROLES]
+    if not required_roles or unknown or len(set(required_roles)) != len(required_roles):
+        errors["required_roles"] = [f"Distinct roles among {list(ROLES)}, at least one."]
+    if ttl_hours < 1:
+        errors["ttl_hours"] = ["At least one hour."]
+    if errors:
+        raise ValidationFailed(errors=errors)
+    before = policy_get(operation)
+    policy, _ = ApprovalPolicy.objects.select_for_update().get_or_create(operation=operation)
+    policy.enabled = enabled
+    policy.threshold = threshold
+    policy.required_roles = list(required_roles)
+    policy.ttl_hours = ttl_hours
+    policy.updated_by = actor.id
+    policy.save()
+    audit_record(
+        actor=actor,
+        action="approval_policy.update",
+        entity_type="approval_policy",
+        entity_id=operation,
+        before=_policy_state(before.enabled, before.threshold, before.required_roles,
+                             before.ttl_hours),
+        after=_policy_state(enabled, threshold, required_roles, ttl_hours),
+    )  # fmt: skip
+    return policy
+
+
+def _policy_state(enabled, threshold, roles, ttl_hours) -> dict:
+    return {
+        "enabled": enabled,
+        "threshold": None if threshold is None else str(threshold),
+        "required_roles": list(roles),
+        "ttl_hours": ttl_hours,
+    }
+
+
+def _lock(request_id) -> ApprovalRequest:
+    request = ApprovalRequest.objects.select_for_update().filter(pk=request_id).first()
+    if request is None:
+        raise NotFound("No such approval request.")
+    return request
+
+
+def _refuse_closed(request: ApprovalRequest) -> None:
+    if request.status != ApprovalRequest.Status.PENDING:
+        raise ApprovalNotPending(f"The request is {request.status}.", status=request.status)
+    if request.expires_at <= timezone.now():
+        # Left pending for the expiry job to record; it can never run from here.
+        raise ApprovalExpired(expired_at=request.expires_at.isoformat())
+
+
+def _execute(request: ApprovalRequest, *, approver: Actor) -> None:
+    # The change is made in the maker's name (they asked for it); the approvals and this
+    # execution are audited in the approvers' names.
+    maker = Actor(id=request.maker_id, role=request.maker_role, ip=approver.ip,
+                  user_agent=approver.user_agent)  # fmt: skip
+    spec = OPERATIONS[request.operation]
+    try:
+        with transaction.atomic():  # a savepoint: a refused operation leaves nothing behind
+            result = spec.run(request.payload, maker)
+    except DomainError as error:
+        request.status = ApprovalRequest.Status.FAILED
+        request.error_code = error.code
+        request.error_detail = str(error.detail)
+        request.result = {"error": {"code": error.code, "detail": str(error.detail),
+                                    **{k: str(v) for k, v in error.context.items()}}}  # fmt: skip
+    else:
+        request.status = ApprovalRequest.Status.EXECUTED
+        request.result = result
+    request.decided_by = approver.id
+    request.decided_at = timezone.now()
+    request.save(
+        update_fields=["status", "result", "error_code", "error_detail", "decided_by",
+                       "decided_at"]
+    )  # fmt: skip
+    action = "approval.execute" if request.status == "executed" else "approval.fail"
+    _audit(approver, action, request, after={"status": request.status,
+                                             "error_code": request.error_code or None})  # fmt: skip
+
+
+def _state(request: ApprovalRequest) -> dict:
+    return {
+        "operation": request.operation,
+        "target": request.target,
+        "payload": request.payload,
+        "amount": None if request.amount is None else str(request.amount),
+        "required_roles": request.required_roles,
+        "expires_at": request.expires_at,
+        "status": request.status,
+    }
+
+
+def _audit(actor: Actor, action: str, request: ApprovalRequest, *, after: dict) -> None:
+    audit_record(
+        actor=actor,
+        action=action,
+        entity_type="approval",
+        entity_id=request.pk,
+        merchant_id=request.merchant_id,
+        after=after,
+    )

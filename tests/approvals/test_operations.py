@@ -1,0 +1,107 @@
+"""Each registered operation runs through approval; policies come from the database."""
+
+from decimal import Decimal
+
+import pytest
+from django.test import override_settings
+
+from approvals.models import ApprovalPolicy
+from approvals.registry import policy_get
+from approvals.services import approval_approve, approval_policy_update, approval_request_create
+from audit.models import AuditEntry
+from loyalty.errors import ValidationFailed
+from loyalty.models import MemberBalance, Program
+from tests.approvals.conftest import FIN, FIN_1, OPS, OPS_2, OPS_MAKER
+
+pytestmark = pytest.mark.django_db
+
+
+def approve_fully(request):
+    approval_approve(request_id=request.pk, actor=OPS_2, roles=OPS)
+    approval_approve(request_id=request.pk, actor=FIN_1, roles=FIN)
+    request.refresh_from_db()
+    return request
+
+
+def make(program, operation, payload, target, amount=None):
+    return approval_request_create(
+        operation=operation, program=program, target=target, payload=payload,
+        actor=OPS_MAKER, amount=amount,
+    )  # fmt: skip
+
+
+def test_budget_change_runs_the_stored_limit(program):
+    request = make(program, "budget_change",
+                   {"program_id": str(program.pk), "budget_limit": "2500000"},
+                   f"program:{program.pk}", amount=Decimal("2500000"))  # fmt: skip
+    assert Program.objects.get(pk=program.pk).budget_limit is None
+    request = approve_fully(request)
+    assert request.status == "executed"
+    assert Program.objects.get(pk=program.pk).budget_limit == Decimal("2500000")
+    assert AuditEntry.objects.filter(action="program.update", entity_id=str(program.pk)).exists()
+
+
+def test_program_suspension_runs_after_approval(program):
+    request = make(program, "program_suspend", {"program_id": str(program.pk), "reason": "fraud"},
+                   f"program:{program.pk}")  # fmt: skip
+    assert Program.objects.get(pk=program.pk).status == "active"
+    assert approve_fully(request).result == {"program_id": str(program.pk), "status": "suspended"}
+    assert Program.objects.get(pk=program.pk).status == "suspended"
+
+
+def test_member_freeze_runs_after_approval(program, member):
+    request = make(program, "member_freeze",
+                   {"program_id": str(program.pk), "member_id": member, "reason": "chargebacks"},
+                   f"balance:{program.pk}:{member}")  # fmt: skip
+    assert approve_fully(request).status == "executed"
+    assert MemberBalance.objects.get(program=program, member_id=member).is_frozen
+
+
+def test_freeze_of_unknown_member_fails_with_not_found(program):
+    request = make(program, "member_freeze",
+                   {"program_id": str(program.pk), "member_id": "ghost", "reason": "x"},
+                   f"balance:{program.pk}:ghost")  # fmt: skip
+    request = approve_fully(request)
+    assert (request.status, request.error_code) == ("failed", "not_found")
+
+
+@override_settings(LOYALTY_APPROVAL_FREEZE_REQUIRED=False)
+def test_policy_defaults_from_settings_and_database_override_is_audited():
+    assert policy_get("balance_adjustment").needs_approval(Decimal("10000")) is False
+    assert policy_get("balance_adjustment").needs_approval(Decimal("-10000.01")) is True
+    assert policy_get("member_freeze").needs_approval(None) is False
+    assert policy_get("program_suspend").needs_approval(None) is True
+    approval_policy_update(
+        operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("500"),
+        required_roles=["finance_ops"], ttl_hours=24,
+    )  # fmt: skip
+    policy = policy_get("balance_adjustment")
+    assert policy.needs_approval(Decimal("501"))
+    assert not policy.needs_approval(Decimal("500"))
+    assert policy.required_roles == ("finance_ops",)
+    entry = AuditEntry.objects.get(action="approval_policy.update")
+    assert entry.changes["before"]["threshold"] == "10000"
+    assert entry.changes["after"]["threshold"] == "500"
+    assert entry.actor_id == "fin-1"
+
+
+def test_invalid_policy_is_refused_and_nothing_changes():
+    with pytest.raises(ValidationFailed):
+        approval_policy_update(
+            operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("-1"),
+            required_roles=["nobody"], ttl_hours=0,
+        )  # fmt: skip
+    assert ApprovalPolicy.objects.count() == 0
+    assert not AuditEntry.objects.filter(action="approval_policy.update").exists()
+
+
+def test_request_uses_the_policy_roles_at_creation(program, member, adjustment):
+    approval_policy_update(
+        operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("100"),
+        required_roles=["finance_ops"], ttl_hours=1,
+    )  # fmt: skip
+    request = adjustment()
+    assert request.required_roles == ["finance_ops"]
+    approval_approve(request_id=request.pk, actor=FIN_1, roles=FIN)
+    request.refresh_from_db()
+    assert request.status == "executed"
