@@ -160,6 +160,11 @@ LOYALTY_APPROVAL_REQUIRED_ROLES = env.list(
     "LOYALTY_APPROVAL_REQUIRED_ROLES", default=["ops_marketing", "finance_ops"]
 )
 LOYALTY_APPROVAL_FREEZE_REQUIRED = env.bool("LOYALTY_APPROVAL_FREEZE_REQUIRED", default=False)
+# Defaults only: finance overrides each operation's policy in the database (approvals app).
+LOYALTY_APPROVAL_TTL_HOURS = env.int("LOYALTY_APPROVAL_TTL_HOURS", default=72)
+# Key of the audit entries' HMAC digests; keep it outside the database. Empty: derived from
+# SECRET_KEY (development). Changing it makes audit_verify report every older entry.
+AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Molam Loyalty API",
     "DESCRIPTION": "Loyalty and rewards engine: events, redemptions, vouchers, programs.",
