@@ -1,0 +1,87 @@
+"""One end-to-end run through a real Celery worker process and the local Redis broker: a job
+triggered here is picked up by the worker, run against the test database, and finishes."""
+
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from loyalty.actors import system_actor
+from loyalty.models import Job, MemberBalance
+from loyalty.services.jobs import job_enqueue
+from loyalty_project.celery import app as celery_app
+
+BROKER = os.environ.get("LOYALTY_TEST_BROKER_URL", "redis://127.0.0.1:6379/3")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{host}:{port}/{db['NAME']}"
+
+
+@pytest.fixture
+def worker():
+    """A solo-pool worker on the test database; stopped and reaped whatever the test does."""
+    redis = pytest.importorskip("redis")
+    try:
+        # Messages left by an earlier, interrupted run name jobs of a dropped database.
+        redis.Redis.from_url(BROKER).delete("celery")
+    except redis.exceptions.ConnectionError:
+        pytest.skip(f"no Redis at {BROKER}")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "loyalty_project.settings.base",
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": BROKER,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "loyalty_project", "worker", "--pool=solo",
+         "--without-gossip", "--without-mingle", "--loglevel=INFO"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    conf = {"task_always_eager": celery_app.conf.task_always_eager,
+            "broker_url": celery_app.conf.broker_url}  # fmt: skip
+    celery_app.conf.update(task_always_eager=False, broker_url=BROKER)
+    try:
+        yield proc
+    finally:
+        celery_app.conf.update(**conf)
+        celery_app.pool.force_close_all()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_worker_runs_a_triggered_job_to_the_end(make_program, earn, worker):
+    program = make_program()
+    earn(program, "u1", "1500")
+
+    job = job_enqueue(kind=Job.Kind.TIER_EVALUATION, program=program, actor=system_actor("test"))
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and worker.poll() is None:
+        job.refresh_from_db()
+        if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+            break
+        time.sleep(0.5)
+    if job.status != Job.Status.SUCCEEDED:
+        worker.terminate()
+        output = worker.communicate(timeout=20)[0]
+        pytest.fail(f"job {job.status}: {job.error}\n--- worker output ---\n{output[-4000:]}")
+    assert job.counts["upgraded"] == 1
+    assert MemberBalance.objects.get(member_id="u1").tier == "silver"
+    assert MemberBalance.objects.get(member_id="u1").points_balance == Decimal("1500.00")
