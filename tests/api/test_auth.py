@@ -1,0 +1,270 @@
+"""Authentication: JWT from Molam ID (RS256/ES256 only, iss/aud/exp checked) and merchant API
+keys (hashed, revocable, scoped). Every bad credential is a 401 problem; headers grant nothing."""
+
+import base64
+import json
+import time
+from datetime import timedelta
+from io import StringIO
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.core.management import call_command
+from django.utils import timezone
+
+from access.models import MerchantAPIKey
+from audit.models import AuditEntry
+from loyalty.models import LedgerEntry, Merchant
+
+from .conftest import AUDIENCE, ISSUER, OWN, ApiClient
+
+pytestmark = pytest.mark.django_db
+
+
+def member_url(program, member="u_1"):
+    return f"/api/v1/programs/{program.pk}/members/{member}"
+
+
+def assert_401(response):
+    assert response.status_code == 401, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["status"] == 401
+    assert "WWW-Authenticate" in response
+
+
+def test_valid_token_reads_balance(api, funded):
+    response = api("merchant_admin").get(member_url(funded))
+    assert response.status_code == 200
+    assert response.json()["points_balance"] == "2000.00"
+
+
+def test_no_credential_is_401(api, funded):
+    assert_401(api(None).get(member_url(funded)))
+
+
+def test_wrong_signature_is_401(make_token, funded):
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = make_token(["system"], key=other_key)
+    assert_401(ApiClient(f"Bearer {token}").get(member_url(funded)))
+
+
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"iss": "https://evil.example"}, "invalid_token"),
+        ({"aud": "someone-else"}, "invalid_token"),
+        ({"exp": int(time.time()) - 3600}, "token_expired"),
+    ],
+    ids=["wrong-issuer", "wrong-audience", "expired"],
+)
+def test_bad_claims_are_401(make_token, funded, claims, code):
+    token = make_token(["system"], **claims)
+    response = ApiClient(f"Bearer {token}").get(member_url(funded))
+    assert_401(response)
+    assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize("missing", ["sub", "roles", "exp", "iss", "aud"])
+def test_missing_claim_is_401(rsa_key, funded, missing):
+    payload = {
+        "sub": "user-1",
+        "roles": ["system"],
+        "merchant_id": OWN,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": int(time.time()) + 300,
+    }
+    del payload[missing]
+    token = jwt.encode(payload, rsa_key, algorithm="RS256")
+    assert_401(ApiClient(f"Bearer {token}").get(member_url(funded)))
+
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_alg_none_is_401(funded):
+    claims = {
+        "sub": "user-1",
+        "roles": ["system"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": int(time.time()) + 300,
+    }
+    token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
+    assert_401(ApiClient(f"Bearer {token}").get(member_url(funded)))
+
+
+def test_hs256_signed_with_the_public_key_is_401(public_pem, funded):
+    # The classic key-confusion attack: HMAC "signed" with the verifier's public key.
+    import hashlib
+    import hmac
+
+    claims = {
+        "sub": "attacker",
+        "roles": ["system"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": int(time.time()) + 300,
+    }
+    signing_input = f"{_b64({'alg': 'HS256', 'typ': 'JWT'})}.{_b64(claims)}"
+    signature = hmac.new(public_pem.encode(), signing_input.encode(), hashlib.sha256).digest()
+    token = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    assert_401(ApiClient(f"Bearer {token}").get(member_url(funded)))
+
+
+def test_garbage_token_is_401(funded):
+    assert_401(ApiClient("Bearer not-a-jwt").get(member_url(funded)))
+    assert_401(ApiClient("Bearer").get(member_url(funded)))
+
+
+def test_merchant_admin_without_merchant_scope_is_401(make_token, funded):
+    token = make_token(["merchant_admin"], merchant_id=None)
+    assert_401(ApiClient(f"Bearer {token}").get(member_url(funded)))
+
+
+def test_es256_token_verifies_against_an_ec_key(settings, funded):
+    key = ec.generate_private_key(ec.SECP256R1())
+    settings.LOYALTY_JWT_PUBLIC_KEY = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    claims = {
+        "sub": "svc",
+        "roles": ["auditor"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": int(time.time()) + 300,
+    }
+    token = jwt.encode(claims, key, algorithm="ES256")
+    assert ApiClient(f"Bearer {token}").get(member_url(funded)).status_code == 200
+    # An RS256 token cannot pass against an EC key.
+    rsa_token = jwt.encode(
+        claims, rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256"
+    )
+    assert_401(ApiClient(f"Bearer {rsa_token}").get(member_url(funded)))
+
+
+def test_jwks_url_is_used_to_find_the_key(settings, httpserver, rsa_key, funded):
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    jwk.update({"kid": "k1", "use": "sig", "alg": "RS256"})
+    httpserver.expect_request("/jwks.json").respond_with_json({"keys": [jwk]})
+    settings.LOYALTY_JWT_PUBLIC_KEY = ""
+    settings.LOYALTY_JWT_JWKS_URL = httpserver.url_for("/jwks.json")
+    claims = {
+        "sub": "svc",
+        "roles": ["auditor"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": int(time.time()) + 300,
+    }
+    token = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "k1"})
+    assert ApiClient(f"Bearer {token}").get(member_url(funded)).status_code == 200
+    unknown_kid = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "nope"})
+    assert_401(ApiClient(f"Bearer {unknown_kid}").get(member_url(funded)))
+
+
+def test_role_headers_grant_nothing(api, make_token, funded):
+    forged = {"X-User-Role": "system", "X-User-Id": "admin"}
+    assert_401(api(None).get(member_url(funded), headers=forged))
+    # A merchant_admin may read, never write, whatever the headers claim.
+    body = {"points": "10", "reason": "forged"}
+    response = api("merchant_admin").post(member_url(funded) + "/adjustments", body, headers=forged)
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+    assert LedgerEntry.objects.filter(type="manual_adjust").count() == 0
+
+
+def test_actor_of_the_credential_is_audited(api, funded):
+    client = api("system", sub="svc-checkout")
+    response = client.post(
+        "/api/v1/events",
+        {
+            "program_id": str(funded.pk),
+            "member_id": "u_2",
+            "type": "purchase",
+            "amount": "5000",
+            "currency": "XOF",
+        },
+        headers={"User-Agent": "checkout/1.0", "X-User-Id": "someone-else"},
+    )
+    assert response.status_code == 201
+    entry = LedgerEntry.objects.get(pk=response.json()["transaction_id"])
+    assert (entry.actor_id, entry.actor_role) == ("svc-checkout", "system")
+    audit = AuditEntry.objects.filter(entity_type="transaction", entity_id=str(entry.pk)).get()
+    assert (audit.actor_id, audit.actor_role, audit.ip) == ("svc-checkout", "system", "127.0.0.1")
+    assert audit.user_agent == "checkout/1.0"
+
+
+# --- API keys -------------------------------------------------------------------------------
+def make_key(merchant_id=OWN, permissions=("members:read", "events:write"), **fields):
+    merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
+    return MerchantAPIKey.objects.create_key(
+        name="checkout", merchant=merchant, permissions=list(permissions), **fields
+    )
+
+
+def test_api_key_is_stored_hashed_and_works(funded):
+    api_key, key = make_key()
+    assert key not in (api_key.hashed_key, api_key.id)
+    assert ApiClient(f"Api-Key {key}").get(member_url(funded)).status_code == 200
+    client = ApiClient(None)
+    assert client.get(member_url(funded), headers={"X-Api-Key": key}).status_code == 200
+
+
+def test_api_key_holds_only_its_permissions(funded):
+    _, key = make_key(permissions=["members:read"])
+    response = ApiClient(f"Api-Key {key}").post(
+        "/api/v1/redemptions",
+        {
+            "program_id": str(funded.pk),
+            "member_id": "u_1",
+            "points": "10",
+            "reward_type": "discount",
+        },
+    )
+    assert response.status_code == 403
+
+
+def test_api_key_is_scoped_to_its_merchant(funded):
+    _, key = make_key(merchant_id="m_other")
+    response = ApiClient(f"Api-Key {key}").get(member_url(funded))
+    assert response.status_code == 404
+
+
+def test_revoked_expired_and_wrong_keys_are_401(funded):
+    revoked, revoked_key = make_key()
+    revoked.revoked = True
+    revoked.save(update_fields=["revoked"])
+    _, expired_key = make_key(expiry_date=timezone.now() - timedelta(minutes=1))
+    _, good_key = make_key()
+    wrong = good_key[:-1] + ("A" if good_key[-1] != "A" else "B")
+    for key in (revoked_key, expired_key, wrong, "no-dot-here"):
+        assert_401(ApiClient(f"Api-Key {key}").get(member_url(funded)))
+
+
+def test_apikey_create_prints_the_key_once(funded):
+    out, err = StringIO(), StringIO()
+    call_command(
+        "apikey_create", "--merchant", OWN, "--name", "pos", "--permission", "members:read",
+        stdout=out, stderr=err,
+    )  # fmt: skip
+    key = out.getvalue().strip()
+    api_key = MerchantAPIKey.objects.get(prefix=key.split(".")[0])
+    assert api_key.permissions == ["members:read"]
+    assert key not in err.getvalue()
+    assert ApiClient(f"Api-Key {key}").get(member_url(funded)).status_code == 200
+
+
+def test_apikey_create_refuses_a_permission_keys_cannot_hold():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError):
+        call_command(
+            "apikey_create", "--merchant", OWN, "--name", "x", "--permission", "approvals:decide",
+            stdout=StringIO(), stderr=StringIO(),
+        )  # fmt: skip
+    assert MerchantAPIKey.objects.count() == 0

@@ -1,0 +1,201 @@
+"""HTTP idempotency: replay, reuse with another body, in progress, scope, retention, races."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.db import connection
+from django.utils import timezone
+
+from access.models import IdempotencyRecord
+from audit.models import AuditEntry
+from loyalty.models import LedgerEntry, Redemption
+
+from .conftest import OTHER, OWN
+
+pytestmark = pytest.mark.django_db
+
+
+def purchase(program, member="u_7", amount="12500"):
+    return {
+        "program_id": str(program.pk),
+        "member_id": member,
+        "type": "purchase",
+        "amount": amount,
+        "currency": "XOF",
+        "reference": "order-991",
+    }
+
+
+def test_same_key_same_body_replays_without_writing(api, funded):
+    client = api("system")
+    first = client.post("/api/v1/events", purchase(funded), key="order-991")
+    entries, audits = LedgerEntry.objects.count(), AuditEntry.objects.count()
+    # Key order and spacing do not matter: the body is compared as JSON.
+    again = client.post(
+        "/api/v1/events", dict(reversed(list(purchase(funded).items()))), key="order-991"
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first
+    assert (LedgerEntry.objects.count(), AuditEntry.objects.count()) == (entries, audits)
+
+
+def test_same_key_other_body_is_422_and_changes_nothing(api, funded):
+    client = api("system")
+    assert client.post("/api/v1/events", purchase(funded), key="k1").status_code == 201
+    entries = LedgerEntry.objects.count()
+    response = client.post("/api/v1/events", purchase(funded, amount="99999"), key="k1")
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert response["Content-Type"] == "application/problem+json"
+    assert LedgerEntry.objects.count() == entries
+
+
+def test_same_key_on_another_endpoint_is_reuse(api, funded):
+    client = api("system")
+    assert client.post("/api/v1/events", purchase(funded), key="k2").status_code == 201
+    response = client.post(
+        "/api/v1/redemptions",
+        {
+            "program_id": str(funded.pk),
+            "member_id": "u_1",
+            "points": "10",
+            "reward_type": "discount",
+        },
+        key="k2",
+    )
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert Redemption.objects.count() == 0
+
+
+def test_key_still_running_is_409(api, funded):
+    client = api("system")
+    now = timezone.now()
+    IdempotencyRecord.objects.create(
+        scope=f"merchant:{OWN}", key="busy", method="POST", path="/api/v1/events",
+        request_hash="x" * 64, status="in_progress", created_at=now,
+        locked_until=now + timedelta(minutes=2), expires_at=now + timedelta(hours=48),
+    )  # fmt: skip
+    response = client.post("/api/v1/events", purchase(funded), key="busy")
+    assert response.status_code in (409, 422)
+    # Same fingerprint as the running request: the answer is "in progress".
+    record = IdempotencyRecord.objects.get(key="busy")
+    client.post("/api/v1/events", purchase(funded), key="probe")
+    record.request_hash = IdempotencyRecord.objects.get(key="probe").request_hash
+    record.save(update_fields=["request_hash"])
+    response = client.post("/api/v1/events", purchase(funded), key="busy")
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_in_progress"
+
+
+def test_abandoned_claim_is_taken_over_after_its_lock(api, funded):
+    client = api("system")
+    now = timezone.now()
+    IdempotencyRecord.objects.create(
+        scope=f"merchant:{OWN}", key="dead", method="POST", path="/api/v1/events",
+        request_hash="0" * 64, status="in_progress", created_at=now,
+        locked_until=now + timedelta(seconds=120), expires_at=now + timedelta(hours=48),
+    )  # fmt: skip
+    with time_machine.travel(now + timedelta(seconds=121)):
+        response = client.post("/api/v1/events", purchase(funded), key="dead")
+    assert response.status_code == 201
+    assert IdempotencyRecord.objects.get(key="dead").status == "completed"
+
+
+def test_missing_or_bad_key_is_400_and_nothing_written(api, funded):
+    client = api("system")
+    response = client.client.post(
+        "/api/v1/events", purchase(funded), content_type="application/json",
+        headers={"Authorization": client.auth},
+    )  # fmt: skip
+    assert response.status_code == 400
+    assert response.json()["code"] == "idempotency_key_missing"
+    response = client.post("/api/v1/events", purchase(funded), key="has space")
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["errors"]
+    assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 0
+
+
+def test_validation_failure_is_not_stored(api, funded):
+    client = api("system")
+    bad = {**purchase(funded), "amount": "12.5"}  # XOF has no minor unit
+    assert client.post("/api/v1/events", bad, key="retry-me").status_code == 400
+    assert not IdempotencyRecord.objects.filter(key="retry-me").exists()
+    assert client.post("/api/v1/events", purchase(funded), key="retry-me").status_code == 201
+
+
+def test_business_refusal_is_stored_and_replayed(api, funded):
+    client = api("system")
+    body = {"program_id": str(funded.pk), "member_id": "u_1", "points": "999999",
+            "reward_type": "discount"}  # fmt: skip
+    first = client.post("/api/v1/redemptions", body, key="too-much")
+    again = client.post("/api/v1/redemptions", body, key="too-much")
+    assert first.status_code == again.status_code == 422
+    assert again.json() == first.json()
+    assert again.json()["code"] == "insufficient_points"
+    assert again["Content-Type"] == "application/problem+json"
+    assert again["Idempotent-Replayed"] == "true"
+
+
+def test_keys_are_scoped_per_merchant(api, funded, make_program):
+    other_program = make_program(merchant_id=OTHER)
+    own = api("system", merchant_id=OWN).post("/api/v1/events", purchase(funded), key="shared")
+    other = api("system", merchant_id=OTHER).post(
+        "/api/v1/events", purchase(other_program), key="shared"
+    )
+    assert own.status_code == other.status_code == 201
+    assert "Idempotent-Replayed" not in other
+
+
+def test_records_are_kept_at_least_24_hours_then_expire(api, funded):
+    client = api("system")
+    client.post("/api/v1/events", purchase(funded), key="old")
+    record = IdempotencyRecord.objects.get(key="old")
+    assert record.expires_at - record.created_at >= timedelta(hours=24)
+    with time_machine.travel(timezone.now() + timedelta(hours=23)):
+        # A fresh token: the first one expired meanwhile.
+        replay = api("system").post("/api/v1/events", purchase(funded), key="old")
+    assert replay["Idempotent-Replayed"] == "true"
+    with time_machine.travel(record.expires_at + timedelta(seconds=1)):
+        # The HTTP record is gone; the ledger's own key still answers the first result.
+        late = api("system").post("/api/v1/events", purchase(funded), key="old")
+    assert late.status_code == 201
+    assert late.json()["transaction_id"] == replay.json()["transaction_id"]
+    assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_same_key_requests_write_once(api, make_program):
+    program = make_program(merchant_id=OWN)
+    threads_n = 12
+    barrier = threading.Barrier(threads_n)
+    statuses, bodies = [], []
+    lock = threading.Lock()
+
+    def worker():
+        client = api("system")
+        try:
+            barrier.wait(timeout=10)
+            response = client.post("/api/v1/events", purchase(program), key="race-1")
+            with lock:
+                statuses.append(response.status_code)
+                if response.status_code == 201:
+                    bodies.append(response.json()["transaction_id"])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(statuses) == threads_n
+    assert set(statuses) <= {201, 409}, statuses
+    assert statuses.count(201) >= 1
+    assert len(set(bodies)) == 1  # every success names the same transaction
+    assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 1
+    assert IdempotencyRecord.objects.get(key="race-1").status == "completed"
