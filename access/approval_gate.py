@@ -10,19 +10,20 @@ Operations (DESIGN.md "Multi-signature approvals"; thresholds in `LOYALTY_APPROV
 - `program_suspend`: every program suspension;
 - `member_freeze`: a member freeze, only when `LOYALTY_APPROVAL_FREEZE_REQUIRED` is on.
 
-Until the approvals app takes over this function, a gated operation is refused with
-`ApprovalRequired` (422 `approval_required`). The contract for the approvals app: return an
-object with `pk`, `status` and `required_roles` (the created request); views then answer 202
-with `approval_pending_body(...)`. Return None when no approval is needed.
+The policy of each operation (on/off, threshold, required roles, time to live) is the
+approvals app's: settings give the defaults, finance overrides them in the database. When an
+operation needs approval the gate stores a pending `approvals.ApprovalRequest` with the
+validated payload (a second pending one for the same operation and target is refused, 409
+`approval_pending_exists`) and returns it; views answer 202 with `approval_pending_body(...)`.
+It returns None when no approval is needed.
 """
 
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
-
+from approvals.registry import policy_get
+from approvals.services import approval_request_create
 from loyalty.actors import Actor
-from loyalty.errors import ApprovalRequired
 from loyalty.models import Program
 
 OPERATIONS = ("balance_adjustment", "budget_change", "program_suspend", "member_freeze")
@@ -30,17 +31,7 @@ OPERATIONS = ("balance_adjustment", "budget_change", "program_suspend", "member_
 
 def approval_needed(*, operation: str, amount: Decimal | None = None) -> bool:
     """Whether `operation` (with its size `amount`, when it has one) needs approval."""
-    thresholds = settings.LOYALTY_APPROVAL_THRESHOLDS
-    if operation == "balance_adjustment":
-        return amount is not None and abs(amount) > thresholds["balance_adjustment"]
-    if operation == "budget_change":
-        # None: a limit added or removed, which no threshold can bound.
-        return amount is None or abs(amount) > thresholds["budget_change"]
-    if operation == "program_suspend":
-        return True
-    if operation == "member_freeze":
-        return settings.LOYALTY_APPROVAL_FREEZE_REQUIRED
-    raise ValueError(f"unknown operation {operation!r}")
+    return policy_get(operation).needs_approval(amount)
 
 
 def approval_gate(
@@ -59,15 +50,18 @@ def approval_gate(
     """
     if not approval_needed(operation=operation, amount=amount):
         return None
-    raise ApprovalRequired(
-        f"The operation {operation} needs approval by {', '.join(required_roles(operation))}.",
+    return approval_request_create(
         operation=operation,
-        required_roles=required_roles(operation),
+        program=program,
+        target=target,
+        payload=payload,
+        actor=actor,
+        amount=amount,
     )
 
 
 def required_roles(operation: str) -> list[str]:
-    return list(settings.LOYALTY_APPROVAL_REQUIRED_ROLES)
+    return list(policy_get(operation).required_roles)
 
 
 def approval_pending_body(request) -> dict:
