@@ -9,7 +9,8 @@ ingestion, its documented in-transaction function. `test_registry.py` checks bot
 
 Payload contracts (what `access.approval_gate` callers pass; JSON, decimals as strings):
 - balance_adjustment: program_id, member_id, points, reason, idempotency_key
-- budget_change:      program_id, budget_limit (string, or null for no limit)
+- budget_change:      program_id, changes (the program update, JSON, with budget_limit:
+                      a string or null for no limit)
 - program_suspend:    program_id, reason
 - member_freeze:      program_id, member_id, reason
 """
@@ -31,7 +32,7 @@ from loyalty.services.ingestion import (
     event_validate,
     ingest_in_transaction,
 )
-from loyalty.services.programs import program_snapshot
+from loyalty.services.programs import UPDATABLE_FIELDS, TierInput, program_snapshot
 
 from .models import ApprovalPolicy, Operation
 
@@ -113,18 +114,29 @@ def _validate_adjustment(payload: dict) -> dict:
 
 
 def _validate_budget(payload: dict) -> dict:
+    """A program update that changes the budget limit; the whole update waits for approval
+    (the other fields of the same PATCH run with it), or just `budget_limit`."""
     _require(payload, "program_id")
-    if "budget_limit" not in payload:
+    changes = payload.get("changes")
+    if changes is None:
+        changes = {"budget_limit": payload.get("budget_limit", _MISSING)}
+    if not isinstance(changes, dict) or changes.get("budget_limit", _MISSING) is _MISSING:
         raise ValidationFailed(errors={"budget_limit": ["This field is required (or null)."]})
-    limit = payload["budget_limit"]
+    unknown = set(changes) - UPDATABLE_FIELDS - {"tiers"}
+    if unknown:
+        raise ValidationFailed(errors={f: ["This field cannot be changed."] for f in unknown})
+    limit = changes["budget_limit"]
     if limit is not None:
         limit = _decimal(limit, "budget_limit")
         if limit < 0:
             raise ValidationFailed(errors={"budget_limit": ["Must not be negative."]})
     return {
         "program_id": str(payload["program_id"]),
-        "budget_limit": None if limit is None else str(limit),
+        "changes": {**changes, "budget_limit": None if limit is None else str(limit)},
     }
+
+
+_MISSING = object()
 
 
 def _validate_suspend(payload: dict) -> dict:
@@ -176,16 +188,24 @@ def _run_adjustment(payload: dict, actor: Actor) -> dict:
 
 
 def _run_budget(payload: dict, actor: Actor) -> dict:
-    limit = payload["budget_limit"]
+    changes = dict(payload["changes"])
+    tiers = changes.pop("tiers", None)
+    # JSON strings go back to model types in program_update's full_clean; tiers by hand.
     program = in_transaction(program_update)(
         program_id=payload["program_id"],
-        changes={"budget_limit": None if limit is None else Decimal(limit)},
+        changes=changes,
         actor=actor,
+        tiers=None if tiers is None else [_tier(t) for t in tiers],
     )
-    return {
-        "program_id": str(program.pk),
-        "budget_limit": program_snapshot(program)["budget_limit"],
-    }
+    return {"program_id": str(program.pk), **program_snapshot(program)}
+
+
+def _tier(data: dict) -> TierInput:
+    return TierInput(
+        name=data["name"],
+        **{k: Decimal(str(data[k])) for k in ("min_points", "min_spend", "earn_multiplier")
+           if data.get(k) is not None},
+    )  # fmt: skip
 
 
 def _run_suspend(payload: dict, actor: Actor) -> dict:

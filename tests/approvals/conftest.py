@@ -7,6 +7,15 @@ import pytest
 from approvals.services import approval_request_create
 from loyalty.actors import Actor
 from loyalty.services import event_ingest
+from tests.api.conftest import (  # noqa: F401  (the API tests' fixtures, reused)
+    api,
+    funded,
+    jwt_settings,
+    make_token,
+    own_program,
+    public_pem,
+    rsa_key,
+)
 from tests.factories import PointsEventFactory
 
 OPS_MAKER = Actor(id="ops-maker", role="ops_marketing", ip="10.0.0.1")

@@ -41,6 +41,33 @@ def test_budget_change_runs_the_stored_limit(program):
     assert AuditEntry.objects.filter(action="program.update", entity_id=str(program.pk)).exists()
 
 
+def test_budget_change_runs_the_whole_stored_program_update(program):
+    changes = {
+        "budget_limit": "900000", "earn_rate": "0.05", "expiry_days": 30,
+        "tiers": [{"name": "basic", "min_points": "0", "min_spend": "0", "earn_multiplier": "1"},
+                  {"name": "vip", "min_points": "20000", "min_spend": "0",
+                   "earn_multiplier": "1.5"},
+                  {"name": "plus", "min_points": "5000", "min_spend": "0",
+                   "earn_multiplier": "1.2"}],
+    }  # fmt: skip
+    request = make(program, "budget_change", {"program_id": str(program.pk), "changes": changes},
+                   f"program:{program.pk}", amount=Decimal("900000"))  # fmt: skip
+    assert approve_fully(request).status == "executed"
+    program = Program.objects.get(pk=program.pk)
+    assert (program.budget_limit, program.earn_rate, program.expiry_days) == (
+        Decimal("900000"), Decimal("0.05"), 30,
+    )  # fmt: skip
+    assert list(program.tiers.order_by("rank").values_list("name", flat=True)) == [
+        "basic", "plus", "vip",
+    ]  # fmt: skip
+
+
+def test_budget_change_payload_with_other_fields_only_is_refused(program):
+    with pytest.raises(ValidationFailed):
+        make(program, "budget_change", {"program_id": str(program.pk), "changes": {"name": "x"}},
+             f"program:{program.pk}")  # fmt: skip
+
+
 def test_program_suspension_runs_after_approval(program):
     request = make(program, "program_suspend", {"program_id": str(program.pk), "reason": "fraud"},
                    f"program:{program.pk}")  # fmt: skip

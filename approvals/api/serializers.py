@@ -1,0 +1,85 @@
+"""Wire shape of an approval request (DESIGN.md: id, operation, status, approvals, result)."""
+
+from rest_framework import serializers
+
+from loyalty.api.fields import iso
+
+from ..models import ApprovalRequest, Operation
+
+
+def approval_request_body(request: ApprovalRequest) -> dict:
+    error = None
+    if request.error_code:
+        error = {"code": request.error_code, "detail": request.error_detail}
+    return {
+        "id": str(request.pk),
+        "operation": request.operation,
+        "status": request.status,
+        "program_id": str(request.program_id),
+        "merchant_id": request.merchant_id,
+        "target": request.target,
+        "payload": request.payload,
+        "amount": None if request.amount is None else str(request.amount),
+        "maker": {"actor_id": request.maker_id, "role": request.maker_role},
+        "required_roles": list(request.required_roles),
+        "missing_roles": request.missing_roles if request.status == "pending" else [],
+        "approvals": [
+            {"actor_id": a.actor_id, "role": a.role, "at": iso(a.at), "comment": a.comment}
+            for a in request.approvals.all()
+        ],
+        "result": request.result if request.status == "executed" else None,
+        "error": error,
+        "reject_reason": request.reject_reason or None,
+        "decided_by": request.decided_by or None,
+        "created_at": iso(request.created_at),
+        "expires_at": iso(request.expires_at),
+        "decided_at": iso(request.decided_at),
+    }
+
+
+class ApprovalFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=ApprovalRequest.Status.choices, required=False)
+    operation = serializers.ChoiceField(choices=Operation.choices, required=False)
+    program = serializers.UUIDField(required=False)
+
+
+class ApproveInputSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class RejectInputSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=2000, help_text="The reason; required.")
+
+
+class _ApprovalSerializer(serializers.Serializer):
+    actor_id = serializers.CharField()
+    role = serializers.CharField()
+    at = serializers.DateTimeField()
+    comment = serializers.CharField()
+
+
+class _ActorSerializer(serializers.Serializer):
+    actor_id = serializers.CharField()
+    role = serializers.CharField()
+
+
+class ApprovalRequestSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    operation = serializers.ChoiceField(choices=Operation.choices)
+    status = serializers.ChoiceField(choices=ApprovalRequest.Status.choices)
+    program_id = serializers.CharField()
+    merchant_id = serializers.CharField()
+    target = serializers.CharField()
+    payload = serializers.DictField()
+    amount = serializers.CharField(allow_null=True)
+    maker = _ActorSerializer()
+    required_roles = serializers.ListField(child=serializers.CharField())
+    missing_roles = serializers.ListField(child=serializers.CharField())
+    approvals = _ApprovalSerializer(many=True)
+    result = serializers.DictField(allow_null=True)
+    error = serializers.DictField(allow_null=True)
+    reject_reason = serializers.CharField(allow_null=True)
+    decided_by = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)

@@ -1,0 +1,33 @@
+"""Reads of approval requests, scoped to the caller's merchant."""
+
+from django.db.models import QuerySet
+
+from access.caller import Caller
+from access.scoping import scope_queryset
+from loyalty.errors import NotFound
+
+from .models import ApprovalRequest
+
+
+def approval_requests_for_caller(
+    *, caller: Caller, status: str | None = None, operation: str | None = None, program_id=None
+) -> QuerySet[ApprovalRequest]:
+    queryset = scope_queryset(ApprovalRequest.objects.all(), caller).prefetch_related("approvals")
+    if status:
+        queryset = queryset.filter(status=status)
+    if operation:
+        queryset = queryset.filter(operation=operation)
+    if program_id:
+        queryset = queryset.filter(program_id=program_id)
+    return queryset
+
+
+def approval_request_get_for_caller(*, caller: Caller, request_id) -> ApprovalRequest:
+    """The request, or 404 when unknown or another merchant's."""
+    try:
+        found = approval_requests_for_caller(caller=caller).filter(pk=request_id).first()
+    except (ValueError, TypeError):  # not a UUID
+        found = None
+    if found is None:
+        raise NotFound("No such approval request.")
+    return found

@@ -1,0 +1,134 @@
+"""The approvals API and the approval gate on every path that reaches a gated operation."""
+
+from decimal import Decimal
+
+import pytest
+
+from approvals.models import ApprovalRequest
+from audit.models import AuditEntry
+from loyalty.models import LedgerEntry, MemberBalance, Program
+from tests.api.conftest import OTHER, OWN
+
+pytestmark = pytest.mark.django_db
+
+
+def big_adjust(program, member="u_1", points="10000.01"):
+    return {"program_id": str(program.pk), "member_id": member, "type": "manual_adjust",
+            "points": points, "reason": "goodwill"}  # fmt: skip
+
+
+def adjustments() -> int:
+    return LedgerEntry.objects.filter(type="manual_adjust").count()
+
+
+def test_manual_adjust_over_threshold_waits_for_approval_on_every_path(api, funded):
+    client = api("system", sub="ops-maker")
+    response = client.post("/api/v1/events", big_adjust(funded, member="u_1"))
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "pending"
+    assert body["required_roles"] == ["ops_marketing", "finance_ops"]
+    assert ApprovalRequest.objects.filter(pk=body["approval_request_id"]).exists()
+
+    batch = {"events": [{**big_adjust(funded, member="u_2"), "idempotency_key": "b1"}]}
+    item = client.post("/api/v1/events/batch", batch).json()["results"][0]
+    assert (item["status"], item["body"]["status"]) == (202, "pending")
+
+    ops = api("ops_marketing", sub="ops-maker")
+    response = ops.post(f"/api/v1/programs/{funded.pk}/members/u_1/adjustments",
+                           {"points": "-10000.01", "reason": "correction"})  # fmt: skip
+    # u_1 already has a pending adjustment: one pending request per operation and target.
+    assert (response.status_code, response.json()["code"]) == (409, "approval_pending_exists")
+    assert ApprovalRequest.objects.count() == 2
+    assert adjustments() == 0
+
+
+def test_at_threshold_applies_at_once(api, funded):
+    response = api("system").post("/api/v1/events", big_adjust(funded, points="10000"))
+    assert response.status_code == 201
+    assert ApprovalRequest.objects.count() == 0
+
+
+def test_full_flow_over_the_api(api, funded):
+    maker = api("system", sub="ops-maker")
+    request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
+    url = f"/api/v1/approvals/{request_id}"
+
+    response = maker.post(f"{url}/approve", {"comment": "mine"})
+    assert (response.status_code, response.json()["code"]) == (403, "maker_cannot_approve")
+
+    response = api("ops_marketing", sub="ops-2").post(f"{url}/approve", {"comment": "ok"})
+    assert response.status_code == 200
+    assert response.json()["status"] == "pending"
+    assert response.json()["missing_roles"] == ["finance_ops"]
+
+    response = api("finance_ops", sub="fin-1").post(f"{url}/approve", {})
+    body = response.json()
+    assert response.status_code == 200
+    assert body["status"] == "executed"
+    assert [(a["actor_id"], a["role"]) for a in body["approvals"]] == [
+        ("ops-2", "ops_marketing"), ("fin-1", "finance_ops"),
+    ]  # fmt: skip
+    assert body["result"]["points"] == "10000.01"
+    assert MemberBalance.objects.get(member_id="u_1").points_balance == Decimal("12000.01")
+    assert adjustments() == 1
+
+    response = api("finance_ops", sub="fin-2").post(f"{url}/approve", {})
+    assert (response.status_code, response.json()["code"]) == (409, "approval_not_pending")
+    assert adjustments() == 1
+
+    listed = api("auditor").get("/api/v1/approvals", {"status": "executed"}).json()
+    assert [r["id"] for r in listed["results"]] == [request_id]
+    assert AuditEntry.objects.filter(entity_type="approval", entity_id=request_id).count() == 4
+
+
+def test_reject_needs_a_reason_over_the_api(api, funded):
+    maker = api("system", sub="ops-maker")
+    request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
+    fin = api("finance_ops", sub="fin-1")
+    response = fin.post(f"/api/v1/approvals/{request_id}/reject", {})
+    assert response.status_code == 400
+    assert "comment" in response.json()["errors"]
+    response = fin.post(f"/api/v1/approvals/{request_id}/reject", {"comment": "no ticket"})
+    assert (response.status_code, response.json()["status"]) == (200, "rejected")
+    assert response.json()["reject_reason"] == "no ticket"
+
+
+def test_program_suspension_and_budget_change_are_gated(api, funded):
+    ops = api("ops_marketing", sub="ops-maker")
+    response = ops.post(f"/api/v1/programs/{funded.pk}/suspend", {"reason": "fraud wave"})
+    assert response.status_code == 202
+    assert Program.objects.get(pk=funded.pk).status == "active"
+    fin = api("finance_ops", sub="fin-maker")
+    response = fin.patch(f"/api/v1/programs/{funded.pk}", {"budget_limit": "900000"})
+    assert response.status_code == 202
+    assert Program.objects.get(pk=funded.pk).budget_limit is None
+    request = ApprovalRequest.objects.get(operation="budget_change")
+    assert Decimal(request.payload["changes"]["budget_limit"]) == Decimal("900000")
+
+
+def test_other_merchants_requests_are_invisible(api, funded):
+    request_id = (
+        api("system", sub="ops-maker")
+        .post("/api/v1/events", big_adjust(funded))
+        .json()["approval_request_id"]
+    )
+    outsider = api("finance_ops", merchant_id=OTHER, sub="fin-x")
+    assert outsider.get(f"/api/v1/approvals/{request_id}").status_code == 404
+    assert outsider.post(f"/api/v1/approvals/{request_id}/approve", {}).status_code == 404
+    assert outsider.get("/api/v1/approvals").json()["results"] == []
+    assert (
+        api("finance_ops", merchant_id=OWN).get(f"/api/v1/approvals/{request_id}").status_code
+        == 200
+    )
+
+
+def test_roles_without_decide_permission_cannot_approve(api, funded):
+    request_id = (
+        api("system", sub="ops-maker")
+        .post("/api/v1/events", big_adjust(funded))
+        .json()["approval_request_id"]
+    )
+    response = api("auditor", sub="aud").post(f"/api/v1/approvals/{request_id}/approve", {})
+    assert response.status_code == 403
+    assert ApprovalRequest.objects.get(pk=request_id).approvals.count() == 0
