@@ -14,8 +14,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The v1 API. Each app adds ONE include line here for its own api/urls.py.
     path("api/v1/", include("loyalty.api.urls")),
-    # path("api/v1/", include("audit.api.urls")),
-    # path("api/v1/", include("approvals.api.urls")),
+    path("api/v1/", include("audit.api.urls")),
+    path("api/v1/", include("approvals.api.urls")),
     # path("api/v1/", include("loyalty.api.jobs_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
