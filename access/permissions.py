@@ -136,7 +136,10 @@ class HasPermission(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         caller = getattr(request, "caller", None)
-        needed = view_permission(type(view), request.method)
+        method = request.method.lower()
+        if caller is not None and not hasattr(view, method):
+            return True  # an unsupported method: let the view answer 405
+        needed = view_permission(type(view), "get" if method == "head" else method)
         # A method without a declared permission is refused, never open by omission.
         if caller is None or not needed:
             return False
