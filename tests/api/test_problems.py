@@ -1,0 +1,98 @@
+"""Errors are RFC 9457 problem details with stable codes; bad input is never a 500."""
+
+import pytest
+
+from loyalty.models import LedgerEntry
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_problem(response, status, code):
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert (body["status"], body["code"]) == (status, code)
+    assert body["type"].endswith(code)
+    assert body["title"]
+    assert body["detail"]
+    return body
+
+
+def test_malformed_json_is_400(api, funded):
+    client = api("system")
+    response = client.client.post(
+        "/api/v1/events",
+        b'{"program_id": ',
+        content_type="application/json",
+        headers={"Authorization": client.auth, "Idempotency-Key": "x1"},
+    )
+    assert_problem(response, 400, "malformed_request")
+
+
+def test_nan_and_wrong_media_type_are_refused(api, funded):
+    client = api("system")
+    response = client.client.post(
+        "/api/v1/events",
+        b'{"amount": NaN}',
+        content_type="application/json",
+        headers={"Authorization": client.auth, "Idempotency-Key": "x2"},
+    )
+    assert_problem(response, 400, "malformed_request")
+    response = client.client.post(
+        "/api/v1/events",
+        b"amount=1",
+        content_type="application/x-www-form-urlencoded",
+        headers={"Authorization": client.auth, "Idempotency-Key": "x3"},
+    )
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+def test_validation_errors_are_per_field(api, funded):
+    response = api("system").post(
+        "/api/v1/redemptions",
+        {"program_id": "nope", "points": "1.234", "reward_type": "cash"},
+    )
+    body = assert_problem(response, 400, "validation_error")
+    assert set(body["errors"]) == {"program_id", "member_id", "points", "reward_type"}
+    assert all(isinstance(m, list) and m for m in body["errors"].values())
+
+
+def test_oversized_body_is_413(api, funded, settings):
+    settings.LOYALTY_API_MAX_BODY_BYTES = 1000
+    response = api("system").post(
+        "/api/v1/events", {"program_id": str(funded.pk), "metadata": {"x": "y" * 2000}}
+    )
+    assert_problem(response, 413, "payload_too_large")
+    assert LedgerEntry.objects.count() == 1
+
+
+def test_unknown_api_url_and_method(api, funded):
+    client = api("system")
+    assert_problem(client.get("/api/v1/nothing-here"), 404, "not_found")
+    assert_problem(client.get("/api/v1/programs/not-a-uuid"), 404, "not_found")
+    assert_problem(client.get(f"/api/v1/programs/{funded.pk}/members/a%00b"), 404, "not_found")
+    response = client.client.delete(
+        f"/api/v1/programs/{funded.pk}", headers={"Authorization": client.auth}
+    )
+    assert_problem(response, 405, "method_not_allowed")
+
+
+def test_forbidden_is_403_problem(api, funded):
+    response = api("auditor").post(
+        "/api/v1/events", {"program_id": str(funded.pk), "member_id": "u", "type": "purchase"}
+    )
+    assert_problem(response, 403, "permission_denied")
+
+
+def test_huge_numbers_are_400_not_500(api, funded):
+    client = api("system")
+    response = client.post(
+        f"/api/v1/programs/{funded.pk}/members/u_1/adjustments",
+        {"points": "123456789012345678901", "reason": "overflow"},
+    )
+    assert_problem(response, 400, "validation_error")
+    response = client.post(
+        "/api/v1/events/batch", {"events": [{"points": "9" * 30, "idempotency_key": "k"}]}
+    )
+    assert response.status_code == 200
+    assert response.json()["results"][0]["status"] == 400

@@ -1,0 +1,178 @@
+"""Programs and campaigns over HTTP: create, read, update, suspend; budget changes; scope."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from audit.models import AuditEntry
+from loyalty.models import Campaign, Program
+from loyalty.services.budget import budget_spent
+
+from .conftest import OTHER, OWN
+from .test_ledger_api import assert_gated
+
+pytestmark = pytest.mark.django_db
+
+PROGRAM = {
+    "merchant_id": OWN, "name": "Eats Rewards", "currency": "XOF", "timezone": "Africa/Dakar",
+    "earn_rate": "0.02", "point_value": "1", "expiry_days": 365, "budget_limit": "1000000",
+    "max_earn_per_day": "5000", "fraud_detection_enabled": True,
+    "tiers": [{"name": "basic", "min_points": "0"}, {"name": "silver", "min_points": "1000"},
+              {"name": "gold", "min_points": "5000"}, {"name": "platinum", "min_points": "20000"}],
+}  # fmt: skip
+
+
+def test_create_program_answers_the_wire_format(api):
+    response = api("ops_marketing").post("/api/v1/programs", PROGRAM)
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["status"] == "active"
+    assert (body["merchant_id"], body["currency"], body["earn_rate"]) == (OWN, "XOF", "0.02")
+    assert (body["budget_limit"], body["max_earn_per_day"]) == ("1000000.00", "5000.00")
+    assert [t["name"] for t in body["tiers"]] == ["basic", "silver", "gold", "platinum"]
+    program = Program.objects.get(pk=body["id"])
+    assert program.budget_limit == Decimal("1000000")
+    assert AuditEntry.objects.filter(entity_type="program", action="program.create").count() == 1
+
+
+def test_create_program_defaults_to_the_callers_merchant(api):
+    body = {k: v for k, v in PROGRAM.items() if k != "merchant_id"}
+    response = api("ops_marketing").post("/api/v1/programs", body)
+    assert response.json()["merchant_id"] == OWN
+    platform = api("ops_marketing", merchant_id=None).post("/api/v1/programs", body)
+    assert platform.status_code == 400
+    assert "merchant_id" in platform.json()["errors"]
+
+
+def test_create_program_for_another_merchant_is_404(api):
+    response = api("ops_marketing").post("/api/v1/programs", {**PROGRAM, "merchant_id": OTHER})
+    assert response.status_code == 404
+    assert not Program.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"currency": "ZZZ"},
+        {"earn_rate": "-1"},
+        {"point_value": "0"},
+        {"timezone": "Mars/Olympus"},
+        {"tiers": [{"name": "silver", "min_points": "100"}]},
+        {"sira_settings": {"no_such_rule": 1}},
+        {"budget_limit": "1e9"},
+    ],
+    ids=["currency", "rate", "point-value", "timezone", "tiers", "sira", "exponent"],
+)
+def test_invalid_programs_are_400(api, fields):
+    response = api("ops_marketing").post("/api/v1/programs", {**PROGRAM, **fields})
+    assert response.status_code == 400, response.json()
+    assert response.json()["errors"]
+    assert not Program.objects.exists()
+
+
+def test_list_programs_is_scoped(api, make_program):
+    make_program(merchant_id=OWN, name="Mine")
+    make_program(merchant_id=OTHER, name="Theirs")
+    mine = api("merchant_admin").get("/api/v1/programs").json()["results"]
+    assert [p["name"] for p in mine] == ["Mine"]
+    everything = api("auditor", merchant_id=None).get("/api/v1/programs").json()["results"]
+    assert {p["name"] for p in everything} == {"Mine", "Theirs"}
+
+
+def test_update_program_fields(api, own_program):
+    response = api("ops_marketing").patch(
+        f"/api/v1/programs/{own_program.pk}", {"name": "Renamed", "earn_rate": "0.03"}
+    )
+    assert response.status_code == 200
+    assert (response.json()["name"], response.json()["earn_rate"]) == ("Renamed", "0.03")
+    own_program.refresh_from_db()
+    assert own_program.earn_rate == Decimal("0.03")
+
+
+def test_budget_change_needs_budgets_permission_and_approval_above_threshold(api, make_program):
+    program = make_program(merchant_id=OWN, budget_limit=Decimal("100000"))
+    url = f"/api/v1/programs/{program.pk}"
+    denied = api("ops_marketing").patch(url, {"budget_limit": "120000"})
+    assert (denied.status_code, denied.json()["code"]) == (403, "permission_denied")
+    finance = api("finance_ops")
+    assert finance.patch(url, {"name": "x"}).status_code == 403  # budgets only
+    small = finance.patch(url, {"budget_limit": "150000"})
+    assert (small.status_code, small.json()["budget_limit"]) == (200, "150000.00")
+    big = finance.patch(url, {"budget_limit": "200000.01"})
+    assert_gated(big.status_code, big.json())
+    program.refresh_from_db()
+    assert program.budget_limit == Decimal("150000")
+    assert budget_spent(program=program) == 0
+
+
+def test_suspend_needs_approval(api, own_program):
+    response = api("finance_ops").post(
+        f"/api/v1/programs/{own_program.pk}/suspend", {"reason": "fraud wave"}
+    )
+    assert_gated(response.status_code, response.json())
+    own_program.refresh_from_db()
+    assert own_program.status == "active"
+
+
+def campaign_body(program, **fields):
+    body = {
+        "program_id": str(program.pk),
+        "name": "Win-back",
+        "segment": "inactive",
+        "bonus_points": "100",
+        "scheduled_at": (timezone.now() + timedelta(days=1)).isoformat(),
+    }
+    body.update(fields)
+    return body
+
+
+def test_campaign_create_read_update(api, own_program):
+    client = api("ops_marketing")
+    created = client.post("/api/v1/campaigns", campaign_body(own_program))
+    assert created.status_code == 201, created.json()
+    body = created.json()
+    assert (body["status"], body["bonus_points"], body["segment"]) == (
+        "scheduled", "100.00", "inactive"
+    )  # fmt: skip
+    url = f"/api/v1/campaigns/{body['id']}"
+    assert client.get(url).json()["name"] == "Win-back"
+    updated = client.patch(url, {"bonus_points": "150", "segment": "at_risk"})
+    assert (updated.status_code, updated.json()["bonus_points"]) == (200, "150.00")
+    cancelled = client.patch(url, {"status": "cancelled"})
+    assert cancelled.json()["status"] == "cancelled"
+    refused = client.patch(url, {"name": "too late"})
+    assert (refused.status_code, refused.json()["code"]) == (409, "invalid_state")
+    campaign = Campaign.objects.get(pk=body["id"])
+    assert (campaign.name, campaign.status) == ("Win-back", "cancelled")
+    actions = list(
+        AuditEntry.objects.filter(entity_type="campaign").values_list("action", flat=True)
+    )
+    assert actions.count("campaign.update") == 2
+    assert "campaign.create" in actions
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"bonus_points": "0"}, {"segment": "vip"}, {"scheduled_at": "2026-12-01T10:00:00"},
+     {"status": "running"}, {"bonus_points": "1.001"}],
+    ids=["zero", "segment", "naive", "status", "places"],
+)  # fmt: skip
+def test_invalid_campaigns_are_400(api, own_program, fields):
+    response = api("ops_marketing").post("/api/v1/campaigns", campaign_body(own_program, **fields))
+    assert response.status_code == 400
+    assert not Campaign.objects.exists()
+
+
+def test_campaigns_of_another_merchant_are_404(api, make_program):
+    other = make_program(merchant_id=OTHER)
+    created = api("ops_marketing", merchant_id=OTHER).post("/api/v1/campaigns",
+                                                           campaign_body(other))  # fmt: skip
+    client = api("ops_marketing")
+    assert client.get(f"/api/v1/campaigns/{created.json()['id']}").status_code == 404
+    patched = client.patch(f"/api/v1/campaigns/{created.json()['id']}", {"name": "mine now"})
+    assert patched.status_code == 404
+    assert client.post("/api/v1/campaigns", campaign_body(other)).status_code == 404
+    assert client.get("/api/v1/campaigns").json()["results"] == []
+    assert Campaign.objects.get().name == "Win-back"
