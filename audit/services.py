@@ -114,16 +114,33 @@ def _seal_atomic(*, max_entries: int) -> AuditSeal | None:
 
 
 def _seal_horizon(basis: str) -> int:
-    """Exclusive upper bound of what may be sealed now: every transaction below it is over.
+    """Exclusive upper bound of what may be sealed now: every transaction below it that can
+    write to this database is over, so no entry can land in the range once it is sealed.
 
-    On PostgreSQL that is the xmin of a fresh snapshot (the oldest transaction still
-    running): entries of a running transaction have a txid at or above it, so none can land
-    in the range after it is sealed. SQLite has one writer at a time, so every committed id
-    is final.
+    SQLite has one writer at a time, so every committed id is final. On PostgreSQL,
+    transaction ids are cluster-wide: the snapshot's xmin (the oldest transaction running
+    anywhere) is always safe, but any long transaction in another database would hold
+    sealing back. When we may read every session's transaction id (superuser or
+    pg_read_all_stats), the horizon is the oldest transaction running in *this* database.
+    Order matters: the snapshot is taken first, so a transaction that gets its id after it
+    has an id >= xmax, beyond the horizon, even if the activity view below misses it.
     """
     with connection.cursor() as cursor:
-        if basis == AuditSeal.Basis.TXID:
-            cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        else:
+        if basis == AuditSeal.Basis.ID:
             cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {AuditEntry._meta.db_table}")  # noqa: S608
-        return int(cursor.fetchone()[0])
+            return int(cursor.fetchone()[0])
+        cursor.execute(
+            "SELECT pg_current_snapshot()::text, pg_has_role('pg_read_all_stats', 'USAGE')"
+        )
+        snapshot, can_see_all = cursor.fetchone()
+        xmin, xmax, xip = snapshot.split(":")
+        if not can_see_all:
+            return int(xmin)
+        cursor.execute(
+            "SELECT backend_xid::text::bigint FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_xid IS NOT NULL"
+        )
+        ours = {row[0] for row in cursor.fetchall()}
+        # The activity view shows 32-bit xids; the snapshot lists full 64-bit ones.
+        running_here = [int(x) for x in xip.split(",") if x and int(x) % 2**32 in ours]
+        return min(running_here, default=int(xmax))

@@ -1,0 +1,103 @@
+"""Admin logins, failed logins and logouts are audited; the audit admin is read-only for
+everyone, superusers included, and usable by the `auditor` group."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+from audit.models import AuditEntry
+from audit.services import audit_record
+from loyalty.actors import Actor
+from loyalty.roles import roles_install
+
+pytestmark = pytest.mark.django_db
+PASSWORD = "pw-for-tests-1"
+
+
+@pytest.fixture
+def user_in():
+    groups = roles_install()
+
+    def make(role: str | None, superuser: bool = False):
+        user = get_user_model().objects.create_user(
+            username=f"{role or 'root'}@molam.example", password=PASSWORD, is_staff=True,
+            is_superuser=superuser,
+        )  # fmt: skip
+        if role:
+            user.groups.set([groups[role]])
+        return user
+
+    return make
+
+
+def login(user) -> Client:
+    client = Client(HTTP_USER_AGENT="Firefox/140", REMOTE_ADDR="10.1.2.3")
+    response = client.post(reverse("admin:login"), {"username": user.username,
+                                                    "password": PASSWORD})  # fmt: skip
+    assert response.status_code == 302
+    return client
+
+
+def test_login_logout_and_failed_login_are_audited_without_the_username(user_in):
+    user = user_in("auditor")
+    client = login(user)
+    client.post(reverse("admin:logout"))
+    Client(REMOTE_ADDR="10.9.9.9").post(
+        reverse("admin:login"), {"username": user.username, "password": "wrong"}
+    )
+    Client().post(reverse("admin:login"), {"username": "MyS3cretPass!", "password": "x"})
+    rows = list(AuditEntry.objects.filter(entity_type="user").order_by("id"))
+    assert [r.action for r in rows] == [
+        "user.login", "user.logout", "user.login_failed", "user.login_failed",
+    ]  # fmt: skip
+    assert (rows[0].actor_id, rows[0].actor_role, rows[0].ip, rows[0].user_agent) == (
+        f"user:{user.pk}", "auditor", "10.1.2.3", "Firefox/140",
+    )  # fmt: skip
+    assert (rows[2].entity_id, rows[2].ip) == (str(user.pk), "10.9.9.9")
+    assert rows[2].changes["after"]["known_user"] is True
+    assert rows[3].entity_id == "unknown"
+    stored = str([r.changes for r in rows])
+    assert user.username not in stored
+    assert "MyS3cretPass!" not in stored  # a password typed as a username stays hidden
+    assert rows[2].changes["after"]["username"].startswith("pii:")
+
+
+def test_audit_admin_is_read_only_even_for_superusers(user_in):
+    entry = audit_record(actor=Actor(id="ops-1", role="ops_marketing"), action="program.update",
+                         entity_type="program", entity_id="p1")  # fmt: skip
+    client = login(user_in(None, superuser=True))
+    change = reverse("admin:audit_auditentry_change", args=[entry.pk])
+    assert client.get(reverse("admin:audit_auditentry_changelist")).status_code == 200
+    page = client.get(change)
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert client.get(reverse("admin:audit_auditentry_add")).status_code == 403
+    assert client.post(change, {"action": "program.delete"}).status_code == 403
+    delete = reverse("admin:audit_auditentry_delete", args=[entry.pk])
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    bulk = {"action": "delete_selected", "_selected_action": [entry.pk]}
+    response = client.post(reverse("admin:audit_auditentry_changelist"), bulk)
+    assert AuditEntry.objects.get(pk=entry.pk).action == "program.update"
+    assert response.status_code in (200, 302)
+
+
+def test_auditor_browses_filters_and_searches(user_in):
+    audit_record(actor=Actor(id="ops-1", role="ops_marketing"), action="program.update",
+                 entity_type="program", entity_id="p-search-me")  # fmt: skip
+    audit_record(actor=Actor(id="fin-1", role="finance_ops"), action="balance.freeze",
+                 entity_type="balance", entity_id="77")  # fmt: skip
+    client = login(user_in("auditor"))
+    url = reverse("admin:audit_auditentry_changelist")
+    found = client.get(url, {"q": "p-search-me"})
+    assert found.status_code == 200
+    assert [e.entity_id for e in found.context["cl"].result_list] == ["p-search-me"]
+    filtered = client.get(url, {"entity_type": "balance"})
+    assert [e.action for e in filtered.context["cl"].result_list] == ["balance.freeze"]
+    by_actor = client.get(url, {"q": "fin-1"})
+    assert [e.entity_id for e in by_actor.context["cl"].result_list] == ["77"]
+
+
+def test_roles_without_audit_view_cannot_open_it(user_in):
+    client = login(user_in("ops_marketing"))
+    assert client.get(reverse("admin:audit_auditentry_changelist")).status_code == 403
