@@ -121,7 +121,6 @@ class ProgramDetailApi(LoyaltyApi):
     def patch(self, request, program_id):
         caller = request.caller
         changes = dict(validated(ProgramUpdateSerializer, request.data, partial=True))
-        program = program_get_for_caller(caller=caller, program_id=program_id)
         if not changes:
             raise ValidationFailed(errors={"non_field_errors": ["Nothing to change."]})
         budget = "budget_limit" in changes
@@ -129,6 +128,7 @@ class ProgramDetailApi(LoyaltyApi):
             raise PermissionDenied("Changing the budget needs the budgets:write permission.")
         if set(changes) - {"budget_limit"} and not caller.has("programs:write"):
             raise PermissionDenied("Changing a program needs the programs:write permission.")
+        program = program_get_for_caller(caller=caller, program_id=program_id)
         if budget and changes["budget_limit"] != program.budget_limit:
             old, new = program.budget_limit, changes["budget_limit"]
             pending = approval_gate(
