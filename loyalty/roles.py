@@ -18,6 +18,11 @@ def _view(models: list[str], app: str = "loyalty") -> list[str]:
     return [f"{app}.view_{m}" for m in models]
 
 
+# The approvals queue and policies, and the audit trail (apps `approvals`, `audit`). Deciding
+# an approval needs the ops_marketing or finance_ops group, checked by the approvals services.
+APPROVALS_VIEW = ["approvals.view_approvalrequest", "approvals.view_approvalpolicy"]
+AUDIT_VIEW = ["audit.view_auditentry", "audit.view_auditseal"]
+
 ROLE_ADMIN_PERMISSIONS: dict[str, list[str]] = {
     "merchant_admin": _view(
         ["merchant", "program", "tier", "memberbalance", "ledgerentry", "redemption", "voucher",
@@ -27,14 +32,17 @@ ROLE_ADMIN_PERMISSIONS: dict[str, list[str]] = {
         *_view(LOYALTY_MODELS),
         "loyalty.add_program", "loyalty.change_program", "loyalty.change_tier",
         "loyalty.add_campaign", "loyalty.change_campaign", "loyalty.add_job",
+        *APPROVALS_VIEW,
     ],
     "finance_ops": [
         *_view(LOYALTY_MODELS),
         "loyalty.change_program", "loyalty.change_memberbalance", "loyalty.change_voucher",
         "loyalty.change_redemption",
+        *APPROVALS_VIEW, "approvals.add_approvalpolicy", "approvals.change_approvalpolicy",
+        "audit.view_auditentry",
     ],
-    "auditor": [*_view(LOYALTY_MODELS), "audit.view_auditentry"],
-    "system": [*_view(LOYALTY_MODELS), "audit.view_auditentry"],
+    "auditor": [*_view(LOYALTY_MODELS), *AUDIT_VIEW, *APPROVALS_VIEW],
+    "system": [*_view(LOYALTY_MODELS), *AUDIT_VIEW, *APPROVALS_VIEW],
 }  # fmt: skip
 
 ROLES = tuple(ROLE_ADMIN_PERMISSIONS)
