@@ -1,0 +1,121 @@
+"""The approvals queue in the ops console: confirmation page, maker not approvable, rules
+enforced by the services, and finance editing policies (audited)."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+from approvals.models import ApprovalPolicy
+from audit.models import AuditEntry
+from loyalty.actors import Actor
+from loyalty.models import LedgerEntry
+from loyalty.roles import roles_install
+
+pytestmark = pytest.mark.django_db
+QUEUE = "admin:approvals_approvalrequest_changelist"
+
+
+@pytest.fixture
+def staff():
+    groups = roles_install()
+
+    def make(name: str, *roles: str) -> tuple[Client, Actor]:
+        user = get_user_model().objects.create_user(username=name, password="pw", is_staff=True)
+        user.groups.set([groups[r] for r in roles])
+        client = Client()
+        client.force_login(user)
+        return client, Actor(id=f"user:{user.pk}", role=roles[0])
+
+    return make
+
+
+def act(client, action, request, **extra):
+    return client.post(reverse(QUEUE), {"action": action, "_selected_action": [request.pk],
+                                        **extra})  # fmt: skip
+
+
+def test_queue_shows_pending_and_marks_the_makers_own_request(staff, adjustment):
+    maker_client, maker = staff("maker", "ops_marketing")
+    own = adjustment(maker=maker)
+    page = maker_client.get(reverse(QUEUE))
+    assert page.status_code == 200
+    assert [r.pk for r in page.context["cl"].result_list] == [own.pk]
+    assert b"your own request: not approvable by you" in page.content
+    other_client, _ = staff("fin", "finance_ops")
+    assert b"you may approve" in other_client.get(reverse(QUEUE)).content
+
+
+def test_approve_goes_through_a_confirmation_page_then_the_service(staff, adjustment):
+    _, maker = staff("maker", "ops_marketing")
+    request = adjustment(maker=maker)
+    ops_client, _ = staff("ops2", "ops_marketing")
+    confirm = act(ops_client, "approve_selected", request)
+    assert confirm.status_code == 200
+    assert b"goodwill after outage" in confirm.content  # the stored payload
+    assert b"user:" in confirm.content
+    assert b"ops_marketing" in confirm.content
+    assert request.approvals.count() == 0  # nothing decided before confirming
+    act(ops_client, "approve_selected", request, confirm="yes", comment="ok")
+    assert request.approvals.get().role == "ops_marketing"
+
+    fin_client, _ = staff("fin", "finance_ops")
+    confirm = act(fin_client, "approve_selected", request)
+    assert b"ops_marketing" in confirm.content  # approvals so far are shown
+    act(fin_client, "approve_selected", request, confirm="yes")
+    request.refresh_from_db()
+    assert request.status == "executed"
+    assert LedgerEntry.objects.filter(type="manual_adjust").count() == 1
+
+
+def test_maker_approving_in_the_admin_is_refused(staff, adjustment):
+    maker_client, maker = staff("maker", "ops_marketing", "finance_ops")
+    request = adjustment(maker=maker)
+    response = act(maker_client, "approve_selected", request, confirm="yes")
+    assert response.status_code == 302
+    assert request.approvals.count() == 0
+    messages = [str(m) for m in response.wsgi_request._messages]
+    assert any("maker_cannot_approve" in m for m in messages)
+
+
+def test_reject_in_the_admin_needs_a_reason(staff, adjustment):
+    _, maker = staff("maker", "ops_marketing")
+    request = adjustment(maker=maker)
+    fin_client, _ = staff("fin", "finance_ops")
+    page = act(fin_client, "reject_selected", request, confirm="yes", comment="")
+    assert page.status_code == 200  # the confirmation page again, with the form error
+    request.refresh_from_db()
+    assert request.status == "pending"
+    act(fin_client, "reject_selected", request, confirm="yes", comment="no ticket")
+    request.refresh_from_db()
+    assert (request.status, request.reject_reason) == ("rejected", "no ticket")
+
+
+def test_auditor_sees_the_queue_but_cannot_decide(staff, adjustment):
+    request = adjustment()
+    client, _ = staff("aud", "auditor")
+    page = client.get(reverse(QUEUE))
+    assert page.status_code == 200
+    assert "approve_selected" not in page.context["cl"].model_admin.get_actions(page.wsgi_request)
+    act(client, "approve_selected", request, confirm="yes")
+    assert request.approvals.count() == 0
+
+
+def test_finance_edits_a_policy_through_the_audited_service(staff):
+    client, _ = staff("fin", "finance_ops")
+    add = reverse("admin:approvals_approvalpolicy_add")
+    bad = client.post(add, {"operation": "balance_adjustment", "enabled": "on",
+                            "threshold": "500", "required_roles": '["nobody"]',
+                            "ttl_hours": "24"})  # fmt: skip
+    assert bad.status_code == 200
+    assert ApprovalPolicy.objects.count() == 0
+    ok = client.post(add, {"operation": "balance_adjustment", "enabled": "on",
+                           "threshold": "500", "required_roles": '["finance_ops"]',
+                           "ttl_hours": "24"})  # fmt: skip
+    assert ok.status_code == 302
+    policy = ApprovalPolicy.objects.get()
+    assert (str(policy.threshold), policy.required_roles) == ("500.00", ["finance_ops"])
+    entry = AuditEntry.objects.get(action="approval_policy.update")
+    assert entry.changes["after"]["threshold"] == "500"
+    ops_client, _ = staff("ops", "ops_marketing")
+    assert ops_client.post(add, {}).status_code == 403
