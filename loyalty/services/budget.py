@@ -8,6 +8,7 @@ can pay) waits, and it takes every shard in order, so two slow paths cannot dead
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Sum
 
 from ..errors import BudgetExhausted
@@ -61,22 +62,35 @@ def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = Tr
     shards = BudgetShard.objects.filter(program=program)
     if program.budget_limit is None:
         # No limit: spending is only counted; any free shard will do.
-        shard = shards.select_for_update(skip_locked=True).order_by("?").first()
-        if shard is None:
-            shard = shards.select_for_update().order_by("?").first()
-        BudgetShard.objects.filter(pk=shard.pk).update(spent=F("spent") + cost)
+        # The candidates are filtered on nothing a charge changes, so no stray lock: no savepoint.
+        if not _add_to_one_shard(shards, cost, savepoint=False):
+            _add_to_one_shard(shards, cost, wait=True, savepoint=False)
         return points
-
-    shard = (
-        shards.select_for_update(skip_locked=True)
-        .filter(allocated__gte=F("spent") + cost)
-        .order_by("?")
-        .first()
-    )
-    if shard is not None:
-        BudgetShard.objects.filter(pk=shard.pk).update(spent=F("spent") + cost)
+    if _add_to_one_shard(shards.filter(allocated__gte=F("spent") + cost), cost):
         return points
     return _charge_across_shards(program=program, points=points, allow_partial=allow_partial)
+
+
+def _add_to_one_shard(
+    candidates, delta: Decimal, *, wait: bool = False, savepoint: bool = True
+) -> bool:
+    """Adds `delta` to `spent` of one random candidate shard, in one statement; without `wait`,
+    only a shard no one holds (SKIP LOCKED). False when no candidate was free.
+
+    It runs in a savepoint that is rolled back when nothing was paid. In READ COMMITTED, a
+    shard that a concurrent charge updated and committed is locked first and then rejected by
+    the re-check of the candidate filter, and that lock stays held: the slow path would then
+    wait for every shard in order while holding one out of order, and two such transactions
+    deadlock. Rolling back the savepoint frees the stray lock.
+    """
+    pick = candidates.select_for_update(skip_locked=not wait).order_by("?").values("pk")[:1]
+    if not savepoint:
+        return bool(BudgetShard.objects.filter(pk__in=pick).update(spent=F("spent") + delta))
+    with transaction.atomic():
+        paid = BudgetShard.objects.filter(pk__in=pick).update(spent=F("spent") + delta)
+        if not paid:
+            transaction.set_rollback(True)
+    return bool(paid)
 
 
 def _charge_across_shards(*, program: Program, points: Decimal, allow_partial: bool) -> Decimal:
@@ -118,10 +132,7 @@ def budget_credit(*, program: Program, points: Decimal, cost: Decimal | None = N
         cost = money_floor(points * program.point_value, program.currency)
     if cost <= 0:
         return
-    shards = BudgetShard.objects.filter(program=program)
-    shard = shards.select_for_update(skip_locked=True).filter(spent__gte=cost).order_by("?").first()
-    if shard is not None:
-        BudgetShard.objects.filter(pk=shard.pk).update(spent=F("spent") - cost)
+    if _add_to_one_shard(BudgetShard.objects.filter(program=program, spent__gte=cost), -cost):
         return
     locked = _lock_all(program)
     limited = locked[0].allocated is not None
