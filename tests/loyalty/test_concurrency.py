@@ -1,0 +1,259 @@
+"""Concurrency on PostgreSQL with real threads, each on its own connection: exactly-once
+ingestion, no overdraw, no budget or daily-cap overrun, no deadlock, one voucher winner.
+`ledger_verify()` is empty after each."""
+
+import random
+import threading
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.models import Sum
+
+from audit.models import AuditEntry
+from loyalty.errors import BudgetExhausted, InsufficientPoints, InvalidState
+from loyalty.models import BudgetShard, LedgerEntry, MemberBalance, Redemption, Voucher
+from loyalty.services import (
+    event_ingest,
+    redemption_capture,
+    redemption_hold,
+    redemption_release,
+    voucher_redeem,
+)
+from loyalty.services.batch import events_ingest_batch
+from loyalty.verify import ledger_verify
+from tests.factories import PurchaseFactory, RefundFactory
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+D = Decimal
+JOIN_TIMEOUT = 60  # seconds; a thread still running then is taken as a deadlock
+
+
+def run_parallel(count: int, work) -> list:
+    """Runs `work(i)` in `count` threads released together; returns each result or exception."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = work(i)
+        except Exception as exc:  # the test inspects what each thread got
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
+    assert stuck == [], f"threads {stuck} did not finish: deadlock or lock wait"
+    return results
+
+
+def outcomes(results) -> Counter:
+    return Counter(type(r).__name__ for r in results)
+
+
+def test_50_concurrent_submissions_of_one_key_write_one_entry(program, actor):
+    event = PurchaseFactory(member_id="new-member", amount=D("10000"), idempotency_key="k-1")
+
+    results = run_parallel(50, lambda i: event_ingest(program=program, event=event, actor=actor))
+
+    assert outcomes(results) == {"IngestResult": 50}, results
+    assert len({r.entry.pk for r in results}) == 1
+    assert sum(not r.replayed for r in results) == 1
+    assert LedgerEntry.objects.filter(idempotency_key="k-1").count() == 1
+    assert MemberBalance.objects.get(member_id="new-member").points_balance == D("200.00")
+    assert AuditEntry.objects.filter(action="transaction.purchase").count() == 1
+    assert ledger_verify() == []
+
+
+def test_concurrent_holds_never_exceed_available(program, actor):
+    event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)  # 200
+
+    def hold(i):
+        return redemption_hold(
+            program=program,
+            member_id="u_1",
+            points=D("30"),
+            reward_type="discount",
+            idempotency_key=f"h-{i}",
+            actor=actor,
+            capture=i % 2 == 0,
+        )
+
+    results = run_parallel(20, hold)
+
+    assert outcomes(results) == {"Redemption": 6, "InsufficientPoints": 14}, results
+    assert all(isinstance(r, Redemption | InsufficientPoints) for r in results)
+    balance = MemberBalance.objects.get(member_id="u_1")
+    assert balance.available == D("20.00")
+    assert balance.available >= 0
+    assert Redemption.objects.count() == 6
+    assert ledger_verify() == []
+
+
+def test_concurrent_awards_never_exceed_the_budget(make_program, actor):
+    # 3,000 XOF over 16 shards (187 each): the first awards take the one-shard fast path, the
+    # rest the all-shard slow path.
+    program = make_program(budget_limit=D("3000"))
+
+    results = run_parallel(
+        40,
+        lambda i: event_ingest(
+            program=program,
+            event=PurchaseFactory(member_id=f"m{i}", amount=D("5000")),  # 100 points
+            actor=actor,
+        ),
+    )
+
+    counts = outcomes(results)
+    # Anything else (a deadlock's OperationalError) shows in the message.
+    assert counts == {"IngestResult": 30, "BudgetExhausted": 10}, [
+        repr(r) for r in results if isinstance(r, Exception)
+    ]
+    assert all(isinstance(r, BudgetExhausted) or r.entry.points == 100 for r in results)
+    spent = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
+    awarded = LedgerEntry.objects.filter(program=program).aggregate(s=Sum("points"))["s"]
+    assert spent == D("3000") == awarded
+    assert ledger_verify() == []
+
+
+def test_concurrent_awards_never_exceed_the_daily_cap(make_program, actor):
+    program = make_program(max_earn_per_day=D("550"))
+
+    results = run_parallel(
+        20,
+        lambda i: event_ingest(
+            program=program, event=PurchaseFactory(member_id="u_1", amount=D("5000")), actor=actor
+        ),
+    )
+
+    assert outcomes(results) == {"IngestResult": 20}, results
+    points = sorted((r.entry.points for r in results), reverse=True)
+    assert points[:6] == [D("100")] * 5 + [D("50")]
+    assert set(points[6:]) == {D("0")}
+    balance = MemberBalance.objects.get(member_id="u_1")
+    assert balance.points_balance == balance.earned_today == D("550.00")
+    assert ledger_verify() == []
+
+
+def test_interleaved_members_events_and_redemptions_do_not_deadlock(make_program, actor):
+    """Two members, one program with a budget: purchases, refunds, batches holding both
+    members, holds, captures and releases, all at once. Everything succeeds."""
+    program = make_program(budget_limit=D("10000000"), max_earn_per_day=D("1000000"))
+    members = ["alice", "bob"]
+    for member in members:
+        event_ingest(
+            program=program,
+            event=PurchaseFactory(member_id=member, amount=D("100000"), reference=f"seed-{member}"),
+            actor=actor,
+        )  # 2,000 points each
+
+    def work(i):
+        rng = random.Random(i)
+        done = []
+        for step in range(8):
+            member = members[(i + step) % 2]
+            kind = rng.choice(["purchase", "refund", "batch", "redeem", "release"])
+            if kind == "purchase":
+                event_ingest(
+                    program=program,
+                    event=PurchaseFactory(member_id=member, amount=D("1000")),
+                    actor=actor,
+                )
+            elif kind == "refund":
+                event_ingest(
+                    program=program,
+                    event=RefundFactory(
+                        member_id=member, amount=D("100"), original_reference=f"seed-{member}"
+                    ),
+                    actor=actor,
+                )
+            elif kind == "batch":
+                # Both members in one transaction, listed in the "wrong" order half the time.
+                order = members if rng.random() < 0.5 else members[::-1]
+                results = events_ingest_batch(
+                    items=[(program, PurchaseFactory(member_id=m, amount=D("500"))) for m in order],
+                    actor=actor,
+                )
+                assert all(not isinstance(r, Exception) for r in results), results
+            else:
+                redemption = redemption_hold(
+                    program=program,
+                    member_id=member,
+                    points=D("10"),
+                    reward_type="discount",
+                    idempotency_key=f"r-{i}-{step}",
+                    actor=actor,
+                )
+                if kind == "redeem":
+                    redemption_capture(redemption_id=redemption.pk, actor=actor)
+                else:
+                    redemption_release(redemption_id=redemption.pk, actor=actor)
+            done.append(kind)
+        return done
+
+    results = run_parallel(12, work)
+
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert failures == []
+    assert sum(len(r) for r in results) == 12 * 8
+    assert Redemption.objects.filter(status="pending").count() == 0
+    assert ledger_verify() == []
+
+
+def test_concurrent_voucher_redemption_has_exactly_one_winner(program, actor):
+    event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)
+    voucher = redemption_hold(
+        program=program,
+        member_id="u_1",
+        points=D("100"),
+        reward_type="discount",
+        idempotency_key="r",
+        actor=actor,
+        capture=True,
+    ).voucher
+
+    results = run_parallel(
+        20, lambda i: voucher_redeem(voucher=Voucher.objects.get(pk=voucher.pk), actor=actor)
+    )
+
+    assert outcomes(results) == {"Voucher": 1, "VoucherNotRedeemable": 19}, results
+    assert all(r.context == {"status": "redeemed"} for r in results if isinstance(r, Exception))
+    assert AuditEntry.objects.filter(action="voucher.redeem").count() == 1
+    assert ledger_verify() == []
+
+
+def test_concurrent_capture_and_release_of_one_hold_settle_it_once(program, actor):
+    event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)
+    redemption = redemption_hold(
+        program=program,
+        member_id="u_1",
+        points=D("100"),
+        reward_type="discount",
+        idempotency_key="r",
+        actor=actor,
+    )
+
+    def settle(i):
+        if i % 2:
+            return redemption_release(redemption_id=redemption.pk, actor=actor).status
+        return redemption_capture(redemption_id=redemption.pk, actor=actor).status
+
+    results = run_parallel(20, settle)
+
+    redemption.refresh_from_db()
+    winner = redemption.status
+    assert winner in ("completed", "cancelled")
+    assert all(r == winner or isinstance(r, InvalidState) for r in results), results
+    assert Voucher.objects.count() == (1 if winner == "completed" else 0)
+    balance = MemberBalance.objects.get(member_id="u_1")
+    assert balance.locked == 0
+    assert balance.points_balance == (D("100.00") if winner == "completed" else D("200.00"))
+    assert ledger_verify() == []
