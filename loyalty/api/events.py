@@ -91,7 +91,7 @@ def _bad_uuid():
 
 
 def _event_type(value):
-    if value not in EVENT_TYPES:
+    if not isinstance(value, str) or value not in EVENT_TYPES:
         raise ValueError(f"One of {sorted(EVENT_TYPES)}.")
     return value
 

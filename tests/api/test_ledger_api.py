@@ -74,11 +74,12 @@ def test_refund_claws_back_in_proportion(api, own_program):
         ({"metadata": {"k": "\u0000"}}, 400, "validation_error"),
         ({"metadata": []}, 400, "validation_error"),
         ({"type": "bogus"}, 400, "validation_error"),
+        ({"type": {}}, 400, "validation_error"),
         ({"type": "referral", "amount": None}, 400, "validation_error"),
         ({"program_id": "00000000-0000-0000-0000-000000000000"}, 404, "not_found"),
     ],
     ids=["currency", "exponent", "float", "negative", "naive-time", "nul-member", "nul-meta",
-         "meta-list", "type", "referral-no-points", "unknown-program"],
+         "meta-list", "type", "type-object", "referral-no-points", "unknown-program"],
 )  # fmt: skip
 def test_bad_events_are_refused_and_change_nothing(api, own_program, fields, status, code):
     before = counts()
