@@ -73,3 +73,78 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     "(header `Idempotent-Replayed: true`).",
     pattern=r"^[\x21-\x7e]{1,255}$",
 )
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "code": {"type": "string", "description": "Stable machine-readable error code."},
+        "errors": {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "Per-field messages of a validation failure.",
+        },
+    },
+    "required": ["type", "title", "status", "detail", "code"],
+    "additionalProperties": True,  # domain errors add context members
+}
+ALWAYS = {
+    "401": "No or bad credential.",
+    "403": "The credential lacks the permission.",
+    "413": "Request body too large.",
+}
+READS = {**ALWAYS, "400": "Invalid query parameters.", "404": "Unknown or out of scope."}
+WRITES = {
+    **READS,
+    "400": "Validation failed (per-field `errors`) or `Idempotency-Key` missing.",
+    "409": "Conflict (`idempotency_in_progress`, `invalid_state`...).",
+    "422": "Refused by a business rule (`idempotency_key_reused`, `insufficient_points`...).",
+}
+
+
+def problem_responses_hook(result, generator, request, public):
+    """Every /api/v1/ operation documents its error answers as problem details
+    (`application/problem+json`), whichever app declared the view."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for path, operations in result.get("paths", {}).items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for method, operation in operations.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses = operation.setdefault("responses", {})
+            _page_envelope(operation, responses)
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": ref}}
+            for status, description in (READS if method == "get" else WRITES).items():
+                responses.setdefault(
+                    status,
+                    {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": ref}}},
+                )
+    return result
+
+
+def _page_envelope(operation: dict, responses: dict) -> None:
+    """A list answered through `loyalty.api.base.paginated` (it takes a `cursor`) is a page:
+    `{"next", "previous", "results": [...]}`, not a bare array."""
+    names = {p.get("name") for p in operation.get("parameters", [])}
+    ok = responses.get("200", {}).get("content", {}).get("application/json", {})
+    schema = ok.get("schema", {})
+    if "cursor" in names and schema.get("type") == "array":
+        ok["schema"] = {
+            "type": "object",
+            "properties": {
+                "next": {"type": "string", "format": "uri", "nullable": True},
+                "previous": {"type": "string", "format": "uri", "nullable": True},
+                "results": schema,
+            },
+            "required": ["next", "previous", "results"],
+        }
