@@ -173,6 +173,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "access.schema.problem_responses_hook",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "EventTypeEnum": ["purchase", "refund", "referral", "campaign_bonus", "manual_adjust"],
         "LedgerEntryTypeEnum": "loyalty.models.LedgerEntry.Type",
