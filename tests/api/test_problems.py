@@ -96,3 +96,18 @@ def test_huge_numbers_are_400_not_500(api, funded):
     )
     assert response.status_code == 200
     assert response.json()["results"][0]["status"] == 400
+
+
+def test_schema_and_swagger_ui_are_served_offline(client):
+    schema = client.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    spec = schema.json()
+    assert "/api/v1/events" in spec["paths"]
+    assert {"MolamID", "MerchantAPIKey"} <= set(spec["components"]["securitySchemes"])
+    errors = spec["paths"]["/api/v1/events"]["post"]["responses"]
+    assert "application/problem+json" in errors["422"]["content"]
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    # The UI's assets come from this server (drf-spectacular-sidecar), not a CDN.
+    assert b"cdn.jsdelivr" not in docs.content
+    assert b"/static/drf_spectacular_sidecar/" in docs.content
