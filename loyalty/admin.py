@@ -5,12 +5,15 @@ jobs, outbox) are read-only here; changes go through services, in their own tran
 and are audited there.
 """
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Sum
 from django.utils.html import format_html_join
 from guardian.shortcuts import get_objects_for_user
 
+from access.approval_gate import approval_gate
+
 from .actors import Actor
+from .errors import DomainError
 from .models import (
     BudgetShard,
     Campaign,
@@ -49,6 +52,25 @@ def request_actor(request) -> Actor:
         ip=request.META.get("REMOTE_ADDR"),
         user_agent=request.META.get("HTTP_USER_AGENT", ""),
     )
+
+
+def _gated(model_admin, request, **gate) -> bool:
+    """True when the operation now waits for multi-signature approval (or was refused), so
+    the console honours the same thresholds as the API (access.approval_gate)."""
+    try:
+        pending = approval_gate(**gate)
+    except DomainError as error:
+        model_admin.message_user(request, f"{error.detail} ({error.code})", messages.ERROR)
+        return True
+    if pending is None:
+        return False
+    model_admin.message_user(
+        request,
+        f"{gate['operation']} on {gate['target']} waits for approval by "
+        f"{', '.join(pending.required_roles)} (request {pending.pk}).",
+        messages.WARNING,
+    )
+    return True
 
 
 class ScopedAdmin(admin.ModelAdmin):
@@ -160,9 +182,15 @@ class ProgramAdmin(ServiceFormAdmin):
     def _set_status(self, request, queryset, status):
         actor = request_actor(request)
         for program in queryset:
+            if status == Program.Status.SUSPENDED and _gated(
+                self, request, operation="program_suspend", program=program,
+                target=f"program:{program.pk}", actor=actor,
+                payload={"program_id": str(program.pk), "reason": "admin action"},
+            ):  # fmt: skip
+                continue
             program_set_status(program_id=program.pk, status=status, actor=actor,
                                reason="admin action")  # fmt: skip
-        self.message_user(request, f"{queryset.count()} program(s) now {status}.")
+            self.message_user(request, f"{program}: now {status}.")
 
 
 @admin.register(MemberBalance)
@@ -190,10 +218,19 @@ class MemberBalanceAdmin(ReadOnlyAdmin):
 
     def _set_frozen(self, request, queryset, *, frozen):
         actor = request_actor(request)
+        updated = 0
         for balance in queryset.select_related("program"):
+            if frozen and _gated(
+                self, request, operation="member_freeze", program=balance.program,
+                target=f"balance:{balance.program_id}:{balance.member_id}", actor=actor,
+                payload={"program_id": str(balance.program_id), "member_id": balance.member_id,
+                         "reason": "admin action"},
+            ):  # fmt: skip
+                continue
             balance_set_frozen(program=balance.program, member_id=balance.member_id,
                                frozen=frozen, actor=actor, reason="admin action")  # fmt: skip
-        self.message_user(request, f"{queryset.count()} member(s) updated.")
+            updated += 1
+        self.message_user(request, f"{updated} member(s) updated.")
 
 
 @admin.register(LedgerEntry)
