@@ -6,10 +6,10 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
-from approvals.models import ApprovalPolicy
+from approvals.models import ApprovalPolicy, ApprovalRequest
 from audit.models import AuditEntry
 from loyalty.actors import Actor
-from loyalty.models import LedgerEntry
+from loyalty.models import LedgerEntry, MemberBalance
 from loyalty.roles import roles_install
 
 pytestmark = pytest.mark.django_db
@@ -119,3 +119,29 @@ def test_finance_edits_a_policy_through_the_audited_service(staff):
     assert entry.changes["after"]["threshold"] == "500"
     ops_client, _ = staff("ops", "ops_marketing")
     assert ops_client.post(add, {}).status_code == 403
+
+
+def test_console_suspension_waits_for_approval_like_the_api(staff, program):
+    client, _ = staff("ops", "ops_marketing")
+    client.post(reverse("admin:loyalty_program_changelist"),
+                {"action": "suspend", "_selected_action": [program.pk]})  # fmt: skip
+    program.refresh_from_db()
+    assert program.status == "active"
+    request = ApprovalRequest.objects.get(operation="program_suspend")
+    assert request.payload == {"program_id": str(program.pk), "reason": "admin action"}
+    again = client.post(reverse("admin:loyalty_program_changelist"),
+                        {"action": "suspend", "_selected_action": [program.pk]})  # fmt: skip
+    assert any("approval_pending_exists" in str(m) for m in again.wsgi_request._messages)
+    assert ApprovalRequest.objects.count() == 1
+
+
+@pytest.mark.usefixtures("member")
+def test_console_freeze_waits_for_approval_when_the_policy_says_so(staff, program, settings):
+    settings.LOYALTY_APPROVAL_FREEZE_REQUIRED = True
+    client, _ = staff("fin", "finance_ops")
+    balance = MemberBalance.objects.get(program=program, member_id="u_1")
+    client.post(reverse("admin:loyalty_memberbalance_changelist"),
+                {"action": "freeze", "_selected_action": [balance.pk]})  # fmt: skip
+    balance.refresh_from_db()
+    assert balance.is_frozen is False
+    assert ApprovalRequest.objects.get().operation == "member_freeze"
