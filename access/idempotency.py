@@ -18,7 +18,7 @@ import re
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
@@ -62,8 +62,25 @@ def idempotency_key(request) -> str:
     return key
 
 
+def _commit_without_flush(durable: bool) -> None:
+    """For endpoints whose service is idempotent by itself (its own key in the ledger), the
+    record need not wait for its WAL flush: a record lost in a database crash only means a
+    retry runs the service again, which answers the first result. Saves two flushes per
+    request on the hot ingestion path."""
+    if not durable and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
 def idempotency_claim(
-    *, scope: str, key: str, fingerprint: str, method: str, path: str, credential_id: str
+    *,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    method: str,
+    path: str,
+    credential_id: str,
+    durable: bool = True,
 ) -> tuple[IdempotencyRecord, bool]:
     """Claims `key` for this request: (record, False), or (stored record, True) to replay.
 
@@ -88,6 +105,7 @@ def idempotency_claim(
         try:
             # Its own short transaction: the claim is visible to concurrent repeats at once.
             with transaction.atomic():
+                _commit_without_flush(durable)
                 return IdempotencyRecord.objects.create(scope=scope, key=key, **fresh), False
         except IntegrityError:
             pass
@@ -118,15 +136,19 @@ def idempotency_claim(
     raise IdempotencyInProgress(idempotency_key=key)
 
 
-def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
+def idempotency_complete(
+    record: IdempotencyRecord, response: Response, *, durable: bool = True
+) -> None:
     body = json.loads(json.dumps(response.data, cls=JSONEncoder))
-    IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
-        status=IdempotencyRecord.Status.COMPLETED,
-        response_status=response.status_code,
-        response_body=body,
-        response_content_type=response.content_type or "",
-        completed_at=timezone.now(),
-    )
+    with transaction.atomic():
+        _commit_without_flush(durable)
+        IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
+            status=IdempotencyRecord.Status.COMPLETED,
+            response_status=response.status_code,
+            response_body=body,
+            response_content_type=response.content_type or "",
+            completed_at=timezone.now(),
+        )
 
 
 def idempotency_release(record: IdempotencyRecord) -> None:
@@ -144,8 +166,14 @@ def replay_response(record: IdempotencyRecord) -> Response:
     )
 
 
-def idempotent(handler):
-    """Wraps a write handler of an APIView (after authentication and permission checks)."""
+def idempotent(handler=None, *, durable: bool = True):
+    """Wraps a write handler of an APIView (after authentication and permission checks).
+
+    `@idempotent`, or `@idempotent(durable=False)` for a handler whose service is idempotent
+    by itself (see `_commit_without_flush`).
+    """
+    if handler is None:
+        return functools.partial(idempotent, durable=durable)
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
@@ -159,6 +187,7 @@ def idempotent(handler):
             method=request.method,
             path=request.path,
             credential_id=caller.credential_id,
+            durable=durable,
         )
         if replay:
             return replay_response(record)
@@ -173,7 +202,7 @@ def idempotent(handler):
             idempotency_release(record)
             raise
         if 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
-            idempotency_complete(record, response)
+            idempotency_complete(record, response, durable=durable)
         else:
             idempotency_release(record)
         return response
