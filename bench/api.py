@@ -1,0 +1,372 @@
+"""HTTP ingestion throughput and latency through gunicorn on loopback, beside pgbench TPC-B.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench_api \\
+        .venv/bin/python bench/api.py --duration 10 --clients 16
+
+What a merchant integration sees: `POST /api/v1/events` (one purchase per request) and
+`POST /api/v1/events/batch` (`--batch-size` purchases per request), each with its
+`Idempotency-Key`, a JWT bearer token (RS256, verified on every request), through gunicorn
+(`--gunicorn-workers` processes x `--gunicorn-threads` threads, persistent database
+connections) on 127.0.0.1. The load comes from `--clients` concurrent keep-alive connections
+(threads spread over a few client processes). Members are spread over one program with a
+budget and a daily cap (both large enough never to refuse).
+
+Then pgbench TPC-B (`--pgbench-clients`, same duration) on a scratch database the script
+initialises, and, with `--with-service`, the service-level figure of bench/ingest.py (16
+processes calling `event_ingest`). It prints events/s, p50/p99 per request and the ratios.
+
+Targets (issue 3): single events at 16 clients >= 0.15 x pgbench TPC-B with p99 < 50 ms;
+batches >= 3 x pgbench in events/s.
+"""
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+PGBENCH_DB = "loyalty_api_pgbench"
+MERCHANT = "m_bench_api"
+MODULES = ["eats", "shop", "rides"]
+
+
+def django_setup() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+
+def keys() -> tuple[str, object]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode(), private
+
+
+def token(private, issuer: str, audience: str) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {
+        "sub": "bench-checkout",
+        "roles": ["system"],
+        "merchant_id": MERCHANT,
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, private, algorithm="RS256")
+
+
+def program_create() -> str:
+    from loyalty.actors import Actor
+    from loyalty.services import program_create as create
+
+    program = create(
+        merchant_id=MERCHANT,
+        name=f"bench api {uuid.uuid4().hex[:6]}",
+        currency="XOF",
+        timezone="Africa/Dakar",
+        earn_rate=Decimal("0.02"),
+        point_value=Decimal("1"),
+        expiry_days=365,
+        budget_limit=Decimal("1000000000000"),
+        max_earn_per_day=Decimal("1000000000"),
+        sira_settings={},  # the seed's eight rules, on
+        actor=Actor(id="bench", role="system"),
+    )
+    return str(program.pk)
+
+
+def gunicorn_start(port: int, env: dict, workers: int, threads: int) -> subprocess.Popen:
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "gunicorn"),
+        "loyalty_project.wsgi:application",
+        "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers),
+        "--threads", str(threads),
+        "--worker-class", "gthread" if threads > 1 else "sync",
+        "--log-level", "warning",
+        "--timeout", "60",
+        "--keep-alive", "30",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    gunicorn_stop(proc)
+    raise RuntimeError("gunicorn did not start")
+
+
+def gunicorn_stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # our own process group: gunicorn and its workers
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- load (client processes, each with threads) ---------------------------------------------
+
+
+def purchase(program_id: str, rng: random.Random, members: int) -> dict:
+    return {
+        "program_id": program_id,
+        "member_id": f"u{rng.randrange(members)}",
+        "type": "purchase",
+        "amount": str(rng.randrange(500, 20000, 25)),
+        "currency": "XOF",
+        "module": rng.choice(MODULES),
+        "reference": f"order-{uuid.uuid4().hex[:16]}",
+    }
+
+
+def client_thread(args, seed, deadline, out, lock) -> None:
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection("127.0.0.1", args["port"], timeout=30)
+    latencies, events, statuses = [], 0, {}
+    while time.perf_counter() < deadline:
+        if args["batch_size"]:
+            items = [
+                {**purchase(args["program_id"], rng, args["members"]),
+                 "idempotency_key": f"bench-{uuid.uuid4()}"}
+                for _ in range(args["batch_size"])
+            ]  # fmt: skip
+            path, body = "/api/v1/events/batch", {"events": items}
+        else:
+            path, body = "/api/v1/events", purchase(args["program_id"], rng, args["members"])
+        headers = {
+            "Authorization": f"Bearer {args['token']}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"bench-{uuid.uuid4()}",
+        }
+        payload = json.dumps(body)
+        start = time.perf_counter()
+        try:
+            conn.request("POST", path, payload, headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            statuses["connection_error"] = statuses.get("connection_error", 0) + 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", args["port"], timeout=30)
+            continue
+        latencies.append(time.perf_counter() - start)
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+        if response.status == 201:
+            events += 1
+        elif response.status == 200 and args["batch_size"]:
+            events += sum(1 for r in json.loads(data)["results"] if r["status"] == 201)
+    conn.close()
+    with lock:
+        out.append((latencies, events, statuses))
+
+
+def client_process(args, threads, seed, start_at, duration, results) -> None:
+    out, lock = [], threading.Lock()
+    time.sleep(max(start_at - time.time(), 0))
+    deadline = time.perf_counter() + duration
+    workers = [
+        threading.Thread(target=client_thread, args=(args, seed * 1000 + i, deadline, out, lock))
+        for i in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put(out)
+
+
+def run_load(args: dict, clients: int, duration: int) -> dict:
+    ctx = mp.get_context("fork")
+    processes = min(clients, 4)
+    per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    results = ctx.Queue()
+    start_at = time.time() + 1.0
+    procs = [
+        ctx.Process(target=client_process, args=(args, n, i, start_at, duration, results))
+        for i, n in enumerate(per)
+    ]
+    load_before = os.getloadavg()[0]
+    for proc in procs:
+        proc.start()
+    got = [item for _ in procs for item in results.get(timeout=duration + 120)]
+    for proc in procs:
+        proc.join()
+    latencies = sorted(lat for lats, _, _ in got for lat in lats)
+    statuses: dict = {}
+    for _, _, st in got:
+        for key, n in st.items():
+            statuses[key] = statuses.get(key, 0) + n
+    events = sum(e for _, e, _ in got)
+    return {
+        "requests": len(latencies),
+        "events": events,
+        "events_per_s": events / duration,
+        "requests_per_s": len(latencies) / duration,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
+        "statuses": statuses,
+        "load": load_before,
+    }
+
+
+# --- pgbench --------------------------------------------------------------------------------
+
+
+def pgbench_tps(url: str, clients: int, duration: int, scale: int) -> float:
+    parsed = urlparse(url)
+    conn = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432)]
+    conn += ["-U", parsed.username or "postgres"]
+    env = {**os.environ}
+    if parsed.password:
+        env["PGPASSWORD"] = parsed.password
+    subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
+    subprocess.run(["createdb", *conn, PGBENCH_DB], check=True, env=env)
+    try:
+        subprocess.run(
+            ["pgbench", *conn, "-i", "-q", "-s", str(scale), PGBENCH_DB],
+            check=True, env=env, capture_output=True,
+        )  # fmt: skip
+        out = subprocess.run(
+            ["pgbench", *conn, "-n", "-c", str(clients), "-j", "2", "-T", str(duration),
+             PGBENCH_DB],
+            check=True, env=env, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    finally:
+        subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    if not match:
+        raise RuntimeError(f"cannot read pgbench output:\n{out}")
+    return float(match.group(1))
+
+
+def service_rate(duration: int, workers: int) -> float:
+    """bench/ingest.py's spread scenario at `workers` processes (the service-level figure)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ingest
+
+    program_ids = ingest.programs_create(64, 200, f"api-{uuid.uuid4().hex[:6]}")
+    ctx = mp.get_context("spawn")
+    return ingest.run_point(ctx, program_ids, 12800, workers, duration)["rate"]
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per phase")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent single-event clients")
+    parser.add_argument("--batch-clients", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--gunicorn-workers", type=int, default=4)
+    parser.add_argument("--gunicorn-threads", type=int, default=4)
+    parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--pgbench-clients", type=int, default=16)
+    parser.add_argument("--pgbench-scale", type=int, default=16)
+    parser.add_argument("--no-pgbench", action="store_true")
+    parser.add_argument("--with-service", action="store_true", help="also run bench/ingest.py")
+    opts = parser.parse_args()
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        sys.exit("Set DATABASE_URL to a PostgreSQL database (it is migrated and written to).")
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True
+    )  # fmt: skip
+    django_setup()
+    from django.conf import settings
+
+    pem, private = keys()
+    program_id = program_create()
+    env = {
+        **os.environ,
+        "DEBUG": "False",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOYALTY_JWT_PUBLIC_KEY": pem,
+        "LOYALTY_JWT_JWKS_URL": "",
+        "CONN_MAX_AGE": "600",
+        "LOG_LEVEL": "WARNING",
+    }
+    args = {
+        "port": opts.port,
+        "program_id": program_id,
+        "members": opts.members,
+        "token": token(private, settings.LOYALTY_JWT_ISSUER, settings.LOYALTY_JWT_AUDIENCE),
+        "batch_size": 0,
+    }
+    print(
+        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; gunicorn "
+        f"{opts.gunicorn_workers}x{opts.gunicorn_threads}; {opts.duration} s per phase"
+    )
+    server = gunicorn_start(opts.port, env, opts.gunicorn_workers, opts.gunicorn_threads)
+    try:
+        run_load(args, opts.clients, 2)  # warm-up: connections, code paths
+        single = run_load(args, opts.clients, opts.duration)
+        batch = run_load({**args, "batch_size": opts.batch_size}, opts.batch_clients,
+                         opts.duration)  # fmt: skip
+    finally:
+        gunicorn_stop(server)
+    tps = None
+    if not opts.no_pgbench:
+        tps = pgbench_tps(url, opts.pgbench_clients, opts.duration, opts.pgbench_scale)
+    service = service_rate(opts.duration, 16) if opts.with_service else None
+
+    def line(name, r, per):
+        ratio = f"{r['events_per_s'] / tps:5.2f} x pgbench" if tps else ""
+        print(
+            f"{name:<34} {r['events_per_s']:8.0f} events/s  {r['requests_per_s']:7.0f} req/s  "
+            f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms {per}  {ratio}  "
+            f"(load before {r['load']:.1f}; statuses {r['statuses']})"
+        )
+
+    print()
+    line(f"HTTP single events, {opts.clients} clients", single, "per event")
+    line(f"HTTP batches of {opts.batch_size}, {opts.batch_clients} clients", batch, "per batch")
+    if service is not None:
+        ratio = f"{service / tps:5.2f} x pgbench" if tps else ""
+        print(f"{'service event_ingest, 16 processes':<34} {service:8.0f} events/s  {ratio}")
+    if tps:
+        print(f"{'pgbench TPC-B, ' + str(opts.pgbench_clients) + ' clients':<34} {tps:8.0f} tps")
+        print(
+            f"\ntargets: single >= 0.15 x pgbench and p99 < 50 ms: "
+            f"{single['events_per_s'] / tps:.2f} x, p99 {single['p99_ms']:.1f} ms; "
+            f"batch >= 3 x pgbench: {batch['events_per_s'] / tps:.2f} x"
+        )
+
+
+if __name__ == "__main__":
+    main()
