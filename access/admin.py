@@ -13,6 +13,9 @@ class MerchantAPIKeyAdmin(APIKeyModelAdmin):
     search_fields = [*APIKeyModelAdmin.search_fields, "merchant__id"]
     raw_id_fields = ["merchant"]
 
+    def get_readonly_fields(self, request, obj=None):
+        return (*super().get_readonly_fields(request, obj), "created_by")
+
     # The form runs MerchantAPIKey.clean(), which refuses permissions a key may not hold.
     def save_model(self, request, obj, form, change):
         if not change:
