@@ -9,6 +9,16 @@ from loyalty.actors import system_actor
 from loyalty.models import Job, MemberBalance
 from loyalty.services import event_ingest
 from loyalty.services.jobs import job_create, job_run
+
+# The API tests' credentials (an RSA key standing in for Molam ID, tokens, a JSON client),
+# for the jobs API tests.
+from tests.api.conftest import (  # noqa: F401
+    api,
+    jwt_settings,
+    make_token,
+    public_pem,
+    rsa_key,
+)
 from tests.factories import PointsEventFactory, PurchaseFactory
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +21,14 @@ BROKER = os.environ.get("LOYALTY_TEST_BROKER_URL", "redis://127.0.0.1:6379/3")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _celery_reconfigure(**conf) -> None:
+    """Applies `conf` to the app, dropping the broker pools and the queue/route tables it
+    built from the previous configuration."""
+    celery_app.close()
+    celery_app.__dict__.pop("amqp", None)
+    celery_app.conf.update(**conf)
+
+
 def _database_url() -> str:
     db = connection.settings_dict
     host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
@@ -32,10 +41,12 @@ def worker():
     """A solo-pool worker on the test database; stopped and reaped whatever the test does."""
     redis = pytest.importorskip("redis")
     try:
-        # Messages left by an earlier, interrupted run name jobs of a dropped database.
-        redis.Redis.from_url(BROKER).delete("celery")
+        redis.Redis.from_url(BROKER).ping()
     except redis.exceptions.ConnectionError:
         pytest.skip(f"no Redis at {BROKER}")
+    # A queue of this run's own: parallel test runs sharing the broker never take each
+    # other's messages (each worker is bound to its own test database).
+    queue = f"loyalty-test-{uuid.uuid4().hex}"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "loyalty_project.settings.base",
@@ -43,19 +54,19 @@ def worker():
         "CELERY_BROKER_URL": BROKER,
         "CELERY_TASK_ALWAYS_EAGER": "false",
     }
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
         [sys.executable, "-m", "celery", "-A", "loyalty_project", "worker", "--pool=solo",
-         "--without-gossip", "--without-mingle", "--loglevel=INFO"],
+         "--without-gossip", "-Q", queue, "--without-mingle", "--loglevel=INFO"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     conf = {"task_always_eager": celery_app.conf.task_always_eager,
-            "broker_url": celery_app.conf.broker_url}  # fmt: skip
-    celery_app.conf.update(task_always_eager=False, broker_url=BROKER)
+            "broker_url": celery_app.conf.broker_url,
+            "task_default_queue": celery_app.conf.task_default_queue}  # fmt: skip
+    _celery_reconfigure(task_always_eager=False, broker_url=BROKER, task_default_queue=queue)
     try:
         yield proc
     finally:
-        celery_app.conf.update(**conf)
-        celery_app.pool.force_close_all()
+        _celery_reconfigure(**conf)
         proc.terminate()
         try:
             proc.wait(timeout=20)
