@@ -16,7 +16,7 @@ urlpatterns = [
     path("api/v1/", include("loyalty.api.urls")),
     path("api/v1/", include("audit.api.urls")),
     path("api/v1/", include("approvals.api.urls")),
-    # path("api/v1/", include("loyalty.api.jobs_urls")),
+    path("api/v1/", include("loyalty.api.jobs_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     # Ops: liveness, readiness, Prometheus metrics (`/metrics`).
