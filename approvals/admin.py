@@ -18,10 +18,9 @@ from loyalty.errors import DomainError
 from loyalty.roles import user_roles
 
 from .models import ApprovalPolicy, ApprovalRequest
-from .registry import policy_get
+from .registry import policy_errors, policy_get
 from .services import (
     approval_approve,
-    approval_policy_errors,
     approval_policy_update,
     approval_reject,
 )
@@ -184,7 +183,7 @@ class ApprovalPolicyForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         roles = data.get("required_roles")
-        errors = approval_policy_errors(
+        errors = policy_errors(
             operation=data.get("operation") or self.instance.operation,
             threshold=data.get("threshold"),
             required_roles=list(roles) if isinstance(roles, list) else [],

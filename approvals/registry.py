@@ -25,6 +25,7 @@ from django.conf import settings
 from loyalty.actors import Actor
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.models import Program
+from loyalty.roles import ROLES
 from loyalty.services import balance_set_frozen, program_set_status, program_update
 from loyalty.services.ingestion import (
     EventInput,
@@ -77,6 +78,23 @@ def policy_get(operation: str) -> Policy:
     if row is None:
         return policy_default(operation)
     return Policy(operation, row.enabled, row.threshold, tuple(row.required_roles), row.ttl_hours)
+
+
+def policy_errors(
+    *, operation: str, threshold: Decimal | None, required_roles: list[str], ttl_hours: int
+) -> dict[str, list[str]]:
+    """Per-field problems of a policy (empty when valid); shared with the admin form."""
+    errors = {}
+    if operation not in Operation.values:
+        errors["operation"] = [f"One of {Operation.values}."]
+    if threshold is not None and threshold < 0:
+        errors["threshold"] = ["Must not be negative."]
+    unknown = [r for r in required_roles if r not in ROLES]
+    if not required_roles or unknown or len(set(required_roles)) != len(required_roles):
+        errors["required_roles"] = [f"Distinct roles among {list(ROLES)}, at least one."]
+    if ttl_hours is None or ttl_hours < 1:
+        errors["ttl_hours"] = ["At least one hour."]
+    return errors
 
 
 # --- payload validation -------------------------------------------------------------------

@@ -32,8 +32,8 @@ from .errors import (
     MakerCannotApprove,
     RoleNotRequired,
 )
-from .models import Approval, ApprovalPolicy, ApprovalRequest, Operation
-from .registry import OPERATIONS, policy_get
+from .models import Approval, ApprovalPolicy, ApprovalRequest
+from .registry import OPERATIONS, policy_errors, policy_get
 
 
 def approval_request_create(
@@ -166,7 +166,7 @@ def approval_policy_update(
     ttl_hours: int,
 ) -> ApprovalPolicy:
     """Sets an operation's approval policy (finance); every change is audited."""
-    errors = approval_policy_errors(
+    errors = policy_errors(
         operation=operation, threshold=threshold, required_roles=required_roles,
         ttl_hours=ttl_hours,
     )  # fmt: skip
@@ -190,25 +190,6 @@ def approval_policy_update(
         after=_policy_state(enabled, threshold, required_roles, ttl_hours),
     )  # fmt: skip
     return policy
-
-
-def approval_policy_errors(
-    *, operation: str, threshold: Decimal | None, required_roles: list[str], ttl_hours: int
-) -> dict[str, list[str]]:
-    """Per-field problems of a policy (empty when valid); shared with the admin form."""
-    from loyalty.roles import ROLES
-
-    errors = {}
-    if operation not in Operation.values:
-        errors["operation"] = [f"One of {Operation.values}."]
-    if threshold is not None and threshold < 0:
-        errors["threshold"] = ["Must not be negative."]
-    unknown = [r for r in required_roles if r not in ROLES]
-    if not required_roles or unknown or len(set(required_roles)) != len(required_roles):
-        errors["required_roles"] = [f"Distinct roles among {list(ROLES)}, at least one."]
-    if ttl_hours is None or ttl_hours < 1:
-        errors["ttl_hours"] = ["At least one hour."]
-    return errors
 
 
 def _policy_state(enabled, threshold, roles, ttl_hours) -> dict:
