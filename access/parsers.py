@@ -5,6 +5,7 @@ Numbers parse to Decimal (never float), NaN/Infinity are refused, and a body lar
 """
 
 import json
+import re
 from decimal import Decimal
 
 from django.conf import settings
@@ -19,6 +20,9 @@ class PayloadTooLarge(APIException):
     default_code = "payload_too_large"
 
 
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a valid JSON number")
 
@@ -30,8 +34,15 @@ class StrictJSONParser(JSONParser):
         if len(raw) > limit:
             raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
         try:
-            return json.loads(
-                raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant
-            )
+            text = raw.decode("utf-8")
+            data = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ParseError(f"JSON parse error: {exc}") from exc
+        if SURROGATE_ESCAPE.search(text):
+            # A `\ud800` escape decodes to a lone surrogate, which no database text can hold;
+            # only bodies with such escapes (emoji pairs, mostly) pay for this check.
+            try:
+                json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ParseError("JSON parse error: unpaired surrogate escape.") from exc
+        return data

@@ -111,3 +111,36 @@ def test_schema_and_swagger_ui_are_served_offline(client):
     # The UI's assets come from this server (drf-spectacular-sidecar), not a CDN.
     assert b"cdn.jsdelivr" not in docs.content
     assert b"/static/drf_spectacular_sidecar/" in docs.content
+
+
+@pytest.mark.parametrize(
+    "member_json",
+    ['"u\\ud800"', '"u\\udfff x"'],
+    ids=["high", "low"],
+)
+def test_unpaired_surrogates_are_400(api, funded, member_json):
+    client = api("system")
+    body = (
+        f'{{"program_id": "{funded.pk}", "member_id": {member_json}, "type": "purchase", '
+        '"amount": "100", "currency": "XOF", "metadata": {"k": "\\ud800"}}'
+    )
+    response = client.client.post(
+        "/api/v1/events", body, content_type="application/json",
+        headers={"Authorization": client.auth, "Idempotency-Key": "s1"},
+    )  # fmt: skip
+    assert_problem(response, 400, "malformed_request")
+    assert LedgerEntry.objects.count() == 1
+
+
+def test_surrogate_pairs_are_fine(api, funded):
+    client = api("system")
+    body = (
+        f'{{"program_id": "{funded.pk}", "member_id": "u_emoji", "type": "purchase", '
+        '"amount": "100", "currency": "XOF", "metadata": {"note": "\\ud83d\\ude00"}}'
+    )
+    response = client.client.post(
+        "/api/v1/events", body, content_type="application/json",
+        headers={"Authorization": client.auth, "Idempotency-Key": "s2"},
+    )  # fmt: skip
+    assert response.status_code == 201
+    assert LedgerEntry.objects.get(balance__member_id="u_emoji").metadata == {"note": "\U0001f600"}
