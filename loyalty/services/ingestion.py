@@ -104,9 +104,8 @@ class IngestResult:
 def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
     """Applies one event exactly once per (program, idempotency key)."""
     event_validate(program, event)
-    replay = event_replay(program, event)
-    if replay:
-        return replay
+    # No replay lookup before the transaction: the one after the balance lock answers a
+    # repeat just as well, and a lookup here would cost every new event a statement.
     try:
         return _ingest_atomic(program=program, event=event, actor=actor)
     except IntegrityError:
@@ -221,7 +220,7 @@ def _earn(program: Program, balance: MemberBalance, event: EventInput, actor: Ac
     sira = None
 
     if event.type == "purchase":
-        multiplier = _tier_multiplier(program, balance.tier)
+        multiplier = _tier_multiplier(program, balance)
         facts = MemberFacts(
             churn_risk=balance.churn_risk,
             engagement_score=balance.engagement_score,
@@ -437,12 +436,15 @@ def _award_cost(program: Program, points: Decimal) -> Decimal:
     )
 
 
-def _tier_multiplier(program: Program, tier: str) -> Decimal:
-    multiplier = (
-        Tier.objects.filter(program=program, name=tier)
-        .values_list("earn_multiplier", flat=True)
-        .first()
-    )
+def _tier_multiplier(program: Program, balance: MemberBalance) -> Decimal:
+    if hasattr(balance, "tier_multiplier"):  # read with the balance lock (balance_lock)
+        multiplier = balance.tier_multiplier
+    else:
+        multiplier = (
+            Tier.objects.filter(program=program, name=balance.tier)
+            .values_list("earn_multiplier", flat=True)
+            .first()
+        )
     return multiplier if multiplier is not None else Decimal(1)
 
 
