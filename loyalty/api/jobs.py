@@ -74,21 +74,12 @@ class RollbackSerializer(TierSnapshotSerializer):
 
 
 class WorkerTriggerApi(LoyaltyApi):
-    method_permissions = {"post": "jobs:run"}
+    """`POST /api/v1/workers/<slug>`; one subclass per job kind (see `trigger_view`)."""
 
-    @extend_schema(
-        operation_id="workers_trigger",
-        summary="Run a worker job now (tier-evaluation, point-expiry or campaign-execution)",
-        parameters=[IDEMPOTENCY_KEY],
-        request=TriggerInputSerializer,
-        responses={
-            202: OpenApiResponse(JobQueuedSerializer, "Queued; poll GET /api/v1/jobs/{id}."),
-            **WRITE_ERRORS,
-            409: OpenApiResponse(description="`job_already_running` for this program today."),
-        },
-    )
-    @idempotent
-    def post(self, request, kind):
+    method_permissions = {"post": "jobs:run"}
+    kind: str = ""
+
+    def trigger(self, request):
         data = validated(TriggerInputSerializer, request.data)
         program = None
         if data.get("program_id"):
@@ -96,8 +87,37 @@ class WorkerTriggerApi(LoyaltyApi):
         elif request.caller.merchant_id is not None:
             # A merchant's credential runs jobs over its own programs, one at a time.
             raise ValidationFailed(errors={"program_id": ["Required for a merchant caller."]})
-        job = job_enqueue(kind=TRIGGERS[kind], program=program, actor=request.caller.actor)
+        job = job_enqueue(kind=self.kind, program=program, actor=request.caller.actor)
         return Response({"job_id": str(job.pk), "status": job.status}, status=202)
+
+
+def trigger_view(slug: str) -> type[WorkerTriggerApi]:
+    kind = TRIGGERS[slug]
+
+    class TriggerApi(WorkerTriggerApi):
+        @extend_schema(
+            operation_id=f"workers_{kind}",
+            summary=f"Run the {slug} job now (one program, or every program)",
+            parameters=[IDEMPOTENCY_KEY],
+            request=TriggerInputSerializer,
+            responses={
+                202: OpenApiResponse(JobQueuedSerializer, "Queued; poll GET /api/v1/jobs/{id}."),
+                **WRITE_ERRORS,
+                409: OpenApiResponse(description="`job_already_running` for this program today."),
+            },
+        )
+        @idempotent
+        def post(self, request):
+            return self.trigger(request)
+
+    TriggerApi.kind = kind
+    TriggerApi.__name__ = TriggerApi.__qualname__ = (
+        "".join(part.title() for part in slug.split("-")) + "TriggerApi"
+    )
+    return TriggerApi
+
+
+TRIGGER_VIEWS = {slug: trigger_view(slug) for slug in TRIGGERS}
 
 
 class JobDetailApi(LoyaltyApi):

@@ -2,12 +2,12 @@
 
 from django.urls import path
 
-from .jobs import TRIGGERS, JobDetailApi, TierRollbackApi, WorkerTriggerApi
+from .jobs import TRIGGER_VIEWS, JobDetailApi, TierRollbackApi
 
 urlpatterns = [
     *(
-        path(f"workers/{kind}", WorkerTriggerApi.as_view(), {"kind": kind}, name=f"workers-{kind}")
-        for kind in TRIGGERS
+        path(f"workers/{slug}", view.as_view(), name=f"workers-{slug}")
+        for slug, view in TRIGGER_VIEWS.items()
     ),
     path("jobs/<uuid:job_id>", JobDetailApi.as_view(), name="job"),
     path(
