@@ -52,7 +52,10 @@ def approval_request_create(
     clean = OPERATIONS[operation].validate(payload)
     policy = policy_get(operation)
     try:
-        with transaction.atomic():  # a savepoint: the unique index may refuse the insert
+        # Its own atomic block (a savepoint inside the caller's transaction): the request and
+        # its audit entry commit together, and a refusal by the unique index leaves the
+        # caller's transaction usable.
+        with transaction.atomic():
             request = ApprovalRequest.objects.create(
                 operation=operation,
                 payload=clean,
@@ -65,6 +68,7 @@ def approval_request_create(
                 required_roles=list(policy.required_roles),
                 expires_at=timezone.now() + timedelta(hours=policy.ttl_hours),
             )
+            _audit(actor, "approval.request", request, after=_state(request))
     except IntegrityError as exc:
         existing = (
             ApprovalRequest.objects.filter(
@@ -77,7 +81,6 @@ def approval_request_create(
             f"Request {existing} for {operation} on {target} is already pending.",
             approval_request_id=str(existing) if existing else None,
         ) from exc
-    _audit(actor, "approval.request", request, after=_state(request))
     return request
 
 
