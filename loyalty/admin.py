@@ -5,7 +5,10 @@ jobs, outbox) are read-only here; changes go through services, in their own tran
 and are audited there.
 """
 
+import json
+
 from django.contrib import admin, messages
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Sum
 from django.utils.html import format_html_join
 from guardian.shortcuts import get_objects_for_user
@@ -157,6 +160,18 @@ class ProgramAdmin(ServiceFormAdmin):
         actor = request_actor(request)
         if change:
             changes = {f: form.cleaned_data[f] for f in form.changed_data if f in UPDATABLE_FIELDS}
+            old = Program.objects.values_list("budget_limit", flat=True).get(pk=obj.pk)
+            new = changes.get("budget_limit", old)
+            # A budget change waits for approval with the rest of the same update, as in the API.
+            if new != old and _gated(
+                self, request, operation="budget_change", program=obj,
+                target=f"program:{obj.pk}", actor=actor,
+                amount=None if old is None or new is None else new - old,
+                payload={"program_id": str(obj.pk),
+                         "changes": json.loads(json.dumps(changes, cls=DjangoJSONEncoder))},
+            ):  # fmt: skip
+                obj.refresh_from_db()
+                return
             saved = program_update(program_id=obj.pk, changes=changes, actor=actor)
         else:
             fields = {f: form.cleaned_data[f] for f in UPDATABLE_FIELDS - {"name"}

@@ -13,7 +13,7 @@ from guardian.shortcuts import assign_perm
 from audit.models import AuditEntry
 from loyalty.models import LedgerEntry, MemberBalance, Program
 from loyalty.roles import ROLES, roles_install
-from loyalty.services import event_ingest
+from loyalty.services import event_ingest, program_update
 from tests.factories import PurchaseFactory
 
 pytestmark = pytest.mark.django_db
@@ -105,8 +105,10 @@ def test_auditor_cannot_freeze(client, staff, history):
     assert not balance.is_frozen
 
 
-def test_ops_updates_a_program_budget_through_the_service(client, staff, history):
+def test_ops_updates_a_program_budget_through_the_service(client, staff, history, actor):
     program = Program.objects.get()
+    # Adding a limit waits for approval (tests/approvals); a change within the threshold runs.
+    program_update(program_id=program.pk, changes={"budget_limit": Decimal("4000")}, actor=actor)
     client.force_login(staff("ops_marketing"))
     url = reverse("admin:loyalty_program_change", args=[program.pk])
     form = client.get(url).context["adminform"].form
