@@ -1,6 +1,8 @@
 """The approvals queue in the ops console: confirmation page, maker not approvable, rules
 enforced by the services, and finance editing policies (audited)."""
 
+from decimal import Decimal
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -145,3 +147,24 @@ def test_console_freeze_waits_for_approval_when_the_policy_says_so(staff, progra
     balance.refresh_from_db()
     assert balance.is_frozen is False
     assert ApprovalRequest.objects.get().operation == "member_freeze"
+
+
+def test_console_budget_change_waits_for_approval_then_runs_as_stored(staff, program):
+    client, _ = staff("fin-maker", "finance_ops")
+    url = reverse("admin:loyalty_program_change", args=[program.pk])
+    form = client.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k != "sira_settings"}
+    data.update({"budget_limit": "900000", "sira_settings": "{}", "name": "Renamed"})
+    client.post(url, data)
+    program.refresh_from_db()
+    assert (program.budget_limit, program.name) == (None, "Test Rewards")
+    request = ApprovalRequest.objects.get(operation="budget_change")
+    assert request.payload["changes"]["name"] == "Renamed"
+    ops_client, _ = staff("ops2", "ops_marketing")
+    act(ops_client, "approve_selected", request, confirm="yes")
+    fin_client, _ = staff("fin2", "finance_ops")
+    act(fin_client, "approve_selected", request, confirm="yes")
+    request.refresh_from_db()
+    assert request.status == "executed"
+    program.refresh_from_db()
+    assert (program.budget_limit, program.name) == (Decimal("900000"), "Renamed")
