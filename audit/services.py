@@ -6,6 +6,7 @@ the entry's digest needs only the entry itself (see `audit.integrity`), and seal
 later, in the `audit_seal` job, over transactions that have finished.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -35,7 +36,50 @@ def audit_record(
 ) -> AuditEntry:
     """Appends one entry, PII scrubbed, with its keyed digest; the caller's transaction makes
     it atomic with the change."""
-    key = audit_key()
+    entry = _entry(
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        merchant_id=merchant_id,
+        before=before,
+        after=after,
+        key=audit_key(),
+        now=timezone.now(),
+    )
+    entry.save(force_insert=True)
+    return entry
+
+
+def audit_record_many(
+    *,
+    actor: Actor,
+    action: str,
+    entity_type: str,
+    merchant_id: str | None = None,
+    rows: Iterable[tuple[Any, dict | None, dict | None]],
+) -> list[AuditEntry]:
+    """`audit_record` for many entities changed by one bulk write (a job's chunk): one entry
+    per (entity_id, before, after), inserted together, in the caller's transaction."""
+    key, now = audit_key(), timezone.now()
+    entries = [
+        _entry(
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            merchant_id=merchant_id,
+            before=before,
+            after=after,
+            key=key,
+            now=now,
+        )
+        for entity_id, before, after in rows
+    ]
+    return AuditEntry.objects.bulk_create(entries, batch_size=1000)
+
+
+def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after, key, now):
     changes = {}
     if before is not None:
         changes["before"] = pii_scrub(before, key=key)
@@ -51,9 +95,9 @@ def audit_record(
         "ip": normalise_ip(actor.ip),
         "user_agent": (actor.user_agent or "")[:USER_AGENT_MAX],
         "changes": changes,
-        "created_at": timezone.now(),
+        "created_at": now,
     }
-    return AuditEntry.objects.create(**fields, digest=entry_digest(**fields))
+    return AuditEntry(**fields, digest=entry_digest(**fields))
 
 
 def seal_basis() -> str:
