@@ -7,7 +7,22 @@ from loyalty.api.fields import iso
 from ..models import ApprovalRequest, Operation
 
 
-def approval_request_body(request: ApprovalRequest) -> dict:
+def caller_decision(request: ApprovalRequest, *, actor_id: str, roles) -> dict:
+    """Whether this caller may approve, and why not: the maker's own request is not
+    approvable by them."""
+    reason = None
+    if request.status != ApprovalRequest.Status.PENDING:
+        reason = "not_pending"
+    elif request.maker_id == actor_id:
+        reason = "maker"
+    elif any(a.actor_id == actor_id for a in request.approvals.all()):
+        reason = "already_approved"
+    elif not set(request.missing_roles) & set(roles):
+        reason = "no_missing_role"
+    return {"can_approve": reason is None, "reason": reason}
+
+
+def approval_request_body(request: ApprovalRequest, caller=None) -> dict:
     error = None
     if request.error_code:
         error = {"code": request.error_code, "detail": request.error_detail}
@@ -34,6 +49,9 @@ def approval_request_body(request: ApprovalRequest) -> dict:
         "created_at": iso(request.created_at),
         "expires_at": iso(request.expires_at),
         "decided_at": iso(request.decided_at),
+        "you": None
+        if caller is None
+        else caller_decision(request, actor_id=caller.actor.id, roles=caller.roles),
     }
 
 
@@ -63,6 +81,13 @@ class _ActorSerializer(serializers.Serializer):
     role = serializers.CharField()
 
 
+class _CallerDecisionSerializer(serializers.Serializer):
+    can_approve = serializers.BooleanField()
+    reason = serializers.ChoiceField(
+        choices=["not_pending", "maker", "already_approved", "no_missing_role"], allow_null=True
+    )
+
+
 class ApprovalRequestSerializer(serializers.Serializer):
     id = serializers.CharField()
     operation = serializers.ChoiceField(choices=Operation.choices)
@@ -83,3 +108,4 @@ class ApprovalRequestSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField()
     decided_at = serializers.DateTimeField(allow_null=True)
+    you = _CallerDecisionSerializer(help_text="Whether the caller may approve, and why not.")

@@ -40,7 +40,9 @@ class ApprovalListApi(LoyaltyApi):
             operation=filters.get("operation"),
             program_id=filters.get("program"),
         )
-        return paginated(self, request, queryset, approval_request_body, ordering="-created_at")
+        caller = request.caller
+        return paginated(self, request, queryset, lambda r: approval_request_body(r, caller),
+                         ordering="-created_at")  # fmt: skip
 
 
 class ApprovalDetailApi(LoyaltyApi):
@@ -53,7 +55,7 @@ class ApprovalDetailApi(LoyaltyApi):
     )
     def get(self, request, request_id):
         found = approval_request_get_for_caller(caller=request.caller, request_id=request_id)
-        return Response(approval_request_body(found))
+        return Response(approval_request_body(found, request.caller))
 
 
 class ApprovalApproveApi(LoyaltyApi):
@@ -78,7 +80,7 @@ class ApprovalApproveApi(LoyaltyApi):
             request_id=found.pk, actor=caller.actor, roles=set(caller.roles),
             comment=data["comment"],
         )  # fmt: skip
-        return Response(approval_request_body(_reload(caller, found.pk)))
+        return Response(approval_request_body(_reload(caller, found.pk), caller))
 
 
 class ApprovalRejectApi(LoyaltyApi):
@@ -100,7 +102,7 @@ class ApprovalRejectApi(LoyaltyApi):
             request_id=found.pk, actor=caller.actor, roles=set(caller.roles),
             comment=data["comment"],
         )  # fmt: skip
-        return Response(approval_request_body(_reload(caller, found.pk)))
+        return Response(approval_request_body(_reload(caller, found.pk), caller))
 
 
 def _reload(caller, pk):

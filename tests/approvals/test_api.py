@@ -54,6 +54,10 @@ def test_full_flow_over_the_api(api, funded):
     request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
     url = f"/api/v1/approvals/{request_id}"
 
+    assert maker.get(url).json()["you"] == {"can_approve": False, "reason": "maker"}
+    assert api("finance_ops", sub="fin-1").get(url).json()["you"] == {
+        "can_approve": True, "reason": None,
+    }  # fmt: skip
     response = maker.post(f"{url}/approve", {"comment": "mine"})
     assert (response.status_code, response.json()["code"]) == (403, "maker_cannot_approve")
 
