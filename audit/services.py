@@ -61,8 +61,24 @@ def audit_record_many(
 ) -> list[AuditEntry]:
     """`audit_record` for many entities changed by one bulk write (a job's chunk): one entry
     per (entity_id, before, after), inserted together, in the caller's transaction."""
+    entries = audit_entries_build(
+        actor=actor, action=action, entity_type=entity_type, merchant_id=merchant_id, rows=rows
+    )
+    return AuditEntry.objects.bulk_create(entries, batch_size=1000)
+
+
+def audit_entries_build(
+    *,
+    actor: Actor,
+    action: str,
+    entity_type: str,
+    merchant_id: str | None = None,
+    rows: Iterable[tuple[Any, dict | None, dict | None]],
+) -> list[AuditEntry]:
+    """The unsaved entries `audit_record_many` inserts (digests included), for a caller that
+    inserts them itself with a faster bulk path (COPY) in its own transaction."""
     key, now = audit_key(), timezone.now()
-    entries = [
+    return [
         _entry(
             actor=actor,
             action=action,
@@ -76,7 +92,6 @@ def audit_record_many(
         )
         for entity_id, before, after in rows
     ]
-    return AuditEntry.objects.bulk_create(entries, batch_size=1000)
 
 
 def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after, key, now):
