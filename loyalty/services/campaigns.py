@@ -49,7 +49,7 @@ from .balances import (
 )
 from .budget import budget_charge
 from .ingestion import EventInput, balance_snapshot
-from .jobs import JobTracker, audit_many
+from .jobs import JobTracker, audit_many, bulk_set, copy_insert
 
 CHUNK = 2000
 # Segment definitions from the seed. The spend threshold is in the program's currency.
@@ -302,7 +302,7 @@ def _award_chunk(
                 occurred_at=now,
             )
         )
-    LedgerEntry.objects.bulk_create(entries, batch_size=500)
+    copy_insert(LedgerEntry, entries)
     lots = []
     for entry in entries:
         gained = max(entry.balance_after, ZERO) - max(befores[entry.balance_id], ZERO)
@@ -318,16 +318,17 @@ def _award_chunk(
                     expires_at=lot_expiry(program, entry.created_at),
                 )
             )
-    PointLot.objects.bulk_create(lots, batch_size=500)
-    MemberBalance.objects.bulk_update(
+    copy_insert(PointLot, lots)
+    bulk_set(
+        MemberBalance,
         [a.balance for a in awarded],
         ["points_balance", "lifetime_earned", "earned_today", "earned_day", "updated_at"],
-        batch_size=500,
     )
     if flags_changed:
         MemberBalance.objects.bulk_update(flags_changed, ["fraud_flags"])
     by_balance = {e.balance_id: e for e in entries}
-    CampaignAward.objects.bulk_create(
+    copy_insert(
+        CampaignAward,
         [
             CampaignAward(
                 campaign=campaign,
@@ -338,9 +339,9 @@ def _award_chunk(
             )
             for a in plan
         ],
-        batch_size=1000,
     )
-    OutboxEvent.objects.bulk_create(
+    copy_insert(
+        OutboxEvent,
         [
             OutboxEvent(
                 merchant_id=program.merchant_id,
@@ -359,7 +360,6 @@ def _award_chunk(
             )
             for e in entries
         ],
-        batch_size=500,
     )
     audit_many(
         actor=actor,

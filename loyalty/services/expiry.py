@@ -23,7 +23,7 @@ from ..actors import system_actor
 from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO
 from .ingestion import balance_snapshot
-from .jobs import JobTracker, audit_many, job_programs
+from .jobs import JobTracker, audit_many, bulk_set, copy_insert, job_programs
 
 CHUNK = 2000
 
@@ -98,7 +98,7 @@ def _expire_chunk(
         if taken_total > 0:
             expired[balance_id] = (taken_total, taken)
 
-    PointLot.objects.bulk_update(changed_lots, ["remaining"], batch_size=500)
+    bulk_set(PointLot, changed_lots, ["remaining"])
     entries = []
     for balance_id, (points, taken) in expired.items():
         balance = balances[balance_id]
@@ -125,11 +125,10 @@ def _expire_chunk(
                 occurred_at=now,
             )
         )
-    LedgerEntry.objects.bulk_create(entries, batch_size=500)
-    MemberBalance.objects.bulk_update(
-        [balances[pk] for pk in expired], ["points_balance", "updated_at"], batch_size=500
-    )
-    OutboxEvent.objects.bulk_create(
+    copy_insert(LedgerEntry, entries)
+    bulk_set(MemberBalance, [balances[pk] for pk in expired], ["points_balance", "updated_at"])
+    copy_insert(
+        OutboxEvent,
         [
             OutboxEvent(
                 merchant_id=program.merchant_id,
@@ -145,7 +144,6 @@ def _expire_chunk(
             )
             for entry in entries
         ],
-        batch_size=500,
     )
     audit_many(
         actor=actor,
@@ -219,7 +217,8 @@ def _warn_chunk(*, program: Program, balance_ids: list[int], now, horizon, track
     by_member: dict[int, list[PointLot]] = defaultdict(list)
     for lot in lots:
         by_member[lot.balance_id].append(lot)
-    OutboxEvent.objects.bulk_create(
+    copy_insert(
+        OutboxEvent,
         [
             OutboxEvent(
                 merchant_id=program.merchant_id,
@@ -238,7 +237,6 @@ def _warn_chunk(*, program: Program, balance_ids: list[int], now, horizon, track
             )
             for balance_id, member_lots in by_member.items()
         ],
-        batch_size=500,
     )
     tracker.add(members_warned=len(by_member))
     tracker.save(program_id=str(program.pk), phase="warn", last_balance_id=balance_ids[-1])

@@ -15,10 +15,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
-from audit.services import audit_record
+from audit.models import AuditEntry
+from audit.services import audit_entries_build, audit_record
 
 from ..actors import Actor, system_actor
 from ..errors import Conflict, NotFound
@@ -240,14 +243,90 @@ def job_get(*, job_id) -> Job:
 def audit_many(
     *, actor: Actor, action: str, entity_type: str, merchant_id: str, rows: list[tuple[Any, dict]]
 ) -> None:
-    """One audit entry per changed entity (`rows` of (entity id, after)), inside the caller's
-    transaction, so a job's bulk writes are audited like single writes."""
-    for entity_id, after in rows:
-        audit_record(
+    """One audit entry per changed entity (`rows` of (entity id, after)), inserted together
+    inside the caller's transaction, so a job's bulk writes are audited like single writes."""
+    if rows:
+        entries = audit_entries_build(
             actor=actor,
             action=action,
             entity_type=entity_type,
-            entity_id=entity_id,
             merchant_id=merchant_id,
-            after=after,
+            rows=[(entity_id, None, after) for entity_id, after in rows],
         )
+        copy_insert(AuditEntry, entries)
+
+
+def copy_insert(model: type[models.Model], objs: list) -> None:
+    """Inserts model instances of a job's chunk. On PostgreSQL with COPY (about 8x faster
+    than `bulk_create` for thousands of rows); integer primary keys are drawn from the table's
+    sequence first, so rows written next can point at these. Elsewhere `bulk_create`."""
+    if not objs:
+        return
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create(objs, batch_size=500)
+        return
+    meta = model._meta
+    table = meta.db_table
+    if isinstance(meta.pk, models.AutoField | models.BigAutoField):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                [table, meta.pk.column, len(objs)],
+            )
+            for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
+                obj.pk = pk
+    # Columns left to the database's own default (db_default) are not sent.
+    fields = [
+        f for f in meta.concrete_fields
+        if not isinstance(getattr(objs[0], f.attname), DatabaseDefault)
+    ]  # fmt: skip
+    stamped = [
+        f for f in fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+    ]
+    # psycopg adapts these fields' Python values itself; JSON needs its wrapper. (Django's
+    # get_db_prep_save per value costs more than the COPY.)
+    attnames = [f.attname for f in fields]
+    json_at = [i for i, f in enumerate(fields) if isinstance(f, models.JSONField)]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(
+            f"COPY {connection.ops.quote_name(table)} ({columns}) FROM STDIN"
+        ) as copy,
+    ):
+        for obj in objs:
+            for field in stamped:
+                field.pre_save(obj, add=True)
+            row = [getattr(obj, name) for name in attnames]
+            for i in json_at:
+                row[i] = Jsonb(row[i])
+            copy.write_row(row)
+    for obj in objs:
+        obj._state.adding = False
+
+
+def bulk_set(model: type[models.Model], objs: list, fields: list[str]) -> None:
+    """Writes `fields` of many rows in one UPDATE. On PostgreSQL it joins arrays of the new
+    values (`UPDATE ... FROM unnest(...)`), which stays linear where Django's `bulk_update`
+    (a CASE per field) grows with the square of the batch; elsewhere it is `bulk_update`."""
+    if not objs:
+        return
+    if connection.vendor != "postgresql":
+        model.objects.bulk_update(objs, fields, batch_size=500)
+        return
+    meta = model._meta
+    columns = [meta.pk, *(meta.get_field(name) for name in fields)]
+    arrays = [
+        [column.get_db_prep_value(getattr(obj, column.attname), connection) for obj in objs]
+        for column in columns
+    ]
+    table = connection.ops.quote_name(meta.db_table)
+    names = [connection.ops.quote_name(column.column) for column in columns]
+    casts = ", ".join(f"%s::{column.db_type(connection)}[]" for column in columns)
+    sets = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    sql = (
+        f"UPDATE {table} AS t SET {sets} FROM unnest({casts}) AS v({', '.join(names)}) "  # noqa: S608 (names from the model)
+        f"WHERE t.{names[0]} = v.{names[0]}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, arrays)

@@ -29,7 +29,7 @@ from ..errors import InvalidState, NotFound
 from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, Program, Tier, TierSnapshot
 from ..money import ZERO
 from .balances import program_local_date
-from .jobs import JobTracker, audit_many, job_programs
+from .jobs import JobTracker, audit_many, bulk_set, copy_insert, job_programs
 
 CHUNK = 2000
 # Ledger entries that count as qualifying points in a window: earning net of clawbacks and
@@ -216,8 +216,8 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
         balance = balances[change.balance_id]
         balance.tier, balance.tier_updated_at, balance.updated_at = change.to_tier, now, now
         updated.append(balance)
-    MemberBalance.objects.bulk_update(updated, ["tier", "tier_updated_at", "updated_at"])
-    snapshots = TierSnapshot.objects.bulk_create(
+    bulk_set(MemberBalance, updated, ["tier", "tier_updated_at", "updated_at"])
+    snapshots = [
         TierSnapshot(
             balance_id=c.balance_id,
             program=program,
@@ -231,10 +231,11 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
             job=job,
         )
         for c in changes
-    )
+    ]
+    copy_insert(TierSnapshot, snapshots)
     events = [_event(program, balances[s.balance_id], s, "upgraded" if c.upgrade else "downgraded")
               for s, c in zip(snapshots, changes, strict=True)]  # fmt: skip
-    OutboxEvent.objects.bulk_create(events)
+    copy_insert(OutboxEvent, events)
     audit_many(
         actor=actor,
         action="balance.tier_change",
