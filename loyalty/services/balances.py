@@ -5,7 +5,7 @@ import zoneinfo
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db.models import OuterRef, Subquery
+from django.db import connection
 from django.utils import timezone
 
 from ..models import LedgerEntry, MemberBalance, PointLot, Program, Tier
@@ -21,31 +21,49 @@ def program_local_date(program: Program, at: datetime | None = None) -> date:
     return timezone.localtime(at or timezone.now(), zoneinfo.ZoneInfo(program.timezone)).date()
 
 
+# The hot path's one read: the member's row, locked, with its tier's earn multiplier. Plain
+# SQL because building the same query with the ORM costs ~5x the CPU of running it, on every
+# event. `FOR UPDATE OF b` locks the balance row only (no-op on SQLite, one writer anyway).
+_BALANCE_LOCK_SQL = """
+    SELECT b.*, (SELECT t.earn_multiplier FROM loyalty_tier t
+                 WHERE t.program_id = b.program_id AND t.name = b.tier) AS tier_multiplier
+    FROM loyalty_memberbalance b
+    WHERE b.program_id = %s AND b.member_id = %s
+"""
+
+
+def db_id(uuid_pk) -> object:
+    """A UUID primary key as the database stores it (uuid on PostgreSQL, hex on SQLite)."""
+    return Program._meta.pk.get_db_prep_value(uuid_pk, connection)
+
+
 def balance_lock(*, program: Program, member_id: str, create: bool = False) -> MemberBalance | None:
-    """The member's balance row, locked until commit; created on first use when `create`."""
-    # The earn multiplier of the member's tier comes with the row: one statement fewer per
-    # purchase. `of=("self",)` locks the balance row only.
-    rows = (
-        MemberBalance.objects.select_for_update(of=("self",))
-        .filter(program=program, member_id=member_id)
-        .annotate(
-            tier_multiplier=Subquery(
-                Tier.objects.filter(program=program, name=OuterRef("tier")).values(
-                    "earn_multiplier"
-                )[:1]
-            )
-        )
-    )
-    balance = rows.first()
+    """The member's balance row, locked until commit; created on first use when `create`.
+    It carries `tier_multiplier`, the earn multiplier of its tier (None: no such tier)."""
+    balance = _balance_fetch_locked(program, member_id)
     if balance is None and create:
         # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
         MemberBalance.objects.bulk_create(
             [MemberBalance(program=program, member_id=member_id, tier=entry_tier(program))],
             ignore_conflicts=True,
         )
-        balance = rows.get()
+        balance = _balance_fetch_locked(program, member_id)
     if balance is not None:
         balance.program = program  # saves a query wherever the program's settings are read
+    return balance
+
+
+def _balance_fetch_locked(program: Program, member_id: str) -> MemberBalance | None:
+    sql = _BALANCE_LOCK_SQL
+    if connection.features.has_select_for_update:
+        sql += " FOR UPDATE OF b"
+    found = list(MemberBalance.objects.raw(sql, [db_id(program.pk), member_id]))
+    if not found:
+        return None
+    balance = found[0]
+    multiplier = balance.tier_multiplier
+    if multiplier is not None and not isinstance(multiplier, Decimal):
+        balance.tier_multiplier = Decimal(str(multiplier))  # SQLite returns a float
     return balance
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -36,6 +36,7 @@ from ..money import ZERO, is_exact_money, is_exact_points, points_cost, points_f
 from .balances import (
     REFUND_DEBT_FLAG,
     balance_lock,
+    db_id,
     fraud_flag_add,
     fraud_flag_remove,
     has_blocking_flag,
@@ -117,11 +118,20 @@ def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> Ingest
 
 
 def event_replay(program: Program, event: EventInput) -> IngestResult | None:
-    entry = LedgerEntry.objects.filter(
-        program=program, idempotency_key=event.idempotency_key
-    ).first()
-    if entry is None:
+    # Every new event asks this and almost always hears "no": a plain SQL probe of the unique
+    # index costs a fraction of the ORM query; the entry is loaded only for a repeat.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # `<> ''` repeats the partial unique index's predicate, so that a prepared
+            # (generic) plan may still use that index.
+            "SELECT id FROM loyalty_ledgerentry WHERE program_id = %s"
+            " AND idempotency_key = %s AND idempotency_key <> ''",
+            [db_id(program.pk), event.idempotency_key],
+        )
+        found = cursor.fetchone()
+    if found is None:
         return None
+    entry = LedgerEntry.objects.get(pk=found[0])
     if entry.details.get("fingerprint") != event.fingerprint():
         raise IdempotencyKeyReused(
             "This idempotency key was already used for a different event.",
