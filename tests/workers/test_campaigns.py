@@ -11,6 +11,8 @@ from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEntry
+from audit.services import audit_seal
+from audit.verify import audit_verify
 from loyalty.actors import system_actor
 from loyalty.models import Campaign, CampaignAward, Job, LedgerEntry, MemberBalance
 from loyalty.services import balance_set_frozen
@@ -62,6 +64,9 @@ def test_awards_segment_once_and_completes(program, earn, run_job):
     assert AuditEntry.objects.filter(action="transaction.campaign_bonus").count() == 3
     completed = AuditEntry.objects.filter(action="campaign.complete", entity_id=str(campaign.pk))
     assert completed.exists()
+    # The job's audit entries are inserted in bulk (COPY); their digests still verify.
+    audit_seal()
+    assert audit_verify() == []
     assert ledger_verify() == []
 
     # Run again, even forcing the campaign back to running: nobody is awarded twice.

@@ -188,3 +188,37 @@ def test_tier_crash_then_rerun_snapshots_each_change_once(program, earn, run_job
 
     assert set(MemberBalance.objects.values_list("tier", flat=True)) == {"silver"}
     assert MemberBalance.objects.annotate(n=Count("tier_snapshots")).filter(n=1).count() == 5
+
+
+def test_beat_schedules_are_installed_for_registered_tasks():
+    from django_celery_beat.models import PeriodicTask
+
+    from loyalty_project.celery import app
+
+    schedules = {
+        t.task: (t.crontab.minute, t.crontab.hour, str(t.crontab.timezone))
+        for t in PeriodicTask.objects.filter(name__startswith="loyalty:").select_related("crontab")
+    }
+    assert schedules == {
+        "loyalty.tier_evaluation": ("0", "2", "UTC"),
+        "loyalty.point_expiry": ("0", "3", "UTC"),
+        "loyalty.campaign_execution": ("0", "*", "UTC"),
+        "loyalty.hold_expiry": ("*/5", "*", "UTC"),
+        "loyalty.approval_expiry": ("*/5", "*", "UTC"),
+    }
+    app.loader.import_default_modules()
+    assert set(schedules) <= set(app.tasks)
+
+
+def test_scheduled_task_runs_a_job_over_every_program(make_program, earn):
+    from loyalty.tasks import tier_evaluation_task
+
+    first, second = make_program(name="A"), make_program(name="B")
+    earn(first, "u1", "1000")
+    earn(second, "u1", "5000")
+
+    assert tier_evaluation_task.delay().get() == Job.Status.SUCCEEDED  # in-process in tests
+
+    job = Job.objects.get()
+    assert (job.program_id, job.triggered_by) == (None, "system:tier_evaluation")
+    assert job.counts["upgraded"] == 2
