@@ -49,7 +49,7 @@ from .balances import (
 )
 from .budget import budget_charge
 from .ingestion import EventInput, balance_snapshot
-from .jobs import JobTracker, audit_many, bulk_set, copy_insert
+from .jobs import JobTracker, audit_many, bulk_set, copy_insert, each_part
 
 CHUNK = 2000
 # Segment definitions from the seed. The spend threshold is in the program's currency.
@@ -94,8 +94,12 @@ def campaigns_execute(*, job: Job, tracker: JobTracker) -> None:
     if job.program_id is not None:
         due = due.filter(program_id=job.program_id)
     actor = system_actor(job.kind)
-    for campaign_id in list(due.order_by("scheduled_at", "pk").values_list("pk", flat=True)):
-        campaign_execute(campaign_id=campaign_id, actor=actor, tracker=tracker)
+    each_part(
+        job,
+        tracker,
+        list(due.order_by("scheduled_at", "pk")),
+        lambda campaign: campaign_execute(campaign_id=campaign.pk, actor=actor, tracker=tracker),
+    )
 
 
 def campaign_execute(

@@ -23,7 +23,7 @@ from ..actors import system_actor
 from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO
 from .ingestion import balance_snapshot
-from .jobs import JobTracker, audit_many, bulk_set, copy_insert, job_programs
+from .jobs import JobTracker, audit_many, bulk_set, copy_insert, each_part, job_programs
 
 CHUNK = 2000
 
@@ -31,12 +31,15 @@ CHUNK = 2000
 def points_expire(*, job: Job, tracker: JobTracker) -> None:
     """The expiry job over its program (or every program that is not closed)."""
     statuses = (Program.Status.ACTIVE, Program.Status.SUSPENDED)
-    for program in job_programs(job, statuses=statuses):
+
+    def expire(program: Program) -> None:
         if not program.expiry_days and not _has_dated_lots(program):
-            continue
+            return
         _expire_program(program, job, tracker)
         if program.expiry_warning_days:
             _warn_program(program, tracker)
+
+    each_part(job, tracker, job_programs(job, statuses=statuses), expire)
 
 
 def _has_dated_lots(program: Program) -> bool:

@@ -194,6 +194,28 @@ def job_programs(job: Job, *, statuses: Iterable[str] = (Program.Status.ACTIVE,)
     return list(Program.objects.filter(status__in=list(statuses)).order_by("created_at", "pk"))
 
 
+class PartsFailed(Exception):
+    """Some programs (or campaigns) of a job failed; the others ran to the end."""
+
+
+def each_part(job: Job, tracker: "JobTracker", parts: Iterable, run: Callable[[Any], None]):
+    """Runs `run(part)` for each program (or campaign) of a job over many: one that fails is
+    logged and listed in the job's progress, the others still run, and the job then ends
+    failed (a re-run finishes the failed parts exactly once)."""
+    failed: dict[str, str] = {}
+    for part in parts:
+        try:
+            run(part)
+        except Exception as exc:
+            if job.program_id is not None:
+                raise
+            logger.exception("job %s: %s %s failed", job.pk, type(part).__name__, part.pk)
+            failed[str(part.pk)] = f"{type(exc).__name__}: {exc}"[:500]
+            tracker.save(failed=failed)
+    if failed:
+        raise PartsFailed(f"{len(failed)} failed: " + "; ".join(failed.values())[:2000])
+
+
 def _hold_expiry(*, job: Job, tracker: JobTracker) -> None:
     from .redemptions import redemptions_expire_due
 

@@ -29,7 +29,7 @@ from ..errors import InvalidState, NotFound
 from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, Program, Tier, TierSnapshot
 from ..money import ZERO
 from .balances import program_local_date
-from .jobs import JobTracker, audit_many, bulk_set, copy_insert, job_programs
+from .jobs import JobTracker, audit_many, bulk_set, copy_insert, each_part, job_programs
 
 CHUNK = 2000
 # Ledger entries that count as qualifying points in a window: earning net of clawbacks and
@@ -167,10 +167,11 @@ def _changes(
 def tiers_evaluate(*, job: Job, tracker: JobTracker) -> None:
     """The tier job over its program (or every active program)."""
     actor = system_actor(job.kind)
-    for program in job_programs(job):
+
+    def evaluate(program: Program) -> None:
         ladder = tier_ladder(program)
         if len(ladder.names) < 2:
-            continue
+            return
         cycle = program.tier_cycle_date
         if (
             program.tier_downgrade_policy != Program.DowngradePolicy.NONE
@@ -180,6 +181,8 @@ def tiers_evaluate(*, job: Job, tracker: JobTracker) -> None:
             _pass(program, ladder, CYCLE, cycle, job, tracker, actor)
             _cycle_advance(program=program, cycle=cycle, actor=actor)
         _pass(program, ladder, UPGRADE, None, job, tracker, actor)
+
+    each_part(job, tracker, job_programs(job), evaluate)
 
 
 def _pass(program, ladder, mode, cycle, job, tracker, actor) -> None:

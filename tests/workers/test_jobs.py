@@ -222,3 +222,29 @@ def test_scheduled_task_runs_a_job_over_every_program(make_program, earn):
     job = Job.objects.get()
     assert (job.program_id, job.triggered_by) == (None, "system:tier_evaluation")
     assert job.counts["upgraded"] == 2
+
+
+def test_one_failing_program_does_not_stop_the_others(make_program, earn, run_job, monkeypatch):
+    from loyalty.services import expiry
+
+    with time_machine.travel(datetime.fromisoformat("2025-01-01T10:00:00+00:00"), tick=False):
+        broken, fine = make_program(name="broken"), make_program(name="fine")
+        earn(broken, "u1", "100")
+        earn(fine, "u1", "100")
+    real = expiry._expire_program
+
+    def expire(program, job, tracker):
+        if program.pk == broken.pk:
+            raise RuntimeError("disk on fire")
+        real(program, job, tracker)
+
+    monkeypatch.setattr(expiry, "_expire_program", expire)
+    with time_machine.travel(datetime.fromisoformat("2026-01-02T00:00:00+00:00"), tick=False):
+        job = run_job(Job.Kind.POINT_EXPIRY)
+
+    assert job.status == Job.Status.FAILED
+    assert "disk on fire" in job.error
+    assert job.progress["failed"] == {str(broken.pk): "RuntimeError: disk on fire"}
+    assert MemberBalance.objects.get(program=fine).points_balance == Decimal("0.00")
+    assert MemberBalance.objects.get(program=broken).points_balance == Decimal("100.00")
+    assert ledger_verify() == []
