@@ -8,8 +8,9 @@ What a merchant integration sees: `POST /api/v1/events` (one purchase per reques
 `Idempotency-Key`, a JWT bearer token (RS256, verified on every request), through gunicorn
 (`--gunicorn-workers` processes x `--gunicorn-threads` threads, persistent database
 connections) on 127.0.0.1. The load comes from `--clients` concurrent keep-alive connections
-(threads spread over a few client processes). Members are spread over one program with a
-budget and a daily cap (both large enough never to refuse).
+(threads spread over a few client processes). Members are spread over `--programs` programs
+of one merchant, each with a budget and a daily cap (both large enough never to refuse); a
+batch holds events of one program (batches of one program take its budget shards in turn).
 
 Then pgbench TPC-B (`--pgbench-clients`, same duration) on a scratch database the script
 initialises, and, with `--with-service`, the service-level figure of bench/ingest.py (16
@@ -141,6 +142,7 @@ def gunicorn_stop(proc: subprocess.Popen) -> None:
 
 
 def purchase(program_id: str, rng: random.Random, members: int) -> dict:
+    """One purchase of a random member."""
     return {
         "program_id": program_id,
         "member_id": f"u{rng.randrange(members)}",
@@ -157,15 +159,16 @@ def client_thread(args, seed, deadline, out, lock) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", args["port"], timeout=30)
     latencies, events, statuses = [], 0, {}
     while time.perf_counter() < deadline:
+        program_id = rng.choice(args["program_ids"])
         if args["batch_size"]:
             items = [
-                {**purchase(args["program_id"], rng, args["members"]),
+                {**purchase(program_id, rng, args["members"]),
                  "idempotency_key": f"bench-{uuid.uuid4()}"}
                 for _ in range(args["batch_size"])
             ]  # fmt: skip
             path, body = "/api/v1/events/batch", {"events": items}
         else:
-            path, body = "/api/v1/events", purchase(args["program_id"], rng, args["members"])
+            path, body = "/api/v1/events", purchase(program_id, rng, args["members"])
         headers = {
             "Authorization": f"Bearer {args['token']}",
             "Content-Type": "application/json",
@@ -292,6 +295,7 @@ def main() -> None:
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--programs", type=int, default=4)
     parser.add_argument("--gunicorn-workers", type=int, default=4)
     parser.add_argument("--gunicorn-threads", type=int, default=4)
     parser.add_argument("--port", type=int, default=8931)
@@ -311,7 +315,7 @@ def main() -> None:
     from django.conf import settings
 
     pem, private = keys()
-    program_id = program_create()
+    program_ids = [program_create() for _ in range(opts.programs)]
     env = {
         **os.environ,
         "DEBUG": "False",
@@ -323,7 +327,7 @@ def main() -> None:
     }
     args = {
         "port": opts.port,
-        "program_id": program_id,
+        "program_ids": program_ids,
         "members": opts.members,
         "token": token(private, settings.LOYALTY_JWT_ISSUER, settings.LOYALTY_JWT_AUDIENCE),
         "batch_size": 0,
