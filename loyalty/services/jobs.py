@@ -142,6 +142,12 @@ def job_run(*, job_id) -> Job:
     job = Job.objects.filter(pk=job_id).select_related("program").first()
     if job is None:
         raise NotFound("No such job.", job_id=str(job_id))
+    if not claimed and job.status == Job.Status.RUNNING and _last_beat(job) < now - _stale_after():
+        # Redelivered after its worker died (acks_late): take it over, once.
+        claimed = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, progress=job.progress)
+        claimed = claimed.update(progress={**job.progress, "heartbeat": now.isoformat(),
+                                           "resumed_at": now.isoformat()})  # fmt: skip
+        job.refresh_from_db()
     if not claimed:
         logger.info("job %s not run: it is %s", job_id, job.status)
         return job

@@ -248,3 +248,19 @@ def test_one_failing_program_does_not_stop_the_others(make_program, earn, run_jo
     assert MemberBalance.objects.get(program=fine).points_balance == Decimal("0.00")
     assert MemberBalance.objects.get(program=broken).points_balance == Decimal("100.00")
     assert ledger_verify() == []
+
+
+def test_redelivered_job_of_a_dead_worker_is_taken_over(program, earn):
+    earn(program, "u1", "1500")
+    with time_machine.travel(datetime.fromisoformat("2026-05-01T01:00:00+00:00"), tick=False):
+        job = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+        Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, started_at=timezone.now())
+        job_run(job_id=job.pk)  # a live run elsewhere: left alone
+        job.refresh_from_db()
+        assert job.status == Job.Status.RUNNING
+    with time_machine.travel(datetime.fromisoformat("2026-05-01T03:00:00+00:00"), tick=False):
+        job_run(job_id=job.pk)  # the broker redelivers it after the worker died
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert "resumed_at" in job.progress
+    assert MemberBalance.objects.get(member_id="u1").tier == "silver"
