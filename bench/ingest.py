@@ -1,0 +1,309 @@
+"""Service-level ingestion throughput beside pgbench TPC-B, on the same machine in the same run.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench \\
+        .venv/bin/python bench/ingest.py --duration 10 --workers 1,4,16
+
+Each worker is a separate PROCESS (spawned, Django set up in it, its own connection) calling
+`event_ingest` in a loop: one purchase per transaction with everything the product does on
+that path (balance row lock, SIRA rules, tier multiplier, daily cap, sharded budget, ledger
+entry, point lot, outbox row, audit entry with its digest). Two scenarios:
+
+- spread: the members are spread over many programs;
+- hot:    the same number of members in ONE program.
+
+Every program has a budget limit and a daily cap (both large enough never to refuse), so
+their bookkeeping is on the path. pgbench TPC-B (16 clients, same duration) runs on a scratch
+database this script initialises with `pgbench -i`. It prints events/s, the ratio to pgbench
+and hot/spread. `--profile` counts the SQL statements of one event instead.
+
+Targets (issue 2): at 16 processes, events/s >= 0.25 x pgbench, and hot >= 0.8 x spread.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+PGBENCH_DB = "loyalty_bench_pgbench"
+MODULES = ["eats", "shop", "rides"]
+
+
+def django_setup() -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("DEBUG", "False")  # as in production: no query log in memory
+    import django
+
+    django.setup()
+
+
+def purchase(member_id: str, rng: random.Random):
+    from loyalty.services import EventInput
+
+    return EventInput(
+        type="purchase",
+        member_id=member_id,
+        idempotency_key=f"bench-{uuid.uuid4()}",
+        amount=Decimal(rng.randrange(500, 20000, 25)),
+        currency="XOF",
+        module=rng.choice(MODULES),
+        reference=f"order-{uuid.uuid4().hex[:16]}",
+    )
+
+
+# --- set-up (parent process) ----------------------------------------------------------------
+
+
+def programs_create(count: int, members_per_program: int, tag: str) -> list[str]:
+    """`count` programs with a budget and a daily cap, each with its members' balances."""
+    from loyalty.actors import Actor
+    from loyalty.models import MemberBalance
+    from loyalty.services import program_create
+
+    actor = Actor(id="bench", role="system")
+    ids = []
+    for i in range(count):
+        program = program_create(
+            merchant_id=f"m_bench_{tag}",
+            name=f"bench {tag} {i}",
+            currency="XOF",
+            timezone="Africa/Dakar",
+            earn_rate=Decimal("0.02"),
+            point_value=Decimal("1"),
+            expiry_days=365,
+            budget_limit=Decimal("1000000000000"),
+            max_earn_per_day=Decimal("1000000000"),
+            fraud_detection_enabled=True,
+            sira_settings={},  # the seed's eight rules, on
+            actor=actor,
+        )
+        MemberBalance.objects.bulk_create(
+            MemberBalance(program=program, member_id=f"u{n}", tier="basic")
+            for n in range(members_per_program)
+        )
+        ids.append(str(program.pk))
+    return ids
+
+
+# --- workers (child processes) --------------------------------------------------------------
+
+
+def worker(program_ids, members, duration, barrier, results, seed) -> None:
+    django_setup()
+    from django.db import connection
+
+    from loyalty.actors import Actor
+    from loyalty.errors import DomainError
+    from loyalty.models import Program
+    from loyalty.services import event_ingest
+
+    rng = random.Random(seed)
+    programs = list(Program.objects.filter(pk__in=program_ids))
+    actor = Actor(id="bench", role="system")
+    for _ in range(3):  # warm up the connection and the code paths, not counted
+        event_ingest(program=rng.choice(programs), event=purchase("warmup", rng), actor=actor)
+    barrier.wait()
+    done, refused, failed = 0, 0, {}
+    start = time.perf_counter()
+    deadline = start + duration
+    while time.perf_counter() < deadline:
+        program = rng.choice(programs)
+        event = purchase(f"u{rng.randrange(members)}", rng)
+        try:
+            event_ingest(program=program, event=event, actor=actor)
+            done += 1
+        except DomainError as exc:
+            refused += 1
+            failed[exc.code] = failed.get(exc.code, 0) + 1
+        except Exception as exc:  # a deadlock or a bug: count it, the run reports it
+            name = type(exc).__name__
+            failed[name] = failed.get(name, 0) + 1
+    elapsed = time.perf_counter() - start
+    connection.close()
+    results.put((done, refused, failed, elapsed))
+
+
+def run_point(ctx, program_ids, members, workers, duration) -> dict:
+    barrier = ctx.Barrier(workers)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=worker, args=(program_ids, members, duration, barrier, results, seed))
+        for seed in range(workers)
+    ]
+    load_before = os.getloadavg()[0]
+    for proc in procs:
+        proc.start()
+    got = [results.get(timeout=duration + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    done = sum(g[0] for g in got)
+    failed: dict[str, int] = {}
+    for g in got:
+        for name, n in g[2].items():
+            failed[name] = failed.get(name, 0) + n
+    elapsed = max(g[3] for g in got)
+    return {
+        "events": done,
+        "rate": done / elapsed,
+        "failed": failed,
+        "load": load_before,
+    }
+
+
+# --- pgbench --------------------------------------------------------------------------------
+
+
+def pgbench_tps(url: str, clients: int, duration: int, scale: int) -> float:
+    parsed = urlparse(url)
+    conn = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432)]
+    conn += ["-U", parsed.username or "postgres"]
+    env = {**os.environ}
+    if parsed.password:
+        env["PGPASSWORD"] = parsed.password
+    subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
+    subprocess.run(["createdb", *conn, PGBENCH_DB], check=True, env=env)
+    subprocess.run(
+        ["pgbench", *conn, "-i", "-q", "-s", str(scale), PGBENCH_DB],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        ["pgbench", *conn, "-n", "-c", str(clients), "-j", "2", "-T", str(duration), PGBENCH_DB],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    if not match:
+        raise RuntimeError(f"cannot read pgbench output:\n{out}")
+    return float(match.group(1))
+
+
+# --- profile --------------------------------------------------------------------------------
+
+
+def profile(events: int) -> None:
+    """The SQL statements of one purchase of an existing member, and the mean over `events`."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from loyalty.actors import Actor
+    from loyalty.models import Program
+    from loyalty.services import event_ingest
+
+    (program_id,) = programs_create(1, 100, f"profile-{uuid.uuid4().hex[:6]}")
+    program = Program.objects.get(pk=program_id)
+    actor = Actor(id="bench", role="system")
+    rng = random.Random(1)
+    event_ingest(program=program, event=purchase("u1", rng), actor=actor)
+    with CaptureQueriesContext(connection) as one:
+        event_ingest(program=program, event=purchase("u1", rng), actor=actor)
+    print(f"one purchase of an existing member: {len(one.captured_queries)} statements")
+    for query in one.captured_queries:
+        print(f"  {query['time']:>6}s  {query['sql'][:150]}")
+    with CaptureQueriesContext(connection) as many:
+        start = time.perf_counter()
+        for _ in range(events):
+            member = f"u{rng.randrange(100)}"
+            event_ingest(program=program, event=purchase(member, rng), actor=actor)
+        elapsed = time.perf_counter() - start
+    print(
+        f"{events} purchases, 1 process: {len(many.captured_queries) / events:.1f} statements "
+        f"per event, {events / elapsed:.0f} events/s"
+    )
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per point")
+    parser.add_argument("--workers", default="1,4,16", help="process counts, comma-separated")
+    parser.add_argument("--scenarios", default="spread,hot")
+    parser.add_argument("--programs", type=int, default=64, help="programs in 'spread'")
+    parser.add_argument("--members", type=int, default=12800, help="members per scenario")
+    parser.add_argument("--pgbench-clients", type=int, default=16)
+    parser.add_argument("--pgbench-scale", type=int, default=16)
+    parser.add_argument("--no-pgbench", action="store_true")
+    parser.add_argument("--profile", type=int, metavar="N", help="profile N events and stop")
+    args = parser.parse_args()
+
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        sys.exit("DATABASE_URL must point at PostgreSQL (a scratch database: it is written to)")
+    django_setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    if args.profile:
+        profile(args.profile)
+        return
+
+    tag = uuid.uuid4().hex[:6]
+    workers = [int(w) for w in args.workers.split(",")]
+    scenarios = args.scenarios.split(",")
+    setup = {
+        "spread": (args.programs, args.members // args.programs),
+        "hot": (1, args.members),
+    }
+    program_ids = {
+        name: programs_create(count, per, f"{name}-{tag}")
+        for name, (count, per) in setup.items()
+        if name in scenarios
+    }
+    connection.close()  # the children open their own
+
+    print(f"machine: {os.cpu_count()} cores; load average now {os.getloadavg()}")
+    tps = None
+    if not args.no_pgbench:
+        tps = pgbench_tps(url, args.pgbench_clients, args.duration, args.pgbench_scale)
+        print(
+            f"pgbench TPC-B: {tps:.0f} tps ({args.pgbench_clients} clients, -j 2, "
+            f"scale {args.pgbench_scale}, {args.duration} s)"
+        )
+
+    ctx = mp.get_context("spawn")
+    rates: dict[tuple[str, int], float] = {}
+    print(
+        f"{'scenario':<8} {'procs':>5} {'events':>8} {'events/s':>9} {'x pgbench':>9}  load  errors"
+    )
+    for n in workers:
+        for name in scenarios:
+            members = setup[name][1]
+            point = run_point(ctx, program_ids[name], members, n, args.duration)
+            rates[name, n] = point["rate"]
+            ratio = f"{point['rate'] / tps:.3f}" if tps else "-"
+            print(
+                f"{name:<8} {n:>5} {point['events']:>8} {point['rate']:>9.0f} {ratio:>9}"
+                f"  {point['load']:.1f}  {point['failed'] or ''}",
+                flush=True,
+            )
+    for n in workers:
+        if ("hot", n) in rates and ("spread", n) in rates:
+            print(f"hot/spread at {n} processes: {rates['hot', n] / rates['spread', n]:.2f}")
+
+    from loyalty.verify import ledger_verify
+
+    mismatches = ledger_verify()
+    print(f"ledger_verify after the run: {len(mismatches)} mismatch(es)")
+    if mismatches:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
