@@ -344,10 +344,11 @@ def bulk_set(model: type[models.Model], objs: list, fields: list[str]) -> None:
         return
     meta = model._meta
     columns = [meta.pk, *(meta.get_field(name) for name in fields)]
-    arrays = [
-        [column.get_db_prep_value(getattr(obj, column.attname), connection) for obj in objs]
-        for column in columns
-    ]
+    if any(isinstance(column, models.JSONField) for column in columns):
+        model.objects.bulk_update(objs, fields, batch_size=500)  # jsonb[] needs Django's adapter
+        return
+    # Plain values: psycopg adapts them (Django's per-value preparation costs more here).
+    arrays = [[getattr(obj, column.attname) for obj in objs] for column in columns]
     table = connection.ops.quote_name(meta.db_table)
     names = [connection.ops.quote_name(column.column) for column in columns]
     casts = ", ".join(f"%s::{column.db_type(connection)}[]" for column in columns)
