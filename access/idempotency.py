@@ -18,7 +18,7 @@ import re
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection
 from django.utils import timezone
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
@@ -62,14 +62,27 @@ def idempotency_key(request) -> str:
     return key
 
 
-def _commit_without_flush(durable: bool) -> None:
-    """For endpoints whose service is idempotent by itself (its own key in the ledger), the
-    record need not wait for its WAL flush: a record lost in a database crash only means a
-    retry runs the service again, which answers the first result. Saves two flushes per
-    request on the hot ingestion path."""
-    if not durable and connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+def _claim_insert(scope: str, key: str, fields: dict) -> int | None:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new record's id, or None when the
+    key is taken. One statement in autocommit (no savepoint, no exception to recover from):
+    this runs on every write, so it is kept to a single round trip."""
+    values = {"scope": scope, "key": key, **fields}
+    qn = connection.ops.quote_name
+    columns, params = [], []
+    for name, value in values.items():
+        field = IdempotencyRecord._meta.get_field(name)
+        columns.append(qn(field.column))
+        params.append(field.get_db_prep_save(value, connection))
+    # Identifiers come from the model's metadata, values are bound parameters.
+    sql = (
+        f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(params))}) "
+        f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {qn('id')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def idempotency_claim(
@@ -80,7 +93,6 @@ def idempotency_claim(
     method: str,
     path: str,
     credential_id: str,
-    durable: bool = True,
 ) -> tuple[IdempotencyRecord, bool]:
     """Claims `key` for this request: (record, False), or (stored record, True) to replay.
 
@@ -102,13 +114,10 @@ def idempotency_claim(
         "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
     }
     for _ in range(3):
-        try:
-            # Its own short transaction: the claim is visible to concurrent repeats at once.
-            with transaction.atomic():
-                _commit_without_flush(durable)
-                return IdempotencyRecord.objects.create(scope=scope, key=key, **fresh), False
-        except IntegrityError:
-            pass
+        # Committed at once (autocommit): the claim is visible to concurrent repeats.
+        pk = _claim_insert(scope, key, fresh)
+        if pk is not None:
+            return IdempotencyRecord(pk=pk, scope=scope, key=key, **fresh), False
         existing = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
         if existing is None:
             continue  # purged meanwhile: claim again
@@ -136,19 +145,15 @@ def idempotency_claim(
     raise IdempotencyInProgress(idempotency_key=key)
 
 
-def idempotency_complete(
-    record: IdempotencyRecord, response: Response, *, durable: bool = True
-) -> None:
+def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
     body = json.loads(json.dumps(response.data, cls=JSONEncoder))
-    with transaction.atomic():
-        _commit_without_flush(durable)
-        IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
-            status=IdempotencyRecord.Status.COMPLETED,
-            response_status=response.status_code,
-            response_body=body,
-            response_content_type=response.content_type or "",
-            completed_at=timezone.now(),
-        )
+    IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
+        status=IdempotencyRecord.Status.COMPLETED,
+        response_status=response.status_code,
+        response_body=body,
+        response_content_type=response.content_type or "",
+        completed_at=timezone.now(),
+    )
 
 
 def idempotency_release(record: IdempotencyRecord) -> None:
@@ -166,14 +171,8 @@ def replay_response(record: IdempotencyRecord) -> Response:
     )
 
 
-def idempotent(handler=None, *, durable: bool = True):
-    """Wraps a write handler of an APIView (after authentication and permission checks).
-
-    `@idempotent`, or `@idempotent(durable=False)` for a handler whose service is idempotent
-    by itself (see `_commit_without_flush`).
-    """
-    if handler is None:
-        return functools.partial(idempotent, durable=durable)
+def idempotent(handler):
+    """Wraps a write handler of an APIView (after authentication and permission checks)."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
@@ -187,7 +186,6 @@ def idempotent(handler=None, *, durable: bool = True):
             method=request.method,
             path=request.path,
             credential_id=caller.credential_id,
-            durable=durable,
         )
         if replay:
             return replay_response(record)
@@ -202,7 +200,7 @@ def idempotent(handler=None, *, durable: bool = True):
             idempotency_release(record)
             raise
         if 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
-            idempotency_complete(record, response, durable=durable)
+            idempotency_complete(record, response)
         else:
             idempotency_release(record)
         return response

@@ -134,7 +134,7 @@ class EventsApi(LoyaltyApi):
             **WRITE_ERRORS,
         },
     )
-    @idempotent(durable=False)  # the event's key is unique in the ledger
+    @idempotent
     def post(self, request):
         caller = request.caller
         program_id, event = event_parse(request.data, idempotency_key=request.idempotency_key)
@@ -161,7 +161,7 @@ class EventsBatchApi(LoyaltyApi):
         request=BatchInputSerializer,
         responses={200: BatchResultSerializer, **WRITE_ERRORS},
     )
-    @idempotent(durable=False)  # each item's key is unique in the ledger
+    @idempotent
     def post(self, request):
         caller = request.caller
         raw = request.data.get("events") if isinstance(request.data, dict) else None

@@ -27,7 +27,7 @@ class RedemptionsApi(LoyaltyApi):
         request=RedemptionInputSerializer,
         responses={201: RedemptionSerializer, **WRITE_ERRORS},
     )
-    @idempotent(durable=False)  # the hold's key is unique per program
+    @idempotent
     def post(self, request):
         data = validated(RedemptionInputSerializer, request.data)
         program = program_get_for_caller(caller=request.caller, program_id=data["program_id"])
