@@ -117,8 +117,20 @@ def job_enqueue(
     from ..tasks import job_run_task  # the tasks module imports services: import late
 
     job_id = str(job.pk)
+
+    def send() -> None:
+        try:
+            job_run_task.delay(job_id)
+        except Exception as exc:
+            # Broker unreachable: end the record now rather than block the day's run key.
+            Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+                status=Job.Status.FAILED, error=f"not queued: {exc}"[:4000],
+                finished_at=timezone.now(),
+            )  # fmt: skip
+            raise
+
     # job_create has committed; on_commit still defers the send when a caller wraps us.
-    transaction.on_commit(lambda: job_run_task.delay(job_id))
+    transaction.on_commit(send)
     return job
 
 

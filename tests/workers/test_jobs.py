@@ -264,3 +264,22 @@ def test_redelivered_job_of_a_dead_worker_is_taken_over(program, earn):
     assert job.status == Job.Status.SUCCEEDED
     assert "resumed_at" in job.progress
     assert MemberBalance.objects.get(member_id="u1").tier == "silver"
+
+
+def test_unreachable_broker_fails_the_job_instead_of_blocking_the_day(
+    program, monkeypatch, django_capture_on_commit_callbacks
+):
+    from loyalty import tasks
+    from loyalty.services.jobs import job_enqueue
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionRefusedError("redis is down")
+
+    monkeypatch.setattr(tasks.job_run_task, "delay", broker_down)
+    with pytest.raises(ConnectionRefusedError), django_capture_on_commit_callbacks(execute=True):
+        job_enqueue(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+
+    job = Job.objects.get()
+    assert job.status == Job.Status.FAILED
+    assert job.error == "not queued: redis is down"
+    job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)  # the day is free
