@@ -199,3 +199,17 @@ def test_concurrent_same_key_requests_write_once(api, make_program):
     assert len(set(bodies)) == 1  # every success names the same transaction
     assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 1
     assert IdempotencyRecord.objects.get(key="race-1").status == "completed"
+
+
+def test_expired_records_are_purged_and_fresh_ones_kept(api, funded):
+    from django_celery_beat.models import PeriodicTask
+
+    from access.tasks import idempotency_purge_task
+
+    client = api("system")
+    client.post("/api/v1/events", purchase(funded), key="old-one")
+    with time_machine.travel(timezone.now() + timedelta(hours=49)):
+        api("system").post("/api/v1/events", purchase(funded, member="u_8"), key="new-one")
+        assert idempotency_purge_task() == 1
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new-one"]
+    assert PeriodicTask.objects.get(task="access.idempotency_purge").enabled
