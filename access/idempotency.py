@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -44,9 +45,21 @@ class IdempotencyInProgress(Conflict):
     title = "A request with this idempotency key is still being processed"
 
 
+def _canonical(value):
+    """Numbers (parsed as int or Decimal) as exact normalized text: 100 == 100.00, and
+    100.000000000000000001 differs (never rounded through float)."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return {"#": format(Decimal(value).normalize(), "f")}
+    return value
+
+
 def request_fingerprint(request) -> str:
     """Method, path and the body as canonical JSON (key order and spacing do not matter)."""
-    body = json.dumps(request.data, sort_keys=True, cls=JSONEncoder, separators=(",", ":"))
+    body = json.dumps(_canonical(request.data), sort_keys=True, separators=(",", ":"))
     raw = f"{request.method}\n{request.path}\n{body}".encode()
     return hashlib.sha256(raw).hexdigest()
 

@@ -96,6 +96,13 @@ def _event_type(value):
     return value
 
 
+def ingest_body(result) -> dict:
+    """The service's answer, with its time in the API's UTC `Z` form like every other time."""
+    body = result.as_dict()
+    body["created_at"] = f.iso(result.entry.created_at)
+    return body
+
+
 def adjustment_gate(*, program: Program, event: EventInput, caller):
     """The approval gate of a manual_adjust event (every path: events, batch, adjustments)."""
     if event.type != "manual_adjust" or not approval_needed(
@@ -146,7 +153,7 @@ class EventsApi(LoyaltyApi):
             return Response(approval_pending_body(pending), status=202)
         result = event_ingest(program=program, event=event, actor=caller.actor)
         headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-        return Response(result.as_dict(), status=201, headers=headers)
+        return Response(ingest_body(result), status=201, headers=headers)
 
 
 class EventsBatchApi(LoyaltyApi):
@@ -212,7 +219,7 @@ class EventsBatchApi(LoyaltyApi):
                         "index": index,
                         "status": 201,
                         "replayed": outcome.replayed,
-                        "body": outcome.as_dict(),
+                        "body": ingest_body(outcome),
                     }
         return Response({"results": results}, status=200)
 

@@ -11,7 +11,7 @@ from access.scoping import balance_get_for_caller
 from ..models import LedgerEntry, MemberBalance, TierSnapshot
 from ..services import EventInput, balance_set_frozen, event_ingest
 from .base import LoyaltyApi, paginated, validated
-from .events import adjustment_gate
+from .events import adjustment_gate, ingest_body
 from .serializers import (
     AdjustmentInputSerializer,
     ApprovalPendingSerializer,
@@ -120,7 +120,7 @@ class MemberAdjustmentsApi(LoyaltyApi):
         if pending is not None:
             return Response(approval_pending_body(pending), status=202)
         result = event_ingest(program=balance.program, event=event, actor=request.caller.actor)
-        return Response(result.as_dict(), status=201)
+        return Response(ingest_body(result), status=201)
 
 
 class _FreezeApi(LoyaltyApi):

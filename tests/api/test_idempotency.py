@@ -213,3 +213,22 @@ def test_expired_records_are_purged_and_fresh_ones_kept(api, funded):
         assert idempotency_purge_task() == 1
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new-one"]
     assert PeriodicTask.objects.get(task="access.idempotency_purge").enabled
+
+
+def test_numbers_are_compared_exactly(api, funded):
+    client = api("system")
+    body = (
+        '{"program_id": "%s", "member_id": "u_9", "type": "referral", "points": %s, "reason": "r"}'
+    )
+
+    def send(points):
+        return client.client.post(
+            "/api/v1/events", body % (funded.pk, points), content_type="application/json",
+            headers={"Authorization": client.auth, "Idempotency-Key": "num-1"},
+        )  # fmt: skip
+
+    assert send("100").status_code == 201
+    assert send("100.00")["Idempotent-Replayed"] == "true"  # the same number
+    reused = send("100.000000000000000001")  # equal as a float, not as a decimal
+    assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
+    assert LedgerEntry.objects.filter(balance__member_id="u_9").count() == 1
