@@ -104,7 +104,9 @@ def problem_exception_handler(exc, context) -> Response | None:
             instance=instance,
             extra=exc.context,
         )
-        return problem_response(body)
+        # A repeat of a request still running: tell the client when to try again.
+        headers = {"Retry-After": "1"} if exc.code == "idempotency_in_progress" else None
+        return problem_response(body, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
         errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         body = problem(

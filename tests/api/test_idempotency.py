@@ -89,6 +89,7 @@ def test_key_still_running_is_409(api, funded):
     response = client.post("/api/v1/events", purchase(funded), key="busy")
     assert response.status_code == 409
     assert response.json()["code"] == "idempotency_in_progress"
+    assert response["Retry-After"] == "1"
 
 
 def test_abandoned_claim_is_taken_over_after_its_lock(api, funded):
