@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from ..errors import BudgetExhausted
 from ..models import BudgetShard, Program
@@ -63,10 +63,15 @@ def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = Tr
     if program.budget_limit is None:
         # No limit: spending is only counted; any free shard will do. The candidates are
         # filtered on nothing a charge changes, so no stray lock: no savepoint needed.
-        if not _add_to_one_shard(program, cost, savepoint=False):
-            _add_to_one_shard(program, cost, wait=True, savepoint=False)
-        return points
-    if _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
+        # `allocated IS NULL` still holds unless a limit was set after `program` was read:
+        # then the limited path below decides.
+        unlimited = "allocated IS NULL"
+        if _add_to_one_shard(program, cost, condition=unlimited, savepoint=False):
+            return points
+        # Every shard busy: wait for one (in a savepoint, should a new limit reject it).
+        if _add_to_one_shard(program, cost, condition=unlimited, wait=True):
+            return points
+    elif _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
         return points
     return _charge_across_shards(program=program, points=points, allow_partial=allow_partial)
 
@@ -113,6 +118,10 @@ def _add_to_one_shard(
 
 def _charge_across_shards(*, program: Program, points: Decimal, allow_partial: bool) -> Decimal:
     shards = _lock_all(program)
+    if shards[0].allocated is None:  # the limit was lifted after `program` was read
+        cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+        BudgetShard.objects.filter(pk=shards[0].pk).update(spent=F("spent") + cost)
+        return points
     remaining = sum((s.allocated - s.spent for s in shards), ZERO)
     affordable = min(points, points_affordable(remaining, point_value=program.point_value))
     if affordable <= 0 or (affordable < points and not allow_partial):
