@@ -203,3 +203,38 @@ def test_points_event_needs_a_reason(program, actor):
     with pytest.raises(ValidationFailed) as exc:
         event_ingest(program=program, event=PointsEventFactory(reason=""), actor=actor)
     assert "reason" in exc.value.errors
+
+
+def test_award_with_a_program_read_before_its_budget_limit_was_set_respects_the_limit(
+    make_program, purchase, actor
+):
+    from loyalty.models import Program
+    from loyalty.services import program_update
+
+    program = make_program(budget_limit=None)
+    stale = Program.objects.get(pk=program.pk)  # e.g. a request that read it a moment ago
+    program_update(program_id=program.pk, changes={"budget_limit": D("150")}, actor=actor)
+
+    result = purchase(stale, amount="10000")  # 200 points, 150 affordable
+
+    assert result.entry.points == D("150.00")
+    assert result.as_dict()["breakdown"]["capped_by"] == "budget"
+    assert db_state()["budget_spent"] == D("150")
+    assert ledger_verify() == []
+
+
+def test_award_with_a_program_read_before_its_budget_limit_was_lifted_is_paid(
+    make_program, purchase, actor
+):
+    from loyalty.models import Program
+    from loyalty.services import program_update
+
+    program = make_program(budget_limit=D("100"))
+    stale = Program.objects.get(pk=program.pk)
+    program_update(program_id=program.pk, changes={"budget_limit": None}, actor=actor)
+
+    result = purchase(stale, amount="10000")
+
+    assert result.entry.points == D("200.00")
+    assert db_state()["budget_spent"] == D("200")
+    assert ledger_verify() == []
