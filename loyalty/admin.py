@@ -16,6 +16,7 @@ from guardian.shortcuts import get_objects_for_user
 from access.approval_gate import approval_gate
 
 from .actors import Actor
+from .admin_jobs import JOB_ACTIONS, ROLLBACK_ACTIONS, JobActionsMixin, TierRollbackMixin
 from .errors import DomainError
 from .models import (
     BudgetShard,
@@ -130,14 +131,14 @@ class MerchantAdmin(ScopedAdmin):
 
 
 @admin.register(Program)
-class ProgramAdmin(ServiceFormAdmin):
+class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
     merchant_path = "merchant"
     list_display = ["name", "merchant", "currency", "status", "earn_rate", "budget_limit",
                     "budget_spent", "created_at"]  # fmt: skip
     list_filter = ["status", "currency"]
     search_fields = ["name", "merchant__id", "id"]
     readonly_fields = ["id", "status", "budget_spent", "tier_table", "created_at", "updated_at"]
-    actions = ["suspend", "reactivate"]
+    actions = ["suspend", "reactivate", *JOB_ACTIONS]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
@@ -296,11 +297,12 @@ class VoucherAdmin(ReadOnlyAdmin):
 
 
 @admin.register(TierSnapshot)
-class TierSnapshotAdmin(ReadOnlyAdmin):
+class TierSnapshotAdmin(TierRollbackMixin, ReadOnlyAdmin):
     list_display = ["balance", "from_tier", "to_tier", "reason", "actor_id", "created_at",
                     "rolled_back_at"]  # fmt: skip
     search_fields = ["balance__member_id"]
     list_select_related = ["balance"]
+    actions = ROLLBACK_ACTIONS
 
 
 @admin.register(Tier)

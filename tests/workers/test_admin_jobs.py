@@ -9,14 +9,7 @@ from django.contrib.messages.storage.fallback import FallbackStorage
 from django.contrib.sessions.backends.db import SessionStore
 
 from loyalty.admin import ProgramAdmin, TierSnapshotAdmin
-from loyalty.admin_jobs import (
-    JOB_ACTIONS,
-    ROLLBACK_ACTIONS,
-    JobActionsMixin,
-    TierRollbackMixin,
-    rollback_tier_changes,
-    run_tier_evaluation,
-)
+from loyalty.admin_jobs import rollback_tier_changes, run_tier_evaluation
 from loyalty.models import Job, Program, TierSnapshot
 from loyalty.roles import roles_install
 from tests.workers.conftest import member
@@ -24,12 +17,9 @@ from tests.workers.conftest import member
 pytestmark = pytest.mark.django_db
 
 
-class ProgramJobsAdmin(JobActionsMixin, ProgramAdmin):
-    actions = JOB_ACTIONS
-
-
-class SnapshotAdmin(TierRollbackMixin, TierSnapshotAdmin):
-    actions = ROLLBACK_ACTIONS
+# The console's own admins, as registered.
+ProgramJobsAdmin = ProgramAdmin
+SnapshotAdmin = TierSnapshotAdmin
 
 
 @pytest.fixture
