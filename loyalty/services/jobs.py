@@ -36,7 +36,7 @@ MANUAL_KINDS = (Job.Kind.TIER_EVALUATION, Job.Kind.POINT_EXPIRY, Job.Kind.CAMPAI
 
 
 def _stale_after() -> timedelta:
-    return timedelta(seconds=getattr(settings, "LOYALTY_JOB_STALE_SECONDS", 3600))
+    return timedelta(seconds=settings.LOYALTY_JOB_STALE_SECONDS)
 
 
 class JobAlreadyRunning(Conflict):

@@ -202,3 +202,5 @@ LOYALTY_ENCRYPTION_KEYS = env.str("LOYALTY_ENCRYPTION_KEYS", default="")
 LOYALTY_BUDGET_SHARDS = env.int("LOYALTY_BUDGET_SHARDS", default=16)
 LOYALTY_HOLD_TTL_SECONDS = env.int("LOYALTY_HOLD_TTL_SECONDS", default=900)
 LOYALTY_VOUCHER_VALIDITY_DAYS = env.int("LOYALTY_VOUCHER_VALIDITY_DAYS", default=90)
+# A job that sent no heartbeat for this long is considered abandoned and may be taken over.
+LOYALTY_JOB_STALE_SECONDS = env.int("LOYALTY_JOB_STALE_SECONDS", default=3600)
