@@ -8,6 +8,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from guardian.shortcuts import assign_perm
 
+from access.models import MerchantAPIKey
+from access.permissions import API_KEY_DEFAULT_PERMISSIONS
 from loyalty.actors import system_actor
 from loyalty.models import Merchant, Program
 from loyalty.roles import ROLES, roles_install
@@ -32,8 +34,15 @@ class Command(BaseCommand):
             program = self._program()
             self._history(program)
         credentials = self._users(groups)
+        api_key = self._api_key()
         self.stdout.write(self.style.SUCCESS(f"Demo program: {program.name} id={program.pk}"))
-        self.stdout.write("Staff logins for http://127.0.0.1:8000/admin/ (password reset each run):")
+        self.stdout.write(
+            f"API key of merchant {MERCHANT_ID} (new each run, the last one revoked):"
+        )
+        self.stdout.write(f"  Authorization: Api-Key {api_key}")
+        self.stdout.write(
+            "Staff logins for http://127.0.0.1:8000/admin/ (new passwords each run):"
+        )
         for username, password, role in credentials:
             self.stdout.write(f"  {username:<16} {password}   ({role})")
 
@@ -91,6 +100,18 @@ class Command(BaseCommand):
                              amount=Decimal("2500"), currency="XOF", reference="demo-refund-1",
                              original_reference="demo-order-u_004-0"),
         )  # fmt: skip
+
+    def _api_key(self) -> str:
+        MerchantAPIKey.objects.filter(merchant_id=MERCHANT_ID, name="demo").update(revoked=True)
+        api_key = MerchantAPIKey(
+            merchant_id=MERCHANT_ID,
+            name="demo",
+            permissions=sorted(API_KEY_DEFAULT_PERMISSIONS),
+            created_by="loyalty_demo",
+        )
+        key = MerchantAPIKey.objects.assign_key(api_key)
+        api_key.save()
+        return key
 
     def _users(self, groups) -> list[tuple[str, str, str]]:
         user_model = get_user_model()
