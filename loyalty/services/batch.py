@@ -2,8 +2,9 @@
 own (a savepoint), so one commit (one WAL flush) serves the whole batch.
 
 Deadlock freedom: before any item runs, the batch locks every member balance it will touch,
-sorted by (program, member), then every budget shard of its programs, sorted by (program,
-shard). Every other writer takes a balance before shards, and whoever holds shards already
+program by program (sorted by program id) and within a program in balance id order, the
+order the workers' chunks use too; then every budget shard of its programs, sorted by
+(program, shard). Every other writer takes a balance before shards, and whoever holds shards already
 holds all the balances it needs, so no wait cycle can form.
 """
 
@@ -79,7 +80,7 @@ def _lock_in_order(items: list[tuple[Program, EventInput]]) -> None:
         list(
             MemberBalance.objects.select_for_update()
             .filter(program_id=program_id, member_id__in=member_ids)
-            .order_by("member_id")
+            .order_by("pk")  # the order of every multi-row balance lock (jobs, campaigns)
             .values_list("pk", flat=True)
         )
     for program_id in sorted(programs):
