@@ -4,6 +4,7 @@ ingestion, no overdraw, no budget or daily-cap overrun, no deadlock, one voucher
 
 import random
 import threading
+import time
 from collections import Counter
 from decimal import Decimal
 
@@ -256,4 +257,101 @@ def test_concurrent_capture_and_release_of_one_hold_settle_it_once(program, acto
     balance = MemberBalance.objects.get(member_id="u_1")
     assert balance.locked == 0
     assert balance.points_balance == (D("100.00") if winner == "completed" else D("200.00"))
+    assert ledger_verify() == []
+
+
+def _lock_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+def _wait_for_lock_waiters(count: int) -> None:
+    for _ in range(200):
+        if _lock_waiters() >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} transactions waiting for a lock")
+
+
+def test_batch_and_a_campaign_chunk_on_the_same_members_do_not_deadlock(make_program, actor):
+    """Every multi-row locker takes balances in one global order. Here the batch and the
+    campaign chunk need members a and b, whose id order (b first) differs from their name
+    order; a third transaction holding `a` makes both queue, batch first."""
+    from datetime import timedelta
+
+    from django.db import transaction
+    from django.utils import timezone
+
+    from loyalty.models import Campaign
+    from loyalty.services.balances import balance_lock
+    from loyalty.services.campaigns import campaign_execute
+
+    program = make_program()
+    for member in ("b", "a"):  # b gets the lower id
+        event_ingest(program=program, event=PurchaseFactory(member_id=member), actor=actor)
+    campaign = Campaign.objects.create(
+        program=program,
+        name="welcome back",
+        segment="all",
+        bonus_points=D("10"),
+        scheduled_at=timezone.now() - timedelta(minutes=1),
+    )
+    holding, release = threading.Event(), threading.Event()
+    results: dict = {}
+
+    def hold_a():
+        try:
+            with transaction.atomic():
+                balance_lock(program=program, member_id="a")
+                holding.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def run(name, work):
+        try:
+            results[name] = work()
+        except Exception as exc:  # the test inspects what each thread got
+            results[name] = exc
+        finally:
+            connection.close()
+
+    batch_items = [
+        (program, PurchaseFactory(member_id="a", amount=D("1000"))),
+        (program, PurchaseFactory(member_id="b", amount=D("1000"))),
+    ]
+    threads = [threading.Thread(target=hold_a, daemon=True)]
+    threads[0].start()
+    assert holding.wait(10)
+    threads.append(
+        threading.Thread(
+            target=run,
+            args=("batch", lambda: events_ingest_batch(items=batch_items, actor=actor)),
+            daemon=True,
+        )
+    )
+    threads[1].start()
+    _wait_for_lock_waiters(1)
+    threads.append(
+        threading.Thread(
+            target=run,
+            args=("campaign", lambda: campaign_execute(campaign_id=campaign.pk, actor=actor)),
+            daemon=True,
+        )
+    )
+    threads[2].start()
+    _wait_for_lock_waiters(2)
+    release.set()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+
+    assert not isinstance(results["batch"], Exception), results["batch"]
+    assert all(not isinstance(r, Exception) for r in results["batch"]), results["batch"]
+    assert not isinstance(results["campaign"], Exception), results["campaign"]
+    assert LedgerEntry.objects.filter(type="campaign_bonus").count() == 2
     assert ledger_verify() == []
