@@ -55,6 +55,16 @@ def is_exact_points(value: Decimal) -> bool:
         return False
 
 
+# Points and money columns are NUMERIC(20,2): anything from 10^18 up cannot be stored.
+LEDGER_LIMIT = Decimal(10) ** 18
+
+
+def fits_ledger(value: Decimal) -> bool:
+    """A finite number the ledger's NUMERIC(20,2) columns can hold (NaN and infinities
+    cannot be compared, so they must be turned away before any arithmetic)."""
+    return value.is_finite() and abs(value) < LEDGER_LIMIT
+
+
 def points_cost(points: Decimal, *, point_value: Decimal, currency: str) -> Decimal:
     """The money a budget is charged for `points`."""
     return money_ceil(points * point_value, currency)

@@ -32,7 +32,14 @@ from ..errors import (
     ValidationFailed,
 )
 from ..models import LedgerEntry, MemberBalance, Program, Tier
-from ..money import ZERO, is_exact_money, is_exact_points, points_cost, points_floor
+from ..money import (
+    ZERO,
+    fits_ledger,
+    is_exact_money,
+    is_exact_points,
+    points_cost,
+    points_floor,
+)
 from .balances import (
     REFUND_DEBT_FLAG,
     balance_lock,
@@ -182,8 +189,8 @@ def event_validate(program: Program, event: EventInput) -> None:
     if not event.idempotency_key:
         errors["idempotency_key"] = ["This field is required."]
     if event.type in ("purchase", "refund"):
-        if event.amount is None or event.amount <= 0:
-            errors["amount"] = ["A positive amount is required."]
+        if event.amount is None or not fits_ledger(event.amount) or event.amount <= 0:
+            errors["amount"] = ["A positive amount below 10^18 is required."]
         elif event.currency == program.currency and not is_exact_money(
             event.amount, program.currency
         ):
@@ -193,7 +200,9 @@ def event_validate(program: Program, event: EventInput) -> None:
     if event.type == "refund" and not event.original_reference:
         errors["original_reference"] = ["A refund names the purchase it refunds."]
     if event.type in POINTS_TYPES:
-        if event.points is None or not is_exact_points(event.points):
+        if event.points is None or not fits_ledger(event.points):
+            errors["points"] = ["Points below 10^18 are required."]
+        elif not is_exact_points(event.points):
             errors["points"] = ["Points with at most 2 decimal places are required."]
         elif event.type != "manual_adjust" and event.points <= 0:
             errors["points"] = ["Must be positive."]

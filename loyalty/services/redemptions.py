@@ -28,7 +28,7 @@ from ..errors import (
     VoucherNotRedeemable,
 )
 from ..models import LedgerEntry, MemberBalance, Program, Redemption, Voucher
-from ..money import is_exact_points, money_floor
+from ..money import fits_ledger, is_exact_points, money_floor
 from .balances import balance_lock, has_blocking_flag, lots_consume
 from .ingestion import balance_snapshot
 from .outbox import outbox_publish
@@ -48,7 +48,7 @@ def redemption_hold(
 ) -> Redemption:
     """Locks `points` of the member's available balance; never leaves available below zero.
     With `capture`, captures in the same transaction."""
-    if points is None or points <= 0 or not is_exact_points(points):
+    if points is None or not fits_ledger(points) or points <= 0 or not is_exact_points(points):
         raise ValidationFailed(errors={"points": ["Positive points, at most 2 places."]})
     if reward_type not in Voucher.Type.values:
         raise ValidationFailed(errors={"reward_type": [f"One of {Voucher.Type.values}."]})
