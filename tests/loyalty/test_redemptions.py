@@ -106,7 +106,14 @@ def test_hold_replay_returns_the_same_hold_and_key_reuse_is_refused(funded, acto
 
 
 @pytest.mark.parametrize(
-    ("points", "reward_type"), [("0", "discount"), ("1.001", "discount"), ("10", "cash")]
+    ("points", "reward_type"),
+    [
+        ("0", "discount"),
+        ("1.001", "discount"),
+        ("10", "cash"),
+        ("NaN", "discount"),
+        ("1E+18", "discount"),
+    ],
 )
 def test_invalid_hold_is_refused(funded, actor, points, reward_type):
     before = db_state()

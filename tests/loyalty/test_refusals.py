@@ -238,3 +238,23 @@ def test_award_with_a_program_read_before_its_budget_limit_was_lifted_is_paid(
     assert result.entry.points == D("200.00")
     assert db_state()["budget_spent"] == D("200")
     assert ledger_verify() == []
+
+
+@pytest.mark.parametrize("amount", ["NaN", "sNaN", "Infinity", "1E+25", "1000000000000000000"])
+def test_amount_that_is_not_a_finite_number_the_ledger_can_hold_is_refused(program, actor, amount):
+    before = db_state()
+    with pytest.raises(ValidationFailed) as exc:
+        event_ingest(program=program, event=PurchaseFactory(amount=D(amount)), actor=actor)
+    assert "amount" in exc.value.errors
+    assert db_state() == before
+
+
+@pytest.mark.parametrize("points", ["NaN", "Infinity", "1E+20"])
+def test_points_that_are_not_a_finite_number_the_ledger_can_hold_are_refused(
+    program, actor, points
+):
+    before = db_state()
+    with pytest.raises(ValidationFailed) as exc:
+        event_ingest(program=program, event=PointsEventFactory(points=D(points)), actor=actor)
+    assert "points" in exc.value.errors
+    assert db_state() == before
