@@ -151,6 +151,9 @@ def redemption_capture(*, redemption_id, actor: Actor) -> Redemption:
         raise InvalidState(f"The redemption is {redemption.status}.", status=redemption.status)
     if redemption.expires_at <= timezone.now():
         raise HoldExpired(expired_at=redemption.expires_at.isoformat())
+    if balance.program.status != Program.Status.ACTIVE:
+        # A suspension between hold and capture stops the spend; release still unlocks.
+        raise ProgramInactive(status=balance.program.status)
     _refuse_redemption(balance.program, balance)
     if balance.points_balance < redemption.points:
         raise InsufficientPoints(
