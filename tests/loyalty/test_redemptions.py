@@ -303,3 +303,20 @@ def test_expired_voucher_is_not_redeemable(funded, actor):
         voucher_redeem(voucher=voucher, actor=CASHIER)
     assert exc.value.context == {"status": "expired"}
     assert Voucher.objects.get(pk=voucher.pk).status == "active"  # the sweep marks it later
+
+
+@pytest.mark.parametrize("status", ["suspended", "closed"])
+def test_capture_refused_once_the_program_is_inactive_but_release_still_unlocks(
+    funded, actor, status
+):
+    redemption = hold(funded, "150", actor)
+    program_set_status(program_id=funded.pk, status=status, actor=actor)
+    before = db_state()
+
+    with pytest.raises(ProgramInactive):
+        redemption_capture(redemption_id=redemption.pk, actor=actor)
+
+    assert db_state() == before
+    assert redemption_release(redemption_id=redemption.pk, actor=actor).status == "cancelled"
+    assert balance_of(funded).locked == D("0.00")
+    assert ledger_verify() == []
