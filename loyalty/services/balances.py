@@ -24,12 +24,16 @@ def program_local_date(program: Program, at: datetime | None = None) -> date:
 # The hot path's one read: the member's row, locked, with its tier's earn multiplier. Plain
 # SQL because building the same query with the ORM costs ~5x the CPU of running it, on every
 # event. `FOR UPDATE OF b` locks the balance row only (no-op on SQLite, one writer anyway).
-_BALANCE_LOCK_SQL = """
-    SELECT b.*, (SELECT t.earn_multiplier FROM loyalty_tier t
-                 WHERE t.program_id = b.program_id AND t.name = b.tier) AS tier_multiplier
-    FROM loyalty_memberbalance b
-    WHERE b.program_id = %s AND b.member_id = %s
-"""
+# The columns are named, not `b.*`: a prepared `SELECT *` fails ("cached plan must not change
+# result type") in long-lived connections once a migration adds a column. (Column names come
+# from the model, values are parameters.)
+_BALANCE_COLUMNS = ", ".join(f'b."{f.column}"' for f in MemberBalance._meta.concrete_fields)
+_BALANCE_LOCK_SQL = (
+    f"SELECT {_BALANCE_COLUMNS},"  # noqa: S608
+    " (SELECT t.earn_multiplier FROM loyalty_tier t"
+    "  WHERE t.program_id = b.program_id AND t.name = b.tier) AS tier_multiplier"
+    " FROM loyalty_memberbalance b WHERE b.program_id = %s AND b.member_id = %s"
+)
 
 
 def db_id(uuid_pk) -> object:
