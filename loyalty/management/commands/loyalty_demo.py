@@ -40,9 +40,7 @@ class Command(BaseCommand):
             f"API key of merchant {MERCHANT_ID} (new each run, the last one revoked):"
         )
         self.stdout.write(f"  Authorization: Api-Key {api_key}")
-        self.stdout.write(
-            "Staff logins for http://127.0.0.1:8000/admin/ (new passwords each run):"
-        )
+        self.stdout.write("Staff logins for http://127.0.0.1:8000/admin/ (new passwords each run):")
         for username, password, role in credentials:
             self.stdout.write(f"  {username:<16} {password}   ({role})")
 
