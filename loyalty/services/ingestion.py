@@ -9,6 +9,7 @@ database, so concurrent repeats write one entry and every repeat answers the fir
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -138,7 +139,11 @@ def event_replay(program: Program, event: EventInput) -> IngestResult | None:
         found = cursor.fetchone()
     if found is None:
         return None
-    entry = LedgerEntry.objects.get(pk=found[0])
+    return replay_answer(LedgerEntry.objects.get(pk=found[0]), event)
+
+
+def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:
+    """The stored answer to a repeat of `event` whose key already wrote `entry`."""
     if entry.details.get("fingerprint") != event.fingerprint():
         raise IdempotencyKeyReused(
             "This idempotency key was already used for a different event.",
@@ -231,8 +236,50 @@ def _refuse_blocked(program: Program, balance: MemberBalance) -> None:
 
 def _earn(program: Program, balance: MemberBalance, event: EventInput, actor: Actor) -> LedgerEntry:
     """purchase, referral, campaign_bonus: rate (or given points), SIRA, daily cap, budget."""
+    earning = earn_apply(
+        program=program,
+        balance=balance,
+        event=event,
+        now=timezone.now(),
+        charge=lambda points: budget_charge(program=program, points=points),
+    )
+    entry = _entry_write(
+        program, balance, event, actor, points=earning.points, details=earning.details
+    )
+    lots_settle(balance=balance, before=earning.before, after=balance.points_balance, entry=entry)
+    balance.save(update_fields=[*earning.fields, "updated_at"])
+    if earning.points > 0:
+        outbox_publish(
+            program=program,
+            event_type="loyalty.points.earned",
+            payload=_event_payload(entry, balance),
+        )
+    return entry
+
+
+@dataclass
+class Earning:
+    """What the earning rules decided for one event, already applied to the balance in memory."""
+
+    points: Decimal
+    before: Decimal  # points_balance before the event
+    fields: list[str]  # the balance fields it changed
+    details: dict  # breakdown and SIRA score, stored on the ledger entry
+
+
+def earn_apply(
+    *,
+    program: Program,
+    balance: MemberBalance,
+    event: EventInput,
+    now: datetime,
+    charge: Callable[[Decimal], Decimal],
+) -> Earning:
+    """The earning rules of one purchase, referral or campaign_bonus on the locked `balance`,
+    in memory. `charge(points)` pays the budget: it returns the points paid for or raises
+    BudgetExhausted. Every refusal comes before any change. Shared by `event_ingest` and the
+    set-based batch, so both award exactly the same."""
     _refuse_blocked(program, balance)
-    now = timezone.now()
     today = program_local_date(program, now)
     earned_today = balance.earned_today if balance.earned_day == today else ZERO
     breakdown: dict = {}
@@ -283,7 +330,7 @@ def _earn(program: Program, balance: MemberBalance, event: EventInput, actor: Ac
         if points > allowance:
             points, capped_by = allowance, "daily_cap"
     if points > 0:
-        charged = budget_charge(program=program, points=points)
+        charged = charge(points)
         if charged < points:
             points, capped_by = charged, "budget"
     breakdown.update(
@@ -309,23 +356,12 @@ def _earn(program: Program, balance: MemberBalance, event: EventInput, actor: Ac
     if before < 0 <= balance.points_balance:
         fraud_flag_remove(balance, REFUND_DEBT_FLAG)  # the refund debt is repaid
         fields.append("fraud_flags")
-    entry = _entry_write(
-        program,
-        balance,
-        event,
-        actor,
+    return Earning(
         points=points,
+        before=before,
+        fields=fields,
         details={"breakdown": breakdown, "sira": sira},
     )
-    lots_settle(balance=balance, before=before, after=balance.points_balance, entry=entry)
-    balance.save(update_fields=[*fields, "updated_at"])
-    if points > 0:
-        outbox_publish(
-            program=program,
-            event_type="loyalty.points.earned",
-            payload=_event_payload(entry, balance),
-        )
-    return entry
 
 
 def _refund(
@@ -477,13 +513,32 @@ def _entry_write(
     details: dict,
     original: LedgerEntry | None = None,
 ) -> LedgerEntry:
+    entry = entry_build(
+        program, balance, event, actor, points=points, details=details, original=original
+    )
+    entry.save(force_insert=True)
+    return entry
+
+
+def entry_build(
+    program: Program,
+    balance: MemberBalance,
+    event: EventInput,
+    actor: Actor,
+    *,
+    points: Decimal,
+    details: dict,
+    original: LedgerEntry | None = None,
+) -> LedgerEntry:
+    """The event's ledger entry (unsaved), after the balance change: `details` make a replay
+    answer exactly what the first call answered."""
     details = {
         **details,
         "member_id": balance.member_id,
         "fingerprint": event.fingerprint(),
         "balance": balance_snapshot(balance),
     }
-    return LedgerEntry.objects.create(
+    return LedgerEntry(
         program=program,
         balance=balance,
         type=event.type,
