@@ -108,3 +108,22 @@ def test_ledger_entries_cannot_be_updated_or_deleted_in_the_database(ledger):
     entry.refresh_from_db()
     assert entry.points != D("1000000")
     run_verify()
+
+
+@pytest.mark.postgres
+def test_an_entry_rewritten_behind_the_trigger_breaks_the_chain_and_is_reported(ledger):
+    entry = LedgerEntry.objects.filter(type="purchase").order_by("id").first()
+    # What only the table owner can do (the test's transaction rolls it all back).
+    _sql("SET CONSTRAINTS ALL IMMEDIATE", [])  # no pending FK checks, or ALTER refuses
+    _sql("ALTER TABLE loyalty_ledgerentry DISABLE TRIGGER USER", [])
+    LedgerEntry.objects.filter(pk=entry.pk).update(points=F("points") + 5)
+    _sql("ALTER TABLE loyalty_ledgerentry ENABLE TRIGGER USER", [])
+    err = StringIO()
+
+    with pytest.raises(CommandError):
+        call_command("loyalty_verify", stdout=StringIO(), stderr=err)
+
+    report = err.getvalue()
+    # The balance no longer equals its entries, and the running totals stop matching.
+    assert "balance_vs_ledger" in report
+    assert "balance_after_chain" in report
