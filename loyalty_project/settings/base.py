@@ -90,6 +90,8 @@ elif env.bool("DB_PREPARED_STATEMENTS", default=True):
     # Server-side parameters and prepared statements: a statement run 5 times is planned
     # once per connection. Measured: -30% PostgreSQL CPU per ingested event (docs/
     # BENCHMARKS.md). Set DB_PREPARED_STATEMENTS=false behind a transaction-mode pooler.
+    # Limits that come with it: at most 65,535 parameters per statement (batch bulk_create
+    # and long `__in` lists), one command per statement (pgtrigger.ignore() cannot work).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"server_side_binding": True, "prepare_threshold": 5}
     )
