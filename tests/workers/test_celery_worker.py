@@ -36,7 +36,7 @@ def _database_url() -> str:
 
 
 @pytest.fixture
-def worker():
+def worker(monkeypatch):
     """A solo-pool worker on the test database; stopped and reaped whatever the test does."""
     redis = pytest.importorskip("redis")
     try:
@@ -61,6 +61,8 @@ def worker():
     conf = {"task_always_eager": celery_app.conf.task_always_eager,
             "broker_url": celery_app.conf.broker_url,
             "task_default_queue": celery_app.conf.task_default_queue}  # fmt: skip
+    # Celery prefers the CELERY_BROKER_URL environment variable over its configuration.
+    monkeypatch.setenv("CELERY_BROKER_URL", BROKER)
     _celery_reconfigure(task_always_eager=False, broker_url=BROKER, task_default_queue=queue)
     try:
         yield proc
