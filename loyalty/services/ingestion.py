@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..models import LedgerEntry, MemberBalance, Program, Tier
 from ..money import (
+    POINTS_QUANTUM,
     ZERO,
     fits_ledger,
     is_exact_money,
@@ -102,7 +103,8 @@ class IngestResult:
             "transaction_id": str(self.entry.pk),
             "type": self.entry.type,
             "member_id": details["member_id"],
-            "points": str(self.entry.points),
+            # Two places on the first answer too: a replay reads NUMERIC(20,2) back.
+            "points": str(self.entry.points.quantize(POINTS_QUANTUM)),
             "balance": details["balance"],
             "breakdown": details.get("breakdown", {}),
             "sira": details.get("sira"),
