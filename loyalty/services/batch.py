@@ -1,33 +1,75 @@
-"""Batch ingestion: up to 1,000 events in one database transaction, each item atomic on its
-own (a savepoint), so one commit (one WAL flush) serves the whole batch.
+"""Batch ingestion: up to 1,000 events in one database transaction, each item atomic on its own.
 
-Deadlock freedom: before any item runs, the batch locks every member balance it will touch,
-program by program (sorted by program id) and within a program in balance id order, the
-order the workers' chunks use too; then every budget shard of its programs, sorted by
-(program, shard). Every other writer takes a balance before shards, and whoever holds shards already
-holds all the balances it needs, so no wait cycle can form.
+Two paths give the same results, item by item, as calling `event_ingest` once per item in order:
+
+- **Set-based** (PostgreSQL, every item an earning: purchase, referral, campaign_bonus): a
+  handful of statements for the whole batch. Lock every balance and budget shard of the batch,
+  look up the stored keys, run the earning rules (`ingestion.earn_apply`, the same function the
+  single path calls) item by item on the balances in memory, then write every ledger entry,
+  lot, outbox event and audit entry with one COPY per table, every balance with one UPDATE and
+  the budget shards with one more. A refused item (frozen, fraud review, budget exhausted)
+  changes nothing: the rules refuse before they change anything, and the budget is charged in
+  memory only when an item is paid for.
+- **Item by item** (anything else: refunds and adjustments read and change lots and earlier
+  entries; or SQLite): a savepoint per item around the single path's own transaction body, so
+  one commit (one WAL flush) still serves the whole batch. Also the fallback of the set-based
+  path when one of its keys was taken by a concurrent request after the lookup (the unique
+  index refuses the insert): the item path then answers that item as a replay.
+
+Deadlock freedom: before any item runs, the batch locks every member balance it will touch in
+(program id, balance id) order, the order the workers' chunks use too; then every budget shard of
+its programs, in (program, shard) order. Every other writer takes a balance before shards, and
+whoever holds shards already holds all the balances it needs, so no wait cycle can form.
 """
 
-from django.db import IntegrityError, transaction
+from collections.abc import Iterable
+from decimal import Decimal
+
+import psycopg
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from audit.models import AuditEntry
+from audit.services import audit_entries_build
 
 from ..actors import Actor
-from ..errors import DomainError
-from ..models import BudgetShard, MemberBalance, Program
-from .balances import entry_tier
+from ..errors import BudgetExhausted, DomainError
+from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program, Tier
+from ..money import ZERO, points_affordable, points_cost
+from .balances import entry_tier, lot_expiry
 from .ingestion import (
+    EARN_TYPES,
     EventInput,
     IngestResult,
+    earn_apply,
+    entry_build,
     event_replay,
     event_validate,
     ingest_in_transaction,
+    replay_answer,
 )
+from .jobs import bulk_set, copy_insert
 
 MAX_BATCH = 1000
+# The unique index that makes a key exactly-once; a conflict on it sends the batch item by item.
+KEY_CONSTRAINT = "ledger_unique_idempotency_key"
+# Every balance field an earning may change (except fraud_flags, written apart: JSON).
+EARN_FIELDS = [
+    "points_balance",
+    "lifetime_earned",
+    "earned_today",
+    "earned_day",
+    "last_activity_at",
+    "lifetime_spend",
+    "purchase_count",
+    "last_purchase_at",
+    "updated_at",
+]
+
+Items = list[tuple[Program, EventInput]]
 
 
-def events_ingest_batch(
-    *, items: list[tuple[Program, EventInput]], actor: Actor
-) -> list[IngestResult | DomainError]:
+def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | DomainError]:
     """Ingests each item exactly once; returns, in order, its result or its domain error."""
     if len(items) > MAX_BATCH:
         raise ValueError(f"a batch holds at most {MAX_BATCH} events")
@@ -36,6 +78,313 @@ def events_ingest_batch(
     for index, (program, event) in enumerate(items):
         try:
             event_validate(program, event)
+        except DomainError as error:
+            results[index] = error
+        else:
+            todo.append(index)
+    if not todo:
+        return results  # type: ignore[return-value]
+    if connection.vendor == "postgresql" and all(items[i][1].type in EARN_TYPES for i in todo):
+        try:
+            _ingest_set(items, todo, results, actor)
+        except (IntegrityError, psycopg.IntegrityError) as exc:
+            if not _is_key_conflict(exc):
+                raise
+            # A concurrent request committed one of our keys after the lookup: everything
+            # was rolled back; the item path answers that item as a replay.
+            for index in todo:
+                results[index] = None
+        else:
+            return results  # type: ignore[return-value]
+    _ingest_each(items, todo, results, actor)
+    return results  # type: ignore[return-value]
+
+
+def _is_key_conflict(exc: Exception) -> bool:
+    error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    diag = getattr(error, "diag", None)
+    return getattr(diag, "constraint_name", None) == KEY_CONSTRAINT
+
+
+# --- the set-based path ------------------------------------------------------------------------
+
+
+class _Budget:
+    """A program's budget shards, locked: charges in memory with exactly the outcome of
+    `budget.budget_charge` for the same sequence of charges, then written in one UPDATE.
+
+    With every shard held, `budget_charge` pays in full when the cost fits in what is left of
+    the whole limit (its one-shard fast path is only a cheaper way to the same answer), else
+    pays the points the remainder affords, else refuses."""
+
+    def __init__(self, program: Program, shards: list[BudgetShard]) -> None:
+        self.program = program
+        self.shards = shards
+        # The shards, not `program.budget_limit`, say whether a limit applies: the limit may
+        # have been set or lifted since `program` was read (budget_charge decides the same).
+        self.limited = bool(shards) and shards[0].allocated is not None
+        self.remaining = (
+            sum((s.allocated - s.spent for s in shards), ZERO) if self.limited else None
+        )
+        self.cost = ZERO
+
+    def charge(self, points: Decimal) -> Decimal:
+        program = self.program
+        cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+        if self.limited and cost > self.remaining:
+            points = min(points, points_affordable(self.remaining, point_value=program.point_value))
+            if points <= 0:
+                raise BudgetExhausted(
+                    remaining_budget=str(self.remaining), currency=program.currency
+                )
+            cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+        if self.limited:
+            self.remaining -= cost
+        self.cost += cost
+        return points
+
+    def changed_shards(self) -> list[BudgetShard]:
+        """The shards whose `spent` grows: without a limit the first one takes it all;
+        with one, each takes what fits under its allocation, in shard order (the cost never
+        exceeds the sum of what is left, checked charge by charge)."""
+        if self.cost <= 0 or not self.shards:
+            return []
+        if not self.limited:
+            self.shards[0].spent += self.cost
+            return [self.shards[0]]
+        changed, left = [], self.cost
+        for shard in self.shards:
+            take = min(shard.allocated - shard.spent, left)
+            if take > 0:
+                shard.spent += take
+                left -= take
+                changed.append(shard)
+            if left <= 0:
+                break
+        if left > 0:  # cannot happen: every charge was checked against the remainder
+            raise AssertionError("budget charged past its shards' allocations")
+        return changed
+
+
+@transaction.atomic(durable=True)
+def _ingest_set(items: Items, todo: list[int], results: list, actor: Actor) -> None:
+    programs = {items[i][0].pk: items[i][0] for i in todo}
+    tiers = _tiers(programs)
+    balances = _balances_lock(
+        programs, {(items[i][0].pk, items[i][1].member_id) for i in todo}, tiers
+    )
+    budgets = {pk: _Budget(programs[pk], shards) for pk, shards in _shards_lock(programs).items()}
+    stored = _stored_entries({(items[i][0].pk, items[i][1].idempotency_key) for i in todo})
+    now = timezone.now()
+
+    written: dict[tuple, LedgerEntry] = {}  # the keys this batch writes, first writer wins
+    new = []  # (program, balance, entry, balance before) in item order
+    touched: dict[int, MemberBalance] = {}
+    flags_changed: dict[int, MemberBalance] = {}
+    for index in todo:
+        program, event = items[index]
+        key = (program.pk, event.idempotency_key)
+        try:
+            if key in stored or key in written:
+                # A repeat, stored before or earlier in this batch: its first answer (or
+                # idempotency_key_reused), as `event_ingest` would give one by one.
+                results[index] = replay_answer(stored.get(key) or written[key], event)
+                continue
+            balance = balances[(program.pk, event.member_id)]
+            earning = earn_apply(
+                program=program,
+                balance=balance,
+                event=event,
+                now=now,
+                charge=budgets[program.pk].charge,
+            )
+        except DomainError as error:
+            results[index] = error
+            continue
+        entry = entry_build(
+            program, balance, event, actor, points=earning.points, details=earning.details
+        )
+        written[key] = entry
+        new.append((program, balance, entry, earning.before))
+        touched[balance.pk] = balance
+        if "fraud_flags" in earning.fields:
+            flags_changed[balance.pk] = balance
+        results[index] = IngestResult(entry=entry)
+    if new:
+        _write(new, list(touched.values()), list(flags_changed.values()), budgets, actor, now)
+
+
+def _tiers(programs: dict) -> dict:
+    """{program id: [(name, earn multiplier)] by rank}, for all programs in one query."""
+    tiers: dict = {pk: [] for pk in programs}
+    for program_id, name, multiplier in (
+        Tier.objects.filter(program_id__in=list(programs))
+        .order_by("program_id", "rank")
+        .values_list("program_id", "name", "earn_multiplier")
+    ):
+        tiers[program_id].append((name, multiplier))
+    return tiers
+
+
+_BALANCE_COLUMNS = ", ".join(f'b."{f.column}"' for f in MemberBalance._meta.concrete_fields)
+# One statement locks every balance of the batch, in the global order (program, balance id).
+# Columns by name, not b.*: see balances._BALANCE_LOCK_SQL on prepared statements.
+_BALANCES_LOCK_SQL = (
+    f"SELECT {_BALANCE_COLUMNS} FROM loyalty_memberbalance b"  # noqa: S608 (model's columns)
+    " JOIN unnest(%s::uuid[], %s::text[]) AS k(program_id, member_id)"
+    " ON b.program_id = k.program_id AND b.member_id = k.member_id"
+    " ORDER BY b.program_id, b.id FOR UPDATE OF b"
+)
+
+
+def _balances_lock(programs: dict, members: set, tiers: dict) -> dict:
+    """Creates the members' missing balances, then locks them all; {(program id, member id):
+    balance}, each carrying its tier's earn multiplier as `balance_lock` gives it."""
+    ordered = sorted(members, key=lambda m: (str(m[0]), m[1]))
+    # Created in one sorted order by every batch, so two batches creating the same new members
+    # wait for each other in that order, never in a cycle.
+    MemberBalance.objects.bulk_create(
+        [
+            MemberBalance(
+                program=programs[pk],
+                member_id=member_id,
+                # entry_tier(): the lowest-ranked tier, "basic" for a program without tiers.
+                tier=tiers[pk][0][0] if tiers[pk] else "basic",
+            )
+            for pk, member_id in ordered
+        ],
+        ignore_conflicts=True,
+    )
+    multipliers = {(pk, name): m for pk, ranked in tiers.items() for name, m in ranked}
+    locked = {}
+    for balance in MemberBalance.objects.raw(
+        _BALANCES_LOCK_SQL, [[pk for pk, _ in ordered], [m for _, m in ordered]]
+    ):
+        balance.program = programs[balance.program_id]
+        balance.tier_multiplier = multipliers.get((balance.program_id, balance.tier))
+        locked[(balance.program_id, balance.member_id)] = balance
+    return locked
+
+
+def _shards_lock(programs: dict) -> dict:
+    """Every budget shard of the batch's programs, locked in (program, shard) order."""
+    shards: dict = {pk: [] for pk in programs}
+    for shard in (
+        BudgetShard.objects.select_for_update()
+        .filter(program_id__in=list(programs))
+        .order_by("program_id", "shard")
+    ):
+        shards[shard.program_id].append(shard)
+    return shards
+
+
+_STORED_SQL = (
+    "SELECT e.id FROM loyalty_ledgerentry e"
+    " JOIN unnest(%s::uuid[], %s::text[]) AS k(program_id, idempotency_key)"
+    " ON e.program_id = k.program_id AND e.idempotency_key = k.idempotency_key"
+    # The partial unique index's predicate, so a generic plan may still use that index.
+    " WHERE e.idempotency_key <> ''"
+)
+
+
+def _stored_entries(keys: set) -> dict:
+    """{(program id, key): entry} of the keys already written, in one query. Read after the
+    balance locks: a repeat committed by a request we waited for is seen here."""
+    keys = list(keys)
+    with connection.cursor() as cursor:
+        cursor.execute(_STORED_SQL, [[pk for pk, _ in keys], [k for _, k in keys]])
+        ids = [row[0] for row in cursor.fetchall()]
+    if not ids:
+        return {}
+    return {(e.program_id, e.idempotency_key): e for e in LedgerEntry.objects.filter(pk__in=ids)}
+
+
+def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor: Actor, now):
+    """Every row of the batch's awards, one statement (or COPY) per table."""
+    entries = [entry for _, _, entry, _ in new]
+    copy_insert(LedgerEntry, entries)  # ids from the sequence in item order: balance_after chain
+    lots = []
+    for program, balance, entry, before in new:
+        gained = max(entry.balance_after, ZERO) - max(before, ZERO)
+        if gained > 0:  # a gain first repays any refund debt; the rest forms a lot
+            lots.append(
+                PointLot(
+                    balance=balance,
+                    program=program,
+                    entry=entry,
+                    points=gained,
+                    remaining=gained,
+                    earned_at=entry.created_at,
+                    expires_at=lot_expiry(program, entry.created_at),
+                )
+            )
+    copy_insert(PointLot, lots)
+    for balance in balances:
+        balance.updated_at = now
+    bulk_set(MemberBalance, balances, EARN_FIELDS)
+    if flags_changed:
+        MemberBalance.objects.bulk_update(flags_changed, ["fraud_flags"])
+    shards = [shard for budget in budgets.values() for shard in budget.changed_shards()]
+    bulk_set(BudgetShard, shards, ["spent"])
+    copy_insert(
+        OutboxEvent,
+        [
+            OutboxEvent(
+                merchant_id=program.merchant_id,
+                program=program,
+                event_type="loyalty.points.earned",
+                # ingestion._event_payload, with the balance as it was after this item.
+                payload={
+                    "program_id": str(program.pk),
+                    "transaction_id": str(entry.pk),
+                    "member_id": balance.member_id,
+                    "type": entry.type,
+                    "points": str(entry.points),
+                    "balance": entry.details["balance"],
+                    "reference": entry.reference,
+                },
+            )
+            for program, balance, entry, _ in new
+            if entry.points > 0
+        ],
+    )
+    copy_insert(AuditEntry, list(_audit_entries(new, actor)))
+
+
+def _audit_entries(new: list, actor: Actor) -> Iterable[AuditEntry]:
+    """The entries `ingest_in_transaction` records one by one, built per (action, merchant)."""
+    groups: dict[tuple[str, str], list] = {}
+    for program, balance, entry, _ in new:
+        groups.setdefault((f"transaction.{entry.type}", program.merchant_id), []).append(
+            (
+                entry.pk,
+                None,
+                {
+                    "member_id": balance.member_id,
+                    "points": str(entry.points),
+                    "balance_after": str(entry.balance_after),
+                    "reference": entry.reference,
+                },
+            )
+        )
+    for (action, merchant_id), rows in groups.items():
+        yield from audit_entries_build(
+            actor=actor,
+            action=action,
+            entity_type="transaction",
+            merchant_id=merchant_id,
+            rows=rows,
+        )
+
+
+# --- item by item ------------------------------------------------------------------------------
+
+
+def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> None:
+    pending = []
+    for index in todo:
+        program, event = items[index]
+        try:
             replay = event_replay(program, event)
         except DomainError as error:
             results[index] = error
@@ -43,14 +392,13 @@ def events_ingest_batch(
         if replay:
             results[index] = replay
         else:
-            todo.append(index)
-    if todo:
-        _ingest_items(items, todo, results, actor)
-    return results  # type: ignore[return-value]
+            pending.append(index)
+    if pending:
+        _ingest_items(items, pending, results, actor)
 
 
 @transaction.atomic(durable=True)
-def _ingest_items(items, todo: list[int], results: list, actor: Actor) -> None:
+def _ingest_items(items: Items, todo: list[int], results: list, actor: Actor) -> None:
     _lock_in_order([items[i] for i in todo])
     for index in todo:
         program, event = items[index]
@@ -67,7 +415,7 @@ def _ingest_items(items, todo: list[int], results: list, actor: Actor) -> None:
             results[index] = replay
 
 
-def _lock_in_order(items: list[tuple[Program, EventInput]]) -> None:
+def _lock_in_order(items: Items) -> None:
     members = sorted({(str(program.pk), event.member_id) for program, event in items})
     programs = {str(program.pk): program for program, _ in items}
     entry_tiers = {p: entry_tier(program) for p, program in programs.items()}
