@@ -22,12 +22,15 @@ its programs, in (program, shard) order. Every other writer takes a balance befo
 whoever holds shards already holds all the balances it needs, so no wait cycle can form.
 """
 
+import uuid
 from collections.abc import Iterable
 from decimal import Decimal
 
 import psycopg
 from django.db import IntegrityError, connection, transaction
+from django.db.models import JSONField
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 from audit.models import AuditEntry
 from audit.services import audit_entries_build
@@ -328,22 +331,22 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
     """Every row of the batch's awards, one statement (or COPY) per table."""
     entries = [entry for _, _, entry, _ in new]
     copy_insert(LedgerEntry, entries)  # ids from the sequence in item order: balance_after chain
+    # Lots and outbox rows go straight from tuples: nothing reads them back, and a model
+    # instance per row costs more than its COPY.
     lots = []
     for program, balance, entry, before in new:
         gained = max(entry.balance_after, ZERO) - max(before, ZERO)
         if gained > 0:  # a gain first repays any refund debt; the rest forms a lot
             lots.append(
-                PointLot(
-                    balance=balance,
-                    program=program,
-                    entry=entry,
-                    points=gained,
-                    remaining=gained,
-                    earned_at=entry.created_at,
-                    expires_at=lot_expiry(program, entry.created_at),
-                )
-            )
-    copy_insert(PointLot, lots)
+                (balance.pk, program.pk, entry.pk, gained, gained, entry.created_at,
+                 lot_expiry(program, entry.created_at))
+            )  # fmt: skip
+    _copy_rows(
+        PointLot,
+        ["balance_id", "program_id", "entry_id", "points", "remaining", "earned_at",
+         "expires_at"],
+        lots,
+    )  # fmt: skip
     for balance in balances:
         balance.updated_at = now
     bulk_set(MemberBalance, balances, EARN_FIELDS)
@@ -351,15 +354,17 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
         MemberBalance.objects.bulk_update(flags_changed, ["fraud_flags"])
     shards = [shard for budget in budgets.values() for shard in budget.changed_shards()]
     bulk_set(BudgetShard, shards, ["spent"])
-    copy_insert(
+    _copy_rows(
         OutboxEvent,
+        ["id", "merchant_id", "program_id", "event_type", "payload", "created_at"],
         [
-            OutboxEvent(
-                merchant_id=program.merchant_id,
-                program=program,
-                event_type="loyalty.points.earned",
+            (
+                uuid.uuid4(),
+                program.merchant_id,
+                program.pk,
+                "loyalty.points.earned",
                 # ingestion._event_payload, with the balance as it was after this item.
-                payload={
+                {
                     "program_id": str(program.pk),
                     "transaction_id": str(entry.pk),
                     "member_id": balance.member_id,
@@ -368,12 +373,36 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
                     "balance": entry.details["balance"],
                     "reference": entry.reference,
                 },
+                now,
             )
             for program, balance, entry, _ in new
             if entry.points > 0
         ],
     )
     copy_insert(AuditEntry, list(_audit_entries(new, actor)))
+
+
+def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
+    """COPY of plain tuples into `model`'s table (`fields` by attname; JSON fields as dicts);
+    columns not named take their database default (the id of an identity column)."""
+    if not rows:
+        return
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    json_at = [i for i, field in enumerate(columns) if isinstance(field, JSONField)]
+    names = ", ".join(connection.ops.quote_name(field.column) for field in columns)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(
+            f"COPY {connection.ops.quote_name(meta.db_table)} ({names}) FROM STDIN"
+        ) as copy,
+    ):
+        for row in rows:
+            if json_at:
+                row = list(row)
+                for i in json_at:
+                    row[i] = Jsonb(row[i])
+            copy.write_row(row)
 
 
 def _audit_entries(new: list, actor: Actor) -> Iterable[AuditEntry]:
