@@ -54,10 +54,20 @@ def _rebalance(shards: list[BudgetShard], *, remaining: Decimal, currency: str) 
     shards[0].allocated += remaining - share * len(shards)
 
 
-def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = True) -> Decimal:
+class BudgetRetry(Exception):
+    """A charge made with `savepoint=False` found no free shard that could pay. Its transaction
+    may hold a shard lock out of order (see `_add_to_one_shard`), so it must not go on to the
+    slow path: the caller rolls the whole transaction back and runs it again with savepoints."""
+
+
+def budget_charge(
+    *, program: Program, points: Decimal, allow_partial: bool = True, savepoint: bool = True
+) -> Decimal:
     """Charges the cost of `points` to the budget; returns the points it could pay for.
 
     Raises BudgetExhausted when nothing (or, without `allow_partial`, not all) can be paid.
+    `savepoint=False` saves the fast path's savepoint (two round trips) for a caller that can
+    retry its whole transaction: instead of taking the slow path it raises BudgetRetry.
     """
     cost = points_cost(points, point_value=program.point_value, currency=program.currency)
     if program.budget_limit is None:
@@ -71,8 +81,12 @@ def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = Tr
         # Every shard busy: wait for one (in a savepoint, should a new limit reject it).
         if _add_to_one_shard(program, cost, condition=unlimited, wait=True):
             return points
-    elif _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
+    elif _add_to_one_shard(
+        program, cost, condition="allocated >= spent + %s", param=cost, savepoint=savepoint
+    ):
         return points
+    elif not savepoint:
+        raise BudgetRetry
     return _charge_across_shards(program=program, points=points, allow_partial=allow_partial)
 
 
