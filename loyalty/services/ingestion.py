@@ -56,7 +56,7 @@ from .balances import (
     lots_settle,
     program_local_date,
 )
-from .budget import budget_charge, budget_credit
+from .budget import BudgetRetry, budget_charge, budget_credit
 from .outbox import outbox_publish
 
 EARN_TYPES = {"purchase", "referral", "campaign_bonus"}
@@ -122,7 +122,13 @@ def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> Ingest
     # No replay lookup before the transaction: the one after the balance lock answers a
     # repeat just as well, and a lookup here would cost every new event a statement.
     try:
-        return _ingest_atomic(program=program, event=event, actor=actor)
+        try:
+            return _ingest_atomic(program=program, event=event, actor=actor, retryable=True)
+        except BudgetRetry:
+            # No free budget shard could pay: rare (near the limit, or every shard busy).
+            # The first try may hold a shard lock out of order, so it was rolled back whole;
+            # this one takes the savepoint-guarded path, and the slow path if need be.
+            return _ingest_atomic(program=program, event=event, actor=actor, retryable=False)
     except IntegrityError:
         # A concurrent request with the same key committed first: answer its result.
         replay = event_replay(program, event)
@@ -159,19 +165,27 @@ def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:
 
 
 @transaction.atomic(durable=True)
-def _ingest_atomic(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
-    return ingest_in_transaction(program=program, event=event, actor=actor)
+def _ingest_atomic(
+    *, program: Program, event: EventInput, actor: Actor, retryable: bool
+) -> IngestResult:
+    return ingest_in_transaction(program=program, event=event, actor=actor, retryable=retryable)
 
 
-def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
-    """The body of one ingestion; the caller owns the transaction (a batch item's savepoint)."""
+def ingest_in_transaction(
+    *, program: Program, event: EventInput, actor: Actor, retryable: bool = False
+) -> IngestResult:
+    """The body of one ingestion; the caller owns the transaction (a batch item's savepoint).
+    `retryable`: the caller runs the whole transaction again on BudgetRetry, so an earning's
+    budget charge may skip its savepoint (`budget_charge(savepoint=False)`)."""
     if connection.vendor == "postgresql":
         balance, replay_id, entry_id = _event_lock(program, event)
         if replay_id is not None:
             return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
         if event.type in EARN_TYPES:
             return IngestResult(
-                entry=_earn_in_one_statement(program, balance, event, actor, entry_id)
+                entry=_earn_in_one_statement(
+                    program, balance, event, actor, entry_id, retryable=retryable
+                )
             )
     else:
         balance = balance_lock(program=program, member_id=event.member_id, create=True)
@@ -243,7 +257,13 @@ def _event_lock(program: Program, event: EventInput) -> tuple[MemberBalance, int
 
 
 def _earn_in_one_statement(
-    program: Program, balance: MemberBalance, event: EventInput, actor: Actor, entry_id: int
+    program: Program,
+    balance: MemberBalance,
+    event: EventInput,
+    actor: Actor,
+    entry_id: int,
+    *,
+    retryable: bool,
 ) -> LedgerEntry:
     """`_earn` plus the audit entry, with every row written by one statement: the earning
     rules, the lot, the outbox event and the audit entry are the same functions and values as
@@ -254,7 +274,9 @@ def _earn_in_one_statement(
         balance=balance,
         event=event,
         now=timezone.now(),
-        charge=lambda points: budget_charge(program=program, points=points),
+        charge=lambda points: budget_charge(
+            program=program, points=points, savepoint=not retryable
+        ),
     )
     entry = entry_build(
         program, balance, event, actor, points=earning.points, details=earning.details
