@@ -45,6 +45,7 @@ from .ingestion import (
     EventInput,
     IngestResult,
     earn_apply,
+    entry_audit_after,
     entry_build,
     event_replay,
     event_validate,
@@ -410,16 +411,7 @@ def _audit_entries(new: list, actor: Actor) -> Iterable[AuditEntry]:
     groups: dict[tuple[str, str], list] = {}
     for program, balance, entry, _ in new:
         groups.setdefault((f"transaction.{entry.type}", program.merchant_id), []).append(
-            (
-                entry.pk,
-                None,
-                {
-                    "member_id": balance.member_id,
-                    "points": str(entry.points),
-                    "balance_after": str(entry.balance_after),
-                    "reference": entry.reference,
-                },
-            )
+            (entry.pk, None, entry_audit_after(entry, balance))
         )
     for (action, merchant_id), rows in groups.items():
         yield from audit_entries_build(
