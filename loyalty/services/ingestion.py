@@ -341,8 +341,9 @@ def _cte_insert(obj, name: str, parts: list[str], params: list) -> None:
     """Appends `name AS (INSERT ...)` of the unsaved `obj`, valued as Django's own INSERT
     would be (auto_now stamps); columns left to a database default (an unset auto id,
     db_default) are not sent. The row travels as ONE jsonb parameter: with one parameter per
-    column the statement has ~55, past psycopg's limit (50) for caching its conversion, which
-    then cost ~0.4 ms per event, more than a round trip."""
+    column the statement has ~55, past psycopg's limit (50) for caching its conversion to
+    PostgreSQL's placeholders, which then costs 0.15 ms per event (timeit), plus the Django
+    adaptation of each of the 55 values."""
     meta = obj._meta
     columns, row = [], {}
     for model_field in meta.concrete_fields:
