@@ -98,6 +98,20 @@ _ADD_TO_ONE_SHARD_SQL = """
 """
 
 
+def budget_charge_statement(*, program: Program, points: Decimal) -> tuple[str, list]:
+    """`budget_charge`'s fast path as an `UPDATE ... RETURNING id` for a caller to run inside
+    its own statement (a data-modifying CTE; PostgreSQL): one free shard pays the whole cost
+    of `points`, or no row comes back. Like `budget_charge(savepoint=False)`, the caller must
+    then roll its transaction back and retry: a shard may have been locked out of order."""
+    cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+    if program.budget_limit is None:
+        condition, extra = "allocated IS NULL", []
+    else:
+        condition, extra = "allocated >= spent + %s", [cost]
+    sql = _ADD_TO_ONE_SHARD_SQL.format(condition=condition, lock="FOR UPDATE SKIP LOCKED")
+    return f"{sql} RETURNING id", [cost, db_id(program.pk), *extra]
+
+
 def _add_to_one_shard(
     program: Program,
     delta: Decimal,
