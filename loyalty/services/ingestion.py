@@ -58,7 +58,7 @@ from .balances import (
     lots_settle,
     program_local_date,
 )
-from .budget import BudgetRetry, budget_charge, budget_credit
+from .budget import BudgetRetry, budget_charge, budget_charge_statement, budget_credit
 from .outbox import outbox_publish
 
 EARN_TYPES = {"purchase", "referral", "campaign_bonus"}
@@ -270,27 +270,37 @@ def _earn_in_one_statement(
     """`_earn` plus the audit entry, with every row written by one statement: the earning
     rules, the lot, the outbox event and the audit entry are the same functions and values as
     on the ORM path; only the round trips differ (each costs ~0.3 ms of CPU, see
-    docs/BENCHMARKS.md)."""
+    docs/BENCHMARKS.md). When the caller can retry, the budget charge joins the statement
+    too: the rules go on as if one shard pays in full (the fast path's only outcome), and
+    every write is conditional on that shard's UPDATE; when no shard could pay, nothing is
+    written and BudgetRetry sends the event to the guarded path, which decides the rest."""
+    charged: list[Decimal] = []
+
+    def charge(points: Decimal) -> Decimal:
+        if retryable:
+            charged.append(points)
+            return points
+        return budget_charge(program=program, points=points)
+
     earning = earn_apply(
-        program=program,
-        balance=balance,
-        event=event,
-        now=timezone.now(),
-        charge=lambda points: budget_charge(
-            program=program, points=points, savepoint=not retryable
-        ),
+        program=program, balance=balance, event=event, now=timezone.now(), charge=charge
     )
     entry = entry_build(
         program, balance, event, actor, points=earning.points, details=earning.details
     )
     entry.pk = entry_id
-    parts, params = [], []
-    _cte_insert(entry, "e", parts, params)  # stamps created_at, which the lot reads
+    parts, params, gate = [], [], ""
+    if charged:
+        shard_sql, shard_params = budget_charge_statement(program=program, points=charged[0])
+        parts.append(f"s AS ({shard_sql})")
+        params.extend(shard_params)
+        gate = " WHERE EXISTS (SELECT FROM s)"
+    _cte_insert(entry, "e", parts, params, gate)  # stamps created_at, which the lot reads
     lot = earn_lot(program, balance, entry, before=earning.before)
     if lot is not None:
-        _cte_insert(lot, "l", parts, params)
+        _cte_insert(lot, "l", parts, params, gate)
     if earning.points > 0:
-        _cte_insert(earn_outbox(program, balance, entry), "o", parts, params)
+        _cte_insert(earn_outbox(program, balance, entry), "o", parts, params, gate)
     (audit,) = audit_entries_build(
         actor=actor,
         action=f"transaction.{event.type}",
@@ -298,12 +308,17 @@ def _earn_in_one_statement(
         merchant_id=program.merchant_id,
         rows=[(entry.pk, None, entry_audit_after(entry, balance))],
     )
-    _cte_insert(audit, "a", parts, params)
+    _cte_insert(audit, "a", parts, params, gate)
     update_sql, update_params = _update_sql(balance, [*earning.fields, "updated_at"])
+    if gate:
+        update_sql += " AND EXISTS (SELECT FROM s)"
     with connection.cursor() as cursor:
         # Constraint triggers (foreign keys) run at the end of the statement, so the lot may
         # point at the entry written beside it.
         cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
+        written = cursor.rowcount
+    if not written:
+        raise BudgetRetry  # no shard paid: nothing was written
     entry._state.adding = False
     return entry
 
@@ -337,7 +352,7 @@ def earn_outbox(program: Program, balance: MemberBalance, entry: LedgerEntry) ->
     )
 
 
-def _cte_insert(obj, name: str, parts: list[str], params: list) -> None:
+def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") -> None:
     """Appends `name AS (INSERT ...)` of the unsaved `obj`, valued as Django's own INSERT
     would be (auto_now stamps); columns left to a database default (an unset auto id,
     db_default) are not sent. The row travels as ONE jsonb parameter: with one parameter per
@@ -356,7 +371,7 @@ def _cte_insert(obj, name: str, parts: list[str], params: list) -> None:
     names = ", ".join(columns)
     parts.append(
         f"{name} AS (INSERT INTO {meta.db_table} ({names})"  # noqa: S608 (the model's columns)
-        f" SELECT {names} FROM jsonb_populate_record(NULL::{meta.db_table}, %s))"
+        f" SELECT {names} FROM jsonb_populate_record(NULL::{meta.db_table}, %s){gate})"
     )
     params.append(Jsonb(row))
 

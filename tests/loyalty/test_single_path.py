@@ -1,6 +1,7 @@
 """The single-event earning path on PostgreSQL: the balance lock also probes the key and draws
 the entry id, one statement writes the entry, lot, outbox event, audit entry and balance, and
-the budget charge skips its savepoint unless it has to fall back to the slow path."""
+the budget shard is charged in that statement too, unless no shard can pay: then the event
+runs again on the savepoint-guarded path."""
 
 from decimal import Decimal
 
@@ -54,17 +55,17 @@ def test_one_statement_writes_the_rows_the_orm_path_would(program, actor, purcha
     assert ledger_verify() == []
 
 
-def test_an_earning_of_an_existing_member_takes_three_statements(program, actor, purchase):
+def test_an_earning_of_an_existing_member_takes_two_statements(program, actor, purchase):
     purchase(program, member_id="u_1")
     event = PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF")
 
     with CaptureQueriesContext(connection) as queries:
         event_ingest(program=program, event=event, actor=actor)
 
-    # Lock (with key probe and entry id), budget shard, the one write; the test's own
-    # transaction turns the service's BEGIN/COMMIT into a SAVEPOINT/RELEASE pair.
+    # Lock (with key probe and entry id), then the one write with the budget shard; the
+    # test's own transaction turns the service's BEGIN/COMMIT into a SAVEPOINT/RELEASE pair.
     statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
-    assert len(statements) == 3, statements
+    assert len(statements) == 2, statements
 
 
 def test_a_repeat_is_answered_from_the_lock_statement(program, actor):
