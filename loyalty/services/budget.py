@@ -55,19 +55,16 @@ def _rebalance(shards: list[BudgetShard], *, remaining: Decimal, currency: str) 
 
 
 class BudgetRetry(Exception):
-    """A charge made with `savepoint=False` found no free shard that could pay. Its transaction
-    may hold a shard lock out of order (see `_add_to_one_shard`), so it must not go on to the
-    slow path: the caller rolls the whole transaction back and runs it again with savepoints."""
+    """A charge made without a savepoint (`budget_charge_statement`) found no free shard that
+    could pay. Its transaction may hold a shard lock out of order (see `_add_to_one_shard`),
+    so it must not go on to the slow path: the caller rolls the whole transaction back and
+    runs it again with `budget_charge`."""
 
 
-def budget_charge(
-    *, program: Program, points: Decimal, allow_partial: bool = True, savepoint: bool = True
-) -> Decimal:
+def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = True) -> Decimal:
     """Charges the cost of `points` to the budget; returns the points it could pay for.
 
     Raises BudgetExhausted when nothing (or, without `allow_partial`, not all) can be paid.
-    `savepoint=False` saves the fast path's savepoint (two round trips) for a caller that can
-    retry its whole transaction: instead of taking the slow path it raises BudgetRetry.
     """
     cost = points_cost(points, point_value=program.point_value, currency=program.currency)
     if program.budget_limit is None:
@@ -81,12 +78,8 @@ def budget_charge(
         # Every shard busy: wait for one (in a savepoint, should a new limit reject it).
         if _add_to_one_shard(program, cost, condition=unlimited, wait=True):
             return points
-    elif _add_to_one_shard(
-        program, cost, condition="allocated >= spent + %s", param=cost, savepoint=savepoint
-    ):
+    elif _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
         return points
-    elif not savepoint:
-        raise BudgetRetry
     return _charge_across_shards(program=program, points=points, allow_partial=allow_partial)
 
 
@@ -101,8 +94,8 @@ _ADD_TO_ONE_SHARD_SQL = """
 def budget_charge_statement(*, program: Program, points: Decimal) -> tuple[str, list]:
     """`budget_charge`'s fast path as an `UPDATE ... RETURNING id` for a caller to run inside
     its own statement (a data-modifying CTE; PostgreSQL): one free shard pays the whole cost
-    of `points`, or no row comes back. Like `budget_charge(savepoint=False)`, the caller must
-    then roll its transaction back and retry: a shard may have been locked out of order."""
+    of `points`, or no row comes back: the caller must then roll its transaction back and
+    retry with `budget_charge` (BudgetRetry), as a shard may have been locked out of order."""
     cost = points_cost(points, point_value=program.point_value, currency=program.currency)
     if program.budget_limit is None:
         condition, extra = "allocated IS NULL", []
