@@ -178,7 +178,7 @@ def ingest_in_transaction(
 ) -> IngestResult:
     """The body of one ingestion; the caller owns the transaction (a batch item's savepoint).
     `retryable`: the caller runs the whole transaction again on BudgetRetry, so an earning's
-    budget charge may skip its savepoint (`budget_charge(savepoint=False)`)."""
+    budget charge may go without its savepoint (`budget_charge_statement`)."""
     if connection.vendor == "postgresql":
         balance, replay_id, entry_id = _event_lock(program, event)
         if replay_id is not None:
