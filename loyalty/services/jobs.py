@@ -273,13 +273,6 @@ def _runners() -> dict[str, Callable[..., None]]:
     }
 
 
-def job_get(*, job_id) -> Job:
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None:
-        raise NotFound("No such job.", job_id=str(job_id))
-    return job
-
-
 def audit_many(
     *, actor: Actor, action: str, entity_type: str, merchant_id: str, rows: list[tuple[Any, dict]]
 ) -> None:
