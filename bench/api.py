@@ -40,7 +40,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-PGBENCH_DB = "loyalty_api_pgbench"
 MERCHANT = "m_bench_api"
 MODULES = ["eats", "shop", "rides"]
 
@@ -282,25 +281,26 @@ def run_load(args: dict, clients: int, duration: int) -> dict:
 
 def pgbench_tps(url: str, clients: int, duration: int, scale: int) -> float:
     parsed = urlparse(url)
+    scratch = f"{parsed.path.lstrip('/')}_pgbench"  # beside the benchmark's own database
     conn = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432)]
     conn += ["-U", parsed.username or "postgres"]
     env = {**os.environ}
     if parsed.password:
         env["PGPASSWORD"] = parsed.password
-    subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
-    subprocess.run(["createdb", *conn, PGBENCH_DB], check=True, env=env)
+    subprocess.run(["dropdb", *conn, "--if-exists", scratch], check=True, env=env)
+    subprocess.run(["createdb", *conn, scratch], check=True, env=env)
     try:
         subprocess.run(
-            ["pgbench", *conn, "-i", "-q", "-s", str(scale), PGBENCH_DB],
+            ["pgbench", *conn, "-i", "-q", "-s", str(scale), scratch],
             check=True, env=env, capture_output=True,
         )  # fmt: skip
         out = subprocess.run(
             ["pgbench", *conn, "-n", "-c", str(clients), "-j", "2", "-T", str(duration),
-             PGBENCH_DB],
+             scratch],
             check=True, env=env, capture_output=True, text=True,
         ).stdout  # fmt: skip
     finally:
-        subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
+        subprocess.run(["dropdb", *conn, "--if-exists", scratch], check=True, env=env)
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     if not match:
         raise RuntimeError(f"cannot read pgbench output:\n{out}")
