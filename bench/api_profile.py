@@ -246,6 +246,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is kept")
     parser.add_argument("--no-service", action="store_true")
     parser.add_argument("--profile", metavar="FILE", help="pyinstrument profile ('-': text)")
+    parser.add_argument(
+        "--cprofile", type=int, metavar="N", help="print the top N functions by CPU (cProfile)"
+    )
     opts = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("Set DATABASE_URL to a PostgreSQL database (it is migrated and written to).")
@@ -267,6 +270,17 @@ def main() -> None:
     for kind in opts.auth.split(","):
         auth = auths[kind]
         run_http(app, program_id, opts.members, auth, opts.warmup, rng)
+        if opts.cprofile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
+            run_http(app, program_id, opts.members, auth, opts.requests, rng)
+            profiler.disable()
+            stats = pstats.Stats(profiler).sort_stats("cumulative")
+            stats.print_stats(opts.cprofile)
+            continue
         if opts.profile:
             from pyinstrument import Profiler
 
@@ -290,7 +304,7 @@ def main() -> None:
             "statements"
         ]
         print(fmt(f"HTTP {kind}", best))
-    if not opts.no_service and not opts.profile:
+    if not opts.no_service and not opts.profile and not opts.cprofile:
         run_service(program_id, opts.members, opts.warmup, rng)
         runs = [
             run_service(program_id, opts.members, opts.requests, rng) for _ in range(opts.repeat)

@@ -10,7 +10,7 @@ from access.approval_gate import approval_gate, approval_needed, approval_pendin
 from access.idempotency import idempotent
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
-from access.scoping import scope_queryset
+from access.scoping import program_get_for_caller, scope_queryset
 
 from ..errors import DomainError, NotFound, ValidationFailed
 from ..models import Program
@@ -145,9 +145,7 @@ class EventsApi(LoyaltyApi):
     def post(self, request):
         caller = request.caller
         program_id, event = event_parse(request.data, idempotency_key=request.idempotency_key)
-        program = scope_queryset(Program.objects.all(), caller).filter(pk=program_id).first()
-        if program is None:
-            raise NotFound("No such program.", program_id=str(program_id))
+        program = program_get_for_caller(caller=caller, program_id=program_id)
         pending = adjustment_gate(program=program, event=event, caller=caller)
         if pending is not None:
             return Response(approval_pending_body(pending), status=202)
