@@ -75,23 +75,48 @@ def idempotency_key(request) -> str:
     return key
 
 
+# The columns a claim writes, in the order of `_claim_sql`'s placeholders.
+CLAIM_FIELDS = (
+    "scope",
+    "key",
+    "method",
+    "path",
+    "request_hash",
+    "credential_id",
+    "status",
+    "response_status",
+    "response_body",
+    "response_content_type",
+    "created_at",
+    "locked_until",
+    "completed_at",
+    "expires_at",
+)
+
+
+@functools.cache
+def _claim_sql(vendor: str) -> tuple[str, list]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields; built once per process
+    (the same text every time, so the database prepares it once per connection)."""
+    qn = connection.ops.quote_name
+    fields = [IdempotencyRecord._meta.get_field(name) for name in CLAIM_FIELDS]
+    # Identifiers come from the model's metadata, values are bound parameters.
+    sql = (
+        f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} "  # noqa: S608
+        f"({', '.join(qn(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {qn('id')}"
+    )
+    return sql, fields
+
+
 def _claim_insert(scope: str, key: str, fields: dict) -> int | None:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new record's id, or None when the
     key is taken. One statement in autocommit (no savepoint, no exception to recover from):
     this runs on every write, so it is kept to a single round trip."""
     values = {"scope": scope, "key": key, **fields}
-    qn = connection.ops.quote_name
-    columns, params = [], []
-    for name, value in values.items():
-        field = IdempotencyRecord._meta.get_field(name)
-        columns.append(qn(field.column))
-        params.append(field.get_db_prep_save(value, connection))
-    # Identifiers come from the model's metadata, values are bound parameters.
-    sql = (
-        f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
-        f"VALUES ({', '.join(['%s'] * len(params))}) "
-        f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {qn('id')}"
-    )
+    sql, model_fields = _claim_sql(connection.vendor)
+    params = [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -158,15 +183,50 @@ def idempotency_claim(
     raise IdempotencyInProgress(idempotency_key=key)
 
 
-def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
-    body = json.loads(json.dumps(response.data, cls=JSONEncoder))
-    IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
-        status=IdempotencyRecord.Status.COMPLETED,
-        response_status=response.status_code,
-        response_body=body,
-        response_content_type=response.content_type or "",
-        completed_at=timezone.now(),
+@functools.cache
+def _complete_sql() -> str:
+    qn = connection.ops.quote_name
+    meta = IdempotencyRecord._meta
+    column = {name: qn(meta.get_field(name).column) for name in (
+        "status", "response_status", "response_body", "response_content_type",
+        "completed_at", "id", "created_at",
+    )}  # fmt: skip
+    # Identifiers come from the model's metadata, values are bound parameters.
+    return (
+        f"UPDATE {qn(meta.db_table)} SET {column['status']} = %s, "  # noqa: S608
+        f"{column['response_status']} = %s, {column['response_body']} = %s::jsonb, "
+        f"{column['response_content_type']} = %s, {column['completed_at']} = %s "
+        f"WHERE {column['id']} = %s AND {column['created_at']} = %s"
     )
+
+
+def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
+    """Stores the outcome to replay. Inside the caller's transaction when there is one (an
+    API view may store it in the same transaction as its write), else committed at once."""
+    # The body as the response renders it (DRF's encoder), so a replay answers the same.
+    body = json.dumps(response.data, cls=JSONEncoder)
+    status = IdempotencyRecord.Status.COMPLETED
+    if connection.vendor != "postgresql":
+        IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
+            status=status,
+            response_status=response.status_code,
+            response_body=json.loads(body),
+            response_content_type=response.content_type or "",
+            completed_at=timezone.now(),
+        )
+        return
+    # The JSON text travels as it is (no decode and re-encode for the JSONField).
+    params = [
+        str(status),
+        response.status_code,
+        body,
+        response.content_type or "",
+        timezone.now(),
+        record.pk,
+        record.created_at,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_complete_sql(), params)
 
 
 def idempotency_release(record: IdempotencyRecord) -> None:

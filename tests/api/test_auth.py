@@ -9,6 +9,7 @@ from io import StringIO
 
 import jwt
 import pytest
+import time_machine
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core.management import call_command
@@ -64,6 +65,35 @@ def test_bad_claims_are_401(make_token, funded, claims, code):
     response = ApiClient(f"Bearer {token}").get(member_url(funded))
     assert_401(response)
     assert response.json()["code"] == code
+
+
+def test_a_token_verified_before_still_expires(make_token, funded):
+    # Verified tokens are remembered per process; each use checks `exp` again.
+    token = make_token(["system"], exp=int(time.time()) + 60)
+    client = ApiClient(f"Bearer {token}")
+    assert client.get(member_url(funded)).status_code == 200
+    with time_machine.travel(timezone.now() + timedelta(seconds=60 + 31)):
+        response = client.get(member_url(funded))
+    assert_401(response)
+    assert response.json()["code"] == "token_expired"
+
+
+def test_a_token_verified_before_is_checked_against_the_current_settings(
+    make_token, funded, jwt_settings
+):
+    token = make_token(["system"])
+    client = ApiClient(f"Bearer {token}")
+    assert client.get(member_url(funded)).status_code == 200
+    jwt_settings.LOYALTY_JWT_AUDIENCE = "another-audience"
+    assert_401(client.get(member_url(funded)))
+    jwt_settings.LOYALTY_JWT_AUDIENCE = AUDIENCE
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwt_settings.LOYALTY_JWT_PUBLIC_KEY = (
+        other.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    assert_401(client.get(member_url(funded)))
 
 
 @pytest.mark.parametrize("missing", ["sub", "roles", "exp", "iss", "aud"])
@@ -244,6 +274,16 @@ def test_revoked_expired_and_wrong_keys_are_401(funded):
     wrong = good_key[:-1] + ("A" if good_key[-1] != "A" else "B")
     for key in (revoked_key, expired_key, wrong, "no-dot-here"):
         assert_401(ApiClient(f"Api-Key {key}").get(member_url(funded)))
+
+
+def test_an_api_key_revoked_or_expired_after_use_is_refused_at_once(funded):
+    api_key, key = make_key()
+    client = ApiClient(f"Api-Key {key}")
+    assert client.get(member_url(funded)).status_code == 200
+    MerchantAPIKey.objects.filter(pk=api_key.pk).update(expiry_date=timezone.now())
+    assert_401(client.get(member_url(funded)))
+    MerchantAPIKey.objects.filter(pk=api_key.pk).update(expiry_date=None, revoked=True)
+    assert_401(client.get(member_url(funded)))
 
 
 def test_apikey_create_prints_the_key_once(funded):
