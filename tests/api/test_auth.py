@@ -16,7 +16,9 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from access.models import MerchantAPIKey
+from audit.integrity import entry_digest_of
 from audit.models import AuditEntry
+from audit.verify import audit_verify
 from loyalty.models import LedgerEntry, Merchant
 
 from .conftest import AUDIENCE, ISSUER, OWN, ApiClient
@@ -227,6 +229,46 @@ def test_actor_of_the_credential_is_audited(api, funded):
     audit = AuditEntry.objects.filter(entity_type="transaction", entity_id=str(entry.pk)).get()
     assert (audit.actor_id, audit.actor_role, audit.ip) == ("svc-checkout", "system", "127.0.0.1")
     assert audit.user_agent == "checkout/1.0"
+    assert audit.credential_id == "jwt:svc-checkout"  # no `jti`: the subject
+    assert entry_digest_of(audit) == audit.digest
+
+
+def test_credential_of_each_request_is_audited(make_token, funded):
+    """JWT (its `jti`) and API key (its prefix): the audit entry of the write names it, its
+    digest covers it, and the audit API shows it."""
+    api_key, key = make_key()
+    token = make_token(["system"], sub="svc-checkout", jti="token-42")
+    written = {}
+    for name, auth in (("jwt", f"Bearer {token}"), ("api_key", f"Api-Key {key}")):
+        response = ApiClient(auth).post(
+            "/api/v1/events",
+            {
+                "program_id": str(funded.pk),
+                "member_id": "u_2",
+                "type": "purchase",
+                "amount": "5000",
+                "currency": "XOF",
+            },
+            headers={"User-Agent": f"{name}/1.0"},
+        )
+        assert response.status_code == 201, response.content
+        written[name] = AuditEntry.objects.get(
+            entity_type="transaction", entity_id=response.json()["transaction_id"]
+        )
+    assert written["jwt"].credential_id == "jwt:token-42"
+    assert written["api_key"].credential_id == f"apikey:{api_key.prefix}"
+    assert (written["api_key"].actor_role, written["api_key"].user_agent) == (
+        "api_key",
+        "api_key/1.0",
+    )
+    for audit in written.values():
+        assert entry_digest_of(audit) == audit.digest
+    assert audit_verify() == []
+    trail = ApiClient(f"Bearer {make_token(['auditor'], merchant_id=None)}").get(
+        f"/api/v1/audit/transaction/{written['jwt'].entity_id}"
+    )
+    assert trail.status_code == 200, trail.content
+    assert trail.json()["results"][0]["credential_id"] == "jwt:token-42"
 
 
 # --- API keys -------------------------------------------------------------------------------
