@@ -201,8 +201,8 @@ def _complete_sql() -> str:
 
 
 def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
-    """Stores the outcome to replay. Inside the caller's transaction when there is one (an
-    API view may store it in the same transaction as its write), else committed at once."""
+    """Stores the outcome to replay: in the caller's transaction when there is one (a view
+    may store it with its own write, see `idempotent`), else committed at once."""
     # The body as the response renders it (DRF's encoder), so a replay answers the same.
     body = json.dumps(response.data, cls=JSONEncoder)
     status = IdempotencyRecord.Status.COMPLETED
@@ -262,6 +262,9 @@ def idempotent(handler):
         )
         if replay:
             return replay_response(record)
+        # A handler may store its outcome itself, in the transaction of its write
+        # (`idempotency_complete` there, then `record.stored = True` once committed).
+        request.idempotency_record = record
         try:
             try:
                 response = handler(self, request, *args, **kwargs)
@@ -272,7 +275,9 @@ def idempotent(handler):
         except BaseException:
             idempotency_release(record)
             raise
-        if 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
+        if getattr(record, "stored", False):
+            pass
+        elif 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
             idempotency_complete(record, response)
         else:
             idempotency_release(record)
