@@ -153,6 +153,20 @@ class Counter:
         return execute(sql, params, many, context)
 
 
+def commits() -> int:
+    """Transactions committed in this database so far (our connection is its only one). The
+    statistics are sent when a backend goes idle, at most once a second: wait for them."""
+    from django.db import connection
+
+    time.sleep(1.2)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return cursor.fetchone()[0]
+
+
 def run_http(app, program_id, members, auth, n, rng, *, count=False) -> dict:
     from django.db import connection
 
@@ -164,6 +178,7 @@ def run_http(app, program_id, members, auth, n, rng, *, count=False) -> dict:
         code = int(status.split()[0])
         statuses[code] = statuses.get(code, 0) + 1
 
+    commits0 = commits() if count else 0
     db0 = backend_cpu_ns()
     cpu0 = time.process_time()
     wall0 = time.perf_counter()
@@ -182,6 +197,8 @@ def run_http(app, program_id, members, auth, n, rng, *, count=False) -> dict:
         "db_ms": None if db0 is None else (db1 - db0) / 1e6 / n,
         "wall_ms": 1000 * wall / n,
         "statements": counter.n / n if count else None,
+        # Less the three statements that read the counter and the backend's pid.
+        "commits": (commits() - commits0 - 3) / n if count else None,
         "statuses": statuses,
     }
 
@@ -232,6 +249,8 @@ def fmt(name: str, r: dict) -> str:
     line = f"{name:<22} python {r['py_ms']:6.2f}  postgres {db or 0:6.2f}  total {total} ms CPU"
     if r.get("statements") is not None:
         line += f"  {r['statements']:.1f} statements"
+    if r.get("commits") is not None:
+        line += f"  {r['commits']:.2f} commits"
     if r.get("statuses"):
         line += f"  statuses {r['statuses']}"
     return line
@@ -300,9 +319,8 @@ def main() -> None:
             for _ in range(opts.repeat)
         ]
         best = min(runs, key=lambda r: r["py_ms"] + (r["db_ms"] or 0))
-        best["statements"] = run_http(app, program_id, opts.members, auth, 200, rng, count=True)[
-            "statements"
-        ]
+        counted = run_http(app, program_id, opts.members, auth, 200, rng, count=True)
+        best["statements"], best["commits"] = counted["statements"], counted["commits"]
         print(fmt(f"HTTP {kind}", best))
     if not opts.no_service and not opts.profile and not opts.cprofile:
         run_service(program_id, opts.members, opts.warmup, rng)

@@ -43,18 +43,20 @@ INSTALLED_APPS = [
     "access",
 ]
 
+# The *OutsideApi classes are Django's and django_prometheus's own, skipped for /api/v1/
+# requests, which use none of them (token auth, no session or cookie; see access/middleware.py).
 MIDDLEWARE = [
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "access.middleware.PrometheusBeforeOutsideApi",
     "django.middleware.security.SecurityMiddleware",
     "access.middleware.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "access.middleware.SessionOutsideApi",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "access.middleware.CsrfOutsideApi",
+    "access.middleware.AuthenticationOutsideApi",
+    "access.middleware.MessagesOutsideApi",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "access.middleware.PrometheusAfter",
 ]
 
 ROOT_URLCONF = "loyalty_project.urls"
