@@ -116,7 +116,12 @@ def _claim_insert(scope: str, key: str, fields: dict) -> int | None:
     this runs on every write, so it is kept to a single round trip."""
     values = {"scope": scope, "key": key, **fields}
     sql, model_fields = _claim_sql(connection.vendor)
-    params = [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
+    if connection.vendor == "postgresql":
+        # Text, integers, aware datetimes and NULLs: psycopg adapts them as they are (Django's
+        # per-field preparation of 14 values costs a third of the claim's Python time).
+        params = [values[name] for name in CLAIM_FIELDS]
+    else:
+        params = [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -142,7 +147,7 @@ def idempotency_claim(
         "path": path[:500],
         "request_hash": fingerprint,
         "credential_id": credential_id[:128],
-        "status": IdempotencyRecord.Status.IN_PROGRESS,
+        "status": str(IdempotencyRecord.Status.IN_PROGRESS),
         "response_status": None,
         "response_body": None,
         "response_content_type": "",

@@ -150,6 +150,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["access.parsers.StrictJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "access.negotiation.JSONFirstNegotiation",
     "EXCEPTION_HANDLER": "access.problems.problem_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
