@@ -20,6 +20,7 @@ import io
 import json
 import os
 import random
+import shlex
 import sys
 import time
 import uuid
@@ -266,6 +267,11 @@ def main() -> None:
     parser.add_argument("--no-service", action="store_true")
     parser.add_argument("--profile", metavar="FILE", help="pyinstrument profile ('-': text)")
     parser.add_argument(
+        "--setup-only",
+        action="store_true",
+        help="print shell exports (program, credentials, public key) for gunicorn + wrk",
+    )
+    parser.add_argument(
         "--cprofile", type=int, metavar="N", help="print the top N functions by CPU (cProfile)"
     )
     opts = parser.parse_args()
@@ -285,6 +291,12 @@ def main() -> None:
         "jwt": f"Bearer {jwt_token(private, merchant_id)}",
         "api_key": f"Api-Key {api_key(merchant_id)}",
     }
+    if opts.setup_only:
+        print(f"export WRK_PROGRAM={program_id}")
+        print(f"export WRK_JWT={shlex.quote(auths['jwt'])}")
+        print(f"export WRK_API_KEY={shlex.quote(auths['api_key'])}")
+        print(f"export LOYALTY_JWT_PUBLIC_KEY={shlex.quote(pem)}")
+        return
     rng = random.Random(1)
     for kind in opts.auth.split(","):
         auth = auths[kind]
