@@ -27,6 +27,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from loyalty.errors import Conflict, DomainError, IdempotencyKeyReused, ValidationFailed
 
 from .models import IdempotencyRecord
+from .rows import RowLookup
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -110,10 +111,11 @@ def _claim_sql(vendor: str) -> tuple[str, list]:
     return sql, fields
 
 
-def _claim_insert(scope: str, key: str, fields: dict) -> int | None:
+def _claim_insert(scope: str, key: str, fields: dict, also: RowLookup | None = None):
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new record's id, or None when the
     key is taken. One statement in autocommit (no savepoint, no exception to recover from):
-    this runs on every write, so it is kept to a single round trip."""
+    this runs on every write, so it is kept to a single round trip. With `also`, that row is
+    read by the same statement: (id, instance or None)."""
     values = {"scope": scope, "key": key, **fields}
     sql, model_fields = _claim_sql(connection.vendor)
     if connection.vendor == "postgresql":
@@ -122,10 +124,24 @@ def _claim_insert(scope: str, key: str, fields: dict) -> int | None:
         params = [values[name] for name in CLAIM_FIELDS]
     else:
         params = [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
+    if also is None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return row[0] if row else None
+    if connection.vendor != "postgresql":  # no INSERT inside a WITH: two statements
+        return _claim_insert(scope, key, fields), also.get()
+    table, columns, condition, also_params = also.sql()
+    # One row always: the claim's id (NULL when taken) beside the looked-up row (NULLs when
+    # none matches). Identifiers come from the models' metadata, values are bound parameters.
+    joined = (
+        f"WITH claim AS ({sql}) SELECT (SELECT id FROM claim), {columns} "  # noqa: S608
+        f"FROM (SELECT 1) AS one LEFT JOIN {table} ON {condition}"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(joined, [*params, *also_params])
         row = cursor.fetchone()
-    return row[0] if row else None
+    return row[0], also.build(row[1:])
 
 
 def idempotency_claim(
@@ -136,8 +152,11 @@ def idempotency_claim(
     method: str,
     path: str,
     credential_id: str,
+    also: RowLookup | None = None,
 ) -> tuple[IdempotencyRecord, bool]:
     """Claims `key` for this request: (record, False), or (stored record, True) to replay.
+    With `also`, the record's `prefetched` is that row (None: no such row), read by the
+    claim's own statement.
 
     Raises IdempotencyKeyReused for another body, IdempotencyInProgress while it runs.
     """
@@ -156,11 +175,16 @@ def idempotency_claim(
         "completed_at": None,
         "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
     }
-    for _ in range(3):
+    for attempt in range(3):
         # Committed at once (autocommit): the claim is visible to concurrent repeats.
-        pk = _claim_insert(scope, key, fresh)
+        if also is not None and attempt == 0:
+            pk, prefetched = _claim_insert(scope, key, fresh, also)
+        else:
+            pk, prefetched = _claim_insert(scope, key, fresh), None
         if pk is not None:
-            return IdempotencyRecord(pk=pk, scope=scope, key=key, **fresh), False
+            record = IdempotencyRecord(pk=pk, scope=scope, key=key, **fresh)
+            record.prefetched = prefetched
+            return record, False
         existing = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
         if existing is None:
             continue  # purged meanwhile: claim again
@@ -250,13 +274,18 @@ def replay_response(record: IdempotencyRecord) -> Response:
 
 
 def idempotent(handler):
-    """Wraps a write handler of an APIView (after authentication and permission checks)."""
+    """Wraps a write handler of an APIView (after authentication and permission checks).
+
+    A view may name a row its handler will read (`idempotency_prefetch(request)` returning a
+    RowLookup, or None): the claim's statement reads it too, handed over as
+    `request.idempotency_record.prefetched`; the handler checks it is the row it needs."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
         key = idempotency_key(request)
         request.idempotency_key = key
         caller = request.caller
+        prefetch = getattr(self, "idempotency_prefetch", None)
         record, replay = idempotency_claim(
             scope=caller.idempotency_scope,
             key=key,
@@ -264,6 +293,7 @@ def idempotent(handler):
             method=request.method,
             path=request.path,
             credential_id=caller.credential_id,
+            also=prefetch(request) if prefetch is not None else None,
         )
         if replay:
             return replay_response(record)

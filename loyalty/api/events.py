@@ -11,7 +11,7 @@ from access.approval_gate import approval_gate, approval_needed, approval_pendin
 from access.idempotency import idempotency_complete, idempotent
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
-from access.scoping import program_get_for_caller, scope_queryset
+from access.scoping import program_get_for_caller, program_lookup, scope_queryset
 
 from ..errors import DomainError, NotFound, ValidationFailed
 from ..models import Program
@@ -177,6 +177,15 @@ def event_ingest_stored(*, program: Program, event: EventInput, actor, record) -
 class EventsApi(LoyaltyApi):
     method_permissions = {"post": "events:write"}
 
+    def idempotency_prefetch(self, request):
+        """The event's program, read by the idempotency claim's own statement."""
+        data = request.data
+        raw = data.get("program_id") if isinstance(data, dict) else None
+        try:
+            return program_lookup(request.caller, uuid.UUID(raw)) if isinstance(raw, str) else None
+        except ValueError:
+            return None  # event_parse answers it
+
     @extend_schema(
         operation_id="events_create",
         summary="Ingest one event (purchase, refund, referral, campaign_bonus, manual_adjust)",
@@ -194,7 +203,11 @@ class EventsApi(LoyaltyApi):
     def post(self, request):
         caller = request.caller
         program_id, event = event_parse(request.data, idempotency_key=request.idempotency_key)
-        program = program_get_for_caller(caller=caller, program_id=program_id)
+        program = program_get_for_caller(
+            caller=caller,
+            program_id=program_id,
+            prefetched=getattr(request.idempotency_record, "prefetched", None),
+        )
         pending = adjustment_gate(program=program, event=event, caller=caller)
         if pending is not None:
             return Response(approval_pending_body(pending), status=202)

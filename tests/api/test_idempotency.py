@@ -296,4 +296,5 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     assert budget_spent(program=program) == Decimal("100")
     record = IdempotencyRecord.objects.get(key="b1")
     assert (record.status, record.response_body) == ("completed", response.json())
-    assert tries == [True, False]
+    # The one-statement path, then the guarded one (SQLite has only the latter's ORM path).
+    assert tries == ([True, False] if connection.vendor == "postgresql" else [True])
