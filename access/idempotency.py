@@ -27,6 +27,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from loyalty.errors import Conflict, DomainError, IdempotencyKeyReused, ValidationFailed
 
 from .models import IdempotencyRecord
+from .rows import RowLookup
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
@@ -75,27 +76,72 @@ def idempotency_key(request) -> str:
     return key
 
 
-def _claim_insert(scope: str, key: str, fields: dict) -> int | None:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new record's id, or None when the
-    key is taken. One statement in autocommit (no savepoint, no exception to recover from):
-    this runs on every write, so it is kept to a single round trip."""
-    values = {"scope": scope, "key": key, **fields}
+# The columns a claim writes, in the order of `_claim_sql`'s placeholders.
+CLAIM_FIELDS = (
+    "scope",
+    "key",
+    "method",
+    "path",
+    "request_hash",
+    "credential_id",
+    "status",
+    "response_status",
+    "response_body",
+    "response_content_type",
+    "created_at",
+    "locked_until",
+    "completed_at",
+    "expires_at",
+)
+
+
+@functools.cache
+def _claim_sql(vendor: str) -> tuple[str, list]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields; built once per process
+    (the same text every time, so the database prepares it once per connection)."""
     qn = connection.ops.quote_name
-    columns, params = [], []
-    for name, value in values.items():
-        field = IdempotencyRecord._meta.get_field(name)
-        columns.append(qn(field.column))
-        params.append(field.get_db_prep_save(value, connection))
+    fields = [IdempotencyRecord._meta.get_field(name) for name in CLAIM_FIELDS]
     # Identifiers come from the model's metadata, values are bound parameters.
     sql = (
-        f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
-        f"VALUES ({', '.join(['%s'] * len(params))}) "
+        f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} "  # noqa: S608
+        f"({', '.join(qn(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
         f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {qn('id')}"
     )
+    return sql, fields
+
+
+def _claim_insert(scope: str, key: str, fields: dict, also: RowLookup | None = None):
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new record's id, or None when the
+    key is taken. One statement in autocommit (no savepoint, no exception to recover from):
+    this runs on every write, so it is kept to a single round trip. With `also`, that row is
+    read by the same statement: (id, instance or None)."""
+    values = {"scope": scope, "key": key, **fields}
+    sql, model_fields = _claim_sql(connection.vendor)
+    if connection.vendor == "postgresql":
+        # Text, integers, aware datetimes and NULLs: psycopg adapts them as they are (Django's
+        # per-field preparation of 14 values costs a third of the claim's Python time).
+        params = [values[name] for name in CLAIM_FIELDS]
+    else:
+        params = [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
+    if also is None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return row[0] if row else None
+    if connection.vendor != "postgresql":  # no INSERT inside a WITH: two statements
+        return _claim_insert(scope, key, fields), also.get()
+    table, columns, condition, also_params = also.sql()
+    # One row always: the claim's id (NULL when taken) beside the looked-up row (NULLs when
+    # none matches). Identifiers come from the models' metadata, values are bound parameters.
+    joined = (
+        f"WITH claim AS ({sql}) SELECT (SELECT id FROM claim), {columns} "  # noqa: S608
+        f"FROM (SELECT 1) AS one LEFT JOIN {table} ON {condition}"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(joined, [*params, *also_params])
         row = cursor.fetchone()
-    return row[0] if row else None
+    return row[0], also.build(row[1:])
 
 
 def idempotency_claim(
@@ -106,8 +152,11 @@ def idempotency_claim(
     method: str,
     path: str,
     credential_id: str,
+    also: RowLookup | None = None,
 ) -> tuple[IdempotencyRecord, bool]:
     """Claims `key` for this request: (record, False), or (stored record, True) to replay.
+    With `also`, the record's `prefetched` is that row (None: no such row), read by the
+    claim's own statement.
 
     Raises IdempotencyKeyReused for another body, IdempotencyInProgress while it runs.
     """
@@ -117,7 +166,7 @@ def idempotency_claim(
         "path": path[:500],
         "request_hash": fingerprint,
         "credential_id": credential_id[:128],
-        "status": IdempotencyRecord.Status.IN_PROGRESS,
+        "status": str(IdempotencyRecord.Status.IN_PROGRESS),
         "response_status": None,
         "response_body": None,
         "response_content_type": "",
@@ -126,11 +175,16 @@ def idempotency_claim(
         "completed_at": None,
         "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
     }
-    for _ in range(3):
+    for attempt in range(3):
         # Committed at once (autocommit): the claim is visible to concurrent repeats.
-        pk = _claim_insert(scope, key, fresh)
+        if also is not None and attempt == 0:
+            pk, prefetched = _claim_insert(scope, key, fresh, also)
+        else:
+            pk, prefetched = _claim_insert(scope, key, fresh), None
         if pk is not None:
-            return IdempotencyRecord(pk=pk, scope=scope, key=key, **fresh), False
+            record = IdempotencyRecord(pk=pk, scope=scope, key=key, **fresh)
+            record.prefetched = prefetched
+            return record, False
         existing = IdempotencyRecord.objects.filter(scope=scope, key=key).first()
         if existing is None:
             continue  # purged meanwhile: claim again
@@ -158,15 +212,50 @@ def idempotency_claim(
     raise IdempotencyInProgress(idempotency_key=key)
 
 
-def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
-    body = json.loads(json.dumps(response.data, cls=JSONEncoder))
-    IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
-        status=IdempotencyRecord.Status.COMPLETED,
-        response_status=response.status_code,
-        response_body=body,
-        response_content_type=response.content_type or "",
-        completed_at=timezone.now(),
+@functools.cache
+def _complete_sql() -> str:
+    qn = connection.ops.quote_name
+    meta = IdempotencyRecord._meta
+    column = {name: qn(meta.get_field(name).column) for name in (
+        "status", "response_status", "response_body", "response_content_type",
+        "completed_at", "id", "created_at",
+    )}  # fmt: skip
+    # Identifiers come from the model's metadata, values are bound parameters.
+    return (
+        f"UPDATE {qn(meta.db_table)} SET {column['status']} = %s, "  # noqa: S608
+        f"{column['response_status']} = %s, {column['response_body']} = %s::jsonb, "
+        f"{column['response_content_type']} = %s, {column['completed_at']} = %s "
+        f"WHERE {column['id']} = %s AND {column['created_at']} = %s"
     )
+
+
+def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
+    """Stores the outcome to replay: in the caller's transaction when there is one (a view
+    may store it with its own write, see `idempotent`), else committed at once."""
+    # The body as the response renders it (DRF's encoder), so a replay answers the same.
+    body = json.dumps(response.data, cls=JSONEncoder)
+    status = IdempotencyRecord.Status.COMPLETED
+    if connection.vendor != "postgresql":
+        IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
+            status=status,
+            response_status=response.status_code,
+            response_body=json.loads(body),
+            response_content_type=response.content_type or "",
+            completed_at=timezone.now(),
+        )
+        return
+    # The JSON text travels as it is (no decode and re-encode for the JSONField).
+    params = [
+        str(status),
+        response.status_code,
+        body,
+        response.content_type or "",
+        timezone.now(),
+        record.pk,
+        record.created_at,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_complete_sql(), params)
 
 
 def idempotency_release(record: IdempotencyRecord) -> None:
@@ -185,13 +274,18 @@ def replay_response(record: IdempotencyRecord) -> Response:
 
 
 def idempotent(handler):
-    """Wraps a write handler of an APIView (after authentication and permission checks)."""
+    """Wraps a write handler of an APIView (after authentication and permission checks).
+
+    A view may name a row its handler will read (`idempotency_prefetch(request)` returning a
+    RowLookup, or None): the claim's statement reads it too, handed over as
+    `request.idempotency_record.prefetched`; the handler checks it is the row it needs."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
         key = idempotency_key(request)
         request.idempotency_key = key
         caller = request.caller
+        prefetch = getattr(self, "idempotency_prefetch", None)
         record, replay = idempotency_claim(
             scope=caller.idempotency_scope,
             key=key,
@@ -199,9 +293,13 @@ def idempotent(handler):
             method=request.method,
             path=request.path,
             credential_id=caller.credential_id,
+            also=prefetch(request) if prefetch is not None else None,
         )
         if replay:
             return replay_response(record)
+        # A handler may store its outcome itself, in the transaction of its write
+        # (`idempotency_complete` there, then `record.stored = True` once committed).
+        request.idempotency_record = record
         try:
             try:
                 response = handler(self, request, *args, **kwargs)
@@ -212,7 +310,9 @@ def idempotent(handler):
         except BaseException:
             idempotency_release(record)
             raise
-        if 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
+        if getattr(record, "stored", False):
+            pass
+        elif 200 <= response.status_code < 300 or response.status_code in STORED_STATUSES:
             idempotency_complete(record, response)
         else:
             idempotency_release(record)

@@ -11,6 +11,7 @@ from loyalty.errors import NotFound
 from loyalty.models import Campaign, MemberBalance, Program, Redemption, Voucher
 
 from .caller import Caller
+from .rows import RowLookup, all_attnames
 
 
 def scope_queryset(queryset: QuerySet, caller: Caller, field: str = "merchant_id") -> QuerySet:
@@ -32,8 +33,23 @@ def merchant_check(caller: Caller, merchant_id: str) -> None:
         raise NotFound("No such merchant.")
 
 
-def program_get_for_caller(*, caller: Caller, program_id) -> Program:
-    program = scope_queryset(Program.objects.all(), caller).filter(pk=_uuid(program_id)).first()
+def program_lookup(caller: Caller, program_id: uuid.UUID) -> RowLookup:
+    """The program `program_id` if the caller may see it, as a lookup of fixed SQL text (every
+    write names a program; the ORM would compile the same query anew each time)."""
+    if caller.merchant_id is None:
+        return RowLookup.of(Program, all_attnames(Program), id=program_id)
+    return RowLookup.of(
+        Program, all_attnames(Program), id=program_id, merchant_id=caller.merchant_id
+    )
+
+
+def program_get_for_caller(*, caller: Caller, program_id, prefetched=None) -> Program:
+    """The program, if the caller may see it. `prefetched`: what `program_lookup` already
+    read for this caller (the idempotency claim's statement), used when it is this program."""
+    program_id = _uuid(program_id)
+    if prefetched is not None and prefetched.pk == program_id:
+        return prefetched
+    program = program_lookup(caller, program_id).get()
     if program is None:
         raise NotFound("No such program.", program_id=str(program_id))
     return program

@@ -36,7 +36,7 @@ class AuditEntryAdmin(ReadOnly):
     ordering = ["-id"]
     fields = [
         "id", "created_at", "action", "entity_type", "entity_id", "merchant_id", "actor_id",
-        "actor_role", "ip", "user_agent", "changes_pretty", "digest", "txid",
+        "actor_role", "ip", "user_agent", "credential_id", "changes_pretty", "digest", "txid",
     ]  # fmt: skip
     readonly_fields = fields
 

@@ -51,24 +51,28 @@ def entry_digest(
     user_agent: str,
     changes: dict,
     created_at: datetime,
+    credential_id: str = "",
 ) -> str:
-    content = canonical_json(
-        [
-            "v1",
-            entity_type,
-            entity_id,
-            action,
-            merchant_id,
-            actor_id,
-            actor_role,
-            normalise_ip(ip),
-            user_agent,
-            changes,
-            # Microseconds since the epoch: independent of time zone and text formatting.
-            round(created_at.timestamp() * 1_000_000),
-        ]
-    )
-    return hmac.new(audit_key(), content.encode(), hashlib.sha256).hexdigest()
+    content = [
+        "v1",
+        entity_type,
+        entity_id,
+        action,
+        merchant_id,
+        actor_id,
+        actor_role,
+        normalise_ip(ip),
+        user_agent,
+        changes,
+        # Microseconds since the epoch: independent of time zone and text formatting.
+        round(created_at.timestamp() * 1_000_000),
+    ]
+    if credential_id:
+        # v2 covers the credential too; entries without one keep v1's content, so the digests
+        # of entries written before the column existed still verify.
+        content[0] = "v2"
+        content.append(credential_id)
+    return hmac.new(audit_key(), canonical_json(content).encode(), hashlib.sha256).hexdigest()
 
 
 def entry_digest_of(entry) -> str:
@@ -84,6 +88,8 @@ def entry_digest_of(entry) -> str:
         user_agent=entry.user_agent,
         changes=entry.changes,
         created_at=entry.created_at,
+        # Absent from the historical model of migrations before 0004.
+        credential_id=getattr(entry, "credential_id", ""),
     )
 
 

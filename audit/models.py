@@ -73,6 +73,9 @@ class AuditEntry(models.Model):
     actor_role = models.CharField(max_length=32)
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=400, blank=True)
+    # The API credential of the request ("jwt:<jti or sub>", "apikey:<prefix>"); empty for
+    # staff in the admin and for jobs.
+    credential_id = models.CharField(max_length=128, blank=True, default="", db_default="")
     changes = models.JSONField(default=dict, blank=True)
     # Set by audit_record (not auto_now_add) so the HMAC covers exactly the stored instant.
     created_at = models.DateTimeField()

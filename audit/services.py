@@ -19,6 +19,7 @@ from .models import AuditEntry, AuditSeal
 from .pii import pii_scrub
 
 USER_AGENT_MAX = 400
+CREDENTIAL_ID_MAX = 128
 # A seal covers at most about this many entries, so one run stays short; the job catches up
 # over several runs.
 SEAL_MAX_ENTRIES = 50_000
@@ -111,6 +112,7 @@ def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after,
         "user_agent": (actor.user_agent or "")[:USER_AGENT_MAX],
         "changes": changes,
         "created_at": now,
+        "credential_id": (actor.credential_id or "")[:CREDENTIAL_ID_MAX],
     }
     return AuditEntry(**fields, digest=entry_digest(**fields))
 

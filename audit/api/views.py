@@ -28,6 +28,7 @@ def audit_entry_body(entry: AuditEntry) -> dict:
         "actor_role": entry.actor_role,
         "ip": entry.ip,
         "user_agent": entry.user_agent,
+        "credential_id": entry.credential_id or None,
         "changes": entry.changes,
         "created_at": iso(entry.created_at),
         "digest": entry.digest,
@@ -44,6 +45,9 @@ class AuditEntrySerializer(serializers.Serializer):
     actor_role = serializers.CharField()
     ip = serializers.CharField(allow_null=True)
     user_agent = serializers.CharField()
+    credential_id = serializers.CharField(
+        allow_null=True, help_text="The API credential used (jwt:<jti or sub>, apikey:<prefix>)"
+    )
     changes = serializers.DictField(help_text="before/after, PII masked")
     created_at = serializers.DateTimeField()
     digest = serializers.CharField(help_text="HMAC of the entry (checked by audit_verify)")

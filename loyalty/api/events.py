@@ -3,20 +3,27 @@
 import re
 import uuid
 
+from django.db import IntegrityError, transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from access.approval_gate import approval_gate, approval_needed, approval_pending_body
-from access.idempotency import idempotent
+from access.idempotency import idempotency_complete, idempotent
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
-from access.scoping import scope_queryset
+from access.scoping import program_get_for_caller, program_lookup, scope_queryset
 
 from ..errors import DomainError, NotFound, ValidationFailed
 from ..models import Program
-from ..services import EventInput, event_ingest
+from ..services import EventInput
 from ..services.batch import MAX_BATCH, events_ingest_batch
-from ..services.ingestion import EVENT_TYPES
+from ..services.budget import BudgetRetry
+from ..services.ingestion import (
+    EVENT_TYPES,
+    event_replay,
+    event_validate,
+    ingest_in_transaction,
+)
 from . import fields as f
 from .base import LoyaltyApi
 from .serializers import (
@@ -125,8 +132,59 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
     )
 
 
+def _created(result) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    return Response(ingest_body(result), status=201, headers=headers)
+
+
+def event_ingest_stored(*, program: Program, event: EventInput, actor, record) -> Response:
+    """`event_ingest`, with the request's idempotency outcome stored in the transaction that
+    writes the event: one commit (one WAL flush) per request instead of two, and no moment
+    where the event is written but its key still shows "in progress".
+
+    The same steps as `event_ingest` (validation, the budget fast path then its guarded
+    retry, a concurrent repeat answered from the ledger), built from the service's public
+    parts; only the completion joins the transaction.
+    """
+    event_validate(program, event)
+    try:
+        for retryable in (True, False):
+            try:
+                with transaction.atomic(durable=True):
+                    response = _created(
+                        ingest_in_transaction(
+                            program=program, event=event, actor=actor, retryable=retryable
+                        )
+                    )
+                    idempotency_complete(record, response)
+            except BudgetRetry:
+                if not retryable:
+                    raise
+                # No free budget shard could pay: the guarded path decides (as event_ingest).
+                continue
+            record.stored = True
+            return response
+        raise AssertionError("unreachable: the guarded try raises or returns")
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer its result (stored
+        # by the wrapper, outside the failed transaction).
+        replay = event_replay(program, event)
+        if replay:
+            return _created(replay)
+        raise
+
+
 class EventsApi(LoyaltyApi):
     method_permissions = {"post": "events:write"}
+
+    def idempotency_prefetch(self, request):
+        """The event's program, read by the idempotency claim's own statement."""
+        data = request.data
+        raw = data.get("program_id") if isinstance(data, dict) else None
+        try:
+            return program_lookup(request.caller, uuid.UUID(raw)) if isinstance(raw, str) else None
+        except ValueError:
+            return None  # event_parse answers it
 
     @extend_schema(
         operation_id="events_create",
@@ -145,15 +203,17 @@ class EventsApi(LoyaltyApi):
     def post(self, request):
         caller = request.caller
         program_id, event = event_parse(request.data, idempotency_key=request.idempotency_key)
-        program = scope_queryset(Program.objects.all(), caller).filter(pk=program_id).first()
-        if program is None:
-            raise NotFound("No such program.", program_id=str(program_id))
+        program = program_get_for_caller(
+            caller=caller,
+            program_id=program_id,
+            prefetched=getattr(request.idempotency_record, "prefetched", None),
+        )
         pending = adjustment_gate(program=program, event=event, caller=caller)
         if pending is not None:
             return Response(approval_pending_body(pending), status=202)
-        result = event_ingest(program=program, event=event, actor=caller.actor)
-        headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-        return Response(ingest_body(result), status=201, headers=headers)
+        return event_ingest_stored(
+            program=program, event=event, actor=caller.actor, record=request.idempotency_record
+        )
 
 
 class EventsBatchApi(LoyaltyApi):

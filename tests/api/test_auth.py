@@ -9,13 +9,16 @@ from io import StringIO
 
 import jwt
 import pytest
+import time_machine
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core.management import call_command
 from django.utils import timezone
 
 from access.models import MerchantAPIKey
+from audit.integrity import entry_digest_of
 from audit.models import AuditEntry
+from audit.verify import audit_verify
 from loyalty.models import LedgerEntry, Merchant
 
 from .conftest import AUDIENCE, ISSUER, OWN, ApiClient
@@ -64,6 +67,35 @@ def test_bad_claims_are_401(make_token, funded, claims, code):
     response = ApiClient(f"Bearer {token}").get(member_url(funded))
     assert_401(response)
     assert response.json()["code"] == code
+
+
+def test_a_token_verified_before_still_expires(make_token, funded):
+    # Verified tokens are remembered per process; each use checks `exp` again.
+    token = make_token(["system"], exp=int(time.time()) + 60)
+    client = ApiClient(f"Bearer {token}")
+    assert client.get(member_url(funded)).status_code == 200
+    with time_machine.travel(timezone.now() + timedelta(seconds=60 + 31)):
+        response = client.get(member_url(funded))
+    assert_401(response)
+    assert response.json()["code"] == "token_expired"
+
+
+def test_a_token_verified_before_is_checked_against_the_current_settings(
+    make_token, funded, jwt_settings
+):
+    token = make_token(["system"])
+    client = ApiClient(f"Bearer {token}")
+    assert client.get(member_url(funded)).status_code == 200
+    jwt_settings.LOYALTY_JWT_AUDIENCE = "another-audience"
+    assert_401(client.get(member_url(funded)))
+    jwt_settings.LOYALTY_JWT_AUDIENCE = AUDIENCE
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwt_settings.LOYALTY_JWT_PUBLIC_KEY = (
+        other.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    assert_401(client.get(member_url(funded)))
 
 
 @pytest.mark.parametrize("missing", ["sub", "roles", "exp", "iss", "aud"])
@@ -197,6 +229,46 @@ def test_actor_of_the_credential_is_audited(api, funded):
     audit = AuditEntry.objects.filter(entity_type="transaction", entity_id=str(entry.pk)).get()
     assert (audit.actor_id, audit.actor_role, audit.ip) == ("svc-checkout", "system", "127.0.0.1")
     assert audit.user_agent == "checkout/1.0"
+    assert audit.credential_id == "jwt:svc-checkout"  # no `jti`: the subject
+    assert entry_digest_of(audit) == audit.digest
+
+
+def test_credential_of_each_request_is_audited(make_token, funded):
+    """JWT (its `jti`) and API key (its prefix): the audit entry of the write names it, its
+    digest covers it, and the audit API shows it."""
+    api_key, key = make_key()
+    token = make_token(["system"], sub="svc-checkout", jti="token-42")
+    written = {}
+    for name, auth in (("jwt", f"Bearer {token}"), ("api_key", f"Api-Key {key}")):
+        response = ApiClient(auth).post(
+            "/api/v1/events",
+            {
+                "program_id": str(funded.pk),
+                "member_id": "u_2",
+                "type": "purchase",
+                "amount": "5000",
+                "currency": "XOF",
+            },
+            headers={"User-Agent": f"{name}/1.0"},
+        )
+        assert response.status_code == 201, response.content
+        written[name] = AuditEntry.objects.get(
+            entity_type="transaction", entity_id=response.json()["transaction_id"]
+        )
+    assert written["jwt"].credential_id == "jwt:token-42"
+    assert written["api_key"].credential_id == f"apikey:{api_key.prefix}"
+    assert (written["api_key"].actor_role, written["api_key"].user_agent) == (
+        "api_key",
+        "api_key/1.0",
+    )
+    for audit in written.values():
+        assert entry_digest_of(audit) == audit.digest
+    assert audit_verify() == []
+    trail = ApiClient(f"Bearer {make_token(['auditor'], merchant_id=None)}").get(
+        f"/api/v1/audit/transaction/{written['jwt'].entity_id}"
+    )
+    assert trail.status_code == 200, trail.content
+    assert trail.json()["results"][0]["credential_id"] == "jwt:token-42"
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -244,6 +316,16 @@ def test_revoked_expired_and_wrong_keys_are_401(funded):
     wrong = good_key[:-1] + ("A" if good_key[-1] != "A" else "B")
     for key in (revoked_key, expired_key, wrong, "no-dot-here"):
         assert_401(ApiClient(f"Api-Key {key}").get(member_url(funded)))
+
+
+def test_an_api_key_revoked_or_expired_after_use_is_refused_at_once(funded):
+    api_key, key = make_key()
+    client = ApiClient(f"Api-Key {key}")
+    assert client.get(member_url(funded)).status_code == 200
+    MerchantAPIKey.objects.filter(pk=api_key.pk).update(expiry_date=timezone.now())
+    assert_401(client.get(member_url(funded)))
+    MerchantAPIKey.objects.filter(pk=api_key.pk).update(expiry_date=None, revoked=True)
+    assert_401(client.get(member_url(funded)))
 
 
 def test_apikey_create_prints_the_key_once(funded):

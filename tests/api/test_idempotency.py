@@ -233,3 +233,68 @@ def test_numbers_are_compared_exactly(api, funded):
     reused = send("100.000000000000000001")  # equal as a float, not as a decimal
     assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
     assert LedgerEntry.objects.filter(balance__member_id="u_9").count() == 1
+
+
+def test_an_event_and_its_stored_answer_commit_together(api, make_program, monkeypatch):
+    """The 201 is stored by the event's own transaction: completed with the very body sent,
+    replayed as is; and when that transaction fails, neither the event nor an answer stays."""
+    from loyalty.api import events
+
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    first = client.post("/api/v1/events", purchase(program), key="together")
+    assert first.status_code == 201
+    record = IdempotencyRecord.objects.get(key="together")
+    assert record.status == IdempotencyRecord.Status.COMPLETED
+    assert (record.response_status, record.response_body) == (201, first.json())
+    again = client.post("/api/v1/events", purchase(program), key="together")
+    assert (again.status_code, again.json(), again["Idempotent-Replayed"]) == (
+        201,
+        first.json(),
+        "true",
+    )
+
+    def broken(record, response):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(events, "idempotency_complete", broken)
+    entries = LedgerEntry.objects.count()
+    with pytest.raises(RuntimeError):
+        client.post("/api/v1/events", purchase(program, member="u_8"), key="fails")
+    assert LedgerEntry.objects.count() == entries
+    assert not IdempotencyRecord.objects.filter(key="fails").exists()  # released: retry may
+    monkeypatch.undo()
+    assert (
+        client.post("/api/v1/events", purchase(program, member="u_8"), key="fails").status_code
+        == 201
+    )
+
+
+def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
+    api, make_program, monkeypatch
+):
+    """100 points against 16 shards of 62.5: the one-statement path writes nothing, the
+    guarded retry pays across shards; one entry, one stored answer, budget exact."""
+    from decimal import Decimal
+
+    from loyalty.api import events
+    from loyalty.services.budget import budget_spent
+
+    tries = []
+
+    def spy(**kwargs):
+        tries.append(kwargs["retryable"])
+        return ingest(**kwargs)
+
+    ingest = events.ingest_in_transaction
+    monkeypatch.setattr(events, "ingest_in_transaction", spy)
+    program = make_program(merchant_id=OWN, budget_limit=Decimal("1000"))
+    response = api("system").post("/api/v1/events", purchase(program, amount="5000"), key="b1")
+    assert response.status_code == 201, response.content
+    assert response.json()["points"] == "100.00"
+    assert LedgerEntry.objects.filter(program=program).count() == 1
+    assert budget_spent(program=program) == Decimal("100")
+    record = IdempotencyRecord.objects.get(key="b1")
+    assert (record.status, record.response_body) == ("completed", response.json())
+    # The one-statement path, then the guarded one (SQLite has only the latter's ORM path).
+    assert tries == ([True, False] if connection.vendor == "postgresql" else [True])

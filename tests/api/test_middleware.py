@@ -1,0 +1,40 @@
+"""API requests skip the admin's middleware (sessions, CSRF, users, messages) and keep the
+Prometheus metrics that describe them; the admin keeps everything."""
+
+import pytest
+from django_prometheus.middleware import Metrics
+
+from .conftest import OWN
+
+pytestmark = pytest.mark.django_db
+
+
+def sample(metric, **labels) -> float:
+    for family in metric.collect():
+        for s in family.samples:
+            if s.name.endswith(("_total", "_count")) and s.labels == labels:
+                return s.value
+    return 0.0
+
+
+def test_api_requests_are_counted_and_timed_without_session_or_cookie(api, make_program):
+    metrics = Metrics.get_instance()
+    program = make_program(merchant_id=OWN)
+    view = {"view": "events", "method": "POST"}
+    before = sample(metrics.responses_by_status_view_method, status="201", **view)
+    timed = sample(metrics.requests_latency_by_view_method, **view)
+    body = {"program_id": str(program.pk), "member_id": "u_1", "type": "purchase",
+            "amount": "5000", "currency": "XOF"}  # fmt: skip
+    response = api("system").post("/api/v1/events", body)
+    assert response.status_code == 201
+    assert sample(metrics.responses_by_status_view_method, status="201", **view) == before + 1
+    assert sample(metrics.requests_latency_by_view_method, **view) == timed + 1
+    assert "Set-Cookie" not in response
+    assert "Cookie" not in response.get("Vary", "")
+    assert response["X-Frame-Options"] == "DENY"  # security headers still set
+
+
+def test_the_admin_keeps_sessions_csrf_and_messages(client):
+    response = client.get("/admin/login/")
+    assert response.status_code == 200
+    assert "csrftoken" in response.cookies
