@@ -15,7 +15,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from uuid import UUID
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -47,7 +47,9 @@ from ..money import (
 )
 from .balances import (
     _BALANCE_LOCK_SQL,  # one definition of the lock's columns
+    _BALANCE_WIDTH,
     REFUND_DEBT_FLAG,
+    balance_from_row,
     balance_lock,
     db_id,
     entry_tier,
@@ -244,18 +246,29 @@ _EVENT_LOCK_SQL = (
 def _event_lock(program: Program, event: EventInput) -> tuple[MemberBalance, int | None, int]:
     """The member's balance, locked until commit (created on first use), the id of the entry
     the event's key already wrote (None: a new event), and the id for the new entry."""
+    conn = connections[DEFAULT_DB_ALIAS]
     params = [event.idempotency_key, db_id(program.pk), event.member_id]
-    found = list(MemberBalance.objects.raw(_EVENT_LOCK_SQL, params))
-    if not found:
-        # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
-        MemberBalance.objects.bulk_create(
-            [MemberBalance(program=program, member_id=event.member_id, tier=entry_tier(program))],
-            ignore_conflicts=True,
-        )
-        found = list(MemberBalance.objects.raw(_EVENT_LOCK_SQL, params))
-    balance = found[0]
+    with conn.cursor() as cursor:
+        cursor.execute(_EVENT_LOCK_SQL, params)
+        row = cursor.fetchone()
+        if row is None:
+            # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it
+            # once.
+            MemberBalance.objects.bulk_create(
+                [
+                    MemberBalance(
+                        program=program, member_id=event.member_id, tier=entry_tier(program)
+                    )
+                ],
+                ignore_conflicts=True,
+            )
+            cursor.execute(_EVENT_LOCK_SQL, params)
+            row = cursor.fetchone()
+    balance = balance_from_row(conn, row)
+    # The columns after the balance's: see _EVENT_LOCK_SQL.
+    balance.tier_multiplier, replay_id, entry_id = row[_BALANCE_WIDTH:]
     balance.program = program  # saves a query wherever the program's settings are read
-    return balance, balance.replay_id, balance.entry_id
+    return balance, replay_id, entry_id
 
 
 def _earn_in_one_statement(
@@ -359,47 +372,91 @@ def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") 
     column the statement has ~55, past psycopg's limit (50) for caching its conversion to
     PostgreSQL's placeholders, which then costs 0.15 ms per event (timeit), plus the Django
     adaptation of each of the 55 values."""
-    meta = obj._meta
-    columns, row = [], {}
-    for model_field in meta.concrete_fields:
-        value = getattr(obj, model_field.attname)
-        if isinstance(value, DatabaseDefault) or (model_field.primary_key and value is None):
+    row = {}
+    for model_field, attname, column, stamp, to_json in _columns_of(type(obj)):
+        value = getattr(obj, attname)
+        if value is None:
+            if model_field.primary_key:
+                continue  # an auto id: the database's
+        elif isinstance(value, DatabaseDefault):
             continue
-        value = model_field.pre_save(obj, add=True)
-        columns.append(connection.ops.quote_name(model_field.column))
-        row[model_field.column] = _json_value(model_field, value)
-    names = ", ".join(columns)
-    parts.append(
-        f"{name} AS (INSERT INTO {meta.db_table} ({names})"  # noqa: S608 (the model's columns)
-        f" SELECT {names} FROM jsonb_populate_record(NULL::{meta.db_table}, %s){gate})"
-    )
+        if stamp:
+            value = model_field.pre_save(obj, add=True)
+        row[column] = value if to_json is None or value is None else to_json(value)
+    key = (obj._meta.db_table, name, gate, *row)
+    sql = _cte_sql.get(key)
+    if sql is None:
+        table = obj._meta.db_table
+        names = ", ".join(connection.ops.quote_name(column) for column in row)
+        sql = _cte_sql[key] = (
+            f"{name} AS (INSERT INTO {table} ({names})"  # noqa: S608 (the model's columns)
+            f" SELECT {names} FROM jsonb_populate_record(NULL::{table}, %s){gate})"
+        )
+    parts.append(sql)
     params.append(Jsonb(row))
 
 
 def _update_sql(obj, attnames: list[str]) -> tuple[str, list]:
     """`UPDATE ... SET` of the given fields of a saved `obj`, as `save(update_fields=...)`
     (one jsonb parameter, as `_cte_insert`)."""
-    meta = obj._meta
-    columns, row = [], {}
-    for attname in attnames:
-        model_field = meta.get_field(attname)
-        columns.append(connection.ops.quote_name(model_field.column))
-        row[model_field.column] = _json_value(model_field, model_field.pre_save(obj, add=False))
-    names = ", ".join(columns)
-    sql = (
-        f"UPDATE {meta.db_table} SET ({names}) = (SELECT {names}"  # noqa: S608 (the model's columns)
-        f" FROM jsonb_populate_record(NULL::{meta.db_table}, %s)) WHERE id = %s"
-    )
+    key = (obj._meta.db_table, *attnames)
+    found = _update_plans.get(key)
+    if found is None:
+        meta = obj._meta
+        by_attname = {spec[1]: spec for spec in _columns_of(type(obj))}
+        specs = [by_attname[attname] for attname in attnames]
+        names = ", ".join(connection.ops.quote_name(spec[2]) for spec in specs)
+        sql = (
+            f"UPDATE {meta.db_table} SET ({names}) = (SELECT {names}"  # noqa: S608 (the model's columns)
+            f" FROM jsonb_populate_record(NULL::{meta.db_table}, %s)) WHERE id = %s"
+        )
+        found = _update_plans[key] = (sql, specs)
+    sql, specs = found
+    row = {}
+    for model_field, attname, column, stamp, to_json in specs:
+        value = model_field.pre_save(obj, add=False) if stamp else getattr(obj, attname)
+        row[column] = value if to_json is None or value is None else to_json(value)
     return sql, [Jsonb(row), obj.pk]
 
 
-def _json_value(model_field, value):
-    """A column's value as JSON that PostgreSQL reads back exactly: Decimals and times as
-    text (no float on the way), a JSONField's document as itself."""
-    if value is None or isinstance(model_field, models.JSONField):
-        return value
-    if isinstance(value, Decimal | datetime | date | UUID):
-        return value.isoformat() if isinstance(value, datetime | date) else str(value)
+# What `_cte_insert` and `_update_sql` need of a model's columns and statements, worked out
+# once per model (field introspection and quoting cost more than the rest of the row).
+_column_specs: dict[type, list[tuple]] = {}
+_cte_sql: dict[tuple, str] = {}
+_update_plans: dict[tuple, tuple[str, list]] = {}
+
+
+def _columns_of(model: type) -> list[tuple]:
+    """(field, attname, column, stamp, to_json) of each concrete field: `stamp` when its
+    `pre_save` gives the value (auto_now, auto_now_add, or any field type that overrides it),
+    `to_json` the conversion of a non-null value to JSON (None: as it is)."""
+    specs = _column_specs.get(model)
+    if specs is None:
+        specs = _column_specs[model] = [
+            (f, f.attname, f.column, _stamps(f), _to_json(f)) for f in model._meta.concrete_fields
+        ]
+    return specs
+
+
+def _stamps(model_field) -> bool:
+    if isinstance(model_field, models.DateField):  # DateTimeField too
+        return model_field.auto_now or model_field.auto_now_add
+    return type(model_field).pre_save is not models.Field.pre_save
+
+
+def _to_json(model_field):
+    """How a column's non-null value becomes JSON: a JSONField's document as itself (None),
+    any other by `_json_value`."""
+    return None if isinstance(model_field, models.JSONField) else _json_value
+
+
+def _json_value(value):
+    """A value as JSON that PostgreSQL reads back exactly: Decimals and times as text (no
+    float on the way)."""
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
     return value
 
 
