@@ -112,7 +112,7 @@ def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after,
         "changes": changes,
         "created_at": now,
     }
-    return AuditEntry(**fields, digest=entry_digest(**fields))
+    return AuditEntry(**fields, digest=entry_digest(**fields, key=key))
 
 
 def seal_basis() -> str:
