@@ -15,7 +15,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from uuid import UUID
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -182,15 +182,16 @@ def ingest_in_transaction(
     `retryable`: the caller runs the whole transaction again on BudgetRetry, so an earning's
     budget charge may go without its savepoint (`budget_charge_statement`)."""
     if connection.vendor == "postgresql":
-        balance, replay_id, entry_id = _event_lock(program, event)
+        with connection.cursor() as cursor:  # one cursor for the event's two statements
+            balance, replay_id, entry_id = _event_lock(cursor, program, event)
+            if replay_id is None and event.type in EARN_TYPES:
+                return IngestResult(
+                    entry=_earn_in_one_statement(
+                        cursor, program, balance, event, actor, entry_id, retryable=retryable
+                    )
+                )
         if replay_id is not None:
             return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
-        if event.type in EARN_TYPES:
-            return IngestResult(
-                entry=_earn_in_one_statement(
-                    program, balance, event, actor, entry_id, retryable=retryable
-                )
-            )
     else:
         balance = balance_lock(program=program, member_id=event.member_id, create=True)
         replay = event_replay(program, event)  # committed by a request we waited for on the lock
@@ -243,28 +244,23 @@ _EVENT_LOCK_SQL = (
 )
 
 
-def _event_lock(program: Program, event: EventInput) -> tuple[MemberBalance, int | None, int]:
+def _event_lock(
+    cursor, program: Program, event: EventInput
+) -> tuple[MemberBalance, int | None, int]:
     """The member's balance, locked until commit (created on first use), the id of the entry
     the event's key already wrote (None: a new event), and the id for the new entry."""
-    conn = connections[DEFAULT_DB_ALIAS]
     params = [event.idempotency_key, db_id(program.pk), event.member_id]
-    with conn.cursor() as cursor:
+    cursor.execute(_EVENT_LOCK_SQL, params)
+    row = cursor.fetchone()
+    if row is None:
+        # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
+        MemberBalance.objects.bulk_create(
+            [MemberBalance(program=program, member_id=event.member_id, tier=entry_tier(program))],
+            ignore_conflicts=True,
+        )
         cursor.execute(_EVENT_LOCK_SQL, params)
         row = cursor.fetchone()
-        if row is None:
-            # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it
-            # once.
-            MemberBalance.objects.bulk_create(
-                [
-                    MemberBalance(
-                        program=program, member_id=event.member_id, tier=entry_tier(program)
-                    )
-                ],
-                ignore_conflicts=True,
-            )
-            cursor.execute(_EVENT_LOCK_SQL, params)
-            row = cursor.fetchone()
-    balance = balance_from_row(conn, row)
+    balance = balance_from_row(cursor.db, row)
     # The columns after the balance's: see _EVENT_LOCK_SQL.
     balance.tier_multiplier, replay_id, entry_id = row[_BALANCE_WIDTH:]
     balance.program = program  # saves a query wherever the program's settings are read
@@ -272,6 +268,7 @@ def _event_lock(program: Program, event: EventInput) -> tuple[MemberBalance, int
 
 
 def _earn_in_one_statement(
+    cursor,
     program: Program,
     balance: MemberBalance,
     event: EventInput,
@@ -325,12 +322,10 @@ def _earn_in_one_statement(
     update_sql, update_params = _update_sql(balance, [*earning.fields, "updated_at"])
     if gate:
         update_sql += " AND EXISTS (SELECT FROM s)"
-    with connection.cursor() as cursor:
-        # Constraint triggers (foreign keys) run at the end of the statement, so the lot may
-        # point at the entry written beside it.
-        cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
-        written = cursor.rowcount
-    if not written:
+    # Constraint triggers (foreign keys) run at the end of the statement, so the lot may point
+    # at the entry written beside it.
+    cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
+    if not cursor.rowcount:
         raise BudgetRetry  # no shard paid: nothing was written
     entry._state.adding = False
     return entry
