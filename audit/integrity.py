@@ -4,6 +4,7 @@ The key (`AUDIT_HMAC_KEY`) lives in the environment, not in the database, so som
 can write to the database (even disabling the append-only trigger) cannot forge a digest.
 """
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -18,11 +19,15 @@ GENESIS = "0" * 64
 
 
 def audit_key() -> bytes:
-    configured = getattr(settings, "AUDIT_HMAC_KEY", "")
+    return _audit_key(getattr(settings, "AUDIT_HMAC_KEY", ""), settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=8)  # every audited write asks: keyed by the settings themselves
+def _audit_key(configured: str, secret_key: str) -> bytes:
     if configured:
         return configured.encode()
     # Development fallback: derived from SECRET_KEY (production requires SECRET_KEY anyway).
-    return hmac.new(settings.SECRET_KEY.encode(), b"audit-hmac-v1", hashlib.sha256).digest()
+    return hmac.new(secret_key.encode(), b"audit-hmac-v1", hashlib.sha256).digest()
 
 
 def normalise_ip(ip: str | None) -> str | None:
@@ -52,7 +57,9 @@ def entry_digest(
     changes: dict,
     created_at: datetime,
     credential_id: str = "",
+    key: bytes | None = None,
 ) -> str:
+    """The entry's HMAC; `key` defaults to `audit_key()` (a caller that has it passes it)."""
     content = [
         "v1",
         entity_type,
@@ -72,7 +79,7 @@ def entry_digest(
         # of entries written before the column existed still verify.
         content[0] = "v2"
         content.append(credential_id)
-    return hmac.new(audit_key(), canonical_json(content).encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key or audit_key(), canonical_json(content).encode(), hashlib.sha256).hexdigest()
 
 
 def entry_digest_of(entry) -> str:

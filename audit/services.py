@@ -114,7 +114,7 @@ def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after,
         "created_at": now,
         "credential_id": (actor.credential_id or "")[:CREDENTIAL_ID_MAX],
     }
-    return AuditEntry(**fields, digest=entry_digest(**fields))
+    return AuditEntry(**fields, digest=entry_digest(**fields, key=key))
 
 
 def seal_basis() -> str:

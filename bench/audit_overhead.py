@@ -32,7 +32,8 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from loyalty.actors import Actor  # noqa: E402
-from loyalty.services import EventInput, event_ingest, ingestion, program_create  # noqa: E402
+from loyalty.services import EventInput, event_ingest, program_create  # noqa: E402
+from loyalty.services.ingestion import service, statement  # noqa: E402
 
 ACTOR = Actor(id="bench", role="system", ip="10.0.0.1", user_agent="bench/audit_overhead")
 
@@ -62,16 +63,16 @@ def run(program, n: int, members: int, tag: str) -> float:
 def audit_off():
     """Ingestion with no audit work at all: neither the ORM path's `audit_record` nor, on the
     one-statement earning path, building the audit row and its part of the statement."""
-    cte_insert = ingestion._cte_insert
+    cte_insert = statement._cte_insert
 
     def without_audit_row(obj, name, *args, **kwargs):
         if name != "a":
             cte_insert(obj, name, *args, **kwargs)
 
     with (
-        mock.patch.object(ingestion, "audit_record", return_value=None),
-        mock.patch.object(ingestion, "audit_entries_build", return_value=[None]),
-        mock.patch.object(ingestion, "_cte_insert", without_audit_row),
+        mock.patch.object(service, "audit_record", return_value=None),
+        mock.patch.object(statement, "audit_entries_build", return_value=[None]),
+        mock.patch.object(statement, "_cte_insert", without_audit_row),
     ):
         yield
 

@@ -197,6 +197,9 @@ def run_point(ctx, program_ids, members, workers, duration) -> dict:
         # CPU per event (ms): Python in the workers + their PostgreSQL backends. Unlike
         # events/s, it hardly depends on what else the machine runs.
         "cpu_ms": None if db_cpu is None else 1000 * (sum(g[4] for g in got) + db_cpu) / done,
+        # Its two parts: Python (the workers) and PostgreSQL (their backends).
+        "py_ms": 1000 * sum(g[4] for g in got) / done,
+        "db_ms": None if db_cpu is None else 1000 * db_cpu / done,
     }
 
 
@@ -338,7 +341,7 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     rates: dict[tuple[str, int], float] = {}
     header = f"{'scenario':<8} {'procs':>5} {'events':>8} {'events/s':>9} {'x pgbench':>9}"
-    print(f"{header} {'cpu ms/ev':>9} {'x pgb cpu':>9}  load  errors")
+    print(f"{header} {'cpu ms/ev':>9} {'(py + db)':>11} {'x pgb cpu':>9}  load  errors")
     for n in workers:
         for name in scenarios:
             members = setup[name][1]
@@ -350,12 +353,14 @@ def main() -> None:
             rates[name, n] = point["rate"]
             ratio = f"{point['rate'] / tps:.3f}" if tps else "-"
             cpu = f"{point['cpu_ms']:.2f}" if point["cpu_ms"] else "-"
+            split = f"{point['py_ms']:.2f} + {point['db_ms']:.2f}" if point["db_ms"] else "-"
             # pgbench's CPU per transaction over ours: the throughput ratio on a quiet host
             # when both are CPU-bound.
             cpu_ratio = f"{pg_cpu / point['cpu_ms']:.3f}" if pg_cpu and point["cpu_ms"] else "-"
             print(
                 f"{name:<8} {n:>5} {point['events']:>8} {point['rate']:>9.0f} {ratio:>9}"
-                f" {cpu:>9} {cpu_ratio:>9}  {point['load']:.1f}  {point['failed'] or ''}",
+                f" {cpu:>9} {split:>11} {cpu_ratio:>9}  {point['load']:.1f}"
+                f"  {point['failed'] or ''}",
                 flush=True,
             )
     for n in workers:

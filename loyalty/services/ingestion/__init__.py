@@ -1,0 +1,38 @@
+"""Exactly-once ingestion of merchant events: purchase, refund, referral, campaign_bonus,
+manual_adjust.
+
+One event is one transaction: lock the member's balance row, compute, charge the budget
+(sharded), write one immutable ledger entry, settle the point lots, update the balance cache,
+append the outbox event and the audit entry. The idempotency key is unique per program in the
+database, so concurrent repeats write one entry and every repeat answers the first result.
+
+Modules: `inputs` (event types, the validated input and its answer), `service` (the entry
+points and replays), `earning` (the earning rules), `refunds`, `adjustments`, `entries` (the
+ledger entry and what derives from it), `statement` (PostgreSQL's one-statement earning).
+"""
+
+from .earning import Earning, earn_apply
+from .entries import balance_snapshot, entry_audit_after, entry_build
+from .inputs import EARN_TYPES, EVENT_TYPES, POINTS_TYPES, EventInput, IngestResult, event_validate
+from .service import event_ingest, event_replay, ingest_in_transaction, replay_answer
+from .statement import earn_lot, earn_outbox
+
+__all__ = [
+    "EARN_TYPES",
+    "EVENT_TYPES",
+    "POINTS_TYPES",
+    "Earning",
+    "EventInput",
+    "IngestResult",
+    "balance_snapshot",
+    "earn_apply",
+    "earn_lot",
+    "earn_outbox",
+    "entry_audit_after",
+    "entry_build",
+    "event_ingest",
+    "event_replay",
+    "event_validate",
+    "ingest_in_transaction",
+    "replay_answer",
+]

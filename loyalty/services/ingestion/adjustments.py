@@ -1,0 +1,52 @@
+"""manual_adjust: an exact correction by staff, credit or debit."""
+
+from django.utils import timezone
+
+from ...actors import Actor
+from ...errors import InsufficientPoints
+from ...models import LedgerEntry, MemberBalance, Program
+from ..balances import REFUND_DEBT_FLAG, fraud_flag_remove, lots_settle
+from ..budget import budget_charge, budget_credit
+from ..outbox import outbox_publish
+from .entries import _entry_write, _event_payload
+from .inputs import EventInput
+
+
+def _adjust(
+    program: Program, balance: MemberBalance, event: EventInput, actor: Actor
+) -> LedgerEntry:
+    """An exact correction by staff: never capped; a credit is charged to the budget in full,
+    a debit may not leave less than the points held by pending redemptions."""
+    points = event.points
+    if points > 0:
+        budget_charge(program=program, points=points, allow_partial=False)
+    elif balance.points_balance + points < balance.locked:
+        raise InsufficientPoints(available=str(balance.available), requested=str(-points))
+    before = balance.points_balance
+    balance.points_balance += points
+    fields = ["points_balance", "last_activity_at"]
+    if points > 0:
+        balance.lifetime_earned += points
+        fields.append("lifetime_earned")
+    balance.last_activity_at = timezone.now()
+    if before < 0 <= balance.points_balance:
+        fraud_flag_remove(balance, REFUND_DEBT_FLAG)  # the refund debt is repaid
+        fields.append("fraud_flags")
+    entry = _entry_write(
+        program,
+        balance,
+        event,
+        actor,
+        points=points,
+        details={"breakdown": {"base_points": str(points), "capped_by": None}},
+    )
+    lots_settle(balance=balance, before=before, after=balance.points_balance, entry=entry)
+    if points < 0:
+        budget_credit(program=program, points=-points)
+    balance.save(update_fields=[*fields, "updated_at"])
+    outbox_publish(
+        program=program,
+        event_type="loyalty.balance.adjusted",
+        payload={**_event_payload(entry, balance), "reason": event.reason},
+    )
+    return entry

@@ -1,0 +1,96 @@
+"""The ledger entry of an event and what is derived from it: the balance snapshot, the
+outbox payload and the audit document."""
+
+from decimal import Decimal
+
+from django.utils import timezone
+
+from ...actors import Actor
+from ...models import LedgerEntry, MemberBalance, Program
+from .inputs import EventInput
+
+
+def entry_build(
+    program: Program,
+    balance: MemberBalance,
+    event: EventInput,
+    actor: Actor,
+    *,
+    points: Decimal,
+    details: dict,
+    original: LedgerEntry | None = None,
+) -> LedgerEntry:
+    """The event's ledger entry (unsaved), after the balance change: `details` make a replay
+    answer exactly what the first call answered."""
+    details = {
+        **details,
+        "member_id": balance.member_id,
+        "fingerprint": event.fingerprint(),
+        "balance": balance_snapshot(balance),
+    }
+    return LedgerEntry(
+        program=program,
+        balance=balance,
+        type=event.type,
+        points=points,
+        amount=event.amount,
+        currency=event.currency or "",
+        module=event.module,
+        reference=event.reference,
+        original_entry=original,
+        idempotency_key=event.idempotency_key,
+        balance_after=balance.points_balance,
+        reason=event.reason,
+        details=details,
+        metadata=event.metadata,
+        actor_id=actor.id,
+        actor_role=actor.role,
+        occurred_at=event.occurred_at or timezone.now(),
+    )
+
+
+def _entry_write(
+    program: Program,
+    balance: MemberBalance,
+    event: EventInput,
+    actor: Actor,
+    *,
+    points: Decimal,
+    details: dict,
+    original: LedgerEntry | None = None,
+) -> LedgerEntry:
+    entry = entry_build(
+        program, balance, event, actor, points=points, details=details, original=original
+    )
+    entry.save(force_insert=True)
+    return entry
+
+
+def balance_snapshot(balance: MemberBalance) -> dict:
+    return {
+        "points_balance": str(balance.points_balance),
+        "locked": str(balance.locked),
+        "available": str(balance.available),
+        "tier": balance.tier,
+    }
+
+
+def _event_payload(entry: LedgerEntry, balance: MemberBalance) -> dict:
+    return {
+        "transaction_id": str(entry.pk),
+        "member_id": balance.member_id,
+        "type": entry.type,
+        "points": str(entry.points),
+        "balance": balance_snapshot(balance),
+        "reference": entry.reference,
+    }
+
+
+def entry_audit_after(entry: LedgerEntry, balance: MemberBalance) -> dict:
+    """What the audit entry of an ingested event records (PII scrubbed by the audit trail)."""
+    return {
+        "member_id": balance.member_id,
+        "points": str(entry.points),
+        "balance_after": str(entry.balance_after),
+        "reference": entry.reference,
+    }

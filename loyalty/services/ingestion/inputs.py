@@ -1,0 +1,109 @@
+"""What a merchant event is: its types, the validated input, the answer, and validation."""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from ...errors import CurrencyMismatch, ProgramInactive, ValidationFailed
+from ...models import LedgerEntry, Program
+from ...money import POINTS_QUANTUM, fits_ledger, is_exact_money, is_exact_points
+
+EARN_TYPES = {"purchase", "referral", "campaign_bonus"}
+POINTS_TYPES = {"referral", "campaign_bonus", "manual_adjust"}
+EVENT_TYPES = {"purchase", "refund", *POINTS_TYPES}
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """A validated merchant event. Amounts are Decimals; `occurred_at` is aware."""
+
+    type: str
+    member_id: str
+    idempotency_key: str
+    amount: Decimal | None = None
+    currency: str | None = None
+    points: Decimal | None = None
+    reason: str = ""
+    module: str = ""
+    reference: str = ""
+    original_reference: str = ""
+    occurred_at: datetime | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of what the event asks for, to tell a replay from a reused key."""
+        body = {
+            "type": self.type,
+            "member_id": self.member_id,
+            "amount": None if self.amount is None else str(self.amount.normalize()),
+            "currency": self.currency,
+            "points": None if self.points is None else str(self.points.normalize()),
+            "reference": self.reference,
+            "original_reference": self.original_reference,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class IngestResult:
+    entry: LedgerEntry
+    replayed: bool = False
+
+    def as_dict(self) -> dict:
+        """The response body; built from the stored entry, so a replay answers the same."""
+        details = self.entry.details
+        return {
+            "transaction_id": str(self.entry.pk),
+            "type": self.entry.type,
+            "member_id": details["member_id"],
+            # Two places on the first answer too: a replay reads NUMERIC(20,2) back.
+            "points": str(self.entry.points.quantize(POINTS_QUANTUM)),
+            "balance": details["balance"],
+            "breakdown": details.get("breakdown", {}),
+            "sira": details.get("sira"),
+            "created_at": self.entry.created_at.isoformat(),
+        }
+
+
+def event_validate(program: Program, event: EventInput) -> None:
+    errors: dict[str, list[str]] = {}
+    if event.type not in EVENT_TYPES:
+        errors["type"] = [f"Must be one of {sorted(EVENT_TYPES)}."]
+    if not event.member_id:
+        errors["member_id"] = ["This field is required."]
+    if not event.idempotency_key:
+        errors["idempotency_key"] = ["This field is required."]
+    if event.type in ("purchase", "refund"):
+        if event.amount is None or not fits_ledger(event.amount) or event.amount <= 0:
+            errors["amount"] = ["A positive amount below 10^18 is required."]
+        elif event.currency == program.currency and not is_exact_money(
+            event.amount, program.currency
+        ):
+            errors["amount"] = [f"{program.currency} amounts have no more places than its unit."]
+        if not event.currency:
+            errors["currency"] = ["This field is required."]
+    if event.type == "refund" and not event.original_reference:
+        errors["original_reference"] = ["A refund names the purchase it refunds."]
+    if event.type in POINTS_TYPES:
+        if event.points is None or not fits_ledger(event.points):
+            errors["points"] = ["Points below 10^18 are required."]
+        elif not is_exact_points(event.points):
+            errors["points"] = ["Points with at most 2 decimal places are required."]
+        elif event.type != "manual_adjust" and event.points <= 0:
+            errors["points"] = ["Must be positive."]
+        elif event.points == 0:
+            errors["points"] = ["Must not be zero."]
+        if not event.reason:
+            errors["reason"] = ["This field is required."]
+    if errors:
+        raise ValidationFailed("The event is invalid.", errors=errors)
+    if program.status == Program.Status.CLOSED or (
+        program.status != Program.Status.ACTIVE and event.type != "refund"
+    ):
+        # Refunds still claw back while a program is suspended: refusing them keeps points
+        # that were never paid for.
+        raise ProgramInactive(status=program.status)
+    if event.currency and event.currency != program.currency:
+        raise CurrencyMismatch(expected=program.currency, received=event.currency)

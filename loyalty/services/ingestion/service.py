@@ -1,0 +1,112 @@
+"""The entry points: `event_ingest` (its own transaction) and `ingest_in_transaction` (the
+caller's), and the answer to a repeated idempotency key."""
+
+from django.db import IntegrityError, connection, transaction
+
+from audit.services import audit_record
+
+from ...actors import Actor
+from ...errors import IdempotencyKeyReused
+from ...models import LedgerEntry, Program
+from ..balances import balance_lock, db_id
+from ..budget import BudgetRetry
+from .adjustments import _adjust
+from .earning import _earn
+from .entries import entry_audit_after
+from .inputs import EARN_TYPES, EventInput, IngestResult, event_validate
+from .refunds import _refund
+from .statement import _earn_in_one_statement, _event_lock
+
+
+def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
+    """Applies one event exactly once per (program, idempotency key)."""
+    event_validate(program, event)
+    # No replay lookup before the transaction: the one after the balance lock answers a
+    # repeat just as well, and a lookup here would cost every new event a statement.
+    try:
+        try:
+            return _ingest_atomic(program=program, event=event, actor=actor, retryable=True)
+        except BudgetRetry:
+            # No free budget shard could pay: rare (near the limit, or every shard busy).
+            # The first try may hold a shard lock out of order, so it was rolled back whole;
+            # this one takes the savepoint-guarded path, and the slow path if need be.
+            return _ingest_atomic(program=program, event=event, actor=actor, retryable=False)
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer its result.
+        replay = event_replay(program, event)
+        if replay:
+            return replay
+        raise
+
+
+def event_replay(program: Program, event: EventInput) -> IngestResult | None:
+    # Every new event asks this and almost always hears "no": a plain SQL probe of the unique
+    # index costs a fraction of the ORM query; the entry is loaded only for a repeat.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # `<> ''` repeats the partial unique index's predicate, so that a prepared
+            # (generic) plan may still use that index.
+            "SELECT id FROM loyalty_ledgerentry WHERE program_id = %s"
+            " AND idempotency_key = %s AND idempotency_key <> ''",
+            [db_id(program.pk), event.idempotency_key],
+        )
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    return replay_answer(LedgerEntry.objects.get(pk=found[0]), event)
+
+
+def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:
+    """The stored answer to a repeat of `event` whose key already wrote `entry`."""
+    if entry.details.get("fingerprint") != event.fingerprint():
+        raise IdempotencyKeyReused(
+            "This idempotency key was already used for a different event.",
+            idempotency_key=event.idempotency_key,
+        )
+    return IngestResult(entry=entry, replayed=True)
+
+
+@transaction.atomic(durable=True)
+def _ingest_atomic(
+    *, program: Program, event: EventInput, actor: Actor, retryable: bool
+) -> IngestResult:
+    return ingest_in_transaction(program=program, event=event, actor=actor, retryable=retryable)
+
+
+def ingest_in_transaction(
+    *, program: Program, event: EventInput, actor: Actor, retryable: bool = False
+) -> IngestResult:
+    """The body of one ingestion; the caller owns the transaction (a batch item's savepoint).
+    `retryable`: the caller runs the whole transaction again on BudgetRetry, so an earning's
+    budget charge may go without its savepoint (`budget_charge_statement`)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # one cursor for the event's two statements
+            balance, replay_id, entry_id = _event_lock(cursor, program, event)
+            if replay_id is None and event.type in EARN_TYPES:
+                return IngestResult(
+                    entry=_earn_in_one_statement(
+                        cursor, program, balance, event, actor, entry_id, retryable=retryable
+                    )
+                )
+        if replay_id is not None:
+            return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
+    else:
+        balance = balance_lock(program=program, member_id=event.member_id, create=True)
+        replay = event_replay(program, event)  # committed by a request we waited for on the lock
+        if replay:
+            return replay
+    if event.type == "refund":
+        entry = _refund(program, balance, event, actor)
+    elif event.type == "manual_adjust":
+        entry = _adjust(program, balance, event, actor)
+    else:
+        entry = _earn(program, balance, event, actor)
+    audit_record(
+        actor=actor,
+        action=f"transaction.{event.type}",
+        entity_type="transaction",
+        entity_id=entry.pk,
+        merchant_id=program.merchant_id,
+        after=entry_audit_after(entry, balance),
+    )
+    return IngestResult(entry=entry)
