@@ -79,7 +79,8 @@ def entry_digest(
         # of entries written before the column existed still verify.
         content[0] = "v2"
         content.append(credential_id)
-    return hmac.new(key or audit_key(), canonical_json(content).encode(), hashlib.sha256).hexdigest()
+    message = canonical_json(content).encode()
+    return hmac.new(key or audit_key(), message, hashlib.sha256).hexdigest()
 
 
 def entry_digest_of(entry) -> str:
