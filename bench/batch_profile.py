@@ -101,6 +101,24 @@ def programs_create(count: int) -> list[str]:
     ]
 
 
+def members_create(program_ids: list[str], members: int) -> None:
+    """Every member's balance up front (one INSERT per program), as in a running program:
+    most purchases are by members who already have a balance."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for program_id in program_ids:
+            cursor.execute(
+                "INSERT INTO loyalty_memberbalance (program_id, member_id, points_balance,"
+                " locked, lifetime_earned, lifetime_redeemed, lifetime_spend, tier, churn_risk,"
+                " engagement_score, fraud_flags, is_frozen, earned_today, purchase_count,"
+                " created_at, updated_at)"
+                " SELECT %s, 'u' || n, 0, 0, 0, 0, 0, 'basic', 0, 0, '[]', false, 0, 0,"
+                " now(), now() FROM generate_series(0, %s - 1) AS n",
+                [program_id, members],
+            )
+
+
 def batch_items(program_ids, rng, size, members) -> list[dict]:
     return [
         {
@@ -196,10 +214,17 @@ def run_direct(batches: list[list[dict]]) -> int:
     return awarded
 
 
-def measure(name: str, run, work, events: int) -> None:
+def measure(name: str, run, work, events: int, profile: str | None = None) -> None:
     cpu, db = time.process_time(), backend_cpu_ns()
     start = time.perf_counter()
-    awarded = run(work)
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        awarded = profiler.runcall(run, work)
+        profiler.dump_stats(f"{profile}.{name}")
+    else:
+        awarded = run(work)
     wall = time.perf_counter() - start
     cpu, db = time.process_time() - cpu, backend_cpu_ns() - db
     print(
@@ -230,6 +255,10 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=100_000, help="per program")
     parser.add_argument("--only", choices=["http", "direct"])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--new-members", action="store_true", help="no balance up front: most items create one"
+    )
+    parser.add_argument("--cprofile", metavar="PREFIX", help="cProfile the timed run: PREFIX.mode")
     opts = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("Set DATABASE_URL to a PostgreSQL database (it is migrated and written to).")
@@ -239,6 +268,8 @@ def main() -> None:
 
     rng = random.Random(opts.seed)
     program_ids = programs_create(opts.programs)
+    if not opts.new_members:
+        members_create(program_ids, opts.members)
 
     def make(n: int) -> list[list[dict]]:
         out = []
@@ -255,12 +286,12 @@ def main() -> None:
     events = opts.batches * opts.size
     modes = [opts.only] if opts.only else ["direct", "http"]
     for mode in modes:
-        run, prep = (run_direct, lambda b: b) if mode == "direct" else (
-            lambda w: run_http(http, w), bodies
+        run, prep = (
+            (run_direct, lambda b: b) if mode == "direct" else (lambda w: run_http(http, w), bodies)
         )
         run(prep(make(2)))  # warm up: connection, prepared statements, code paths
         statements(mode, run, prep(make(1)))
-        measure(mode, run, prep(make(opts.batches)), events)
+        measure(mode, run, prep(make(opts.batches)), events, opts.cprofile)
 
 
 if __name__ == "__main__":
