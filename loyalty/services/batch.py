@@ -22,8 +22,9 @@ its programs, in (program, shard) order. Every other writer takes a balance befo
 whoever holds shards already holds all the balances it needs, so no wait cycle can form.
 """
 
+import hashlib
+import hmac
 import uuid
-from collections.abc import Iterable
 from decimal import Decimal
 
 import psycopg
@@ -32,8 +33,10 @@ from django.db.models import JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
+from audit.integrity import audit_key, canonical_json, normalise_ip
 from audit.models import AuditEntry
-from audit.services import audit_entries_build
+from audit.pii import pii_scrub
+from audit.services import USER_AGENT_MAX
 
 from ..actors import Actor
 from ..errors import BudgetExhausted, DomainError
@@ -380,12 +383,13 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
             if entry.points > 0
         ],
     )
-    copy_insert(AuditEntry, list(_audit_entries(new, actor)))
+    _copy_rows(AuditEntry, _AUDIT_FIELDS, _audit_rows(new, actor, timezone.now()))
 
 
 def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
-    """COPY of plain tuples into `model`'s table (`fields` by attname; JSON fields as dicts);
-    columns not named take their database default (the id of an identity column)."""
+    """COPY of plain tuples into `model`'s table (`fields` by attname; JSON fields as dicts,
+    or as their JSON text); columns not named take their database default (the id of an
+    identity column, the audit entry's txid)."""
     if not rows:
         return
     meta = model._meta
@@ -402,25 +406,47 @@ def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
             if json_at:
                 row = list(row)
                 for i in json_at:
-                    row[i] = Jsonb(row[i])
+                    if not isinstance(row[i], str):  # text: already its JSON
+                        row[i] = Jsonb(row[i])
             copy.write_row(row)
 
 
-def _audit_entries(new: list, actor: Actor) -> Iterable[AuditEntry]:
-    """The entries `ingest_in_transaction` records one by one, built per (action, merchant)."""
-    groups: dict[tuple[str, str], list] = {}
+_AUDIT_FIELDS = [
+    "entity_type", "entity_id", "action", "merchant_id", "actor_id", "actor_role", "ip",
+    "user_agent", "changes", "created_at", "digest",
+]  # fmt: skip
+
+
+def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
+    """The entries `ingest_in_transaction` records one by one (`audit_record`), as COPY rows:
+    the same PII scrub of the same document and the same digest, with what every entry of
+    the batch shares (actor, key, time, the canonical JSON around the entity id and the
+    changes) computed once. `changes` goes as its canonical JSON text, which jsonb reads."""
+    key = audit_key()
+    ip = normalise_ip(actor.ip)
+    actor_id, role = str(actor.id), actor.role or ""
+    user_agent = (actor.user_agent or "")[:USER_AGENT_MAX]
+    stamp = str(round(now.timestamp() * 1_000_000))
+    # entry_digest hashes canonical_json(["v1", type, id, action, merchant, actor, role, ip,
+    # user agent, changes, stamp]): a list's JSON is its items' JSON joined by ",".
+    head = canonical_json(["v1", "transaction"])[:-1] + ","
+    middles: dict[tuple[str, str], str] = {}
+    rows = []
     for program, balance, entry, _ in new:
-        groups.setdefault((f"transaction.{entry.type}", program.merchant_id), []).append(
-            (entry.pk, None, entry_audit_after(entry, balance))
-        )
-    for (action, merchant_id), rows in groups.items():
-        yield from audit_entries_build(
-            actor=actor,
-            action=action,
-            entity_type="transaction",
-            merchant_id=merchant_id,
-            rows=rows,
-        )
+        action, merchant_id = f"transaction.{entry.type}", program.merchant_id or ""
+        middle = middles.get((action, merchant_id))
+        if middle is None:
+            middle = canonical_json([action, merchant_id, actor_id, role, ip, user_agent])
+            middle = middles[(action, merchant_id)] = "," + middle[1:-1] + ","
+        entity_id = str(entry.pk)
+        changes = canonical_json({"after": pii_scrub(entry_audit_after(entry, balance), key=key)})
+        content = f"{head}{canonical_json(entity_id)}{middle}{changes},{stamp}]"
+        digest = hmac.new(key, content.encode(), hashlib.sha256).hexdigest()
+        rows.append(
+            ("transaction", entity_id, action, merchant_id, actor_id, role, ip, user_agent,
+             changes, now, digest)
+        )  # fmt: skip
+    return rows
 
 
 # --- item by item ------------------------------------------------------------------------------
