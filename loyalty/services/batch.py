@@ -289,13 +289,35 @@ def _balances_lock(programs: dict, members: set, tiers: dict) -> dict:
         )
     multipliers = {(pk, name): m for pk, ranked in tiers.items() for name, m in ranked}
     locked = {}
-    for balance in MemberBalance.objects.raw(
-        _BALANCES_LOCK_SQL, [program_ids, [m for _, m in ordered]]
-    ):
+    with connection.cursor() as cursor:
+        cursor.execute(_BALANCES_LOCK_SQL, [program_ids, [m for _, m in ordered]])
+        rows = cursor.fetchall()
+    # Model instances straight from the rows (`from_db`, as a queryset makes them), with the
+    # converters of the few fields that have one (fraud_flags' JSON): a raw queryset's
+    # per-row machinery costs more than the lock.
+    names, converters = _balance_converters()
+    for row in rows:
+        if converters:
+            row = list(row)
+            for i, field, convert in converters:
+                row[i] = convert(row[i], field.cached_col, connection)
+        balance = MemberBalance.from_db(connection.alias, names, row)
         balance.program = programs[balance.program_id]
         balance.tier_multiplier = multipliers.get((balance.program_id, balance.tier))
         locked[(balance.program_id, balance.member_id)] = balance
     return locked
+
+
+def _balance_converters() -> tuple[list[str], list]:
+    fields = MemberBalance._meta.concrete_fields
+    converters = [
+        (i, field, convert)
+        for i, field in enumerate(fields)
+        for convert in (
+            field.get_db_converters(connection) + connection.ops.get_db_converters(field.cached_col)
+        )
+    ]
+    return [field.attname for field in fields], converters
 
 
 def _shards_lock(programs: dict) -> dict:
