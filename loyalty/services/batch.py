@@ -24,7 +24,10 @@ whoever holds shards already holds all the balances it needs, so no wait cycle c
 
 import hashlib
 import hmac
+import json
+import operator
 import uuid
+from datetime import date, datetime
 from decimal import Decimal
 
 import psycopg
@@ -55,7 +58,7 @@ from .ingestion import (
     ingest_in_transaction,
     replay_answer,
 )
-from .jobs import bulk_set, copy_insert
+from .jobs import bulk_set
 
 MAX_BATCH = 1000
 # The unique index that makes a key exactly-once; a conflict on it sends the batch item by item.
@@ -355,8 +358,7 @@ def _stored_entries(keys: set) -> dict:
 
 def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor: Actor, now):
     """Every row of the batch's awards, one statement (or COPY) per table."""
-    entries = [entry for _, _, entry, _ in new]
-    copy_insert(LedgerEntry, entries)  # ids from the sequence in item order: balance_after chain
+    _entries_copy([entry for _, _, entry, _ in new])
     # Lots and outbox rows go straight from tuples: nothing reads them back, and a model
     # instance per row costs more than its COPY.
     lots = []
@@ -375,7 +377,7 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
     )  # fmt: skip
     for balance in balances:
         balance.updated_at = now
-    bulk_set(MemberBalance, balances, EARN_FIELDS)
+    _rows_set(MemberBalance, balances, EARN_FIELDS)
     if flags_changed:
         MemberBalance.objects.bulk_update(flags_changed, ["fraud_flags"])
     shards = [shard for budget in budgets.values() for shard in budget.changed_shards()]
@@ -406,6 +408,75 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
         ],
     )
     _copy_rows(AuditEntry, _AUDIT_FIELDS, _audit_rows(new, actor, timezone.now()))
+
+
+_ENTRY_FIELDS = LedgerEntry._meta.concrete_fields
+_entry_values = operator.attrgetter(*(f.attname for f in _ENTRY_FIELDS))
+_ENTRY_JSON_AT = [i for i, f in enumerate(_ENTRY_FIELDS) if isinstance(f, JSONField)]
+_ENTRY_STAMPED = [f for f in _ENTRY_FIELDS if getattr(f, "auto_now_add", False)]
+_ENTRIES_COPY_SQL = (
+    f"COPY {LedgerEntry._meta.db_table} ({', '.join(f'"{f.column}"' for f in _ENTRY_FIELDS)})"
+    " FROM STDIN"
+)
+
+
+def _entries_copy(entries: list[LedgerEntry]) -> None:
+    """The entries, with ids drawn from the sequence in item order (the balance_after chain
+    follows ids) and `created_at` stamped as `save()` stamps it; JSON columns go as their
+    JSON text (`json.dumps`, as the JSONField's own preparation)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [LedgerEntry._meta.db_table, len(entries)],
+        )
+        ids = cursor.fetchall()
+        with cursor.cursor.copy(_ENTRIES_COPY_SQL) as copy:
+            for entry, (pk,) in zip(entries, ids, strict=True):
+                entry.pk = pk
+                for field in _ENTRY_STAMPED:
+                    field.pre_save(entry, add=True)
+                row = list(_entry_values(entry))
+                for i in _ENTRY_JSON_AT:
+                    row[i] = "{}" if row[i] == {} else json.dumps(row[i])
+                copy.write_row(row)
+    for entry in entries:
+        entry._state.adding = False
+
+
+def _rows_set(model, objs: list, fields: list[str]) -> None:
+    """`jobs.bulk_set` (one `UPDATE ... FROM unnest(arrays)`), with each array sent as one
+    array literal built here: psycopg adapting 1,000 values one by one per column costs more
+    than the statement. For numbers, dates, times and booleans, whose text never needs
+    quoting in an array literal."""
+    meta = model._meta
+    columns = [meta.pk, *(meta.get_field(name) for name in fields)]
+    arrays = [_array_literal([getattr(obj, c.attname) for obj in objs]) for c in columns]
+    table = connection.ops.quote_name(meta.db_table)
+    names = [connection.ops.quote_name(c.column) for c in columns]
+    casts = ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns)
+    sets = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS t SET {sets} FROM unnest({casts})"  # noqa: S608 (the model's names)
+            f" AS v({', '.join(names)}) WHERE t.{names[0]} = v.{names[0]}",
+            arrays,
+        )
+
+
+def _array_literal(values: list) -> str:
+    return "{" + ",".join(_literal_item(v) for v in values) + "}"
+
+
+def _literal_item(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int | Decimal):
+        return str(value)  # digits, sign, point, exponent: nothing to quote
+    if isinstance(value, datetime | date):
+        return value.isoformat()  # "2026-11-27T10:00:00.5+00:00": nothing to quote
+    raise TypeError(f"no array literal for {type(value).__name__}")
 
 
 def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
