@@ -414,10 +414,8 @@ _ENTRY_FIELDS = LedgerEntry._meta.concrete_fields
 _entry_values = operator.attrgetter(*(f.attname for f in _ENTRY_FIELDS))
 _ENTRY_JSON_AT = [i for i, f in enumerate(_ENTRY_FIELDS) if isinstance(f, JSONField)]
 _ENTRY_STAMPED = [f for f in _ENTRY_FIELDS if getattr(f, "auto_now_add", False)]
-_ENTRIES_COPY_SQL = (
-    f"COPY {LedgerEntry._meta.db_table} ({', '.join(f'"{f.column}"' for f in _ENTRY_FIELDS)})"
-    " FROM STDIN"
-)
+_ENTRY_COLUMNS = ", ".join('"' + f.column + '"' for f in _ENTRY_FIELDS)
+_ENTRIES_COPY_SQL = f"COPY {LedgerEntry._meta.db_table} ({_ENTRY_COLUMNS}) FROM STDIN"
 
 
 def _entries_copy(entries: list[LedgerEntry]) -> None:
