@@ -27,12 +27,11 @@ import hmac
 import json
 import operator
 import uuid
-from datetime import date, datetime
 from decimal import Decimal
 
 import psycopg
 from django.db import IntegrityError, connection, transaction
-from django.db.models import JSONField
+from django.db.models import DateField, DecimalField, IntegerField, JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -274,7 +273,8 @@ def _balance_insert_sql() -> tuple[str, list]:
 def _balances_lock(programs: dict, members: set, tiers: dict) -> dict:
     """Creates the members' missing balances, then locks them all; {(program id, member id):
     balance}, each carrying its tier's earn multiplier as `balance_lock` gives it."""
-    ordered = sorted(members, key=lambda m: (str(m[0]), m[1]))
+    text = {pk: str(pk) for pk in programs}
+    ordered = sorted(members, key=lambda m: (text[m[0]], m[1]))
     # Created in one sorted order by every batch, so two batches creating the same new members
     # wait for each other in that order, never in a cycle. New members start in the lowest
     # tier (`entry_tier`: "basic" for a program without tiers).
@@ -299,13 +299,14 @@ def _balances_lock(programs: dict, members: set, tiers: dict) -> dict:
     # converters of the few fields that have one (fraud_flags' JSON): a raw queryset's
     # per-row machinery costs more than the lock.
     names, converters = _balance_converters()
+    alias, cache_program = connection.alias, MemberBalance.program.field.set_cached_value
     for row in rows:
         if converters:
             row = list(row)
             for i, field, convert in converters:
                 row[i] = convert(row[i], field.cached_col, connection)
-        balance = MemberBalance.from_db(connection.alias, names, row)
-        balance.program = programs[balance.program_id]
+        balance = MemberBalance.from_db(alias, names, row)
+        cache_program(balance, programs[balance.program_id])  # program_id is its pk already
         balance.tier_multiplier = multipliers.get((balance.program_id, balance.tier))
         locked[(balance.program_id, balance.member_id)] = balance
     return locked
@@ -445,10 +446,10 @@ def _rows_set(model, objs: list, fields: list[str]) -> None:
     """`jobs.bulk_set` (one `UPDATE ... FROM unnest(arrays)`), with each array sent as one
     array literal built here: psycopg adapting 1,000 values one by one per column costs more
     than the statement. For numbers, dates, times and booleans, whose text never needs
-    quoting in an array literal."""
+    quoting in an array literal (which `_array_literal` checks by field type)."""
     meta = model._meta
     columns = [meta.pk, *(meta.get_field(name) for name in fields)]
-    arrays = [_array_literal([getattr(obj, c.attname) for obj in objs]) for c in columns]
+    arrays = [_array_literal([getattr(obj, c.attname) for obj in objs], c) for c in columns]
     table = connection.ops.quote_name(meta.db_table)
     names = [connection.ops.quote_name(c.column) for c in columns]
     casts = ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns)
@@ -461,20 +462,16 @@ def _rows_set(model, objs: list, fields: list[str]) -> None:
         )
 
 
-def _array_literal(values: list) -> str:
-    return "{" + ",".join(_literal_item(v) for v in values) + "}"
-
-
-def _literal_item(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int | Decimal):
-        return str(value)  # digits, sign, point, exponent: nothing to quote
-    if isinstance(value, datetime | date):
-        return value.isoformat()  # "2026-11-27T10:00:00.5+00:00": nothing to quote
-    raise TypeError(f"no array literal for {type(value).__name__}")
+def _array_literal(values: list, field) -> str:
+    if isinstance(field, DateField):  # DateTimeField too: "2026-11-27T10:00:00.5+00:00"
+        text = [None if v is None else v.isoformat() for v in values]
+    elif isinstance(field, IntegerField | DecimalField):  # ids too
+        text = [None if v is None else str(v) for v in values]  # digits, sign, point, exponent
+    else:
+        raise TypeError(f"no array literal for {type(field).__name__}")
+    if None in text:
+        text = ["NULL" if t is None else t for t in text]
+    return "{" + ",".join(text) + "}"
 
 
 def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
