@@ -17,9 +17,13 @@ Two paths give the same results, item by item, as calling `event_ingest` once pe
   index refuses the insert): the item path then answers that item as a replay.
 
 Deadlock freedom: before any item runs, the batch locks every member balance it will touch in
-(program id, balance id) order, the order the workers' chunks use too; then every budget shard of
-its programs, in (program, shard) order. Every other writer takes a balance before shards, and
-whoever holds shards already holds all the balances it needs, so no wait cycle can form.
+(program id, balance id) order, the order the workers' chunks use too; then one free budget
+shard of each of its programs (SKIP LOCKED: it never waits, as `budget_charge`'s fast path), so
+concurrent batches of one program do not queue for its shards. When a charge does not fit in
+the shard held (near the limit), or a program has no free shard, the batch is rolled back
+whole and runs again taking every shard of its programs in (program, shard) order. Every
+other writer takes a balance before shards, and whoever waits for shards already holds all the
+balances it needs and no other shard, so no wait cycle can form.
 """
 
 import hashlib
@@ -95,7 +99,14 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
         return results  # type: ignore[return-value]
     if connection.vendor == "postgresql" and all(items[i][1].type in EARN_TYPES for i in todo):
         try:
-            _ingest_set(items, todo, results, actor)
+            try:
+                _ingest_set(items, todo, results, actor, all_shards=False)
+            except _ShardsShort:
+                # One shard per program could not pay for the batch, or every shard of a
+                # program was busy: rolled back whole; again, with every shard in order.
+                for index in todo:
+                    results[index] = None
+                _ingest_set(items, todo, results, actor, all_shards=True)
         except (IntegrityError, psycopg.IntegrityError) as exc:
             if not _is_key_conflict(exc):
                 raise
@@ -118,17 +129,25 @@ def _is_key_conflict(exc: Exception) -> bool:
 # --- the set-based path ------------------------------------------------------------------------
 
 
+class _ShardsShort(Exception):
+    """The batch holds one shard of a program, and a charge does not fit in it."""
+
+
 class _Budget:
     """A program's budget shards, locked: charges in memory with exactly the outcome of
     `budget.budget_charge` for the same sequence of charges, then written in one UPDATE.
 
     With every shard held, `budget_charge` pays in full when the cost fits in what is left of
     the whole limit (its one-shard fast path is only a cheaper way to the same answer), else
-    pays the points the remainder affords, else refuses."""
+    pays the points the remainder affords, else refuses. Holding only some shards (`whole`
+    false), a charge that fits in what they have left is paid in full, which is that same
+    answer (the whole limit has at least as much left); any other raises _ShardsShort, and
+    the batch runs again holding every shard."""
 
-    def __init__(self, program: Program, shards: list[BudgetShard]) -> None:
+    def __init__(self, program: Program, shards: list[BudgetShard], *, whole: bool) -> None:
         self.program = program
         self.shards = shards
+        self.whole = whole
         # The shards, not `program.budget_limit`, say whether a limit applies: the limit may
         # have been set or lifted since `program` was read (budget_charge decides the same).
         self.limited = bool(shards) and shards[0].allocated is not None
@@ -141,6 +160,8 @@ class _Budget:
         program = self.program
         cost = points_cost(points, point_value=program.point_value, currency=program.currency)
         if self.limited and cost > self.remaining:
+            if not self.whole:
+                raise _ShardsShort
             points = min(points, points_affordable(self.remaining, point_value=program.point_value))
             if points <= 0:
                 raise BudgetExhausted(
@@ -176,13 +197,24 @@ class _Budget:
 
 
 @transaction.atomic(durable=True)
-def _ingest_set(items: Items, todo: list[int], results: list, actor: Actor) -> None:
+def _ingest_set(
+    items: Items, todo: list[int], results: list, actor: Actor, *, all_shards: bool
+) -> None:
     programs = {items[i][0].pk: items[i][0] for i in todo}
     tiers = _tiers(programs)
     balances = _balances_lock(
         programs, {(items[i][0].pk, items[i][1].member_id) for i in todo}, tiers
     )
-    budgets = {pk: _Budget(programs[pk], shards) for pk, shards in _shards_lock(programs).items()}
+    if all_shards:
+        budgets = {
+            pk: _Budget(programs[pk], shards, whole=True)
+            for pk, shards in _shards_lock(programs).items()
+        }
+    else:
+        budgets = {
+            pk: _Budget(programs[pk], [shard], whole=False)
+            for pk, shard in _one_shard_each(programs).items()
+        }
     stored = _stored_entries({(items[i][0].pk, items[i][1].idempotency_key) for i in todo})
     now = timezone.now()
 
@@ -334,6 +366,27 @@ def _shards_lock(programs: dict) -> dict:
     ):
         shards[shard.program_id].append(shard)
     return shards
+
+
+# A random free shard of each program, as budget_charge's fast path takes one: it never waits
+# (SKIP LOCKED), so it may come after the balance locks in any order. Concurrent batches of
+# one program then hold different shards instead of queueing for all of them.
+_ONE_SHARD_SQL = (
+    "SELECT s.* FROM unnest(%s::uuid[]) AS p(id) CROSS JOIN LATERAL ("
+    " SELECT * FROM loyalty_budgetshard b WHERE b.program_id = p.id"
+    " ORDER BY random() LIMIT 1 FOR UPDATE SKIP LOCKED) AS s"
+)
+
+
+def _one_shard_each(programs: dict) -> dict:
+    """{program id: one shard of it, locked}; _ShardsShort when a program has none free."""
+    found = {
+        shard.program_id: shard
+        for shard in BudgetShard.objects.raw(_ONE_SHARD_SQL, [list(programs)])
+    }
+    if len(found) < len(programs):
+        raise _ShardsShort
+    return found
 
 
 _STORED_SQL = (
