@@ -23,7 +23,8 @@ concurrent batches of one program do not queue for its shards. When a charge doe
 the shard held (near the limit), or a program has no free shard, the batch is rolled back
 whole and runs again taking every shard of its programs in (program, shard) order. Every
 other writer takes a balance before shards, and whoever waits for shards already holds all the
-balances it needs and no other shard, so no wait cycle can form.
+balances it needs and takes shards only in (program, shard) order, so no wait cycle can
+form.
 """
 
 import hashlib
