@@ -635,3 +635,23 @@ def test_a_batch_waits_for_its_programs_shards_when_every_one_is_busy(make_progr
     spent = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
     assert spent == D("600")
     assert ledger_verify() == []
+
+
+@pytest.mark.postgres
+def test_member_ids_and_keys_with_quotes_backslashes_and_commas_round_trip(program, actor):
+    """They travel to PostgreSQL in array literals: every character must come back as sent,
+    and a repeat must find its key."""
+    odd = ['a"b', "c\\d", "e,f", "{g}", "h i", "NULL", '\\"', "é ü"]
+    items = [(program, purchase(member, key=f"k{member}")) for member in odd]
+    first = events_ingest_batch(items=items, actor=actor)
+    assert [r.entry.details["member_id"] for r in first] == odd
+    assert sorted(
+        MemberBalance.objects.filter(program=program).values_list("member_id", flat=True)
+    ) == sorted(odd)
+    assert sorted(
+        LedgerEntry.objects.filter(program=program).values_list("idempotency_key", flat=True)
+    ) == sorted(f"k{m}" for m in odd)
+    again = events_ingest_batch(items=items, actor=actor)
+    assert all(r.replayed for r in again)
+    assert [r.entry.pk for r in again] == [r.entry.pk for r in first]
+    assert LedgerEntry.objects.filter(program=program).count() == len(odd)
