@@ -213,9 +213,11 @@ class MemberBalance(models.Model):
         # No index on last_activity_at: every earning, redemption and refund changes it, and an
         # indexed column changing forbids PostgreSQL's HOT update (the row's new version would
         # need a new entry in every index). Its one reader, the campaigns' `inactive` segment,
-        # is a background job that walks a program's members in id order anyway.
+        # walks a program's members in id order in chunks: (program, id) serves that walk for
+        # every segment, and neither column ever changes.
         indexes = [
             models.Index(fields=["program", "tier"]),
+            models.Index(fields=["program", "id"], name="balance_program_walk"),
         ]
 
     def __str__(self) -> str:

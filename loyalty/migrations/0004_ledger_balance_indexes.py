@@ -22,6 +22,11 @@ class Migration(migrations.Migration):
             model_name='memberbalance',
             name='loyalty_mem_program_712df3_idx',
         ),
+        # The campaigns' chunked walk of a program's members in id order (any segment).
+        migrations.AddIndex(
+            model_name='memberbalance',
+            index=models.Index(fields=['program', 'id'], name='balance_program_walk'),
+        ),
         # Only the foreign keys' own indexes go: AlterField would also drop and re-add each
         # constraint, which re-validates the whole ledger under lock.
         migrations.SeparateDatabaseAndState(
