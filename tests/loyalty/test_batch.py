@@ -19,6 +19,7 @@ from django.db.models import Sum
 
 from audit.models import AuditEntry
 from audit.verify import audit_verify
+from loyalty.actors import Actor
 from loyalty.errors import (
     AccountFrozen,
     BudgetExhausted,
@@ -655,3 +656,14 @@ def test_member_ids_and_keys_with_quotes_backslashes_and_commas_round_trip(progr
     assert all(r.replayed for r in again)
     assert [r.entry.pk for r in again] == [r.entry.pk for r in first]
     assert LedgerEntry.objects.filter(program=program).count() == len(odd)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ip", ["10.0.0.7", "2001:db8::1"])
+def test_a_batchs_audit_entries_keep_the_callers_address(program, ip):
+    caller = Actor(id="checkout", role="system", ip=ip, user_agent="shop/1.0")
+    items = [(program, purchase(f"u{i}", key=f"k{i}")) for i in range(2)]
+    events_ingest_batch(items=items, actor=caller)
+    entries = AuditEntry.objects.filter(entity_type="transaction")
+    assert [(e.ip, e.user_agent) for e in entries] == [(ip, "shop/1.0")] * 2
+    assert audit_verify() == []
