@@ -176,7 +176,10 @@ class BudgetShard(models.Model):
 class MemberBalance(models.Model):
     """A member of a program and their balance; the row every write of that member locks."""
 
-    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="balances")
+    # No index of its own: `balance_unique_member` (program, member_id) serves program lookups.
+    program = models.ForeignKey(
+        Program, on_delete=models.PROTECT, related_name="balances", db_index=False
+    )
     member_id = models.CharField(max_length=128)
     points_balance = points_field(default=0)
     locked = points_field(default=0)
@@ -207,9 +210,14 @@ class MemberBalance(models.Model):
                 condition=Q(earned_today__gte=0), name="balance_earned_today_gte_0"
             ),
         ]
+        # No index on last_activity_at: every earning, redemption and refund changes it, and an
+        # indexed column changing forbids PostgreSQL's HOT update (the row's new version would
+        # need a new entry in every index). Its one reader, the campaigns' `inactive` segment,
+        # walks a program's members in id order in chunks: (program, id) serves that walk for
+        # every segment, and neither column ever changes.
         indexes = [
             models.Index(fields=["program", "tier"]),
-            models.Index(fields=["program", "last_activity_at"]),
+            models.Index(fields=["program", "id"], name="balance_program_walk"),
         ]
 
     def __str__(self) -> str:
@@ -233,19 +241,36 @@ class LedgerEntry(models.Model):
         EXPIRY = "expiry"
         TIER_ROLLBACK = "tier_rollback"
 
-    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="entries")
-    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="entries")
+    # Every entry is written once and read by the composite indexes in Meta, which also serve
+    # these foreign keys: no single-column index of their own (each one is an insert per entry).
+    program = models.ForeignKey(
+        Program, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
+    balance = models.ForeignKey(
+        MemberBalance, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     type = models.CharField(max_length=20, choices=Type.choices)
     points = points_field()
     amount = money_field(null=True, blank=True)
     currency = models.CharField(max_length=3, blank=True)
     module = models.CharField(max_length=32, blank=True)
     reference = models.CharField(max_length=128, blank=True)
+    # Set on few entries (refunds, redemptions): partial indexes in Meta, not one entry per row.
     original_entry = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="refunds"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="refunds",
+        db_index=False,
     )
     redemption = models.ForeignKey(
-        "Redemption", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+        "Redemption",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="entries",
+        db_index=False,
     )
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     balance_after = points_field()
@@ -278,6 +303,17 @@ class LedgerEntry(models.Model):
             models.Index(fields=["balance", "-id"]),
             models.Index(fields=["program", "reference"]),
             models.Index(fields=["program", "type", "created_at"]),
+            # `col = x` implies `col IS NOT NULL`: lookups and the foreign key checks use these.
+            models.Index(
+                fields=["original_entry"],
+                condition=Q(original_entry__isnull=False),
+                name="ledger_original_entry",
+            ),
+            models.Index(
+                fields=["redemption"],
+                condition=Q(redemption__isnull=False),
+                name="ledger_redemption",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -19,6 +19,7 @@ from django.db.models import Sum
 
 from audit.models import AuditEntry
 from audit.verify import audit_verify
+from loyalty.actors import Actor
 from loyalty.errors import (
     AccountFrozen,
     BudgetExhausted,
@@ -550,3 +551,119 @@ def test_a_batch_of_earnings_takes_the_same_few_statements_whatever_its_size(
     assert all(isinstance(r, IngestResult) for r in results)
     assert LedgerEntry.objects.filter(program=program).count() == 200
     assert ledger_verify() == []
+
+
+def test_a_batch_costing_more_than_one_shard_holds_is_paid_from_the_whole_limit(
+    make_program, actor
+):
+    """The batch first holds one shard per program; a charge that does not fit in it sends
+    the batch, rolled back, through again with every shard: the same answers as ever."""
+    single, batch = twins(make_program, budget_limit=D("1600"))  # 16 shards of 100
+    events = [purchase(f"u{i}", key=f"k{i}") for i in range(5)]  # 200 points each
+    with time_machine.travel(NOW, tick=False):
+        _, together = run_both(single, batch, actor, events)
+    assert [r.entry.points for r in together] == [D("200")] * 5
+    assert_same_rows(single, batch)
+    shards = BudgetShard.objects.filter(program=batch)
+    assert shards.aggregate(s=Sum("spent"))["s"] == D("1000")
+    assert all(s.spent <= s.allocated for s in shards)
+
+
+def _hold_shards(program, count: int, held: threading.Event, release: threading.Event):
+    def hold():
+        with transaction.atomic():
+            ids = list(
+                BudgetShard.objects.select_for_update()
+                .filter(program=program)
+                .order_by("shard")
+                .values_list("pk", flat=True)[:count]
+            )
+            held.set()
+            release.wait(30)
+        return ids
+
+    return hold
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_takes_a_free_shard_instead_of_waiting_for_a_busy_one(make_program, actor):
+    """Another transaction holds 15 of the program's 16 shards (a concurrent batch would hold
+    one): the batch is paid from the free one without waiting."""
+    program = make_program(budget_limit=D("1000000"))
+    held, release = threading.Event(), threading.Event()
+    results: dict = {}
+    holder = _in_thread(results, "holder", _hold_shards(program, 15, held, release))
+    assert held.wait(10)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '5s'")  # a wait would fail the test, not hang
+        items = [(program, purchase(f"u{i}", key=f"k{i}")) for i in range(3)]
+        outcomes = events_ingest_batch(items=items, actor=actor)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+        release.set()
+        holder.join(JOIN_TIMEOUT)
+    assert [o.entry.points for o in outcomes] == [D("200")] * 3
+    paid = BudgetShard.objects.filter(program=program, spent__gt=0)
+    assert [(s.pk in results["holder"], s.spent) for s in paid] == [(False, D("600"))]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_waits_for_its_programs_shards_when_every_one_is_busy(make_program, actor):
+    program = make_program(budget_limit=D("1000000"))
+    held, release = threading.Event(), threading.Event()
+    results: dict = {}
+    threads = [_in_thread(results, "holder", _hold_shards(program, 16, held, release))]
+    assert held.wait(10)
+    items = [(program, purchase(f"u{i}", key=f"k{i}")) for i in range(3)]
+    threads.append(
+        _in_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
+    )
+    for _ in range(200):
+        if _lock_waiters() >= 1:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the batch never waited for a shard")
+    release.set()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT)
+        assert not thread.is_alive(), "deadlock"
+    assert [o.entry.points for o in results["batch"]] == [D("200")] * 3
+    spent = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
+    assert spent == D("600")
+    assert ledger_verify() == []
+
+
+@pytest.mark.postgres
+def test_member_ids_and_keys_with_quotes_backslashes_and_commas_round_trip(program, actor):
+    """They travel to PostgreSQL in array literals: every character must come back as sent,
+    and a repeat must find its key."""
+    odd = ['a"b', "c\\d", "e,f", "{g}", "h i", "NULL", '\\"', "é ü"]
+    items = [(program, purchase(member, key=f"k{member}")) for member in odd]
+    first = events_ingest_batch(items=items, actor=actor)
+    assert [r.entry.details["member_id"] for r in first] == odd
+    assert sorted(
+        MemberBalance.objects.filter(program=program).values_list("member_id", flat=True)
+    ) == sorted(odd)
+    assert sorted(
+        LedgerEntry.objects.filter(program=program).values_list("idempotency_key", flat=True)
+    ) == sorted(f"k{m}" for m in odd)
+    again = events_ingest_batch(items=items, actor=actor)
+    assert all(r.replayed for r in again)
+    assert [r.entry.pk for r in again] == [r.entry.pk for r in first]
+    assert LedgerEntry.objects.filter(program=program).count() == len(odd)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ip", ["10.0.0.7", "2001:db8::1"])
+def test_a_batchs_audit_entries_keep_the_callers_address(program, ip):
+    caller = Actor(id="checkout", role="system", ip=ip, user_agent="shop/1.0")
+    items = [(program, purchase(f"u{i}", key=f"k{i}")) for i in range(2)]
+    events_ingest_batch(items=items, actor=caller)
+    entries = AuditEntry.objects.filter(entity_type="transaction")
+    assert [(e.ip, e.user_agent) for e in entries] == [(ip, "shop/1.0")] * 2
+    assert audit_verify() == []

@@ -1,0 +1,309 @@
+"""CPU cost per event of the batch path, in one process: Python and its PostgreSQL backend.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench \\
+        .venv/bin/python bench/batch_profile.py --batches 20 --mode both
+
+Throughput on a shared machine is noise; CPU per event is not. This drives batches of
+`--size` purchases (members drawn from `--members` per program, `--per-batch` programs mixed
+in each batch, every item with its own idempotency_key) two ways:
+
+- direct: `events_ingest_batch` called with parsed items (the service alone);
+- http:   `POST /api/v1/events/batch` through Django's WSGI handler, as gunicorn calls it
+          (DEBUG off, JWT bearer token, request `Idempotency-Key`, the JSON body built
+          before the clock starts: the load client's cost is not counted).
+
+It prints, per mode, Python CPU ms/event (time.process_time), PostgreSQL backend CPU ms/event
+(/proc/<pid>/schedstat of this connection's backend) and the statements of one batch.
+`--only http|direct` with `--batches` N runs one mode, for a profiler:
+
+    .venv/bin/python -m pyinstrument bench/batch_profile.py --only http --batches 10
+"""
+
+import argparse
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MERCHANT = "m_bench_batch"
+MODULES = ["eats", "shop", "rides"]
+
+
+def setup(pem: str) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["DEBUG"] = "False"
+    os.environ["LOYALTY_JWT_PUBLIC_KEY"] = pem
+    os.environ["LOYALTY_JWT_JWKS_URL"] = ""
+    os.environ.setdefault("CONN_MAX_AGE", "600")
+    import django
+
+    django.setup()
+
+
+def keys():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode(), private
+
+
+def token(private) -> str:
+    import jwt
+    from django.conf import settings
+
+    now = int(time.time())
+    claims = {
+        "sub": "bench-checkout",
+        "roles": ["system"],
+        "merchant_id": MERCHANT,
+        "iss": settings.LOYALTY_JWT_ISSUER,
+        "aud": settings.LOYALTY_JWT_AUDIENCE,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, private, algorithm="RS256")
+
+
+def programs_create(count: int) -> list[str]:
+    from loyalty.actors import Actor
+    from loyalty.services import program_create
+
+    return [
+        str(
+            program_create(
+                merchant_id=MERCHANT,
+                name=f"bench batch {uuid.uuid4().hex[:6]}",
+                currency="XOF",
+                timezone="Africa/Dakar",
+                earn_rate=Decimal("0.02"),
+                point_value=Decimal("1"),
+                expiry_days=365,
+                budget_limit=Decimal("1000000000000"),
+                max_earn_per_day=Decimal("1000000000"),
+                sira_settings={},  # the seed's eight rules, on
+                actor=Actor(id="bench", role="system"),
+            ).pk
+        )
+        for _ in range(count)
+    ]
+
+
+def members_create(program_ids: list[str], members: int) -> None:
+    """Every member's balance up front (one INSERT per program), as in a running program:
+    most purchases are by members who already have a balance."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for program_id in program_ids:
+            cursor.execute(
+                "INSERT INTO loyalty_memberbalance (program_id, member_id, points_balance,"
+                " locked, lifetime_earned, lifetime_redeemed, lifetime_spend, tier, churn_risk,"
+                " engagement_score, fraud_flags, is_frozen, earned_today, purchase_count,"
+                " created_at, updated_at)"
+                " SELECT %s, 'u' || n, 0, 0, 0, 0, 0, 'basic', 0, 0, '[]', false, 0, 0,"
+                " now(), now() FROM generate_series(0, %s - 1) AS n",
+                [program_id, members],
+            )
+
+
+def batch_items(program_ids, rng, size, members) -> list[dict]:
+    return [
+        {
+            "program_id": rng.choice(program_ids),
+            "member_id": f"u{rng.randrange(members)}",
+            "type": "purchase",
+            "amount": str(rng.randrange(500, 20000, 25)),
+            "currency": "XOF",
+            "module": rng.choice(MODULES),
+            "reference": f"order-{uuid.uuid4().hex[:16]}",
+            "idempotency_key": f"bench-{uuid.uuid4()}",
+        }
+        for _ in range(size)
+    ]
+
+
+def backend_cpu_ns() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+class Http:
+    """POST through the WSGI handler gunicorn calls (no test client, no socket)."""
+
+    def __init__(self, bearer: str) -> None:
+        from django.core.handlers.wsgi import WSGIHandler
+
+        self.handler = WSGIHandler()
+        self.bearer = bearer
+
+    def post(self, path: str, body: bytes, key: str) -> tuple[int, bytes]:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_AUTHORIZATION": f"Bearer {self.bearer}",
+            "HTTP_IDEMPOTENCY_KEY": key,
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+        status = []
+        chunks = self.handler(environ, lambda s, h, exc_info=None: status.append(s))
+        data = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        return int(status[0].split()[0]), data
+
+
+def run_http(http: Http, bodies: list[bytes]) -> int:
+    awarded = 0
+    for body in bodies:
+        status, data = http.post("/api/v1/events/batch", body, f"bench-{uuid.uuid4()}")
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {data[:500]!r}")
+        awarded += data.count(b'"status":201')
+    return awarded
+
+
+def run_direct(batches: list[list[dict]]) -> int:
+    from loyalty.actors import Actor
+    from loyalty.api.events import event_parse
+    from loyalty.errors import DomainError
+    from loyalty.models import Program
+    from loyalty.services.batch import events_ingest_batch
+
+    actor = Actor(id="bench", role="system")
+    programs = {p.pk: p for p in Program.objects.filter(merchant_id=MERCHANT)}
+    awarded = 0
+    for raw in batches:
+        items = []
+        for item in raw:
+            program_id, event = event_parse(item)
+            items.append((programs[program_id], event))
+        outcomes = events_ingest_batch(items=items, actor=actor)
+        awarded += sum(1 for o in outcomes if not isinstance(o, DomainError))
+    return awarded
+
+
+def measure(name: str, run, work, events: int, profile: str | None = None) -> tuple:
+    cpu, db = time.process_time(), backend_cpu_ns()
+    start = time.perf_counter()
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        awarded = profiler.runcall(run, work)
+        profiler.dump_stats(f"{profile}.{name}")
+    else:
+        awarded = run(work)
+    wall = time.perf_counter() - start
+    cpu, db = time.process_time() - cpu, backend_cpu_ns() - db
+    python, postgres = 1000 * cpu / events, db / 1e6 / events
+    print(
+        f"{name:<7} {events} events ({awarded} awarded): Python {python:.3f} "
+        f"ms CPU/event, PostgreSQL {postgres:.3f} ms CPU/event, total "
+        f"{python + postgres:.3f}; wall {1000 * wall / events:.3f} ms/event"
+    )
+    return python, postgres
+
+
+def statements(name: str, run, work) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        run(work)
+    print(f"{name:<7} statements per batch: {len(captured.captured_queries)}")
+    if os.environ.get("BATCH_SQL"):
+        for query in captured.captured_queries:
+            print(f"   {query['sql'][:160]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--programs", type=int, default=4)
+    parser.add_argument("--per-batch", type=int, default=4, help="programs mixed in a batch")
+    parser.add_argument("--members", type=int, default=100_000, help="per program")
+    parser.add_argument("--only", choices=["http", "direct"])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per mode; best kept")
+    parser.add_argument(
+        "--new-members", action="store_true", help="no balance up front: most items create one"
+    )
+    parser.add_argument("--cprofile", metavar="PREFIX", help="cProfile the timed run: PREFIX.mode")
+    opts = parser.parse_args()
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        sys.exit("Set DATABASE_URL to a PostgreSQL database (it is migrated and written to).")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True)
+    pem, private = keys()
+    setup(pem)
+
+    rng = random.Random(opts.seed)
+    program_ids = programs_create(opts.programs)
+    if not opts.new_members:
+        members_create(program_ids, opts.members)
+
+    def make(n: int) -> list[list[dict]]:
+        out = []
+        for _ in range(n):
+            chosen = rng.sample(program_ids, min(opts.per_batch, len(program_ids)))
+            out.append(batch_items(chosen, rng, opts.size, opts.members))
+        return out
+
+    http = Http(token(private))
+
+    def bodies(batches):
+        return [json.dumps({"events": b}).encode() for b in batches]
+
+    events = opts.batches * opts.size
+    modes = [opts.only] if opts.only else ["direct", "http"]
+    for mode in modes:
+        run, prep = (
+            (run_direct, lambda b: b) if mode == "direct" else (lambda w: run_http(http, w), bodies)
+        )
+        run(prep(make(2)))  # warm up: connection, prepared statements, code paths
+        statements(mode, run, prep(make(1)))
+        runs = [
+            measure(mode, run, prep(make(opts.batches)), events, opts.cprofile)
+            for _ in range(opts.repeat)
+        ]
+        if opts.repeat > 1:  # the least disturbed run of a shared machine
+            python, postgres = min(p for p, _ in runs), min(d for _, d in runs)
+            print(
+                f"{mode:<7} best of {opts.repeat}: Python {python:.3f}, PostgreSQL {postgres:.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
