@@ -44,7 +44,7 @@ from psycopg.types.json import Jsonb
 from audit.integrity import audit_key, canonical_json, normalise_ip
 from audit.models import AuditEntry
 from audit.pii import pii_scrub
-from audit.services import USER_AGENT_MAX
+from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX
 
 from ..actors import Actor
 from ..errors import BudgetExhausted, DomainError
@@ -622,7 +622,7 @@ def _copy_rows(model, fields: list[str], rows: list[tuple]) -> None:
 
 _AUDIT_FIELDS = [
     "entity_type", "entity_id", "action", "merchant_id", "actor_id", "actor_role", "ip",
-    "user_agent", "changes", "created_at", "digest",
+    "user_agent", "changes", "created_at", "credential_id", "digest",
 ]  # fmt: skip
 
 
@@ -636,10 +636,14 @@ def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
     address = None if ip is None else ipaddress.ip_address(ip)  # the inet column's value
     actor_id, role = str(actor.id), actor.role or ""
     user_agent = (actor.user_agent or "")[:USER_AGENT_MAX]
+    credential_id = (actor.credential_id or "")[:CREDENTIAL_ID_MAX]
     stamp = str(round(now.timestamp() * 1_000_000))
     # entry_digest hashes canonical_json(["v1", type, id, action, merchant, actor, role, ip,
-    # user agent, changes, stamp]): a list's JSON is its items' JSON joined by ",".
-    head = canonical_json(["v1", "transaction"])[:-1] + ","
+    # user agent, changes, stamp]), or "v2" with the credential id appended when there is
+    # one: a list's JSON is its items' JSON joined by ",".
+    version = "v2" if credential_id else "v1"
+    head = canonical_json([version, "transaction"])[:-1] + ","
+    tail = f",{canonical_json(credential_id)}]" if credential_id else "]"
     middles: dict[tuple[str, str], str] = {}
     rows = []
     for program, balance, entry, _ in new:
@@ -650,11 +654,11 @@ def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
             middle = middles[(action, merchant_id)] = "," + middle[1:-1] + ","
         entity_id = str(entry.pk)  # digits: its JSON is itself in quotes
         changes = canonical_json({"after": pii_scrub(entry_audit_after(entry, balance), key=key)})
-        content = f'{head}"{entity_id}"{middle}{changes},{stamp}]'
+        content = f'{head}"{entity_id}"{middle}{changes},{stamp}{tail}'
         digest = hmac.new(key, content.encode(), hashlib.sha256).hexdigest()
         rows.append(
             ("transaction", entity_id, action, merchant_id, actor_id, role, address,
-             user_agent, changes, now, digest)
+             user_agent, changes, now, credential_id, digest)
         )  # fmt: skip
     return rows
 

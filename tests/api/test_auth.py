@@ -271,6 +271,38 @@ def test_credential_of_each_request_is_audited(make_token, funded):
     assert trail.json()["results"][0]["credential_id"] == "jwt:token-42"
 
 
+
+def test_credential_of_each_batch_item_is_audited(make_token, funded):
+    """The batch path writes its audit entries in bulk: each still names the credential and
+    its digest (v2) covers it."""
+    api_key, key = make_key()
+    token = make_token(["system"], sub="svc-checkout", jti="token-43")
+    expected = {"jwt": "jwt:token-43", "api_key": f"apikey:{api_key.prefix}"}
+    for name, auth in (("jwt", f"Bearer {token}"), ("api_key", f"Api-Key {key}")):
+        events = [
+            {
+                "program_id": str(funded.pk),
+                "member_id": f"u_{n}",
+                "type": "purchase",
+                "amount": "5000",
+                "currency": "XOF",
+                "idempotency_key": f"{name}-item-{n}",
+            }
+            for n in range(3)
+        ]
+        response = ApiClient(auth).post("/api/v1/events/batch", {"events": events})
+        assert response.status_code == 200, response.content
+        results = response.json()["results"]
+        assert [r["status"] for r in results] == [201, 201, 201]
+        for result in results:
+            audit = AuditEntry.objects.get(
+                entity_type="transaction", entity_id=result["body"]["transaction_id"]
+            )
+            assert audit.credential_id == expected[name]
+            assert entry_digest_of(audit) == audit.digest
+    assert audit_verify() == []
+
+
 # --- API keys -------------------------------------------------------------------------------
 def make_key(merchant_id=OWN, permissions=("members:read", "events:write"), **fields):
     merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
