@@ -271,7 +271,6 @@ def test_credential_of_each_request_is_audited(make_token, funded):
     assert trail.json()["results"][0]["credential_id"] == "jwt:token-42"
 
 
-
 def test_credential_of_each_batch_item_is_audited(make_token, funded):
     """The batch path writes its audit entries in bulk: each still names the credential and
     its digest (v2) covers it."""
