@@ -4,6 +4,14 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def _on_postgresql(sql):
+    def run(apps, schema_editor):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(sql)
+
+    return run
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -13,9 +21,10 @@ class Migration(migrations.Migration):
     operations = [
         # Room on each page for a balance's next version, so its updates stay HOT (no new
         # index entries). Applies to pages written from now on.
-        migrations.RunSQL(
-            "ALTER TABLE loyalty_memberbalance SET (fillfactor = 80)",
-            "ALTER TABLE loyalty_memberbalance RESET (fillfactor)",
+        # PostgreSQL only: SQLite (development) has no fillfactor.
+        migrations.RunPython(
+            _on_postgresql("ALTER TABLE loyalty_memberbalance SET (fillfactor = 80)"),
+            _on_postgresql("ALTER TABLE loyalty_memberbalance RESET (fillfactor)"),
             elidable=False,
         ),
         migrations.RemoveIndex(
