@@ -1,7 +1,10 @@
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
-from .models import IdempotencyRecord, MerchantAPIKey
+from .models import IdempotencyRecord, MerchantAPIKey, StaffIdentity
+from .selectors import staff_actor
+from .services import staff_identity_link
 
 
 @admin.register(MerchantAPIKey)
@@ -40,3 +43,48 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(StaffIdentity)
+class StaffIdentityAdmin(admin.ModelAdmin):
+    """Links a staff user to their Molam ID subject, so they are one actor on the admin and the
+    API. Like users and groups, only superusers (or a group granted `access.add_staffidentity`)
+    manage links. A link is added, never edited nor deleted (see `StaffIdentity`); nobody links
+    their own account; the service audits each link."""
+
+    list_display = ["user", "molam_subject", "created_at"]
+    search_fields = ["=molam_subject", "user__username"]
+    fields = ["user", "molam_subject", "created_at"]
+    readonly_fields = ["created_at"]
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Django wraps this view in transaction.atomic; the service is a durable entry point
+        # that owns its transaction, so run the view unwrapped.
+        return self._changeform_view(request, object_id, form_url, extra_context)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user":
+            kwargs["queryset"] = (
+                get_user_model()
+                .objects.filter(is_staff=True, staff_identity__isnull=True)
+                .exclude(pk=request.user.pk)
+                .order_by("username")
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def save_model(self, request, obj, form, change):
+        # The form has checked the fields, uniqueness and the user (staff, unlinked, not
+        # oneself); the service checks again in its transaction and writes the audit entry.
+        saved = staff_identity_link(
+            user_id=form.cleaned_data["user"].pk,
+            molam_subject=form.cleaned_data["molam_subject"],
+            actor=staff_actor(request.user, request),
+        )
+        obj.pk = saved.pk
+        obj.created_at = saved.created_at

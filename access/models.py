@@ -1,5 +1,6 @@
-"""API credentials and HTTP idempotency records."""
+"""API credentials, HTTP idempotency records, and staff users' Molam ID identities."""
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
@@ -74,3 +75,60 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key} ({self.status})"
+
+
+# Actor ids the engine gives to others: staff users without a link (`user:<pk>`), background
+# jobs (`system`, `system:<job>`), failed logins (`anonymous`). A subject among them would let
+# one person pass for another in the approvals' "distinct people" checks.
+# (The same rule is checked in `clean` for a readable form error.)
+RESERVED_SUBJECTS = ~(
+    Q(molam_subject__startswith="user:")
+    | Q(molam_subject="system")
+    | Q(molam_subject__startswith="system:")
+    | Q(molam_subject="anonymous")
+)
+
+
+class StaffIdentity(models.Model):
+    """A staff user's Molam ID subject (the JWT `sub` they call the API with).
+
+    A linked staff user acts in the admin under that subject, so a person has one actor id on
+    both channels and the approvals' maker and one-person-one-role rules hold across them
+    (access.selectors.staff_actor). A link is permanent: never edited nor deleted, so the ids a
+    person has acted under never change (the user cannot be deleted either; deactivate it).
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="staff_identity"
+    )
+    molam_subject = models.CharField(
+        max_length=128,
+        unique=True,
+        help_text="The person's Molam ID subject: the `sub` of their API tokens, exactly.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "staff identity"
+        verbose_name_plural = "staff identities"
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(molam_subject=""), name="staff_identity_subject_not_empty"
+            ),
+            models.CheckConstraint(
+                condition=RESERVED_SUBJECTS, name="staff_identity_subject_not_reserved"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} = {self.molam_subject}"
+
+    def clean(self) -> None:
+        super().clean()
+        subject = self.molam_subject or ""
+        if subject != subject.strip():
+            raise ValidationError({"molam_subject": "No spaces around the subject."})
+        if subject.startswith(("user:", "system:")) or subject in {"system", "anonymous"}:
+            raise ValidationError(
+                {"molam_subject": "Reserved for other actors (user:, system, anonymous)."}
+            )

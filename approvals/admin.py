@@ -4,6 +4,8 @@ Requests are read-only here; approve and reject are admin actions behind a confi
 that shows what will run (the stored payload), who asked, and who approved so far. Decisions
 go through the services, so every rule (maker cannot approve, one person one role, ...) holds
 here exactly as in the API. The maker's own requests are marked as not approvable by them.
+A staff user linked to their Molam ID subject acts here under that subject (the id they have
+over the API), so the rules see one person on both channels.
 """
 
 import json
@@ -13,6 +15,7 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
+from access.selectors import person_actor_ids
 from loyalty.admin import request_actor
 from loyalty.errors import DomainError
 from loyalty.roles import user_roles
@@ -98,21 +101,21 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="you")
     def your_decision(self, obj):
-        return self._decision_note(obj, self._actor_id, self._roles)
+        return self._decision_note(obj, self._actor_ids, self._roles)
 
     def get_changelist_instance(self, request):
         # Who is looking, for the "you" column (one query for the roles, not one per row).
-        self._actor_id = request_actor(request).id
+        self._actor_ids = person_actor_ids(request_actor(request).id)
         self._roles = user_roles(request.user)
         return super().get_changelist_instance(request)
 
     @staticmethod
-    def _decision_note(obj, actor_id: str, roles: set[str]) -> str:
+    def _decision_note(obj, actor_ids: frozenset[str], roles: set[str]) -> str:
         if obj.status != ApprovalRequest.Status.PENDING:
             return ""
-        if obj.maker_id == actor_id:
+        if obj.maker_id in actor_ids:
             return "your own request: not approvable by you"
-        if any(a.actor_id == actor_id for a in obj.approvals.all()):
+        if any(a.actor_id in actor_ids for a in obj.approvals.all()):
             return "approved by you"
         if not set(obj.missing_roles) & roles:
             return "no missing role of yours"
@@ -128,6 +131,7 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
 
     def _decide(self, request, queryset, *, decision: str):
         actor = request_actor(request)
+        actor_ids = person_actor_ids(actor.id)
         roles = user_roles(request.user)
         requests = list(queryset.prefetch_related("approvals").order_by("created_at"))
         form = DecisionForm(request.POST if "confirm" in request.POST else None,
@@ -152,7 +156,7 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
                 {
                     "obj": item,
                     "payload": json.dumps(item.payload, indent=2, sort_keys=True),
-                    "note": self._decision_note(item, actor.id, roles),
+                    "note": self._decision_note(item, actor_ids, roles),
                 }
                 for item in requests
             ],

@@ -5,6 +5,9 @@ Rules (DESIGN.md "Multi-signature approvals"):
 - the maker cannot approve (compared by actor id, so no role, not even superuser, bypasses
   it) and making is not approving;
 - one person fills one role, one role is filled once (database constraints too);
+- a person is one actor on every channel: a staff user linked to their Molam ID subject acts
+  in the admin under that subject, and their `user:<pk>` from before the link counts as them
+  too (access.selectors.person_actor_ids), so neither rule is dodged by switching channel;
 - one pending request per operation and target (a partial unique index decides races);
 - rejection needs a reason; rejected and expired requests never run;
 - when the last role is filled, the operation runs in the same transaction, exactly once:
@@ -19,6 +22,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from access.selectors import person_actor_ids
 from audit.services import audit_record
 from loyalty.actors import Actor
 from loyalty.errors import DomainError, NotFound, ValidationFailed
@@ -92,10 +96,11 @@ def approval_approve(
     the last one, runs the stored operation once and records its result or error."""
     request = _lock(request_id)
     _refuse_closed(request)
-    if actor.id == request.maker_id:
+    same_person = person_actor_ids(actor.id)
+    if request.maker_id in same_person:
         raise MakerCannotApprove(maker_id=request.maker_id)
     approvals = list(request.approvals.all())
-    if any(a.actor_id == actor.id for a in approvals):
+    if any(a.actor_id in same_person for a in approvals):
         raise AlreadyApproved(actor_id=actor.id)
     filled = {a.role for a in approvals}
     role = next((r for r in request.required_roles if r not in filled and r in roles), None)
@@ -121,7 +126,8 @@ def approval_reject(
         raise ValidationFailed(errors={"comment": ["A rejection needs a reason."]})
     request = _lock(request_id)
     _refuse_closed(request)
-    if actor.id != request.maker_id and not set(roles) & set(request.required_roles):
+    is_maker = request.maker_id in person_actor_ids(actor.id)
+    if not is_maker and not set(roles) & set(request.required_roles):
         raise RoleNotRequired(required_roles=request.required_roles, caller_roles=sorted(roles))
     request.status = ApprovalRequest.Status.REJECTED
     request.reject_reason = comment.strip()

@@ -21,14 +21,10 @@ def _request_meta(request) -> tuple[str | None, str]:
 
 
 def _user_actor(user, request) -> Actor:
-    from loyalty.roles import user_roles  # late: loyalty.roles imports auth models
+    # Late: access.selectors imports models, and this module is imported while apps load.
+    from access.selectors import staff_actor
 
-    roles = user_roles(user)
-    # The most privileged role first, as the ops console names the acting user.
-    order = ["system", "finance_ops", "ops_marketing", "auditor", "merchant_admin"]
-    role = next((r for r in order if r in roles), "superuser" if user.is_superuser else "staff")
-    ip, user_agent = _request_meta(request)
-    return Actor(id=f"user:{user.pk}", role=role, ip=ip, user_agent=user_agent)
+    return staff_actor(user, request)
 
 
 @receiver(user_logged_in, dispatch_uid="audit_user_logged_in")

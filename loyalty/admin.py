@@ -14,6 +14,7 @@ from django.utils.html import format_html_join
 from guardian.shortcuts import get_objects_for_user
 
 from access.approval_gate import approval_gate
+from access.selectors import staff_actor
 
 from .actors import Actor
 from .admin_jobs import JOB_ACTIONS, ROLLBACK_ACTIONS, JobActionsMixin, TierRollbackMixin
@@ -46,16 +47,9 @@ from .services.programs import UPDATABLE_FIELDS
 
 
 def request_actor(request) -> Actor:
-    """The staff user as an actor: role from their groups (the most privileged first)."""
-    roles = user_roles(request.user)
-    order = ["system", "finance_ops", "ops_marketing", "auditor", "merchant_admin"]
-    role = next((r for r in order if r in roles), "superuser" if request.user.is_superuser else "")
-    return Actor(
-        id=f"user:{request.user.pk}",
-        role=role,
-        ip=request.META.get("REMOTE_ADDR"),
-        user_agent=request.META.get("HTTP_USER_AGENT", ""),
-    )
+    """The staff user as an actor: their Molam ID subject when linked (the id they have over
+    the API), else `user:<pk>`; role from their groups (the most privileged first)."""
+    return staff_actor(request.user, request)
 
 
 def _gated(model_admin, request, **gate) -> bool:

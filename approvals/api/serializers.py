@@ -2,28 +2,35 @@
 
 from rest_framework import serializers
 
+from access.selectors import person_actor_ids
 from loyalty.api.fields import iso
 
 from ..models import ApprovalRequest, Operation
 
 
-def caller_decision(request: ApprovalRequest, *, actor_id: str, roles) -> dict:
-    """Whether this caller may approve, and why not: the maker's own request is not
-    approvable by them."""
+def caller_decision(request: ApprovalRequest, *, actor_ids: frozenset[str], roles) -> dict:
+    """Whether this caller (every actor id of the person: `person_actor_ids`) may approve,
+    and why not: the maker's own request is not approvable by them."""
     reason = None
     if request.status != ApprovalRequest.Status.PENDING:
         reason = "not_pending"
-    elif request.maker_id == actor_id:
+    elif request.maker_id in actor_ids:
         reason = "maker"
-    elif any(a.actor_id == actor_id for a in request.approvals.all()):
+    elif any(a.actor_id in actor_ids for a in request.approvals.all()):
         reason = "already_approved"
     elif not set(request.missing_roles) & set(roles):
         reason = "no_missing_role"
     return {"can_approve": reason is None, "reason": reason}
 
 
-def approval_request_body(request: ApprovalRequest, caller=None) -> dict:
+def approval_request_body(
+    request: ApprovalRequest, caller=None, actor_ids: frozenset[str] | None = None
+) -> dict:
+    """`actor_ids`: the caller's `person_actor_ids`, when the caller already has them (a list
+    page asks once, not once per row)."""
     error = None
+    if caller is not None and actor_ids is None:
+        actor_ids = person_actor_ids(caller.actor.id)
     if request.error_code:
         error = {"code": request.error_code, "detail": request.error_detail}
     return {
@@ -51,7 +58,7 @@ def approval_request_body(request: ApprovalRequest, caller=None) -> dict:
         "decided_at": iso(request.decided_at),
         "you": None
         if caller is None
-        else caller_decision(request, actor_id=caller.actor.id, roles=caller.roles),
+        else caller_decision(request, actor_ids=actor_ids, roles=caller.roles),
     }
 
 

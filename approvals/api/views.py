@@ -5,6 +5,7 @@ from rest_framework.response import Response
 
 from access.idempotency import idempotent
 from access.schema import COMMON_ERRORS, IDEMPOTENCY_KEY, WRITE_ERRORS
+from access.selectors import person_actor_ids
 from loyalty.api.base import LoyaltyApi, paginated, validated
 
 from ..selectors import approval_request_get_for_caller, approval_requests_for_caller
@@ -41,7 +42,8 @@ class ApprovalListApi(LoyaltyApi):
             program_id=filters.get("program"),
         )
         caller = request.caller
-        return paginated(self, request, queryset, lambda r: approval_request_body(r, caller),
+        ids = person_actor_ids(caller.actor.id)
+        return paginated(self, request, queryset, lambda r: approval_request_body(r, caller, ids),
                          ordering="-created_at")  # fmt: skip
 
 

@@ -1,5 +1,8 @@
 """Demo data for a local run: a merchant, an XOF program with tiers, members with history,
-and one staff user per role (passwords generated and printed on every run)."""
+and one staff user per role (passwords generated and printed on every run), each linked to a
+Molam ID subject (`demo-<username>`): a token with that `sub` is the same person as the staff
+user, so the approval rules (maker cannot approve, one person one role) hold across the API
+and the admin."""
 
 import secrets
 from decimal import Decimal
@@ -8,8 +11,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from guardian.shortcuts import assign_perm
 
-from access.models import MerchantAPIKey
+from access.models import MerchantAPIKey, StaffIdentity
 from access.permissions import API_KEY_DEFAULT_PERMISSIONS
+from access.services import staff_identity_link
 from loyalty.actors import system_actor
 from loyalty.models import Merchant, Program
 from loyalty.roles import ROLES, roles_install
@@ -40,9 +44,12 @@ class Command(BaseCommand):
             f"API key of merchant {MERCHANT_ID} (new each run, the last one revoked):"
         )
         self.stdout.write(f"  Authorization: Api-Key {api_key}")
-        self.stdout.write("Staff logins for http://127.0.0.1:8000/admin/ (new passwords each run):")
-        for username, password, role in credentials:
-            self.stdout.write(f"  {username:<16} {password}   ({role})")
+        self.stdout.write(
+            "Staff logins for http://127.0.0.1:8000/admin/ (new passwords each run), with the "
+            "Molam ID subject (JWT `sub`) each one is over the API:"
+        )
+        for username, password, role, subject in credentials:
+            self.stdout.write(f"  {username:<16} {password}   ({role}; sub {subject})")
 
     def _program(self) -> Program:
         return program_create(
@@ -111,7 +118,7 @@ class Command(BaseCommand):
         api_key.save()
         return key
 
-    def _users(self, groups) -> list[tuple[str, str, str]]:
+    def _users(self, groups) -> list[tuple[str, str, str, str]]:
         user_model = get_user_model()
         merchant = Merchant.objects.get(pk=MERCHANT_ID)
         out = []
@@ -126,5 +133,9 @@ class Command(BaseCommand):
                 user.groups.set([groups[role]])
             if role == "merchant_admin":
                 assign_perm("loyalty.view_merchant", user, merchant)
-            out.append((username, password, role))
+            link = StaffIdentity.objects.filter(user=user).first()
+            if link is None:  # a link is permanent: made once, on the first run
+                link = staff_identity_link(user_id=user.pk, molam_subject=f"demo-{username}",
+                                           actor=system_actor("demo"))  # fmt: skip
+            out.append((username, password, role, link.molam_subject))
         return out
