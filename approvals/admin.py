@@ -8,6 +8,7 @@ A staff user linked to their Molam ID subject acts here under that subject (the 
 over the API), so the rules see one person on both channels.
 """
 
+import contextvars
 import json
 
 from django import forms
@@ -29,6 +30,13 @@ from .services import (
 )
 
 DECIDING_ROLES = {"ops_marketing", "finance_ops"}
+
+
+# Who is looking at the request list, for its "you" column: per request, not on the admin
+# object, which every thread of the process shares.
+_viewer: contextvars.ContextVar[tuple[frozenset[str], set[str]]] = contextvars.ContextVar(
+    "approval_viewer"
+)
 
 
 def _pretty(value) -> str:
@@ -101,12 +109,12 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="you")
     def your_decision(self, obj):
-        return self._decision_note(obj, self._actor_ids, self._roles)
+        actor_ids, roles = _viewer.get()
+        return self._decision_note(obj, actor_ids, roles)
 
     def get_changelist_instance(self, request):
         # Who is looking, for the "you" column (one query for the roles, not one per row).
-        self._actor_ids = person_actor_ids(request_actor(request).id)
-        self._roles = user_roles(request.user)
+        _viewer.set((person_actor_ids(request_actor(request).id), user_roles(request.user)))
         return super().get_changelist_instance(request)
 
     @staticmethod
