@@ -323,9 +323,19 @@ class LedgerEntry(models.Model):
 class PointLot(models.Model):
     """Points earned together, with one expiry date; consumed oldest first (FIFO)."""
 
-    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="lots")
-    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="lots")
-    entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="lots")
+    # Every lot is read through the partial indexes in Meta (open lots only, by member or by
+    # program): no single-column index per foreign key (each one is an insert per earning).
+    # Balances, programs and ledger entries are never deleted, so no foreign key check needs
+    # them either.
+    balance = models.ForeignKey(
+        MemberBalance, on_delete=models.PROTECT, related_name="lots", db_index=False
+    )
+    program = models.ForeignKey(
+        Program, on_delete=models.PROTECT, related_name="lots", db_index=False
+    )
+    entry = models.ForeignKey(
+        LedgerEntry, on_delete=models.PROTECT, related_name="lots", db_index=False
+    )
     points = points_field()
     remaining = points_field()
     earned_at = models.DateTimeField()
@@ -590,8 +600,12 @@ class OutboxEvent(models.Model):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # By merchant: the admin's scoping. Never read by program (and programs are never
+    # deleted): no index of its own, one insert less per event.
     merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="+")
-    program = models.ForeignKey(Program, null=True, on_delete=models.PROTECT, related_name="+")
+    program = models.ForeignKey(
+        Program, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     event_type = models.CharField(max_length=64)
     payload = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)

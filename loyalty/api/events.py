@@ -3,7 +3,6 @@
 import re
 import uuid
 
-from django.db import IntegrityError, transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
@@ -17,13 +16,7 @@ from ..errors import DomainError, NotFound, ValidationFailed
 from ..models import Program
 from ..services import EventInput
 from ..services.batch import MAX_BATCH, events_ingest_batch
-from ..services.budget import BudgetRetry
-from ..services.ingestion import (
-    EVENT_TYPES,
-    event_replay,
-    event_validate,
-    ingest_in_transaction,
-)
+from ..services.ingestion import EVENT_TYPES, event_ingest
 from . import fields as f
 from .base import LoyaltyApi
 from .serializers import (
@@ -200,38 +193,20 @@ def _created(result) -> Response:
 def event_ingest_stored(*, program: Program, event: EventInput, actor, record) -> Response:
     """`event_ingest`, with the request's idempotency outcome stored in the transaction that
     writes the event: one commit (one WAL flush) per request instead of two, and no moment
-    where the event is written but its key still shows "in progress".
+    where the event is written but its key still shows "in progress". A replay writes nothing
+    and its answer is stored by `idempotent` as any other."""
+    written: list[Response] = []
 
-    The same steps as `event_ingest` (validation, the budget fast path then its guarded
-    retry, a concurrent repeat answered from the ledger), built from the service's public
-    parts; only the completion joins the transaction.
-    """
-    event_validate(program, event)
-    try:
-        for retryable in (True, False):
-            try:
-                with transaction.atomic(durable=True):
-                    response = _created(
-                        ingest_in_transaction(
-                            program=program, event=event, actor=actor, retryable=retryable
-                        )
-                    )
-                    idempotency_complete(record, response)
-            except BudgetRetry:
-                if not retryable:
-                    raise
-                # No free budget shard could pay: the guarded path decides (as event_ingest).
-                continue
-            record.stored = True
-            return response
-        raise AssertionError("unreachable: the guarded try raises or returns")
-    except IntegrityError:
-        # A concurrent request with the same key committed first: answer its result (stored
-        # by the wrapper, outside the failed transaction).
-        replay = event_replay(program, event)
-        if replay:
-            return _created(replay)
-        raise
+    def store(result) -> None:
+        response = _created(result)
+        idempotency_complete(record, response)
+        written.append(response)
+
+    result = event_ingest(program=program, event=event, actor=actor, in_transaction=store)
+    if result.replayed:
+        return _created(result)
+    record.stored = True  # committed with the event
+    return written[-1]  # the try that committed (a BudgetRetry may have rolled one back)
 
 
 class EventsApi(LoyaltyApi):

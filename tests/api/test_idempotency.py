@@ -277,8 +277,8 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     guarded retry pays across shards; one entry, one stored answer, budget exact."""
     from decimal import Decimal
 
-    from loyalty.api import events
     from loyalty.services.budget import budget_spent
+    from loyalty.services.ingestion import service
 
     tries = []
 
@@ -286,8 +286,8 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
         tries.append(kwargs["retryable"])
         return ingest(**kwargs)
 
-    ingest = events.ingest_in_transaction
-    monkeypatch.setattr(events, "ingest_in_transaction", spy)
+    ingest = service.ingest_in_transaction
+    monkeypatch.setattr(service, "ingest_in_transaction", spy)
     program = make_program(merchant_id=OWN, budget_limit=Decimal("1000"))
     response = api("system").post("/api/v1/events", purchase(program, amount="5000"), key="b1")
     assert response.status_code == 201, response.content

@@ -15,7 +15,7 @@ from .earning import Earning, earn_apply
 from .entries import balance_snapshot, entry_audit_after, entry_build
 from .inputs import EARN_TYPES, EVENT_TYPES, POINTS_TYPES, EventInput, IngestResult, event_validate
 from .service import event_ingest, event_replay, ingest_in_transaction, replay_answer
-from .statement import earn_lot, earn_outbox
+from .statement import earn_lot_values, earn_outbox_values
 
 __all__ = [
     "EARN_TYPES",
@@ -26,8 +26,8 @@ __all__ = [
     "IngestResult",
     "balance_snapshot",
     "earn_apply",
-    "earn_lot",
-    "earn_outbox",
+    "earn_lot_values",
+    "earn_outbox_values",
     "entry_audit_after",
     "entry_build",
     "event_ingest",

@@ -1,6 +1,8 @@
 """The entry points: `event_ingest` (its own transaction) and `ingest_in_transaction` (the
 caller's), and the answer to a repeated idempotency key."""
 
+from collections.abc import Callable
+
 from django.db import IntegrityError, connection, transaction
 
 from audit.services import audit_record
@@ -18,19 +20,42 @@ from .refunds import _refund
 from .statement import _earn_in_one_statement, _event_lock
 
 
-def event_ingest(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
-    """Applies one event exactly once per (program, idempotency key)."""
+def event_ingest(
+    *,
+    program: Program,
+    event: EventInput,
+    actor: Actor,
+    in_transaction: Callable[[IngestResult], None] | None = None,
+) -> IngestResult:
+    """Applies one event exactly once per (program, idempotency key).
+
+    `in_transaction(result)` runs inside the transaction that writes the event, after its
+    rows and before COMMIT, so what it writes commits or rolls back with the event (the API
+    stores its idempotent answer there). It does not run for a replay, which writes nothing.
+    """
     event_validate(program, event)
     # No replay lookup before the transaction: the one after the balance lock answers a
     # repeat just as well, and a lookup here would cost every new event a statement.
     try:
         try:
-            return _ingest_atomic(program=program, event=event, actor=actor, retryable=True)
+            return _ingest_atomic(
+                program=program,
+                event=event,
+                actor=actor,
+                retryable=True,
+                in_transaction=in_transaction,
+            )
         except BudgetRetry:
             # No free budget shard could pay: rare (near the limit, or every shard busy).
             # The first try may hold a shard lock out of order, so it was rolled back whole;
             # this one takes the savepoint-guarded path, and the slow path if need be.
-            return _ingest_atomic(program=program, event=event, actor=actor, retryable=False)
+            return _ingest_atomic(
+                program=program,
+                event=event,
+                actor=actor,
+                retryable=False,
+                in_transaction=in_transaction,
+            )
     except IntegrityError:
         # A concurrent request with the same key committed first: answer its result.
         replay = event_replay(program, event)
@@ -68,9 +93,17 @@ def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:
 
 @transaction.atomic(durable=True)
 def _ingest_atomic(
-    *, program: Program, event: EventInput, actor: Actor, retryable: bool
+    *,
+    program: Program,
+    event: EventInput,
+    actor: Actor,
+    retryable: bool,
+    in_transaction: Callable[[IngestResult], None] | None,
 ) -> IngestResult:
-    return ingest_in_transaction(program=program, event=event, actor=actor, retryable=retryable)
+    result = ingest_in_transaction(program=program, event=event, actor=actor, retryable=retryable)
+    if in_transaction is not None and not result.replayed:
+        in_transaction(result)
+    return result
 
 
 def ingest_in_transaction(

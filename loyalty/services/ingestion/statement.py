@@ -110,11 +110,14 @@ def _earn_in_one_statement(
         params.extend(shard_params)
         gate = " WHERE EXISTS (SELECT FROM s)"
     _cte_insert(entry, "e", parts, params, gate)  # stamps created_at, which the lot reads
-    lot = earn_lot(program, balance, entry, before=earning.before)
+    # The lot and the outbox event are only written: their rows go without model instances.
+    lot = earn_lot_values(program, balance, entry, before=earning.before)
     if lot is not None:
-        _cte_insert(lot, "l", parts, params, gate)
+        _cte_insert_values(PointLot, lot, "l", parts, params, gate)
     if earning.points > 0:
-        _cte_insert(earn_outbox(program, balance, entry), "o", parts, params, gate)
+        _cte_insert_values(
+            OutboxEvent, earn_outbox_values(program, balance, entry), "o", parts, params, gate
+        )
     (audit,) = audit_entries_build(
         actor=actor,
         action=f"transaction.{event.type}",
@@ -135,33 +138,34 @@ def _earn_in_one_statement(
     return entry
 
 
-def earn_lot(
+def earn_lot_values(
     program: Program, balance: MemberBalance, entry: LedgerEntry, *, before: Decimal
-) -> PointLot | None:
-    """The lot of an earning entry (unsaved): a gain first repays any refund debt, the rest
-    forms a lot (as `lots_settle` does for a gain). Related rows by id: it is only written."""
+) -> dict | None:
+    """The lot of an earning entry, as `PointLot` field values by attname: a gain first repays
+    any refund debt, the rest forms a lot (as `lots_settle` does for a gain)."""
     gained = max(entry.balance_after, ZERO) - max(before, ZERO)
     if gained <= 0:
         return None
-    return PointLot(
-        balance_id=balance.pk,
-        program_id=program.pk,
-        entry_id=entry.pk,
-        points=gained,
-        remaining=gained,
-        earned_at=entry.created_at,
-        expires_at=lot_expiry(program, entry.created_at),
-    )
+    return {
+        "balance_id": balance.pk,
+        "program_id": program.pk,
+        "entry_id": entry.pk,
+        "points": gained,
+        "remaining": gained,
+        "earned_at": entry.created_at,
+        "expires_at": lot_expiry(program, entry.created_at),
+    }
 
 
-def earn_outbox(program: Program, balance: MemberBalance, entry: LedgerEntry) -> OutboxEvent:
-    """The `loyalty.points.earned` event of an earning entry (unsaved), as `outbox_publish`."""
-    return OutboxEvent(
-        merchant_id=program.merchant_id,
-        program_id=program.pk,
-        event_type="loyalty.points.earned",
-        payload={"program_id": str(program.pk), **_event_payload(entry, balance)},
-    )
+def earn_outbox_values(program: Program, balance: MemberBalance, entry: LedgerEntry) -> dict:
+    """The `loyalty.points.earned` event of an earning entry, as `outbox_publish` writes it,
+    as `OutboxEvent` field values by attname."""
+    return {
+        "merchant_id": program.merchant_id,
+        "program_id": program.pk,
+        "event_type": "loyalty.points.earned",
+        "payload": {"program_id": str(program.pk), **_event_payload(entry, balance)},
+    }
 
 
 def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") -> None:
@@ -186,10 +190,13 @@ def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") 
             row[column] = value if convert is None else convert(value)
         else:
             row[column] = value
-    key = (obj._meta.db_table, name, gate, *row)
+    _cte_append(obj._meta.db_table, row, name, parts, params, gate)
+
+
+def _cte_append(table: str, row: dict, name: str, parts: list[str], params: list, gate: str):
+    key = (table, name, gate, *row)
     sql = _cte_sql.get(key)
     if sql is None:
-        table = obj._meta.db_table
         names = ", ".join(connection.ops.quote_name(column) for column in row)
         sql = _cte_sql[key] = (
             f"{name} AS (INSERT INTO {table} ({names})"  # noqa: S608 (the model's columns)
@@ -197,6 +204,42 @@ def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") 
         )
     parts.append(sql)
     params.append(Jsonb(row))
+
+
+def _cte_insert_values(
+    model: type, values: dict, name: str, parts: list[str], params: list, gate: str = ""
+) -> None:
+    """`_cte_insert(model(**values), ...)` without the instance (building one and reading it
+    back costs more than the row): `values` by attname, every other column as the model would
+    value it (its default, an auto_now stamp; an unset auto id or a db_default is left to the
+    database)."""
+    row = {}
+    for model_field, attname, column, stamp, to_json in _columns_of(model):
+        if stamp:
+            # auto_now / auto_now_add overwrite any given value on insert, as pre_save does.
+            value = _stamp_now(model_field)
+        elif attname in values:
+            value = values[attname]
+        else:
+            value = model_field.get_default()
+            if value is None and model_field.primary_key:
+                continue  # an auto id: the database's
+            if isinstance(value, DatabaseDefault):
+                continue
+        if to_json and value is not None:
+            convert = _JSON_OF_TYPE.get(type(value), _json_value)
+            row[column] = value if convert is None else convert(value)
+        else:
+            row[column] = value
+    _cte_append(model._meta.db_table, row, name, parts, params, gate)
+
+
+def _stamp_now(model_field):
+    """The value `pre_save(add=True)` gives a stamped field, for the field types that stamp
+    the current time; any other stamping field needs an instance (`_cte_insert`)."""
+    if isinstance(model_field, models.DateTimeField):
+        return timezone.now()
+    raise TypeError(f"{model_field!r} stamps its value: insert an instance (_cte_insert).")
 
 
 def _update_sql(obj, attnames: list[str]) -> tuple[str, list]:
