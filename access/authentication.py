@@ -18,7 +18,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from loyalty.actors import Actor
 
 from .caller import Caller, client_ip, user_agent
-from .models import MerchantAPIKey
+from .models import MerchantAPIKey, subject_reserved
 from .permissions import API_KEY_PERMISSIONS, ROLE_PERMISSIONS, permissions_for_roles
 from .rows import row_get
 
@@ -114,6 +114,13 @@ def caller_from_claims(claims: dict, request) -> Caller:
     sub, roles, merchant_id = claims.get("sub"), claims.get("roles"), claims.get("merchant_id")
     if not isinstance(sub, str) or not sub or len(sub) > 128:
         raise AuthenticationFailed("The token's `sub` must be a string.", code="invalid_token")
+    if subject_reserved(sub):
+        # Staff without a link, jobs and API keys act under these ids: a token claiming one
+        # would pass for them in the audit trail and the approvals' distinct-people checks.
+        raise AuthenticationFailed(
+            "The token's `sub` is an id reserved for the engine's own actors.",
+            code="invalid_token",
+        )
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthenticationFailed("The token's `roles` must be a list.", code="invalid_token")
     if merchant_id is not None and (

@@ -89,6 +89,11 @@ RESERVED_SUBJECTS = ~(
 )
 
 
+def subject_reserved(subject: str) -> bool:
+    """True for an id RESERVED_SUBJECTS refuses (and API keys' `apikey:<prefix>`)."""
+    return subject.startswith(("user:", "system:", "apikey:")) or subject in {"system", "anonymous"}
+
+
 class StaffIdentity(models.Model):
     """A staff user's Molam ID subject (the JWT `sub` they call the API with).
 
@@ -128,7 +133,7 @@ class StaffIdentity(models.Model):
         subject = self.molam_subject or ""
         if subject != subject.strip():
             raise ValidationError({"molam_subject": "No spaces around the subject."})
-        if subject.startswith(("user:", "system:")) or subject in {"system", "anonymous"}:
+        if subject_reserved(subject):
             raise ValidationError(
                 {"molam_subject": "Reserved for other actors (user:, system, anonymous)."}
             )

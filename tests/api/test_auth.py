@@ -199,6 +199,20 @@ def test_jwks_url_is_used_to_find_the_key(settings, httpserver, rsa_key, funded)
     assert_401(ApiClient(f"Bearer {unknown_kid}").get(member_url(funded)))
 
 
+@pytest.mark.parametrize(
+    "sub", ["user:1", "system", "system:point_expiry", "anonymous", "apikey:ab"]
+)
+def test_a_subject_reserved_for_the_engines_actors_is_refused(api, make_token, funded, sub):
+    """Staff without a link act as `user:<pk>`, jobs as `system...`, API keys as `apikey:...`:
+    a token may not pass for them (audit trail, approvals' distinct people)."""
+    client = ApiClient(f"Bearer {make_token(['system'], sub=sub)}")
+    assert_401(client.get(member_url(funded)))
+    body = {"program_id": str(funded.pk), "member_id": "u_9", "type": "purchase",
+            "amount": "5000", "currency": "XOF"}  # fmt: skip
+    assert_401(client.post("/api/v1/events", body))
+    assert not LedgerEntry.objects.filter(balance__member_id="u_9").exists()
+
+
 def test_role_headers_grant_nothing(api, make_token, funded):
     forged = {"X-User-Role": "system", "X-User-Id": "admin"}
     assert_401(api(None).get(member_url(funded), headers=forged))
