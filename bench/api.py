@@ -35,13 +35,13 @@ import sys
 import threading
 import time
 import uuid
-from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
+from benchkit import bench_program, jwt_token, keys, purchase
+
 ROOT = Path(__file__).resolve().parent.parent
 MERCHANT = "m_bench_api"
-MODULES = ["eats", "shop", "rides"]
 
 
 def django_setup() -> None:
@@ -54,53 +54,6 @@ def django_setup() -> None:
 
 
 # --- set-up ---------------------------------------------------------------------------------
-
-
-def keys() -> tuple[str, object]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem.decode(), private
-
-
-def token(private, issuer: str, audience: str) -> str:
-    import jwt
-
-    now = int(time.time())
-    claims = {
-        "sub": "bench-checkout",
-        "roles": ["system"],
-        "merchant_id": MERCHANT,
-        "iss": issuer,
-        "aud": audience,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    return jwt.encode(claims, private, algorithm="RS256")
-
-
-def program_create() -> str:
-    from loyalty.actors import Actor
-    from loyalty.services import program_create as create
-
-    program = create(
-        merchant_id=MERCHANT,
-        name=f"bench api {uuid.uuid4().hex[:6]}",
-        currency="XOF",
-        timezone="Africa/Dakar",
-        earn_rate=Decimal("0.02"),
-        point_value=Decimal("1"),
-        expiry_days=365,
-        budget_limit=Decimal("1000000000000"),
-        max_earn_per_day=Decimal("1000000000"),
-        sira_settings={},  # the seed's eight rules, on
-        actor=Actor(id="bench", role="system"),
-    )
-    return str(program.pk)
 
 
 def gunicorn_start(port: int, env: dict, workers: int, threads: int) -> subprocess.Popen:
@@ -139,19 +92,6 @@ def gunicorn_stop(proc: subprocess.Popen) -> None:
 
 
 # --- load (client processes, each with threads) ---------------------------------------------
-
-
-def purchase(program_id: str, rng: random.Random, members: int) -> dict:
-    """One purchase of a random member."""
-    return {
-        "program_id": program_id,
-        "member_id": f"u{rng.randrange(members)}",
-        "type": "purchase",
-        "amount": str(rng.randrange(500, 20000, 25)),
-        "currency": "XOF",
-        "module": rng.choice(MODULES),
-        "reference": f"order-{uuid.uuid4().hex[:16]}",
-    }
 
 
 def client_thread(args, seed, deadline, out, lock) -> None:
@@ -352,10 +292,9 @@ def main() -> None:
         [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, check=True
     )  # fmt: skip
     django_setup()
-    from django.conf import settings
 
     pem, private = keys()
-    program_ids = [program_create() for _ in range(opts.programs)]
+    program_ids = [bench_program(MERCHANT, "api") for _ in range(opts.programs)]
     env = {
         **os.environ,
         "DEBUG": "False",
@@ -369,7 +308,7 @@ def main() -> None:
         "port": opts.port,
         "program_ids": program_ids,
         "members": opts.members,
-        "token": token(private, settings.LOYALTY_JWT_ISSUER, settings.LOYALTY_JWT_AUDIENCE),
+        "token": jwt_token(private, MERCHANT),
         "batch_size": 0,
         "client": opts.client,
     }

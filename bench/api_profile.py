@@ -27,8 +27,9 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+from benchkit import MODULES, jwt_token, keys, purchase
+
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["eats", "shop", "rides"]
 
 
 def setup(pem: str) -> None:
@@ -42,34 +43,6 @@ def setup(pem: str) -> None:
     import django
 
     django.setup()
-
-
-def keys():
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem.decode(), private
-
-
-def jwt_token(private, merchant_id: str) -> str:
-    import jwt
-    from django.conf import settings
-
-    now = int(time.time())
-    claims = {
-        "sub": "bench-checkout",
-        "roles": ["system"],
-        "merchant_id": merchant_id,
-        "iss": settings.LOYALTY_JWT_ISSUER,
-        "aud": settings.LOYALTY_JWT_AUDIENCE,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    return jwt.encode(claims, private, algorithm="RS256")
 
 
 def api_key(merchant_id: str) -> str:
@@ -92,18 +65,6 @@ def program_create(members: int) -> tuple[str, str]:
     from loyalty.models import Program
 
     return program_id, Program.objects.get(pk=program_id).merchant_id
-
-
-def purchase(program_id: str, rng: random.Random, members: int) -> dict:
-    return {
-        "program_id": program_id,
-        "member_id": f"u{rng.randrange(members)}",
-        "type": "purchase",
-        "amount": str(rng.randrange(500, 20000, 25)),
-        "currency": "XOF",
-        "module": rng.choice(MODULES),
-        "reference": f"order-{uuid.uuid4().hex[:16]}",
-    }
 
 
 def environ_for(body: bytes, auth: str) -> dict:

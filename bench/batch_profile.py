@@ -28,12 +28,12 @@ import subprocess
 import sys
 import time
 import uuid
-from decimal import Decimal
 from pathlib import Path
+
+from benchkit import bench_program, jwt_token, keys, purchase
 
 ROOT = Path(__file__).resolve().parent.parent
 MERCHANT = "m_bench_batch"
-MODULES = ["eats", "shop", "rides"]
 
 
 def setup(pem: str) -> None:
@@ -47,58 +47,6 @@ def setup(pem: str) -> None:
     import django
 
     django.setup()
-
-
-def keys():
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem.decode(), private
-
-
-def token(private) -> str:
-    import jwt
-    from django.conf import settings
-
-    now = int(time.time())
-    claims = {
-        "sub": "bench-checkout",
-        "roles": ["system"],
-        "merchant_id": MERCHANT,
-        "iss": settings.LOYALTY_JWT_ISSUER,
-        "aud": settings.LOYALTY_JWT_AUDIENCE,
-        "iat": now,
-        "exp": now + 3600,
-    }
-    return jwt.encode(claims, private, algorithm="RS256")
-
-
-def programs_create(count: int) -> list[str]:
-    from loyalty.actors import Actor
-    from loyalty.services import program_create
-
-    return [
-        str(
-            program_create(
-                merchant_id=MERCHANT,
-                name=f"bench batch {uuid.uuid4().hex[:6]}",
-                currency="XOF",
-                timezone="Africa/Dakar",
-                earn_rate=Decimal("0.02"),
-                point_value=Decimal("1"),
-                expiry_days=365,
-                budget_limit=Decimal("1000000000000"),
-                max_earn_per_day=Decimal("1000000000"),
-                sira_settings={},  # the seed's eight rules, on
-                actor=Actor(id="bench", role="system"),
-            ).pk
-        )
-        for _ in range(count)
-    ]
 
 
 def members_create(program_ids: list[str], members: int) -> None:
@@ -122,13 +70,7 @@ def members_create(program_ids: list[str], members: int) -> None:
 def batch_items(program_ids, rng, size, members) -> list[dict]:
     return [
         {
-            "program_id": rng.choice(program_ids),
-            "member_id": f"u{rng.randrange(members)}",
-            "type": "purchase",
-            "amount": str(rng.randrange(500, 20000, 25)),
-            "currency": "XOF",
-            "module": rng.choice(MODULES),
-            "reference": f"order-{uuid.uuid4().hex[:16]}",
+            **purchase(rng.choice(program_ids), rng, members),
             "idempotency_key": f"bench-{uuid.uuid4()}",
         }
         for _ in range(size)
@@ -270,7 +212,7 @@ def main() -> None:
     setup(pem)
 
     rng = random.Random(opts.seed)
-    program_ids = programs_create(opts.programs)
+    program_ids = [bench_program(MERCHANT, "batch") for _ in range(opts.programs)]
     if not opts.new_members:
         members_create(program_ids, opts.members)
 
@@ -281,7 +223,7 @@ def main() -> None:
             out.append(batch_items(chosen, rng, opts.size, opts.members))
         return out
 
-    http = Http(token(private))
+    http = Http(jwt_token(private, MERCHANT))
 
     def bodies(batches):
         return [json.dumps({"events": b}).encode() for b in batches]
