@@ -8,7 +8,6 @@ from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.http import JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware
 from django_prometheus.middleware import PrometheusAfterMiddleware, PrometheusBeforeMiddleware
 
 from .problems import PROBLEM_CONTENT_TYPE, problem
@@ -42,7 +41,8 @@ class RequestSizeLimitMiddleware:
 # cookie, CSRF token, Django user or flash message is ever read there, and those middleware
 # cost ~40 us a request; django_prometheus's ten metrics another ~70 us. The admin, the docs
 # and the ops endpoints keep the full stack. (The admin's system checks want these classes in
-# MIDDLEWARE: the subclasses below are the same classes.)
+# MIDDLEWARE: the subclasses below are the same classes.) CSRF stays whole for
+# `check --deploy`: DRF's views are csrf_exempt, so it costs the API next to nothing.
 API_PREFIX = "/api/v1/"
 
 
@@ -61,14 +61,6 @@ class _OutsideApi:
 
 class SessionOutsideApi(_OutsideApi, SessionMiddleware):
     pass
-
-
-class CsrfOutsideApi(_OutsideApi, CsrfViewMiddleware):
-    # Token authentication, no cookie: cross-site request forgery cannot ride on the API.
-    def process_view(self, request, callback, callback_args, callback_kwargs):
-        if is_api(request):
-            return None
-        return super().process_view(request, callback, callback_args, callback_kwargs)
 
 
 class AuthenticationOutsideApi(_OutsideApi, AuthenticationMiddleware):
