@@ -1,8 +1,9 @@
 """Shared fixtures. Tests run on PostgreSQL when DATABASE_URL points at one, else on SQLite
 with the `postgres`-marked tests (row locks, triggers, real concurrency) skipped.
 
-With LOYALTY_REQUIRE_POSTGRES=1 (CI) a run that is not on PostgreSQL, or in which no
-`postgres` test passed, fails instead."""
+With LOYALTY_REQUIRE_POSTGRES=1 (CI) a run that is not on PostgreSQL, in which no `postgres`
+test passed, or in which any test skipped (Redis down for the Celery worker test, say), fails
+instead: CI runs everything."""
 
 import os
 from decimal import Decimal
@@ -16,6 +17,7 @@ from tests.audit.flush import audit_tables_flushable  # noqa: F401  (session fix
 
 REQUIRE_POSTGRES = os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1"
 _postgres_passed = 0
+_skipped: list[str] = []
 
 
 def on_postgres() -> bool:
@@ -37,12 +39,21 @@ def pytest_runtest_logreport(report):
     global _postgres_passed
     if report.when == "call" and report.passed and "postgres" in report.keywords:
         _postgres_passed += 1
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if REQUIRE_POSTGRES and exitstatus == 0 and _postgres_passed == 0:
+    if not REQUIRE_POSTGRES or exitstatus != 0:
+        return
+    if _postgres_passed == 0:
         session.exitstatus = 1
         print("\nFAILED: LOYALTY_REQUIRE_POSTGRES=1 but no PostgreSQL-only test passed.")
+    elif _skipped:
+        session.exitstatus = 1
+        print(f"\nFAILED: LOYALTY_REQUIRE_POSTGRES=1 but {len(_skipped)} test(s) skipped:")
+        for nodeid in _skipped:
+            print(f"  {nodeid}")
 
 
 def pytest_terminal_summary(terminalreporter):
