@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -67,27 +67,57 @@ def entry_digest(
     key: bytes | None = None,
 ) -> str:
     """The entry's HMAC; `key` defaults to `audit_key()` (a caller that has it passes it)."""
-    content = [
-        "v1",
-        entity_type,
-        entity_id,
-        action,
-        merchant_id,
-        actor_id,
-        actor_role,
-        normalise_ip(ip),
-        user_agent,
-        changes,
-        # Microseconds since the epoch: independent of time zone and text formatting.
-        round(created_at.timestamp() * 1_000_000),
-    ]
-    if credential_id:
-        # v2 covers the credential too; entries without one keep v1's content, so the digests
-        # of entries written before the column existed still verify.
-        content[0] = "v2"
-        content.append(credential_id)
-    message = canonical_json(content).encode()
-    return hmac.new(key or audit_key(), message, hashlib.sha256).hexdigest()
+    digest = entry_digester(
+        entity_type=entity_type,
+        action=action,
+        merchant_id=merchant_id,
+        actor_id=actor_id,
+        actor_role=actor_role,
+        ip=ip,
+        user_agent=user_agent,
+        created_at=created_at,
+        credential_id=credential_id,
+        key=key,
+    )
+    return digest(entity_id, canonical_json(changes))
+
+
+def entry_digester(
+    *,
+    entity_type: str,
+    action: str,
+    merchant_id: str,
+    actor_id: str,
+    actor_role: str,
+    ip: str | None,
+    user_agent: str,
+    created_at: datetime,
+    credential_id: str = "",
+    key: bytes | None = None,
+) -> Callable[[str, str], str]:
+    """`digest(entity_id, changes_json)` for entries that share everything else (a batch
+    writes 1,000 of them): what they share is encoded once.
+
+    The digest is the HMAC of canonical_json(["v1", entity type, entity id, action, merchant,
+    actor, role, ip, user agent, changes, microseconds since the epoch]); "v2" appends the
+    credential id when there is one, so entries written before that column still verify. A
+    list's canonical JSON is its items' canonical JSON joined by "," in brackets, which is
+    what lets the shared parts be encoded apart from the entity id and the changes.
+    """
+    version = "v2" if credential_id else "v1"
+    shared = (action, merchant_id, actor_id, actor_role, normalise_ip(ip), user_agent)
+    head = f"[{canonical_json(version)},{canonical_json(entity_type)},"
+    middle = "," + ",".join(canonical_json(value) for value in shared) + ","
+    # Microseconds since the epoch: independent of time zone and text formatting.
+    tail = f",{round(created_at.timestamp() * 1_000_000)}"
+    tail += f",{canonical_json(credential_id)}]" if credential_id else "]"
+    secret = key or audit_key()
+
+    def digest(entity_id: str, changes_json: str) -> str:
+        message = f"{head}{canonical_json(entity_id)}{middle}{changes_json}{tail}"
+        return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
+
+    return digest
 
 
 def entry_digest_of(entry) -> str:

@@ -27,12 +27,11 @@ balances it needs and takes shards only in (program, shard) order, so no wait cy
 form.
 """
 
-import hashlib
-import hmac
 import ipaddress
 import operator
 import os
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 
 import psycopg
@@ -41,7 +40,7 @@ from django.db.models import DateField, DecimalField, IntegerField, JSONField
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from audit.integrity import audit_key, canonical_json, normalise_ip
+from audit.integrity import audit_key, canonical_json, entry_digester, normalise_ip
 from audit.models import AuditEntry
 from audit.pii import pii_scrub
 from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX
@@ -637,28 +636,29 @@ def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
     actor_id, role = str(actor.id), actor.role or ""
     user_agent = (actor.user_agent or "")[:USER_AGENT_MAX]
     credential_id = (actor.credential_id or "")[:CREDENTIAL_ID_MAX]
-    stamp = str(round(now.timestamp() * 1_000_000))
-    # entry_digest hashes canonical_json(["v1", type, id, action, merchant, actor, role, ip,
-    # user agent, changes, stamp]), or "v2" with the credential id appended when there is
-    # one: a list's JSON is its items' JSON joined by ",".
-    version = "v2" if credential_id else "v1"
-    head = canonical_json([version, "transaction"])[:-1] + ","
-    tail = f",{canonical_json(credential_id)}]" if credential_id else "]"
-    middles: dict[tuple[str, str], str] = {}
+    digesters: dict[tuple[str, str], Callable[[str, str], str]] = {}
     rows = []
     for program, balance, entry, _ in new:
         action, merchant_id = f"transaction.{entry.type}", program.merchant_id or ""
-        middle = middles.get((action, merchant_id))
-        if middle is None:
-            middle = canonical_json([action, merchant_id, actor_id, role, ip, user_agent])
-            middle = middles[(action, merchant_id)] = "," + middle[1:-1] + ","
-        entity_id = str(entry.pk)  # digits: its JSON is itself in quotes
+        digest = digesters.get((action, merchant_id))
+        if digest is None:
+            digest = digesters[(action, merchant_id)] = entry_digester(
+                entity_type="transaction",
+                action=action,
+                merchant_id=merchant_id,
+                actor_id=actor_id,
+                actor_role=role,
+                ip=ip,
+                user_agent=user_agent,
+                created_at=now,
+                credential_id=credential_id,
+                key=key,
+            )
+        entity_id = str(entry.pk)
         changes = canonical_json({"after": pii_scrub(entry_audit_after(entry, balance), key=key)})
-        content = f'{head}"{entity_id}"{middle}{changes},{stamp}{tail}'
-        digest = hmac.new(key, content.encode(), hashlib.sha256).hexdigest()
         rows.append(
             ("transaction", entity_id, action, merchant_id, actor_id, role, address,
-             user_agent, changes, now, credential_id, digest)
+             user_agent, changes, now, credential_id, digest(entity_id, changes))
         )  # fmt: skip
     return rows
 
