@@ -31,7 +31,11 @@ from .rows import RowLookup
 
 HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
-KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+# Printable ASCII, no spaces. The text is also the schema's pattern (JSON Schema's `$` ends
+# the input); Python must use fullmatch: its `$` also matches before a final newline.
+KEY_REGEX = r"^[\x21-\x7e]{1,255}$"
+KEY_PATTERN = re.compile(KEY_REGEX)
+KEY_RULE = "1 to 255 printable ASCII characters without spaces."
 STORED_STATUSES = {409, 422}
 
 
@@ -69,10 +73,8 @@ def idempotency_key(request) -> str:
     key = request.headers.get(HEADER)
     if key is None:
         raise IdempotencyKeyMissing(f"Send a unique `{HEADER}` header with every write.")
-    if not KEY_PATTERN.match(key):
-        raise ValidationFailed(
-            errors={HEADER: ["1 to 255 printable ASCII characters without spaces."]}
-        )
+    if not KEY_PATTERN.fullmatch(key):
+        raise ValidationFailed(errors={HEADER: [KEY_RULE]})
     return key
 
 

@@ -4,6 +4,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
+from .idempotency import KEY_REGEX
+
 
 class JWTScheme(OpenApiAuthenticationExtension):
     target_class = "access.authentication.JWTAuthentication"
@@ -71,7 +73,7 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     required=True,
     description="Unique per write; a repeat with the same body replays the first response "
     "(header `Idempotent-Replayed: true`).",
-    pattern=r"^[\x21-\x7e]{1,255}$",
+    pattern=KEY_REGEX,
 )
 
 

@@ -7,7 +7,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
 from access.approval_gate import approval_gate, approval_needed, approval_pending_body
-from access.idempotency import idempotency_complete, idempotent
+from access.idempotency import KEY_PATTERN, KEY_RULE, idempotency_complete, idempotent
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, program_lookup, scope_queryset
@@ -27,7 +27,6 @@ from .serializers import (
     IngestResultSerializer,
 )
 
-KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 
 
@@ -77,8 +76,8 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
     take("metadata", f.parse_json_object)
     if idempotency_key is None:
         raw_key = data.get("idempotency_key")
-        if not isinstance(raw_key, str) or not KEY_PATTERN.match(raw_key):
-            errors["idempotency_key"] = ["1 to 255 printable ASCII characters without spaces."]
+        if not isinstance(raw_key, str) or not KEY_PATTERN.fullmatch(raw_key):
+            errors["idempotency_key"] = [KEY_RULE]
         idempotency_key = raw_key
     if errors:
         raise ValidationFailed("The event is invalid.", errors=errors)

@@ -8,6 +8,8 @@ from decimal import Decimal
 
 from rest_framework import serializers
 
+from access.idempotency import KEY_REGEX
+
 from ..models import (
     Campaign,
     LedgerEntry,
@@ -209,7 +211,7 @@ class EventInputSerializer(serializers.Serializer):
 
 
 class BatchEventInputSerializer(EventInputSerializer):
-    idempotency_key = serializers.RegexField(r"^[\x21-\x7e]{1,255}$", max_length=255)
+    idempotency_key = serializers.RegexField(KEY_REGEX, max_length=255)  # schema only
 
 
 class BatchInputSerializer(serializers.Serializer):

@@ -117,3 +117,11 @@ def test_every_bad_field_is_named_at_once():
         "amount",
         "idempotency_key",
     }
+
+
+def test_a_key_with_a_trailing_newline_is_refused():
+    """Python's `$` also matches before a final newline: the key rule must not."""
+    data = {"program_id": PROGRAM, "member_id": "u1", "type": "purchase", "idempotency_key": "k\n"}
+    with pytest.raises(ValidationFailed) as raised:
+        event_parse(data)
+    assert set(raised.value.errors) == {"idempotency_key"}
