@@ -51,6 +51,7 @@ from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, Point
 from ..money import ZERO, points_affordable, points_cost
 from .balances import entry_tier, lot_expiry
 from .ingestion import (
+    EARN_FIELDS,
     EARN_TYPES,
     EventInput,
     IngestResult,
@@ -67,19 +68,6 @@ from .jobs import bulk_set
 MAX_BATCH = 1000
 # The unique index that makes a key exactly-once; a conflict on it sends the batch item by item.
 KEY_CONSTRAINT = "ledger_unique_idempotency_key"
-# Every balance field an earning may change (except fraud_flags, written apart: JSON).
-EARN_FIELDS = [
-    "points_balance",
-    "lifetime_earned",
-    "earned_today",
-    "earned_day",
-    "last_activity_at",
-    "lifetime_spend",
-    "purchase_count",
-    "last_purchase_at",
-    "updated_at",
-]
-
 Items = list[tuple[Program, EventInput]]
 
 
@@ -438,7 +426,7 @@ def _write(new: list, balances: list, flags_changed: list, budgets: dict, actor:
     )  # fmt: skip
     for balance in balances:
         balance.updated_at = now
-    _rows_set(MemberBalance, balances, EARN_FIELDS)
+    _rows_set(MemberBalance, balances, [*EARN_FIELDS, "updated_at"])
     if flags_changed:
         MemberBalance.objects.bulk_update(flags_changed, ["fraud_flags"])
     shards = [shard for budget in budgets.values() for shard in budget.changed_shards()]

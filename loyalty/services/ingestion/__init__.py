@@ -11,13 +11,14 @@ points and replays), `earning` (the earning rules), `refunds`, `adjustments`, `e
 ledger entry and what derives from it), `statement` (PostgreSQL's one-statement earning).
 """
 
-from .earning import Earning, earn_apply
+from .earning import EARN_FIELDS, Earning, earn_apply
 from .entries import balance_snapshot, entry_audit_after, entry_build
 from .inputs import EARN_TYPES, EVENT_TYPES, POINTS_TYPES, EventInput, IngestResult, event_validate
 from .service import event_ingest, event_replay, ingest_in_transaction, replay_answer
 from .statement import earn_lot_values, earn_outbox_values
 
 __all__ = [
+    "EARN_FIELDS",
     "EARN_TYPES",
     "EVENT_TYPES",
     "POINTS_TYPES",

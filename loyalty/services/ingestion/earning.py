@@ -37,6 +37,19 @@ class Earning:
     details: dict  # breakdown and SIRA score, stored on the ledger entry
 
 
+# The balance fields an earning changes, apart from fraud_flags (a repaid refund debt); the
+# batch path writes EARN_FIELDS for every balance it touched.
+EARNING_FIELDS = [
+    "points_balance",
+    "lifetime_earned",
+    "earned_today",
+    "earned_day",
+    "last_activity_at",
+]
+PURCHASE_FIELDS = ["lifetime_spend", "purchase_count", "last_purchase_at"]
+EARN_FIELDS = EARNING_FIELDS + PURCHASE_FIELDS
+
+
 def earn_apply(
     *,
     program: Program,
@@ -117,12 +130,12 @@ def earn_apply(
     balance.earned_today = earned_today + points
     balance.earned_day = today
     balance.last_activity_at = now
-    fields = ["points_balance", "lifetime_earned", "earned_today", "earned_day", "last_activity_at"]
+    fields = list(EARNING_FIELDS)
     if event.type == "purchase":
         balance.lifetime_spend += event.amount
         balance.purchase_count += 1
         balance.last_purchase_at = now
-        fields += ["lifetime_spend", "purchase_count", "last_purchase_at"]
+        fields += PURCHASE_FIELDS
     if before < 0 <= balance.points_balance:
         fraud_flag_remove(balance, REFUND_DEBT_FLAG)  # the refund debt is repaid
         fields.append("fraud_flags")
