@@ -26,13 +26,6 @@ from approvals.services import approval_request_create
 from loyalty.actors import Actor
 from loyalty.models import Program
 
-OPERATIONS = ("balance_adjustment", "budget_change", "program_suspend", "member_freeze")
-
-
-def approval_needed(*, operation: str, amount: Decimal | None = None) -> bool:
-    """Whether `operation` (with its size `amount`, when it has one) needs approval."""
-    return policy_get(operation).needs_approval(amount)
-
 
 def approval_gate(
     *,
@@ -48,7 +41,7 @@ def approval_gate(
     `payload` is the validated input the operation would run with (JSON-safe); `target`
     names what it acts on (one pending request per operation and target).
     """
-    if not approval_needed(operation=operation, amount=amount):
+    if not policy_get(operation).needs_approval(amount):
         return None
     return approval_request_create(
         operation=operation,
@@ -58,10 +51,6 @@ def approval_gate(
         actor=actor,
         amount=amount,
     )
-
-
-def required_roles(operation: str) -> list[str]:
-    return list(policy_get(operation).required_roles)
 
 
 def approval_pending_body(request) -> dict:

@@ -6,7 +6,7 @@ import uuid
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
-from access.approval_gate import approval_gate, approval_needed, approval_pending_body
+from access.approval_gate import approval_gate, approval_pending_body
 from access.idempotency import KEY_PATTERN, KEY_RULE, idempotency_complete, idempotent
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
@@ -104,9 +104,7 @@ def ingest_body(result) -> dict:
 
 def adjustment_gate(*, program: Program, event: EventInput, caller):
     """The approval gate of a manual_adjust event (every path: events, batch, adjustments)."""
-    if event.type != "manual_adjust" or not approval_needed(
-        operation="balance_adjustment", amount=event.points
-    ):
+    if event.type != "manual_adjust":
         return None
     return approval_gate(
         operation="balance_adjustment",

@@ -14,7 +14,7 @@ from .serializers import RedemptionInputSerializer, RedemptionSerializer, redemp
 
 
 def _reload(redemption_id) -> Redemption:
-    return Redemption.objects.select_related("balance", "voucher").get(pk=redemption_id)
+    return Redemption.objects.select_related("balance", "voucher__balance").get(pk=redemption_id)
 
 
 class RedemptionsApi(LoyaltyApi):
