@@ -41,11 +41,10 @@ from .services import (
     balance_set_frozen,
     program_create,
     program_set_status,
-    program_status_check,
     program_update,
     redemption_release,
 )
-from .services.programs import UPDATABLE_FIELDS
+from .services.programs import UPDATABLE_FIELDS, program_status_check
 
 
 def request_actor(request) -> Actor:

@@ -12,13 +12,8 @@ from access.scoping import merchant_check, program_get_for_caller, scope_queryse
 
 from ..errors import ValidationFailed
 from ..models import Program
-from ..services import (
-    TierInput,
-    program_create,
-    program_set_status,
-    program_status_check,
-    program_update,
-)
+from ..services import TierInput, program_create, program_set_status, program_update
+from ..services.programs import program_status_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (

@@ -6,7 +6,6 @@ from .programs import (
     balance_set_frozen,
     program_create,
     program_set_status,
-    program_status_check,
     program_update,
 )
 from .redemptions import (
@@ -26,7 +25,6 @@ __all__ = [
     "event_ingest",
     "program_create",
     "program_set_status",
-    "program_status_check",
     "program_update",
     "redemption_capture",
     "redemption_expire",
