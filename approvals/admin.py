@@ -12,13 +12,13 @@ import contextvars
 import json
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 
 from access.selectors import person_actor_ids
 from loyalty.admin import request_actor
-from loyalty.errors import DomainError
+from loyalty.admin_actions import run_each
 from loyalty.roles import user_roles
 
 from .models import ApprovalPolicy, ApprovalRequest
@@ -147,14 +147,12 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         if "confirm" in request.POST and form.is_valid():
             comment = form.cleaned_data["comment"]
             service = approval_approve if decision == "approve" else approval_reject
-            for item in requests:
-                try:
-                    done = service(request_id=item.pk, actor=actor, roles=roles, comment=comment)
-                except DomainError as error:
-                    self.message_user(request, f"{item}: {error.detail} ({error.code})",
-                                      messages.ERROR)  # fmt: skip
-                else:
-                    self.message_user(request, f"{item}: now {done.status}.", messages.SUCCESS)
+
+            def decide(item):
+                done = service(request_id=item.pk, actor=actor, roles=roles, comment=comment)
+                return f"{item}: now {done.status}."
+
+            run_each(self, request, requests, decide)
             return None
         context = {
             **self.admin_site.each_context(request),

@@ -52,22 +52,6 @@ def audit_record(
     return entry
 
 
-def audit_record_many(
-    *,
-    actor: Actor,
-    action: str,
-    entity_type: str,
-    merchant_id: str | None = None,
-    rows: Iterable[tuple[Any, dict | None, dict | None]],
-) -> list[AuditEntry]:
-    """`audit_record` for many entities changed by one bulk write (a job's chunk): one entry
-    per (entity_id, before, after), inserted together, in the caller's transaction."""
-    entries = audit_entries_build(
-        actor=actor, action=action, entity_type=entity_type, merchant_id=merchant_id, rows=rows
-    )
-    return AuditEntry.objects.bulk_create(entries, batch_size=1000)
-
-
 def audit_entries_build(
     *,
     actor: Actor,
@@ -76,8 +60,9 @@ def audit_entries_build(
     merchant_id: str | None = None,
     rows: Iterable[tuple[Any, dict | None, dict | None]],
 ) -> list[AuditEntry]:
-    """The unsaved entries `audit_record_many` inserts (digests included), for a caller that
-    inserts them itself with a faster bulk path (COPY) in its own transaction."""
+    """`audit_record`'s unsaved entries for many entities changed by one bulk write (a job's
+    chunk), digests included, for a caller that inserts them itself with a bulk path (COPY) in
+    its own transaction: one entry per (entity_id, before, after)."""
     key, now = audit_key(), timezone.now()
     return [
         _entry(

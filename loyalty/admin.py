@@ -17,6 +17,7 @@ from access.approval_gate import approval_gate
 from access.selectors import staff_actor
 
 from .actors import Actor
+from .admin_actions import run_each
 from .admin_jobs import JOB_ACTIONS, ROLLBACK_ACTIONS, JobActionsMixin, TierRollbackMixin
 from .errors import DomainError
 from .models import (
@@ -43,7 +44,7 @@ from .services import (
     program_update,
     redemption_release,
 )
-from .services.programs import UPDATABLE_FIELDS
+from .services.programs import UPDATABLE_FIELDS, program_status_check
 
 
 def request_actor(request) -> Actor:
@@ -139,9 +140,15 @@ class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
             return ["id", "status"]
         return [*self.readonly_fields, "merchant", "currency"]
 
-    @admin.display(description="Budget spent")
+    list_select_related = ["merchant"]
+
+    def get_queryset(self, request):
+        # One SUM per page in the list's own query, not one per row.
+        return super().get_queryset(request).annotate(spent_total=Sum("budget_shards__spent"))
+
+    @admin.display(description="Budget spent", ordering="spent_total")
     def budget_spent(self, obj):
-        return obj.budget_shards.aggregate(s=Sum("spent"))["s"]
+        return obj.spent_total
 
     @admin.display(description="Tiers")
     def tier_table(self, obj):
@@ -191,16 +198,22 @@ class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
 
     def _set_status(self, request, queryset, status):
         actor = request_actor(request)
-        for program in queryset:
+
+        def set_status(program):
+            # The service's rule first: no approval request for a change it would refuse.
+            if not program_status_check(program=program, status=status):
+                return f"{program}: already {status}."
             if status == Program.Status.SUSPENDED and _gated(
                 self, request, operation="program_suspend", program=program,
                 target=f"program:{program.pk}", actor=actor,
                 payload={"program_id": str(program.pk), "reason": "admin action"},
             ):  # fmt: skip
-                continue
+                return None
             program_set_status(program_id=program.pk, status=status, actor=actor,
                                reason="admin action")  # fmt: skip
-            self.message_user(request, f"{program}: now {status}.")
+            return f"{program}: now {status}."
+
+        run_each(self, request, queryset, set_status)
 
 
 @admin.register(MemberBalance)
@@ -228,19 +241,22 @@ class MemberBalanceAdmin(ReadOnlyAdmin):
 
     def _set_frozen(self, request, queryset, *, frozen):
         actor = request_actor(request)
-        updated = 0
-        for balance in queryset.select_related("program"):
+
+        def set_frozen(balance):
             if frozen and _gated(
                 self, request, operation="member_freeze", program=balance.program,
                 target=f"balance:{balance.program_id}:{balance.member_id}", actor=actor,
                 payload={"program_id": str(balance.program_id), "member_id": balance.member_id,
                          "reason": "admin action"},
             ):  # fmt: skip
-                continue
+                return None
             balance_set_frozen(program=balance.program, member_id=balance.member_id,
                                frozen=frozen, actor=actor, reason="admin action")  # fmt: skip
-            updated += 1
-        self.message_user(request, f"{updated} member(s) updated.")
+            return balance.member_id
+
+        run_each(self, request, queryset.select_related("program"), set_frozen,
+                 name=lambda balance: balance.member_id,
+                 summary=lambda done: f"{done} member(s) updated.")  # fmt: skip
 
 
 @admin.register(LedgerEntry)
@@ -276,11 +292,14 @@ class RedemptionAdmin(ReadOnlyAdmin):
     @admin.action(description="Release the selected pending holds", permissions=["change"])
     def release(self, request, queryset):
         actor = request_actor(request)
-        done = 0
-        for redemption in queryset.filter(status=Redemption.Status.PENDING):
+
+        def release(redemption):
             redemption_release(redemption_id=redemption.pk, actor=actor)
-            done += 1
-        self.message_user(request, f"{done} hold(s) released.")
+            return str(redemption.pk)
+
+        run_each(self, request, queryset.filter(status=Redemption.Status.PENDING), release,
+                 name=lambda redemption: f"Redemption {redemption.pk}",
+                 summary=lambda done: f"{done} hold(s) released.")  # fmt: skip
 
 
 @admin.register(Voucher)
@@ -330,6 +349,7 @@ class JobAdmin(ReadOnlyAdmin):
     list_display = ["id", "kind", "program", "status", "counts", "triggered_by", "started_at",
                     "finished_at"]  # fmt: skip
     list_filter = ["kind", "status"]
+    list_select_related = ["program"]
 
 
 @admin.register(OutboxEvent)

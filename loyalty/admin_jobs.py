@@ -13,11 +13,11 @@ Who may use them follows the API's permission map (access.permissions): `jobs:ru
 a job, `members:adjust` to roll back a tier change, from the user's role groups.
 """
 
-from django.contrib import admin, messages
+from django.contrib import admin
 
 from access.permissions import permissions_for_roles
 
-from .errors import DomainError
+from .admin_actions import run_each
 from .models import Job
 from .roles import user_roles
 from .services.jobs import job_enqueue
@@ -47,15 +47,12 @@ class TierRollbackMixin:
 
 def _run(modeladmin, request, queryset, kind: str) -> None:
     actor = _actor(request)
-    for program in queryset:
-        try:
-            job = job_enqueue(kind=kind, program=program, actor=actor)
-        except DomainError as error:
-            modeladmin.message_user(
-                request, f"{program}: {error.detail} ({error.code})", messages.ERROR
-            )
-            continue
-        modeladmin.message_user(request, f"{program}: {job.kind} job {job.pk} is {job.status}.")
+
+    def enqueue(program):
+        job = job_enqueue(kind=kind, program=program, actor=actor)
+        return f"{program}: {job.kind} job {job.pk} is {job.status}."
+
+    run_each(modeladmin, request, queryset, enqueue)
 
 
 @admin.action(description="Run tier evaluation now", permissions=["run_jobs"])
@@ -76,17 +73,14 @@ def run_campaign_execution(modeladmin, request, queryset):
 @admin.action(description="Roll back the selected tier changes", permissions=["rollback"])
 def rollback_tier_changes(modeladmin, request, queryset):
     actor = _actor(request)
-    for snapshot in queryset.order_by("-id"):  # newest first: a member's later change first
-        try:
-            rollback = tier_rollback(snapshot_id=snapshot.pk, actor=actor, reason="admin action")
-        except DomainError as error:
-            modeladmin.message_user(
-                request, f"#{snapshot.pk}: {error.detail} ({error.code})", messages.ERROR
-            )
-            continue
-        modeladmin.message_user(
-            request, f"#{snapshot.pk}: {rollback.balance.member_id} is {rollback.to_tier} again."
-        )
+
+    def roll_back(snapshot):
+        rollback = tier_rollback(snapshot_id=snapshot.pk, actor=actor, reason="admin action")
+        return f"#{snapshot.pk}: {rollback.balance.member_id} is {rollback.to_tier} again."
+
+    # Newest first: a member's later change is rolled back before an earlier one.
+    run_each(modeladmin, request, queryset.order_by("-id"), roll_back,
+             name=lambda snapshot: f"#{snapshot.pk}")  # fmt: skip
 
 
 JOB_ACTIONS = [run_tier_evaluation, run_point_expiry, run_campaign_execution]

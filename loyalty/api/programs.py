@@ -10,9 +10,10 @@ from access.idempotency import idempotent
 from access.schema import COMMON_ERRORS, IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import merchant_check, program_get_for_caller, scope_queryset
 
-from ..errors import InvalidState, ValidationFailed
+from ..errors import ValidationFailed
 from ..models import Program
 from ..services import TierInput, program_create, program_set_status, program_update
+from ..services.programs import program_status_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (
@@ -164,10 +165,9 @@ class ProgramSuspendApi(LoyaltyApi):
     def post(self, request, program_id):
         data = validated(ReasonInputSerializer, request.data)
         program = program_get_for_caller(caller=request.caller, program_id=program_id)
-        if program.status == Program.Status.SUSPENDED:
+        # Before the gate: no approval request for a change the service would refuse.
+        if not program_status_check(program=program, status=Program.Status.SUSPENDED):
             return Response(program_body(_reload(program.pk)))
-        if program.status != Program.Status.ACTIVE:
-            raise InvalidState(f"The program is {program.status}.", status=program.status)
         pending = approval_gate(
             operation="program_suspend",
             program=program,

@@ -10,7 +10,7 @@ from audit.services import audit_record
 from sira.scoring import sira_settings_resolve
 
 from ..actors import Actor
-from ..errors import NotFound, ValidationFailed
+from ..errors import InvalidState, NotFound, ValidationFailed
 from ..models import MemberBalance, Merchant, Program, Tier
 from ..money import CURRENCY_EXPONENTS
 from .balances import balance_lock
@@ -147,14 +147,28 @@ def program_update(
     return program
 
 
+def program_status_check(*, program: Program, status: str) -> bool:
+    """True when `status` would change the program, False when it is already there; raises
+    when the change is refused: `closed` is final. Callers that gate a change behind an
+    approval ask this first, so no request is filed for a change the service would refuse."""
+    if status not in Program.Status.values:
+        raise ValidationFailed(errors={"status": [f"One of {Program.Status.values}."]})
+    if program.status == status:
+        return False
+    if program.status == Program.Status.CLOSED:
+        raise InvalidState(f"The program is {program.status}.", status=program.status)
+    return True
+
+
 @transaction.atomic(durable=True)
 def program_set_status(*, program_id, status: str, actor: Actor, reason: str = "") -> Program:
-    """Suspends, reactivates or closes a program."""
+    """Suspends, reactivates or closes a program; a closed program stays closed, and a
+    program already in `status` is returned unchanged (nothing written, nothing audited)."""
     program = Program.objects.select_for_update().filter(pk=program_id).first()
     if program is None:
         raise NotFound("No such program.")
-    if status not in Program.Status.values:
-        raise ValidationFailed(errors={"status": [f"One of {Program.Status.values}."]})
+    if not program_status_check(program=program, status=status):
+        return program
     before = program.status
     program.status = status
     program.save(update_fields=["status", "updated_at"])
