@@ -5,7 +5,6 @@ ingestion, no overdraw, no budget or daily-cap overrun, no deadlock, one voucher
 import random
 import threading
 import time
-from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -25,39 +24,11 @@ from loyalty.services import (
 from loyalty.services.batch import events_ingest_batch
 from loyalty.verify import ledger_verify
 from tests.factories import PurchaseFactory, RefundFactory
+from tests.parallel import JOIN_TIMEOUT, outcomes, run_parallel
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 D = Decimal
-JOIN_TIMEOUT = 60  # seconds; a thread still running then is taken as a deadlock
-
-
-def run_parallel(count: int, work) -> list:
-    """Runs `work(i)` in `count` threads released together; returns each result or exception."""
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = work(i)
-        except Exception as exc:  # the test inspects what each thread got
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
-    assert stuck == [], f"threads {stuck} did not finish: deadlock or lock wait"
-    return results
-
-
-def outcomes(results) -> Counter:
-    return Counter(type(r).__name__ for r in results)
 
 
 def test_50_concurrent_submissions_of_one_key_write_one_entry(program, actor):
