@@ -63,8 +63,14 @@ def make_token(rsa_key):
     return make
 
 
+JSON = "application/json"
+
+
 class ApiClient:
-    """A django.test.Client that sends JSON, a credential and a fresh Idempotency-Key."""
+    """A django.test.Client that sends JSON, a credential and a fresh Idempotency-Key.
+
+    `key=False` sends no Idempotency-Key; a str or bytes body is sent as is, with
+    `content_type` (JSON unless told)."""
 
     def __init__(self, auth: str | None):
         self.client = Client()
@@ -82,21 +88,24 @@ class ApiClient:
     def get(self, path, params=None, headers=None):
         return self.client.get(path, params or {}, headers=self._headers(False, headers))
 
-    def post(self, path, body=None, key=None, headers=None):
+    def post(self, path, body=None, key=None, headers=None, content_type=JSON):
         return self.client.post(
             path,
             body if body is not None else {},
-            content_type="application/json",
+            content_type=content_type,
             headers=self._headers(key, headers),
         )
 
-    def patch(self, path, body=None, key=None, headers=None):
+    def patch(self, path, body=None, key=None, headers=None, content_type=JSON):
         return self.client.patch(
             path,
             body if body is not None else {},
-            content_type="application/json",
+            content_type=content_type,
             headers=self._headers(key, headers),
         )
+
+    def delete(self, path, key=None, headers=None):
+        return self.client.delete(path, headers=self._headers(key, headers))
 
 
 @pytest.fixture

@@ -109,10 +109,7 @@ def test_abandoned_claim_is_taken_over_after_its_lock(api, funded):
 
 def test_missing_or_bad_key_is_400_and_nothing_written(api, funded):
     client = api("system")
-    response = client.client.post(
-        "/api/v1/events", purchase(funded), content_type="application/json",
-        headers={"Authorization": client.auth},
-    )  # fmt: skip
+    response = client.post("/api/v1/events", purchase(funded), key=False)
     assert response.status_code == 400
     assert response.json()["code"] == "idempotency_key_missing"
     response = client.post("/api/v1/events", purchase(funded), key="has space")
@@ -210,10 +207,7 @@ def test_numbers_are_compared_exactly(api, funded):
     )
 
     def send(points):
-        return client.client.post(
-            "/api/v1/events", body % (funded.pk, points), content_type="application/json",
-            headers={"Authorization": client.auth, "Idempotency-Key": "num-1"},
-        )  # fmt: skip
+        return client.post("/api/v1/events", body % (funded.pk, points), key="num-1")
 
     assert send("100").status_code == 201
     assert send("100.00")["Idempotent-Replayed"] == "true"  # the same number
