@@ -15,7 +15,7 @@ from django.test import Client
 
 from loyalty.actors import Actor
 from loyalty.roles import roles_install
-from loyalty.services import program_create
+from loyalty.services import program_create, redemption_hold
 from tests.audit.flush import audit_tables_flushable  # noqa: F401  (session fixture)
 
 REQUIRE_POSTGRES = os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1"
@@ -72,6 +72,19 @@ def make_user(name: str, *roles: str, superuser: bool = False, password: str = S
     )
     user.groups.set([groups[r] for r in roles])
     return user
+
+
+def hold(program, points, actor, key="h1", member_id="u_1", **kw):
+    """`redemption_hold` with the tests' defaults: member u_1, key h1, a discount."""
+    kw.setdefault("reward_type", "discount")
+    return redemption_hold(
+        program=program,
+        member_id=member_id,
+        points=Decimal(points),
+        idempotency_key=key,
+        actor=actor,
+        **kw,
+    )
 
 
 def logged_in(user) -> Client:

@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.test import Client
 
-from loyalty.services import event_ingest, redemption_hold
+from loyalty.services import event_ingest
+from tests.conftest import hold
 from tests.factories import PurchaseFactory
 
 ISSUER = "https://id.molam.test"
@@ -138,26 +139,11 @@ def funded(own_program, actor):
 
 @pytest.fixture
 def pending_hold(funded, actor):
-    return redemption_hold(
-        program=funded,
-        member_id="u_1",
-        points=Decimal("100"),
-        reward_type="discount",
-        idempotency_key="hold-fixture",
-        actor=actor,
-    )
+    return hold(funded, "100", actor, key="hold-fixture")
 
 
 @pytest.fixture
 def active_voucher(funded, actor):
-    redemption = redemption_hold(
-        program=funded,
-        member_id="u_1",
-        points=Decimal("200"),
-        reward_type="discount",
-        idempotency_key="voucher-fixture",
-        actor=actor,
-        capture=True,
-    )
+    redemption = hold(funded, "200", actor, key="voucher-fixture", capture=True)
     redemption.refresh_from_db()
     return redemption.voucher

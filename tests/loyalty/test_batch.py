@@ -28,11 +28,12 @@ from loyalty.errors import (
     IdempotencyKeyReused,
 )
 from loyalty.models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot
-from loyalty.services import event_ingest, redemption_hold
+from loyalty.services import event_ingest
 from loyalty.services.batch import events_ingest_batch
 from loyalty.services.ingestion import IngestResult, ingest_in_transaction
 from loyalty.services.programs import TierInput
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 from tests.factories import PointsEventFactory, PurchaseFactory, RefundFactory
 from tests.parallel import JOIN_TIMEOUT
 
@@ -174,15 +175,7 @@ def member_setup(program, actor):
         event=purchase("debt", amount="20000", key="s-debt", reference="order-debt"),
         actor=actor,
     )
-    redemption_hold(
-        program=program,
-        member_id="debt",
-        points=D("300"),
-        reward_type="discount",
-        idempotency_key="s-debt-redeem",
-        actor=actor,
-        capture=True,
-    )
+    hold(program, "300", actor, key="s-debt-redeem", member_id="debt", capture=True)
     event_ingest(
         program=program,
         event=RefundFactory(
