@@ -9,15 +9,19 @@ import os
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test import Client
 
 from loyalty.actors import Actor
-from loyalty.services import program_create
+from loyalty.roles import roles_install
+from loyalty.services import program_create, redemption_hold
 from tests.audit.flush import audit_tables_flushable  # noqa: F401  (session fixture)
 
 REQUIRE_POSTGRES = os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1"
 _postgres_passed = 0
 _skipped: list[str] = []
+STAFF_PASSWORD = "pw"  # make_user's default
 
 
 def on_postgres() -> bool:
@@ -58,6 +62,36 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"PostgreSQL-only tests passed: {_postgres_passed}")
+
+
+def make_user(name: str, *roles: str, superuser: bool = False, password: str = STAFF_PASSWORD):
+    """A staff user in the given role groups (the groups are installed first)."""
+    groups = roles_install()
+    user = get_user_model().objects.create_user(
+        username=name, password=password, is_staff=True, is_superuser=superuser
+    )
+    user.groups.set([groups[r] for r in roles])
+    return user
+
+
+def hold(program, points, actor, key="h1", member_id="u_1", **kw):
+    """`redemption_hold` with the tests' defaults: member u_1, key h1, a discount."""
+    kw.setdefault("reward_type", "discount")
+    return redemption_hold(
+        program=program,
+        member_id=member_id,
+        points=Decimal(points),
+        idempotency_key=key,
+        actor=actor,
+        **kw,
+    )
+
+
+def logged_in(user) -> Client:
+    """A test client with `user`'s session (no login request, so no login audit)."""
+    client = Client()
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture

@@ -15,27 +15,12 @@ from audit.models import AuditEntry
 from loyalty.actors import Actor, system_actor
 from loyalty.admin import request_actor
 from loyalty.errors import ValidationFailed
-from loyalty.roles import roles_install
+from tests.conftest import logged_in, make_user
 
 pytestmark = pytest.mark.django_db
 ADD = "admin:access_staffidentity_add"
 LIST = "admin:access_staffidentity_changelist"
 SYSTEM = system_actor("test")
-
-
-def make_user(name: str, *roles: str, superuser: bool = False):
-    groups = roles_install()
-    user = get_user_model().objects.create_user(
-        username=name, password="pw", is_staff=True, is_superuser=superuser
-    )
-    user.groups.set([groups[r] for r in roles])
-    return user
-
-
-def logged_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_link_is_audited_and_gives_the_actor_id():

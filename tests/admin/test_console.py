@@ -6,14 +6,14 @@ from decimal import Decimal
 import pytest
 from django.apps import apps
 from django.contrib import admin
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 from guardian.shortcuts import assign_perm
 
 from audit.models import AuditEntry
 from loyalty.models import LedgerEntry, MemberBalance, Program
-from loyalty.roles import ROLES, roles_install
+from loyalty.roles import ROLES
 from loyalty.services import event_ingest, program_update
+from tests.conftest import make_user
 from tests.factories import PurchaseFactory
 
 pytestmark = pytest.mark.django_db
@@ -21,16 +21,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(db):
-    groups = roles_install()
-
-    def make(role: str):
-        user = get_user_model().objects.create_user(
-            username=f"{role}-user", password="pw-for-tests", is_staff=True
-        )
-        user.groups.set([groups[role]])
-        return user
-
-    return make
+    return lambda role: make_user(f"{role}-user", role)
 
 
 @pytest.fixture

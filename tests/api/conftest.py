@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.test import Client
 
-from loyalty.services import event_ingest, redemption_hold
+from loyalty.services import event_ingest
+from tests.conftest import hold
 from tests.factories import PurchaseFactory
 
 ISSUER = "https://id.molam.test"
@@ -63,8 +64,14 @@ def make_token(rsa_key):
     return make
 
 
+JSON = "application/json"
+
+
 class ApiClient:
-    """A django.test.Client that sends JSON, a credential and a fresh Idempotency-Key."""
+    """A django.test.Client that sends JSON, a credential and a fresh Idempotency-Key.
+
+    `key=False` sends no Idempotency-Key; a str or bytes body is sent as is, with
+    `content_type` (JSON unless told)."""
 
     def __init__(self, auth: str | None):
         self.client = Client()
@@ -82,21 +89,24 @@ class ApiClient:
     def get(self, path, params=None, headers=None):
         return self.client.get(path, params or {}, headers=self._headers(False, headers))
 
-    def post(self, path, body=None, key=None, headers=None):
+    def post(self, path, body=None, key=None, headers=None, content_type=JSON):
         return self.client.post(
             path,
             body if body is not None else {},
-            content_type="application/json",
+            content_type=content_type,
             headers=self._headers(key, headers),
         )
 
-    def patch(self, path, body=None, key=None, headers=None):
+    def patch(self, path, body=None, key=None, headers=None, content_type=JSON):
         return self.client.patch(
             path,
             body if body is not None else {},
-            content_type="application/json",
+            content_type=content_type,
             headers=self._headers(key, headers),
         )
+
+    def delete(self, path, key=None, headers=None):
+        return self.client.delete(path, headers=self._headers(key, headers))
 
 
 @pytest.fixture
@@ -129,26 +139,11 @@ def funded(own_program, actor):
 
 @pytest.fixture
 def pending_hold(funded, actor):
-    return redemption_hold(
-        program=funded,
-        member_id="u_1",
-        points=Decimal("100"),
-        reward_type="discount",
-        idempotency_key="hold-fixture",
-        actor=actor,
-    )
+    return hold(funded, "100", actor, key="hold-fixture")
 
 
 @pytest.fixture
 def active_voucher(funded, actor):
-    redemption = redemption_hold(
-        program=funded,
-        member_id="u_1",
-        points=Decimal("200"),
-        reward_type="discount",
-        idempotency_key="voucher-fixture",
-        actor=actor,
-        capture=True,
-    )
+    redemption = hold(funded, "200", actor, key="voucher-fixture", capture=True)
     redemption.refresh_from_db()
     return redemption.voucher

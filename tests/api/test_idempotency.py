@@ -1,16 +1,17 @@
 """HTTP idempotency: replay, reuse with another body, in progress, scope, retention, races."""
 
-import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
 from django.db import connection
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 
 from access.models import IdempotencyRecord
 from audit.models import AuditEntry
 from loyalty.models import LedgerEntry, Redemption
+from tests.parallel import run_parallel
 
 from .conftest import OTHER, OWN
 
@@ -108,10 +109,7 @@ def test_abandoned_claim_is_taken_over_after_its_lock(api, funded):
 
 def test_missing_or_bad_key_is_400_and_nothing_written(api, funded):
     client = api("system")
-    response = client.client.post(
-        "/api/v1/events", purchase(funded), content_type="application/json",
-        headers={"Authorization": client.auth},
-    )  # fmt: skip
+    response = client.post("/api/v1/events", purchase(funded), key=False)
     assert response.status_code == 400
     assert response.json()["code"] == "idempotency_key_missing"
     response = client.post("/api/v1/events", purchase(funded), key="has space")
@@ -172,31 +170,17 @@ def test_records_are_kept_at_least_24_hours_then_expire(api, funded):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_same_key_requests_write_once(api, make_program):
     program = make_program(merchant_id=OWN)
-    threads_n = 12
-    barrier = threading.Barrier(threads_n)
-    statuses, bodies = [], []
-    lock = threading.Lock()
+    clients = [api("system") for _ in range(12)]
 
-    def worker():
-        client = api("system")
-        try:
-            barrier.wait(timeout=10)
-            response = client.post("/api/v1/events", purchase(program), key="race-1")
-            with lock:
-                statuses.append(response.status_code)
-                if response.status_code == 201:
-                    bodies.append(response.json()["transaction_id"])
-        finally:
-            connection.close()
+    results = run_parallel(
+        len(clients), lambda i: clients[i].post("/api/v1/events", purchase(program), key="race-1")
+    )
 
-    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(statuses) == threads_n
+    assert all(isinstance(r, HttpResponseBase) for r in results), results
+    statuses = [r.status_code for r in results]
     assert set(statuses) <= {201, 409}, statuses
     assert statuses.count(201) >= 1
+    bodies = [r.json()["transaction_id"] for r in results if r.status_code == 201]
     assert len(set(bodies)) == 1  # every success names the same transaction
     assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 1
     assert IdempotencyRecord.objects.get(key="race-1").status == "completed"
@@ -223,10 +207,7 @@ def test_numbers_are_compared_exactly(api, funded):
     )
 
     def send(points):
-        return client.client.post(
-            "/api/v1/events", body % (funded.pk, points), content_type="application/json",
-            headers={"Authorization": client.auth, "Idempotency-Key": "num-1"},
-        )  # fmt: skip
+        return client.post("/api/v1/events", body % (funded.pk, points), key="num-1")
 
     assert send("100").status_code == 201
     assert send("100.00")["Idempotent-Replayed"] == "true"  # the same number

@@ -20,29 +20,16 @@ def assert_problem(response, status, code):
 
 def test_malformed_json_is_400(api, funded):
     client = api("system")
-    response = client.client.post(
-        "/api/v1/events",
-        b'{"program_id": ',
-        content_type="application/json",
-        headers={"Authorization": client.auth, "Idempotency-Key": "x1"},
-    )
+    response = client.post("/api/v1/events", b'{"program_id": ', key="x1")
     assert_problem(response, 400, "malformed_request")
 
 
 def test_nan_and_wrong_media_type_are_refused(api, funded):
     client = api("system")
-    response = client.client.post(
-        "/api/v1/events",
-        b'{"amount": NaN}',
-        content_type="application/json",
-        headers={"Authorization": client.auth, "Idempotency-Key": "x2"},
-    )
+    response = client.post("/api/v1/events", b'{"amount": NaN}', key="x2")
     assert_problem(response, 400, "malformed_request")
-    response = client.client.post(
-        "/api/v1/events",
-        b"amount=1",
-        content_type="application/x-www-form-urlencoded",
-        headers={"Authorization": client.auth, "Idempotency-Key": "x3"},
+    response = client.post(
+        "/api/v1/events", b"amount=1", key="x3", content_type="application/x-www-form-urlencoded"
     )
     assert_problem(response, 415, "unsupported_media_type")
 
@@ -71,9 +58,7 @@ def test_unknown_api_url_and_method(api, funded):
     assert_problem(client.get("/api/v1/nothing-here"), 404, "not_found")
     assert_problem(client.get("/api/v1/programs/not-a-uuid"), 404, "not_found")
     assert_problem(client.get(f"/api/v1/programs/{funded.pk}/members/a%00b"), 404, "not_found")
-    response = client.client.delete(
-        f"/api/v1/programs/{funded.pk}", headers={"Authorization": client.auth}
-    )
+    response = client.delete(f"/api/v1/programs/{funded.pk}", key=False)
     assert_problem(response, 405, "method_not_allowed")
 
 
@@ -124,10 +109,7 @@ def test_unpaired_surrogates_are_400(api, funded, member_json):
         f'{{"program_id": "{funded.pk}", "member_id": {member_json}, "type": "purchase", '
         '"amount": "100", "currency": "XOF", "metadata": {"k": "\\ud800"}}'
     )
-    response = client.client.post(
-        "/api/v1/events", body, content_type="application/json",
-        headers={"Authorization": client.auth, "Idempotency-Key": "s1"},
-    )  # fmt: skip
+    response = client.post("/api/v1/events", body, key="s1")
     assert_problem(response, 400, "malformed_request")
     assert LedgerEntry.objects.count() == 1
 
@@ -138,9 +120,6 @@ def test_surrogate_pairs_are_fine(api, funded):
         f'{{"program_id": "{funded.pk}", "member_id": "u_emoji", "type": "purchase", '
         '"amount": "100", "currency": "XOF", "metadata": {"note": "\\ud83d\\ude00"}}'
     )
-    response = client.client.post(
-        "/api/v1/events", body, content_type="application/json",
-        headers={"Authorization": client.auth, "Idempotency-Key": "s2"},
-    )  # fmt: skip
+    response = client.post("/api/v1/events", body, key="s2")
     assert response.status_code == 201
     assert LedgerEntry.objects.get(balance__member_id="u_emoji").metadata == {"note": "\U0001f600"}

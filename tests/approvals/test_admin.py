@@ -4,7 +4,6 @@ enforced by the services, and finance editing policies (audited)."""
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
@@ -12,7 +11,7 @@ from approvals.models import ApprovalPolicy, ApprovalRequest
 from audit.models import AuditEntry
 from loyalty.actors import Actor
 from loyalty.models import LedgerEntry, MemberBalance
-from loyalty.roles import roles_install
+from tests.conftest import logged_in, make_user
 
 pytestmark = pytest.mark.django_db
 QUEUE = "admin:approvals_approvalrequest_changelist"
@@ -20,14 +19,9 @@ QUEUE = "admin:approvals_approvalrequest_changelist"
 
 @pytest.fixture
 def staff():
-    groups = roles_install()
-
     def make(name: str, *roles: str) -> tuple[Client, Actor]:
-        user = get_user_model().objects.create_user(username=name, password="pw", is_staff=True)
-        user.groups.set([groups[r] for r in roles])
-        client = Client()
-        client.force_login(user)
-        return client, Actor(id=f"user:{user.pk}", role=roles[0])
+        user = make_user(name, *roles)
+        return logged_in(user), Actor(id=f"user:{user.pk}", role=roles[0])
 
     return make
 

@@ -2,7 +2,6 @@
 subject can neither approve their own request nor fill two roles by switching channel."""
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
@@ -13,7 +12,7 @@ from approvals.services import approval_reject
 from audit.models import AuditEntry
 from loyalty.actors import Actor, system_actor
 from loyalty.models import LedgerEntry
-from loyalty.roles import roles_install
+from tests.conftest import logged_in, make_user
 
 pytestmark = pytest.mark.django_db
 QUEUE = "admin:approvals_approvalrequest_changelist"
@@ -23,17 +22,13 @@ QUEUE = "admin:approvals_approvalrequest_changelist"
 def staff():
     """`staff("alice_admin", "finance_ops", subject="alice")`: a logged-in staff client, the
     user linked to `subject` when given."""
-    groups = roles_install()
 
     def make(name: str, *roles: str, subject: str | None = None) -> tuple[Client, object]:
-        user = get_user_model().objects.create_user(username=name, password="pw", is_staff=True)
-        user.groups.set([groups[r] for r in roles])
+        user = make_user(name, *roles)
         if subject is not None:
             staff_identity_link(user_id=user.pk, molam_subject=subject,
                                 actor=system_actor("test"))  # fmt: skip
-        client = Client()
-        client.force_login(user)
-        return client, user
+        return logged_in(user), user
 
     return make
 

@@ -1,18 +1,17 @@
 """Two approvers racing on the last approval: the operation runs exactly once."""
 
-import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 
-from approvals.errors import AlreadyApproved, ApprovalNotPending, RoleNotRequired
+from approvals.errors import ApprovalNotPending
 from approvals.models import ApprovalRequest
 from approvals.services import approval_approve
 from loyalty.actors import Actor
 from loyalty.models import LedgerEntry, MemberBalance
 from loyalty.verify import ledger_verify
 from tests.approvals.conftest import FIN, OPS, OPS_2
+from tests.parallel import run_parallel
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -21,26 +20,17 @@ def test_racing_last_approvals_execute_once(program, adjustment):
     request = adjustment()
     approval_approve(request_id=request.pk, actor=OPS_2, roles=OPS)
     racers = [Actor(id=f"fin-{i}", role="finance_ops") for i in range(4)]
-    barrier = threading.Barrier(len(racers))
-    outcomes = []
 
-    def approve(actor):
-        try:
-            barrier.wait(5)
-            approval_approve(request_id=request.pk, actor=actor, roles=FIN)
-            outcomes.append("approved")
-        except (ApprovalNotPending, RoleNotRequired, AlreadyApproved) as error:
-            outcomes.append(error.code)
-        finally:
-            connection.close()
+    results = run_parallel(
+        len(racers),
+        lambda i: approval_approve(request_id=request.pk, actor=racers[i], roles=FIN),
+    )
 
-    threads = [threading.Thread(target=approve, args=(a,)) for a in racers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes.count("approved") == 1
-    assert set(outcomes) - {"approved"} == {"approval_not_pending"}
+    approved = [r for r in results if isinstance(r, ApprovalRequest)]
+    refused = [r for r in results if not isinstance(r, ApprovalRequest)]
+    assert len(approved) == 1, results
+    assert len(refused) == len(racers) - 1, results
+    assert all(type(r) is ApprovalNotPending for r in refused), results
     request.refresh_from_db()
     assert request.status == "executed"
     assert request.approvals.filter(role="finance_ops").count() == 1

@@ -27,6 +27,7 @@ from loyalty.actors import system_actor
 from loyalty.errors import ValidationFailed
 from loyalty.models import LedgerEntry, MemberBalance
 from tests.approvals.conftest import AUDITOR, FIN, FIN_1, FIN_2, OPS, OPS_2, OPS_MAKER
+from tests.conftest import hold
 
 pytestmark = pytest.mark.django_db
 
@@ -190,12 +191,8 @@ def test_expired_request_never_runs_and_the_job_records_it(program, adjustment):
 def test_operation_whose_preconditions_changed_fails_cleanly_and_records_why(program, adjustment):
     request = adjustment(points="-14000")
     # Meanwhile the member's points are held by a redemption: the debit no longer fits.
-    from loyalty.services import redemption_hold
 
-    redemption_hold(
-        program=program, member_id="u_1", points=Decimal("5000"), reward_type="discount",
-        idempotency_key="r1", actor=OPS_2,
-    )  # fmt: skip
+    hold(program, "5000", OPS_2, key="r1")
     approval_approve(request_id=request.pk, actor=OPS_2, roles=OPS)
     approval_approve(request_id=request.pk, actor=FIN_1, roles=FIN)
     request.refresh_from_db()

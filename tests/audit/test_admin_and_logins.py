@@ -2,14 +2,13 @@
 everyone, superusers included, and usable by the `auditor` group."""
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
 from audit.models import AuditEntry
 from audit.services import audit_record
 from loyalty.actors import Actor
-from loyalty.roles import roles_install
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
 PASSWORD = "pw-for-tests-1"
@@ -17,16 +16,10 @@ PASSWORD = "pw-for-tests-1"
 
 @pytest.fixture
 def user_in():
-    groups = roles_install()
-
     def make(role: str | None, superuser: bool = False):
-        user = get_user_model().objects.create_user(
-            username=f"{role or 'root'}@molam.example", password=PASSWORD, is_staff=True,
-            is_superuser=superuser,
-        )  # fmt: skip
-        if role:
-            user.groups.set([groups[role]])
-        return user
+        roles = [role] if role else []
+        username = f"{role or 'root'}@molam.example"
+        return make_user(username, *roles, superuser=superuser, password=PASSWORD)
 
     return make
 

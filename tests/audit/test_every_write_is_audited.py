@@ -23,6 +23,7 @@ import loyalty.services as loyalty_services
 from audit.models import AuditEntry
 from loyalty.actors import Actor, system_actor
 from loyalty.models import MemberBalance, Redemption, TierSnapshot
+from tests.conftest import hold
 from tests.factories import PointsEventFactory
 
 pytestmark = pytest.mark.django_db
@@ -88,10 +89,7 @@ def _member(program, points="500", member="u_1"):
 
 def _hold(program, key="h1", capture=False):
     _member(program)
-    return loyalty_services.redemption_hold(
-        program=program, member_id="u_1", points=Decimal("100"), reward_type="discount",
-        idempotency_key=key, actor=OPS, capture=capture,
-    )  # fmt: skip
+    return hold(program, "100", OPS, key=key, capture=capture)
 
 
 def _request(program, operation="program_suspend"):

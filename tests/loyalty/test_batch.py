@@ -28,12 +28,14 @@ from loyalty.errors import (
     IdempotencyKeyReused,
 )
 from loyalty.models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot
-from loyalty.services import event_ingest, redemption_hold
+from loyalty.services import event_ingest
 from loyalty.services.batch import events_ingest_batch
 from loyalty.services.ingestion import IngestResult, ingest_in_transaction
 from loyalty.services.programs import TierInput
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 from tests.factories import PointsEventFactory, PurchaseFactory, RefundFactory
+from tests.parallel import JOIN_TIMEOUT
 
 from .conftest import balance_of, db_state
 
@@ -173,15 +175,7 @@ def member_setup(program, actor):
         event=purchase("debt", amount="20000", key="s-debt", reference="order-debt"),
         actor=actor,
     )
-    redemption_hold(
-        program=program,
-        member_id="debt",
-        points=D("300"),
-        reward_type="discount",
-        idempotency_key="s-debt-redeem",
-        actor=actor,
-        capture=True,
-    )
+    hold(program, "300", actor, key="s-debt-redeem", member_id="debt", capture=True)
     event_ingest(
         program=program,
         event=RefundFactory(
@@ -398,14 +392,11 @@ def test_a_batch_with_a_refund_goes_item_by_item_in_order(program, actor):
 # --- PostgreSQL: real concurrency ---------------------------------------------------------
 
 
-JOIN_TIMEOUT = 60  # seconds; a thread still running then is taken as a deadlock
-
-
 def _in_thread(results: dict, name: str, work) -> threading.Thread:
     def run():
         try:
             results[name] = work()
-        except Exception as exc:  # the test inspects what each thread got
+        except BaseException as exc:  # the test inspects what each thread got
             results[name] = exc
         finally:
             connection.close()
@@ -517,6 +508,7 @@ def test_concurrent_batches_and_single_events_share_members_keys_and_one_budget(
     for thread in threads:
         thread.join(JOIN_TIMEOUT)
         assert not thread.is_alive(), "deadlock"
+    assert len(results) == len(threads)
     by_key: dict = {}
     for name, outcomes in results.items():
         assert isinstance(outcomes, list), f"{name}: {outcomes!r}"
@@ -605,6 +597,8 @@ def test_a_batch_takes_a_free_shard_instead_of_waiting_for_a_busy_one(make_progr
             cursor.execute("RESET lock_timeout")
         release.set()
         holder.join(JOIN_TIMEOUT)
+    assert not holder.is_alive(), "deadlock"
+    assert not isinstance(results["holder"], BaseException), results["holder"]
     assert [o.entry.points for o in outcomes] == [D("200")] * 3
     paid = BudgetShard.objects.filter(program=program, spent__gt=0)
     assert [(s.pk in results["holder"], s.spent) for s in paid] == [(False, D("600"))]
@@ -632,6 +626,7 @@ def test_a_batch_waits_for_its_programs_shards_when_every_one_is_busy(make_progr
     for thread in threads:
         thread.join(JOIN_TIMEOUT)
         assert not thread.is_alive(), "deadlock"
+    assert not isinstance(results["holder"], BaseException), results["holder"]
     assert [o.entry.points for o in results["batch"]] == [D("200")] * 3
     spent = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
     assert spent == D("600")

@@ -5,7 +5,6 @@ ingestion, no overdraw, no budget or daily-cap overrun, no deadlock, one voucher
 import random
 import threading
 import time
-from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -18,46 +17,18 @@ from loyalty.models import BudgetShard, LedgerEntry, MemberBalance, Redemption, 
 from loyalty.services import (
     event_ingest,
     redemption_capture,
-    redemption_hold,
     redemption_release,
     voucher_redeem,
 )
 from loyalty.services.batch import events_ingest_batch
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 from tests.factories import PurchaseFactory, RefundFactory
+from tests.parallel import JOIN_TIMEOUT, outcomes, run_parallel
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 D = Decimal
-JOIN_TIMEOUT = 60  # seconds; a thread still running then is taken as a deadlock
-
-
-def run_parallel(count: int, work) -> list:
-    """Runs `work(i)` in `count` threads released together; returns each result or exception."""
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = work(i)
-        except Exception as exc:  # the test inspects what each thread got
-            results[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
-    assert stuck == [], f"threads {stuck} did not finish: deadlock or lock wait"
-    return results
-
-
-def outcomes(results) -> Counter:
-    return Counter(type(r).__name__ for r in results)
 
 
 def test_50_concurrent_submissions_of_one_key_write_one_entry(program, actor):
@@ -77,18 +48,10 @@ def test_50_concurrent_submissions_of_one_key_write_one_entry(program, actor):
 def test_concurrent_holds_never_exceed_available(program, actor):
     event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)  # 200
 
-    def hold(i):
-        return redemption_hold(
-            program=program,
-            member_id="u_1",
-            points=D("30"),
-            reward_type="discount",
-            idempotency_key=f"h-{i}",
-            actor=actor,
-            capture=i % 2 == 0,
-        )
+    def take(i):
+        return hold(program, "30", actor, key=f"h-{i}", capture=i % 2 == 0)
 
-    results = run_parallel(20, hold)
+    results = run_parallel(20, take)
 
     assert outcomes(results) == {"Redemption": 6, "InsufficientPoints": 14}, results
     assert all(isinstance(r, Redemption | InsufficientPoints) for r in results)
@@ -185,14 +148,7 @@ def test_interleaved_members_events_and_redemptions_do_not_deadlock(make_program
                 )
                 assert all(not isinstance(r, Exception) for r in results), results
             else:
-                redemption = redemption_hold(
-                    program=program,
-                    member_id=member,
-                    points=D("10"),
-                    reward_type="discount",
-                    idempotency_key=f"r-{i}-{step}",
-                    actor=actor,
-                )
+                redemption = hold(program, "10", actor, key=f"r-{i}-{step}", member_id=member)
                 if kind == "redeem":
                     redemption_capture(redemption_id=redemption.pk, actor=actor)
                 else:
@@ -211,15 +167,7 @@ def test_interleaved_members_events_and_redemptions_do_not_deadlock(make_program
 
 def test_concurrent_voucher_redemption_has_exactly_one_winner(program, actor):
     event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)
-    voucher = redemption_hold(
-        program=program,
-        member_id="u_1",
-        points=D("100"),
-        reward_type="discount",
-        idempotency_key="r",
-        actor=actor,
-        capture=True,
-    ).voucher
+    voucher = hold(program, "100", actor, key="r", capture=True).voucher
 
     results = run_parallel(
         20, lambda i: voucher_redeem(voucher=Voucher.objects.get(pk=voucher.pk), actor=actor)
@@ -233,14 +181,7 @@ def test_concurrent_voucher_redemption_has_exactly_one_winner(program, actor):
 
 def test_concurrent_capture_and_release_of_one_hold_settle_it_once(program, actor):
     event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)
-    redemption = redemption_hold(
-        program=program,
-        member_id="u_1",
-        points=D("100"),
-        reward_type="discount",
-        idempotency_key="r",
-        actor=actor,
-    )
+    redemption = hold(program, "100", actor, key="r")
 
     def settle(i):
         if i % 2:

@@ -9,6 +9,7 @@ from loyalty.errors import ValidationFailed
 from loyalty.models import LedgerEntry, OutboxEvent, PointLot
 from loyalty.services import TierInput
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 from tests.factories import PointsEventFactory, PurchaseFactory
 
 from .conftest import balance_of, db_state
@@ -249,17 +250,9 @@ def test_manual_adjust_credits_and_debits_exactly(program, award, purchase):
 
 def test_manual_debit_below_held_points_is_refused(program, award, purchase, actor):
     from loyalty.errors import InsufficientPoints
-    from loyalty.services import redemption_hold
 
     purchase(program, amount="10000")  # 200 points
-    redemption_hold(
-        program=program,
-        member_id="u_1",
-        points=D("150"),
-        reward_type="discount",
-        idempotency_key="h1",
-        actor=actor,
-    )
+    hold(program, "150", actor)
     before = db_state()
 
     with pytest.raises(InsufficientPoints):

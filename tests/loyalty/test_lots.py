@@ -8,9 +8,9 @@ import pytest
 import time_machine
 
 from loyalty.models import PointLot, Program
-from loyalty.services import redemption_hold
 from loyalty.services.balances import lot_expiry
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 
 from .conftest import balance_of
 
@@ -38,15 +38,7 @@ def three_lots(program, purchase):
 
 
 def test_redemption_consumes_the_oldest_lots_first(three_lots, actor):
-    redemption_hold(
-        program=three_lots,
-        member_id="u_1",
-        points=D("150"),
-        reward_type="discount",
-        idempotency_key="r1",
-        actor=actor,
-        capture=True,
-    )
+    hold(three_lots, "150", actor, key="r1", capture=True)
 
     assert remaining(three_lots) == [D("0"), D("50"), D("100")]
     assert ledger_verify() == []
@@ -59,15 +51,7 @@ def test_refund_consumes_the_refunded_purchase_lot_first(three_lots, refund):
 
 
 def test_refund_beyond_its_own_lot_continues_with_the_oldest(three_lots, refund, actor):
-    redemption_hold(
-        program=three_lots,
-        member_id="u_1",
-        points=D("150"),
-        reward_type="discount",
-        idempotency_key="r1",
-        actor=actor,
-        capture=True,
-    )  # [0, 50, 100]
+    hold(three_lots, "150", actor, key="r1", capture=True)  # [0, 50, 100]
 
     refund(three_lots, "order-2", amount="5000")  # 100 points: 50 from its lot, 50 oldest next
 
@@ -116,15 +100,7 @@ def test_expiry_rounding_is_in_the_program_time_zone(make_program, rounding, exp
 
 def test_debt_repayment_makes_no_lot_for_the_repaid_part(program, purchase, refund, actor):
     purchase(program, amount="5000", reference="order-1")  # 100
-    redemption_hold(
-        program=program,
-        member_id="u_1",
-        points=D("100"),
-        reward_type="discount",
-        idempotency_key="r1",
-        actor=actor,
-        capture=True,
-    )
+    hold(program, "100", actor, key="r1", capture=True)
     refund(program, "order-1", amount="5000")  # -100: debt
 
     result = purchase(program, amount="7500")  # 150: repays 100, lots 50

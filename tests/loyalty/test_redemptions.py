@@ -25,12 +25,12 @@ from loyalty.services import (
     balance_set_frozen,
     program_set_status,
     redemption_capture,
-    redemption_hold,
     redemption_release,
     redemptions_expire_due,
     voucher_redeem,
 )
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 
 from .conftest import balance_of, db_state
 
@@ -39,18 +39,6 @@ pytestmark = pytest.mark.django_db
 D = Decimal
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 CASHIER = Actor(id="pos-7", role="system")
-
-
-def hold(program, points, actor, key="h1", member_id="u_1", **kw):
-    return redemption_hold(
-        program=program,
-        member_id=member_id,
-        points=D(points),
-        reward_type=kw.pop("reward_type", "discount"),
-        idempotency_key=key,
-        actor=actor,
-        **kw,
-    )
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import pytest
 from loyalty.actors import Actor
 from loyalty.errors import OutstandingDebt, RefundExceedsOriginal
 from loyalty.models import LedgerEntry, OutboxEvent, PointLot, Program
-from loyalty.services import event_ingest, redemption_hold
+from loyalty.services import event_ingest
 from loyalty.services.balances import REFUND_DEBT_FLAG
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 from tests.factories import PointsEventFactory
 
 from .conftest import balance_of, db_state
@@ -24,15 +25,7 @@ def flags(program, member_id="u_1") -> list[str]:
 
 
 def redeem(program, points, key, actor, member_id="u_1"):
-    return redemption_hold(
-        program=program,
-        member_id=member_id,
-        points=D(points),
-        reward_type="discount",
-        idempotency_key=key,
-        actor=actor,
-        capture=True,
-    )
+    return hold(program, points, actor, key=key, member_id=member_id, capture=True)
 
 
 def test_partial_refund_claws_back_in_proportion(program, purchase, refund):
@@ -182,14 +175,7 @@ def test_cap_at_available_never_takes_points_held_by_a_pending_redemption(
 ):
     program = make_program(refund_policy=Program.RefundPolicy.CAP_AT_AVAILABLE)
     purchase(program, amount="10000", reference="order-1")  # 200
-    redemption_hold(
-        program=program,
-        member_id="u_1",
-        points=D("150"),
-        reward_type="discount",
-        idempotency_key="h1",
-        actor=actor,
-    )
+    hold(program, "150", actor)
 
     result = refund(program, "order-1", amount="10000")
 

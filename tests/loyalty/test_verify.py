@@ -10,7 +10,7 @@ from django.db import ProgrammingError, connection, transaction
 from django.db.models import F
 
 from loyalty.models import LedgerEntry, MemberBalance, PointLot
-from loyalty.services import redemption_hold
+from tests.conftest import hold
 
 from .conftest import balance_of
 
@@ -26,23 +26,8 @@ def ledger(program, purchase, refund, award, actor):
     purchase(program, member_id="b", amount="5000")
     refund(program, "order-a", member_id="a", amount="2500")
     award(program, "40", member_id="b")
-    redemption_hold(
-        program=program,
-        member_id="a",
-        points=D("50"),
-        reward_type="discount",
-        idempotency_key="r1",
-        actor=actor,
-        capture=True,
-    )
-    redemption_hold(
-        program=program,
-        member_id="b",
-        points=D("30"),
-        reward_type="discount",
-        idempotency_key="r2",
-        actor=actor,
-    )
+    hold(program, "50", actor, key="r1", member_id="a", capture=True)
+    hold(program, "30", actor, key="r2", member_id="b")
     return program
 
 

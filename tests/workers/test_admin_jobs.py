@@ -3,7 +3,6 @@ the actions do."""
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import User
 from django.contrib.messages import get_messages
 from django.contrib.messages.storage.fallback import FallbackStorage
 from django.contrib.sessions.backends.db import SessionStore
@@ -11,24 +10,16 @@ from django.contrib.sessions.backends.db import SessionStore
 from loyalty.admin import ProgramAdmin, TierSnapshotAdmin
 from loyalty.admin_jobs import rollback_tier_changes, run_tier_evaluation
 from loyalty.models import Job, Program, TierSnapshot
-from loyalty.roles import roles_install
+from tests.conftest import make_user
 from tests.workers.conftest import member
 
 pytestmark = pytest.mark.django_db
 
 
-# The console's own admins, as registered.
-ProgramJobsAdmin = ProgramAdmin
-SnapshotAdmin = TierSnapshotAdmin
-
-
 @pytest.fixture
 def staff(rf):
-    groups = roles_install()
-
     def make(role):
-        user = User.objects.create_user(username=role, password="x", is_staff=True)
-        user.groups.add(groups[role])
+        user = make_user(role, role)
         request = rf.post("/admin/")
         request.user = user
         request.session = SessionStore()
@@ -39,10 +30,10 @@ def staff(rf):
 
 
 def test_only_job_runners_see_the_trigger_actions(staff):
-    program_admin = ProgramJobsAdmin(Program, admin.site)
+    program_admin = ProgramAdmin(Program, admin.site)
     assert "run_tier_evaluation" in program_admin.get_actions(staff("ops_marketing"))
     assert "run_tier_evaluation" not in program_admin.get_actions(staff("auditor"))
-    snapshot_admin = SnapshotAdmin(TierSnapshot, admin.site)
+    snapshot_admin = TierSnapshotAdmin(TierSnapshot, admin.site)
     assert "rollback_tier_changes" in snapshot_admin.get_actions(staff("finance_ops"))
     assert "rollback_tier_changes" not in snapshot_admin.get_actions(staff("merchant_admin"))
 
@@ -52,7 +43,7 @@ def test_trigger_and_rollback_actions(staff, program, earn, django_capture_on_co
     request = staff("ops_marketing")
 
     with django_capture_on_commit_callbacks(execute=True):
-        run_tier_evaluation(ProgramJobsAdmin(Program, admin.site), request,
+        run_tier_evaluation(ProgramAdmin(Program, admin.site), request,
                             Program.objects.filter(pk=program.pk))  # fmt: skip
 
     job = Job.objects.get()
@@ -61,10 +52,10 @@ def test_trigger_and_rollback_actions(staff, program, earn, django_capture_on_co
     assert member(program, "u1").tier == "silver"
 
     finance = staff("finance_ops")
-    rollback_tier_changes(SnapshotAdmin(TierSnapshot, admin.site), finance,
+    rollback_tier_changes(TierSnapshotAdmin(TierSnapshot, admin.site), finance,
                           TierSnapshot.objects.all())  # fmt: skip
     assert member(program, "u1").tier == "basic"
-    rollback_tier_changes(SnapshotAdmin(TierSnapshot, admin.site), finance,
+    rollback_tier_changes(TierSnapshotAdmin(TierSnapshot, admin.site), finance,
                           TierSnapshot.objects.filter(rollback_of__isnull=True))  # fmt: skip
     texts = [m.message for m in get_messages(finance)]
     assert "u1 is basic again" in texts[0]

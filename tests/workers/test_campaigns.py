@@ -1,13 +1,11 @@
 """Campaign execution: segments, once per member however often it runs (also under two
 concurrent runs), the earning rules (frozen, daily cap, budget), and counts."""
 
-import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
-from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEntry
@@ -19,6 +17,7 @@ from loyalty.services import balance_set_frozen
 from loyalty.services.budget import budget_spent
 from loyalty.services.campaigns import campaign_execute
 from loyalty.verify import ledger_verify
+from tests.parallel import run_parallel
 from tests.workers.conftest import member
 
 pytestmark = pytest.mark.django_db
@@ -197,25 +196,12 @@ def test_two_concurrent_runs_award_each_member_once(make_program, earn, monkeypa
     for i in range(20):
         earn(program, f"u{i:02d}", "10")
     campaign = make_campaign(program, "all", "25")
-    barrier = threading.Barrier(2)
-    errors = []
 
-    def run():
-        try:
-            barrier.wait()
-            campaign_execute(campaign_id=campaign.pk, actor=system_actor("test"))
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            connection.close()
+    results = run_parallel(
+        2, lambda i: campaign_execute(campaign_id=campaign.pk, actor=system_actor("test"))
+    )
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-
-    assert errors == []
+    assert not any(isinstance(r, BaseException) for r in results), results
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.COMPLETED
     assert (campaign.awarded_count, campaign.failed_count) == (20, 0)

@@ -9,8 +9,9 @@ import time_machine
 
 from audit.models import AuditEntry
 from loyalty.models import Job, LedgerEntry, OutboxEvent, PointLot, Program
-from loyalty.services import redemption_hold, redemption_release
+from loyalty.services import redemption_release
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 from tests.workers.conftest import member
 
 pytestmark = pytest.mark.django_db
@@ -65,15 +66,8 @@ def test_oldest_lots_first_and_one_entry_per_member(program, earn, run_job, acto
         earn(program, "u1", "50")
     with at("2025-06-01T10:00:00+00:00"):
         earn(program, "u1", "30")  # still valid in February 2026
-        hold = redemption_hold(
-            program=program,
-            member_id="u1",
-            points=Decimal("120"),
-            reward_type="discount",
-            idempotency_key="h1",
-            actor=actor,
-        )
-        redemption_release(redemption_id=hold.pk, actor=actor)
+        redemption = hold(program, "120", actor, member_id="u1")
+        redemption_release(redemption_id=redemption.pk, actor=actor)
     with at("2026-02-15T00:00:00+00:00"):
         job = run_job(EXPIRY, program)
 
@@ -94,15 +88,8 @@ def test_consumed_lot_expires_only_what_is_left(program, earn, run_job, actor):
     with at("2025-01-01T10:00:00+00:00"):
         earn(program, "u1", "100")
         earn(program, "u1", "100")
-        hold = redemption_hold(
-            program=program,
-            member_id="u1",
-            points=Decimal("130"),
-            reward_type="discount",
-            idempotency_key="h1",
-            actor=actor,
-        )
-        redemption_capture(redemption_id=hold.pk, actor=actor)  # lot 1 gone, lot 2 has 70
+        redemption = hold(program, "130", actor, member_id="u1")
+        redemption_capture(redemption_id=redemption.pk, actor=actor)  # lot 1 gone, lot 2 has 70
     with at("2026-01-02T00:00:00+00:00"):
         run_job(EXPIRY, program)
 
@@ -115,14 +102,7 @@ def test_points_held_by_a_pending_redemption_wait(program, earn, run_job, actor)
     with at("2025-01-01T10:00:00+00:00"):
         earn(program, "u1", "100")
     with at("2025-12-31T09:55:00+00:00"):
-        hold = redemption_hold(
-            program=program,
-            member_id="u1",
-            points=Decimal("60"),
-            reward_type="discount",
-            idempotency_key="h1",
-            actor=actor,
-        )
+        redemption = hold(program, "60", actor, member_id="u1")
     with at("2026-01-01T11:00:00+00:00"):
         job = run_job(EXPIRY, program)  # the hold is still pending (not yet swept)
     assert job.counts["members_expired"] == 1
@@ -133,7 +113,7 @@ def test_points_held_by_a_pending_redemption_wait(program, earn, run_job, actor)
     assert ledger_verify() == []
 
     with at("2026-01-01T11:01:00+00:00"):
-        redemption_release(redemption_id=hold.pk, actor=actor)
+        redemption_release(redemption_id=redemption.pk, actor=actor)
     with at("2026-01-02T03:00:00+00:00"):
         run_job(EXPIRY, program)
     assert member(program, "u1").points_balance == Decimal("0.00")

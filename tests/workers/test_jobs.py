@@ -12,9 +12,9 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from loyalty.actors import system_actor
 from loyalty.models import Campaign, CampaignAward, Job, LedgerEntry, MemberBalance, Redemption
-from loyalty.services import redemption_hold
 from loyalty.services.jobs import JobAlreadyRunning, job_create, job_run, job_run_key
 from loyalty.verify import ledger_verify
+from tests.conftest import hold
 
 pytestmark = pytest.mark.django_db
 ACTOR = system_actor("test")
@@ -78,14 +78,13 @@ def test_duplicate_delivery_runs_once(program, earn):
 
 def test_hold_expiry_job_releases_due_holds(program, earn, run_job, actor):
     earn(program, "u1", "100")
-    hold = redemption_hold(program=program, member_id="u1", points=Decimal("40"),
-                           reward_type="discount", idempotency_key="h1", actor=actor)  # fmt: skip
+    redemption = hold(program, "40", actor, member_id="u1")
     with time_machine.travel(timezone.now() + timedelta(seconds=program.hold_ttl_seconds + 1)):
         job = run_job(Job.Kind.HOLD_EXPIRY)
     assert job.status == Job.Status.SUCCEEDED
     assert job.counts["expired"] == 1
-    hold.refresh_from_db()
-    assert hold.status == Redemption.Status.EXPIRED
+    redemption.refresh_from_db()
+    assert redemption.status == Redemption.Status.EXPIRED
     assert MemberBalance.objects.get(member_id="u1").locked == Decimal("0.00")
     assert ledger_verify() == []
 
