@@ -9,7 +9,6 @@ import json
 
 from django.contrib import admin, messages
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Sum
 from django.utils.html import format_html_join
 from guardian.shortcuts import get_objects_for_user
 
@@ -44,6 +43,8 @@ from .services import (
     program_update,
     redemption_release,
 )
+from .services.budget import budget_spent as program_budget_spent
+from .services.budget import with_budget_spent
 from .services.programs import UPDATABLE_FIELDS, program_status_check
 
 
@@ -144,11 +145,11 @@ class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
 
     def get_queryset(self, request):
         # One SUM per page in the list's own query, not one per row.
-        return super().get_queryset(request).annotate(spent_total=Sum("budget_shards__spent"))
+        return with_budget_spent(super().get_queryset(request))
 
     @admin.display(description="Budget spent", ordering="spent_total")
     def budget_spent(self, obj):
-        return obj.spent_total
+        return program_budget_spent(program=obj)
 
     @admin.display(description="Tiers")
     def tier_table(self, obj):

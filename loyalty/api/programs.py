@@ -13,6 +13,7 @@ from access.scoping import merchant_check, program_get_for_caller, scope_queryse
 from ..errors import ValidationFailed
 from ..models import Program
 from ..services import TierInput, program_create, program_set_status, program_update
+from ..services.budget import with_budget_spent
 from ..services.programs import program_status_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
@@ -60,7 +61,9 @@ class ProgramsApi(LoyaltyApi):
     )
     def get(self, request):
         filters = validated(ProgramFilterSerializer, request.query_params)
-        programs = scope_queryset(Program.objects.prefetch_related("tiers"), request.caller)
+        programs = scope_queryset(
+            with_budget_spent(Program.objects.prefetch_related("tiers")), request.caller
+        )
         if "status" in filters:
             programs = programs.filter(status=filters["status"])
         if "merchant_id" in filters:

@@ -27,8 +27,17 @@ def budget_shards_create(*, program: Program) -> None:
 
 
 def budget_spent(*, program: Program) -> Decimal:
-    total = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
+    """What the program has spent: `spent_total` when `with_budget_spent` read it, else one SUM."""
+    total = getattr(program, "spent_total", None)
+    if total is None:
+        total = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
     return total if total is not None else ZERO
+
+
+def with_budget_spent(programs):
+    """`programs` with each one's spent budget summed in the same query (`spent_total`), for
+    lists: one query per page rather than one per program."""
+    return programs.annotate(spent_total=Sum("budget_shards__spent"))
 
 
 def budget_set_limit(*, program: Program, limit: Decimal | None) -> None:
