@@ -33,18 +33,31 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"Unknown time zone {value!r}.") from exc
 
 
+def never_deleted(name: str) -> pgtrigger.Protect:
+    """Refuses DELETE in the database itself. The append-only tables (ledger entries, lots,
+    outbox events) name these rows without a foreign key constraint (see LedgerEntry.program):
+    this trigger is what guarantees the rows they name stay."""
+    return pgtrigger.Protect(name=name, operation=pgtrigger.Delete)
+
+
 class Merchant(models.Model):
-    """A merchant of the payments platform; its id is the platform's own (e.g. `m_123`)."""
+    """A merchant of the payments platform; its id is the platform's own (e.g. `m_123`).
+    Never deleted (refused by a trigger)."""
 
     id = models.CharField(primary_key=True, max_length=64)
     name = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        triggers = [never_deleted("merchant_never_deleted")]
 
     def __str__(self) -> str:
         return self.name or self.id
 
 
 class Program(models.Model):
+    """A loyalty program of a merchant. Never deleted (refused by a trigger): it is closed."""
+
     class Status(models.TextChoices):
         ACTIVE = "active"
         SUSPENDED = "suspended"
@@ -121,6 +134,7 @@ class Program(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["merchant", "status"])]
+        triggers = [never_deleted("program_never_deleted")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.currency})"
@@ -243,8 +257,16 @@ class LedgerEntry(models.Model):
 
     # Every entry is written once and read by the composite indexes in Meta, which also serve
     # these foreign keys: no single-column index of their own (each one is an insert per entry).
+    # No constraint on `program` either: its check at every commit locks the program row
+    # (KEY SHARE), shared by every concurrent event of the program, which costs a MultiXact
+    # each time; programs are never deleted (trigger) and the entry's balance, whose foreign
+    # key stays, belongs to a real program.
     program = models.ForeignKey(
-        Program, on_delete=models.PROTECT, related_name="entries", db_index=False
+        Program,
+        on_delete=models.PROTECT,
+        related_name="entries",
+        db_index=False,
+        db_constraint=False,
     )
     balance = models.ForeignKey(
         MemberBalance, on_delete=models.PROTECT, related_name="entries", db_index=False
@@ -330,8 +352,9 @@ class PointLot(models.Model):
     balance = models.ForeignKey(
         MemberBalance, on_delete=models.PROTECT, related_name="lots", db_index=False
     )
+    # No constraint, as LedgerEntry.program (the program row is shared by concurrent events).
     program = models.ForeignKey(
-        Program, on_delete=models.PROTECT, related_name="lots", db_index=False
+        Program, on_delete=models.PROTECT, related_name="lots", db_index=False, db_constraint=False
     )
     entry = models.ForeignKey(
         LedgerEntry, on_delete=models.PROTECT, related_name="lots", db_index=False
@@ -601,10 +624,19 @@ class OutboxEvent(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # By merchant: the admin's scoping. Never read by program (and programs are never
-    # deleted): no index of its own, one insert less per event.
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="+")
+    # deleted): no index of its own, one insert less per event. No constraints, as
+    # LedgerEntry.program: merchants and programs are never deleted (triggers), and their rows
+    # are shared by every concurrent event, whose foreign key checks would all lock them.
+    merchant = models.ForeignKey(
+        Merchant, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     program = models.ForeignKey(
-        Program, null=True, on_delete=models.PROTECT, related_name="+", db_index=False
+        Program,
+        null=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     event_type = models.CharField(max_length=64)
     payload = models.JSONField()
