@@ -104,13 +104,11 @@ def entry_digester(
     list's canonical JSON is its items' canonical JSON joined by "," in brackets, which is
     what lets the shared parts be encoded apart from the entity id and the changes.
     """
-    version = "v2" if credential_id else "v1"
-    shared = (action, merchant_id, actor_id, actor_role, normalise_ip(ip), user_agent)
-    head = f"[{canonical_json(version)},{canonical_json(entity_type)},"
-    middle = "," + ",".join(canonical_json(value) for value in shared) + ","
+    head, middle, credential = _shared_parts(
+        entity_type, action, merchant_id, actor_id, actor_role, ip, user_agent, credential_id
+    )
     # Microseconds since the epoch: independent of time zone and text formatting.
-    tail = f",{round(created_at.timestamp() * 1_000_000)}"
-    tail += f",{canonical_json(credential_id)}]" if credential_id else "]"
+    tail = f",{round(created_at.timestamp() * 1_000_000)}{credential}]"
     secret = key or audit_key()
 
     def digest(entity_id: str, changes_json: str) -> str:
@@ -118,6 +116,28 @@ def entry_digester(
         return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
 
     return digest
+
+
+# Every audited write encodes these, and one caller (a merchant's server, a job) writes many
+# entries with the same ones: encoded once per distinct set.
+@functools.lru_cache(maxsize=1024)
+def _shared_parts(
+    entity_type: str,
+    action: str,
+    merchant_id: str,
+    actor_id: str,
+    actor_role: str,
+    ip: str | None,
+    user_agent: str,
+    credential_id: str,
+) -> tuple[str, str, str]:
+    """The canonical JSON around the entity id and the changes: (head, middle, credential)."""
+    version = "v2" if credential_id else "v1"
+    shared = (action, merchant_id, actor_id, actor_role, normalise_ip(ip), user_agent)
+    head = f"[{canonical_json(version)},{canonical_json(entity_type)},"
+    middle = "," + ",".join(canonical_json(value) for value in shared) + ","
+    credential = f",{canonical_json(credential_id)}" if credential_id else ""
+    return head, middle, credential
 
 
 def entry_digest_of(entry) -> str:

@@ -80,7 +80,36 @@ def audit_entries_build(
     ]
 
 
-def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after, key, now):
+def audit_entry_values(
+    *,
+    actor: Actor,
+    action: str,
+    entity_type: str,
+    entity_id: Any,
+    merchant_id: str | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+) -> dict:
+    """`audit_record`'s entry as field values by attname, digest included, for a caller that
+    writes the row in its own statement (`event_ingest`'s one write): no model instance."""
+    return _entry_values(
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        merchant_id=merchant_id,
+        before=before,
+        after=after,
+        key=audit_key(),
+        now=timezone.now(),
+    )
+
+
+def _entry(**arguments) -> AuditEntry:
+    return AuditEntry(**_entry_values(**arguments))
+
+
+def _entry_values(*, actor, action, entity_type, entity_id, merchant_id, before, after, key, now):
     changes = {}
     if before is not None:
         changes["before"] = pii_scrub(before, key=key)
@@ -99,7 +128,8 @@ def _entry(*, actor, action, entity_type, entity_id, merchant_id, before, after,
         "created_at": now,
         "credential_id": (actor.credential_id or "")[:CREDENTIAL_ID_MAX],
     }
-    return AuditEntry(**fields, digest=entry_digest(**fields, key=key))
+    fields["digest"] = entry_digest(**fields, key=key)
+    return fields
 
 
 def seal_basis() -> str:

@@ -1,16 +1,19 @@
 """The PostgreSQL fast path of an earning: one statement locks the balance (with the replay
 probe and the new entry's id), one data-modifying statement writes every row."""
 
+import json
 from datetime import date, datetime
 from decimal import Decimal
 from uuid import UUID
 
+import orjson
 from django.db import connection, models
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from audit.services import audit_entries_build
+from audit.models import AuditEntry
+from audit.services import audit_entry_values
 
 from ...actors import Actor
 from ...models import LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
@@ -110,7 +113,8 @@ def _earn_in_one_statement(
         params.extend(shard_params)
         gate = " WHERE EXISTS (SELECT FROM s)"
     _cte_insert(entry, "e", parts, params, gate)  # stamps created_at, which the lot reads
-    # The lot and the outbox event are only written: their rows go without model instances.
+    # The lot, the outbox event and the audit entry are only written: their rows go without
+    # model instances.
     lot = earn_lot_values(program, balance, entry, before=earning.before)
     if lot is not None:
         _cte_insert_values(PointLot, lot, "l", parts, params, gate)
@@ -118,14 +122,15 @@ def _earn_in_one_statement(
         _cte_insert_values(
             OutboxEvent, earn_outbox_values(program, balance, entry), "o", parts, params, gate
         )
-    (audit,) = audit_entries_build(
+    audit = audit_entry_values(
         actor=actor,
         action=f"transaction.{event.type}",
         entity_type="transaction",
+        entity_id=entry.pk,
         merchant_id=program.merchant_id,
-        rows=[(entry.pk, None, entry_audit_after(entry, balance))],
+        after=entry_audit_after(entry, balance),
     )
-    _cte_insert(audit, "a", parts, params, gate)
+    _cte_insert_values(AuditEntry, audit, "a", parts, params, gate)
     update_sql, update_params = _update_sql(balance, [*earning.fields, "updated_at"])
     if gate:
         update_sql += " AND EXISTS (SELECT FROM s)"
@@ -203,7 +208,7 @@ def _cte_append(table: str, row: dict, name: str, parts: list[str], params: list
             f" SELECT {names} FROM jsonb_populate_record(NULL::{table}, %s){gate})"
         )
     parts.append(sql)
-    params.append(Jsonb(row))
+    params.append(Jsonb(row, _json_dumps))
 
 
 def _cte_insert_values(
@@ -262,7 +267,7 @@ def _update_sql(obj, attnames: list[str]) -> tuple[str, list]:
     for model_field, attname, column, stamp, to_json in specs:
         value = model_field.pre_save(obj, add=False) if stamp else getattr(obj, attname)
         row[column] = value if not to_json or value is None else _json_value(value)
-    return sql, [Jsonb(row), obj.pk]
+    return sql, [Jsonb(row, _json_dumps), obj.pk]
 
 
 # What `_cte_insert` and `_update_sql` need of a model's columns and statements, worked out
@@ -289,6 +294,15 @@ def _stamps(model_field) -> bool:
     if isinstance(model_field, models.DateField):  # DateTimeField too
         return model_field.auto_now or model_field.auto_now_add
     return type(model_field).pre_save is not models.Field.pre_save
+
+
+def _json_dumps(row: dict) -> bytes | str:
+    """A row's JSON for its jsonb parameter, by orjson: a fifth of json.dumps' CPU on every
+    row of every event, and jsonb reads both texts to the same value."""
+    try:
+        return orjson.dumps(row)
+    except TypeError:  # orjson refuses ints past 64 bits and non-text keys; json does not
+        return json.dumps(row)
 
 
 def _json_value(value):
