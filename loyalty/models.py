@@ -169,7 +169,11 @@ class BudgetShard(models.Model):
     not queue on one row; `allocated` is this shard's share of the limit (null: no limit).
     """
 
-    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="budget_shards")
+    # No index of its own: `budget_shard_unique` (program, shard) serves every read by program
+    # (an index less to open and lock in every event's transaction, which updates a shard).
+    program = models.ForeignKey(
+        Program, on_delete=models.CASCADE, related_name="budget_shards", db_index=False
+    )
     shard = models.PositiveSmallIntegerField()
     allocated = money_field(null=True, blank=True)
     spent = money_field(default=0)

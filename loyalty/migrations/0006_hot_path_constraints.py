@@ -14,6 +14,8 @@
 # that protect the ledger's own structure stay: entries and lots to their balance (a row the
 # writer already holds FOR UPDATE, so their check costs no lock), lots to their entry, and
 # the balance to its program.
+#
+# Also dropped: the budget shards' single-column index on program_id (see below).
 
 import django.db.models.deletion
 import pgtrigger.compiler
@@ -47,6 +49,26 @@ class Migration(migrations.Migration):
             model_name='pointlot',
             name='program',
             field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='lots', to='loyalty.program'),
+        ),
+        # The shards' own index on program_id: `budget_shard_unique` (program_id, shard) serves
+        # every read by program, and each index of a table an event's statement updates is
+        # one more relation opened and locked per transaction (past PostgreSQL's 16 fast-path
+        # lock slots, each one is a trip to the shared lock table).
+        # Only the index goes (AlterField would also drop and re-add the constraint).
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AlterField(
+                    model_name='budgetshard',
+                    name='program',
+                    field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='budget_shards', to='loyalty.program'),
+                ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    'DROP INDEX IF EXISTS "loyalty_budgetshard_program_id_37efc01c"',
+                    'CREATE INDEX "loyalty_budgetshard_program_id_37efc01c" ON "loyalty_budgetshard" ("program_id")',
+                ),
+            ],
         ),
         pgtrigger.migrations.AddTrigger(
             model_name='merchant',
