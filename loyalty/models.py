@@ -192,7 +192,8 @@ class BudgetShard(models.Model):
 
 
 class MemberBalance(models.Model):
-    """A member of a program and their balance; the row every write of that member locks."""
+    """A member of a program and their balance; the row every write of that member locks.
+    Never deleted (refused by a trigger)."""
 
     # No index of its own: `balance_unique_member` (program, member_id) serves program lookups.
     program = models.ForeignKey(
@@ -237,6 +238,7 @@ class MemberBalance(models.Model):
             models.Index(fields=["program", "tier"]),
             models.Index(fields=["program", "id"], name="balance_program_walk"),
         ]
+        triggers = [never_deleted("balance_never_deleted")]
 
     def __str__(self) -> str:
         return f"{self.member_id} @ {self.program_id}"
@@ -261,10 +263,11 @@ class LedgerEntry(models.Model):
 
     # Every entry is written once and read by the composite indexes in Meta, which also serve
     # these foreign keys: no single-column index of their own (each one is an insert per entry).
-    # No constraint on `program` either: its check at every commit locks the program row
-    # (KEY SHARE), shared by every concurrent event of the program, which costs a MultiXact
-    # each time; programs are never deleted (trigger) and the entry's balance, whose foreign
-    # key stays, belongs to a real program.
+    # No foreign key constraints either: their checks ran at every commit (a query each), and
+    # the one on `program` locked the program row (KEY SHARE), shared by every concurrent event
+    # of the program, which cost a MultiXact each time. What they guaranteed holds without
+    # them: programs and balances are never deleted (triggers), and every writer of an entry
+    # holds its balance row FOR UPDATE (see docs/ARCHITECTURE.md, "The ledger").
     program = models.ForeignKey(
         Program,
         on_delete=models.PROTECT,
@@ -273,7 +276,11 @@ class LedgerEntry(models.Model):
         db_constraint=False,
     )
     balance = models.ForeignKey(
-        MemberBalance, on_delete=models.PROTECT, related_name="entries", db_index=False
+        MemberBalance,
+        on_delete=models.PROTECT,
+        related_name="entries",
+        db_index=False,
+        db_constraint=False,
     )
     type = models.CharField(max_length=20, choices=Type.choices)
     points = points_field()
@@ -352,16 +359,24 @@ class PointLot(models.Model):
     # Every lot is read through the partial indexes in Meta (open lots only, by member or by
     # program): no single-column index per foreign key (each one is an insert per earning).
     # Balances, programs and ledger entries are never deleted, so no foreign key check needs
-    # them either.
+    # them either; and no constraint, as on LedgerEntry: a lot is written in its entry's
+    # statement, by a writer holding its balance row.
     balance = models.ForeignKey(
-        MemberBalance, on_delete=models.PROTECT, related_name="lots", db_index=False
+        MemberBalance,
+        on_delete=models.PROTECT,
+        related_name="lots",
+        db_index=False,
+        db_constraint=False,
     )
-    # No constraint, as LedgerEntry.program (the program row is shared by concurrent events).
     program = models.ForeignKey(
         Program, on_delete=models.PROTECT, related_name="lots", db_index=False, db_constraint=False
     )
     entry = models.ForeignKey(
-        LedgerEntry, on_delete=models.PROTECT, related_name="lots", db_index=False
+        LedgerEntry,
+        on_delete=models.PROTECT,
+        related_name="lots",
+        db_index=False,
+        db_constraint=False,
     )
     points = points_field()
     remaining = points_field()
