@@ -1,10 +1,14 @@
 """POST /events and /events/batch: merchant events, exactly once per idempotency key."""
 
+import json
 import re
 import uuid
 
+import orjson
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 
 from access.approval_gate import approval_gate, approval_pending_body
 from access.idempotency import KEY_PATTERN, KEY_RULE, idempotency_complete, idempotent
@@ -253,7 +257,43 @@ class EventsBatchApi(LoyaltyApi):
                         "replayed": outcome.replayed,
                         "body": ingest_body(outcome),
                     }
-        return Response({"results": results}, status=200)
+        return EncodedResponse({"results": results}, status=200)
+
+
+class EncodedResponse(Response):
+    """A JSON answer encoded once, by orjson, for the response and for its idempotent record
+    (`json_bytes`, read by `idempotency_complete`): DRF's renderer and the record would each
+    run json.dumps over the batch's 1,000 items, ~8 us an item each. The same JSON as DRF's
+    JSONRenderer gives (compact, UTF-8, U+2028/U+2029 escaped, DRF's encoder for what orjson
+    leaves to it); any other rendering asked for (an indent) goes through DRF."""
+
+    def __init__(self, data, **kwargs) -> None:
+        super().__init__(data, **kwargs)
+        self.json_bytes = _json_bytes(data)
+
+    @property
+    def rendered_content(self):
+        renderer = getattr(self, "accepted_renderer", None)
+        if type(renderer) is not JSONRenderer or self.accepted_media_type != renderer.media_type:
+            return super().rendered_content
+        self["Content-Type"] = self.content_type or renderer.media_type  # JSON has no charset
+        return self.json_bytes
+
+
+_drf_default = JSONEncoder().default
+
+
+def _json_bytes(data) -> bytes:
+    try:
+        # Datetimes as DRF writes them ("Z" for UTC); everything else orjson writes as
+        # json.dumps does, or hands to DRF's encoder.
+        encoded = orjson.dumps(data, default=_drf_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # integers past 64 bits, keys that are not text: json's rules
+        encoded = json.dumps(
+            data, cls=JSONEncoder, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode()
+    # As DRF's renderer: JSON that is also a strict JavaScript subset.
+    return encoded.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
 
 
 def _error_item(index: int, error: DomainError) -> dict:
