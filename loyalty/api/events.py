@@ -1,5 +1,6 @@
 """POST /events and /events/batch: merchant events, exactly once per idempotency key."""
 
+import functools
 import json
 import re
 import uuid
@@ -47,37 +48,16 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
         )
     errors: dict[str, list[str]] = {}
     values: dict = {}
-
-    def take(name: str, parse, *, required: bool = False):
+    for name, parse, required in _EVENT_FIELDS:
         raw = data.get(name)
         if raw is None:
             if required:
                 errors[name] = ["This field is required."]
-            return
+            continue
         try:
             values[name] = parse(raw)
         except ValueError as exc:
             errors[name] = [str(exc)]
-
-    take("program_id", lambda v: uuid.UUID(v) if isinstance(v, str) else _bad_uuid(), required=True)
-    take(
-        "member_id",
-        lambda v: f.parse_text(v, max_length=128, pattern=f.MEMBER_ID_PATTERN),
-        required=True,
-    )
-    take("type", _event_type, required=True)
-    take("amount", f.parse_decimal)
-    take("points", f.parse_decimal)
-    take("currency", lambda v: f.parse_text(v, max_length=3, pattern=CURRENCY_PATTERN))
-    for name, limit in (
-        ("reason", 500),
-        ("module", 32),
-        ("reference", 128),
-        ("original_reference", 128),
-    ):
-        take(name, lambda v, limit=limit: f.parse_text(v, max_length=limit, required=False))
-    take("occurred_at", f.parse_aware_datetime)
-    take("metadata", f.parse_json_object)
     if idempotency_key is None:
         raw_key = data.get("idempotency_key")
         if not isinstance(raw_key, str) or not KEY_PATTERN.fullmatch(raw_key):
@@ -89,14 +69,45 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
     return program_id, EventInput(idempotency_key=idempotency_key, **values)
 
 
-def _bad_uuid():
-    raise ValueError("A UUID string is required.")
+# A batch names a few programs 1,000 times: each text is parsed once (~1 us saved an item).
+@functools.lru_cache(maxsize=1024)
+def _program_id(value: str) -> uuid.UUID:
+    return uuid.UUID(value)
+
+
+def _uuid(value) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise ValueError("A UUID string is required.")
+    return _program_id(value)
 
 
 def _event_type(value):
     if not isinstance(value, str) or value not in EVENT_TYPES:
         raise ValueError(f"One of {sorted(EVENT_TYPES)}.")
     return value
+
+
+def _text(max_length: int, pattern=None, *, required: bool = False):
+    return functools.partial(
+        f.parse_text, max_length=max_length, pattern=pattern, required=required
+    )
+
+
+# (name, parser, required), in the order their errors are listed.
+_EVENT_FIELDS = (
+    ("program_id", _uuid, True),
+    ("member_id", _text(128, f.MEMBER_ID_PATTERN, required=True), True),
+    ("type", _event_type, True),
+    ("amount", f.parse_decimal, False),
+    ("points", f.parse_decimal, False),
+    ("currency", _text(3, CURRENCY_PATTERN, required=True), False),
+    ("reason", _text(500), False),
+    ("module", _text(32), False),
+    ("reference", _text(128), False),
+    ("original_reference", _text(128), False),
+    ("occurred_at", f.parse_aware_datetime, False),
+    ("metadata", f.parse_json_object, False),
+)
 
 
 def ingest_body(result) -> dict:
