@@ -27,6 +27,7 @@ balances it needs and takes shards only in (program, shard) order, so no wait cy
 form.
 """
 
+import hashlib
 import ipaddress
 import json
 import operator
@@ -269,7 +270,7 @@ def _entry_new(program, balance, event, actor, earning, now) -> LedgerEntry:
     details = {
         **earning.details,
         "member_id": balance.member_id,
-        "fingerprint": event.fingerprint(),
+        "fingerprint": event_fingerprint(event),
         "balance": balance_snapshot(balance),
     }
     return _model_new(
@@ -298,6 +299,38 @@ def _entry_new(program, balance, event, actor, earning, now) -> LedgerEntry:
         },
         {"program": program, "balance": balance},
     )
+
+
+_ascii_json = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii=True)
+_FINGERPRINT_TEXT = (
+    '{"amount": %s, "currency": %s, "member_id": %s, "original_reference": %s, "points": %s,'
+    ' "reference": %s, "type": %s}'
+)
+
+
+def event_fingerprint(event: EventInput) -> str:
+    """`event.fingerprint()`, its JSON (sorted keys, json.dumps' separators) written out
+    directly: ~1 us where json.dumps takes ~4. Held equal by tests/loyalty/test_batch.py."""
+    texts = (event.currency, event.member_id, event.original_reference, event.reference)
+    if not all(text is None or type(text) is str for text in texts) or type(event.type) is not str:
+        return event.fingerprint()
+
+    def number(value):
+        return "null" if value is None else _ascii_json(str(value.normalize()))
+
+    def text(value):
+        return "null" if value is None else _ascii_json(value)
+
+    body = _FINGERPRINT_TEXT % (
+        number(event.amount),
+        text(event.currency),
+        text(event.member_id),
+        text(event.original_reference),
+        number(event.points),
+        text(event.reference),
+        text(event.type),
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _tiers(programs: dict) -> dict:
