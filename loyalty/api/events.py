@@ -4,6 +4,7 @@ import functools
 import json
 import re
 import uuid
+from decimal import Decimal
 
 import orjson
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -87,6 +88,14 @@ def _event_type(value):
     return value
 
 
+def _decimal(value) -> Decimal:
+    """`f.parse_decimal`, with a short way for what most events send: whole units in at most
+    18 ASCII digits, which it would turn into the same two-place Decimal (~2.5 us saved)."""
+    if type(value) is str and 0 < len(value) <= 18 and value.isascii() and value.isdigit():
+        return Decimal(value + ".00")
+    return f.parse_decimal(value)
+
+
 def _text(max_length: int, pattern=None, *, required: bool = False):
     return functools.partial(
         f.parse_text, max_length=max_length, pattern=pattern, required=required
@@ -98,8 +107,8 @@ _EVENT_FIELDS = (
     ("program_id", _uuid, True),
     ("member_id", _text(128, f.MEMBER_ID_PATTERN, required=True), True),
     ("type", _event_type, True),
-    ("amount", f.parse_decimal, False),
-    ("points", f.parse_decimal, False),
+    ("amount", _decimal, False),
+    ("points", _decimal, False),
     ("currency", _text(3, CURRENCY_PATTERN, required=True), False),
     ("reason", _text(500), False),
     ("module", _text(32), False),
@@ -255,6 +264,7 @@ class EventsBatchApi(LoyaltyApi):
             else:
                 todo.append((index, program, event))
         if todo:
+            created: dict = {}  # a batch's entries share their time: its wire text once
             outcomes = events_ingest_batch(
                 items=[(program, event) for _, program, event in todo], actor=caller.actor
             )
@@ -266,7 +276,7 @@ class EventsBatchApi(LoyaltyApi):
                         "index": index,
                         "status": 201,
                         "replayed": outcome.replayed,
-                        "body": ingest_body(outcome),
+                        "body": _batch_body(outcome, created),
                     }
         return EncodedResponse({"results": results}, status=200)
 
@@ -305,6 +315,14 @@ def _json_bytes(data) -> bytes:
         ).encode()
     # As DRF's renderer: JSON that is also a strict JavaScript subset.
     return encoded.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+
+
+def _batch_body(result, formatted: dict) -> dict:
+    """`ingest_body`, each distinct time formatted once (`formatted`: time -> its text)."""
+    body = result.as_dict()
+    at = result.entry.created_at
+    body["created_at"] = formatted.get(at) or formatted.setdefault(at, f.iso(at))
+    return body
 
 
 def _error_item(index: int, error: DomainError) -> dict:

@@ -653,7 +653,9 @@ def _quoted(text: str) -> str:
 
 def _array_literal(values: list, field) -> str:
     if isinstance(field, DateField):  # DateTimeField too: "2026-11-27T10:00:00.5+00:00"
-        text = [None if v is None else v.isoformat() for v in values]
+        # Most are the batch's one time or day: each distinct value formatted once.
+        formatted = {v: v.isoformat() for v in set(values) if v is not None}
+        text = [None if v is None else formatted[v] for v in values]
     elif isinstance(field, IntegerField | DecimalField):  # ids too
         text = [None if v is None else str(v) for v in values]  # digits, sign, point, exponent
     else:
