@@ -9,7 +9,9 @@ Two paths give the same results, item by item, as calling `event_ingest` once pe
   lot, outbox event and audit entry with one COPY per table, every balance with one UPDATE and
   the budget shards with one more. A refused item (frozen, fraud review, budget exhausted)
   changes nothing: the rules refuse before they change anything, and the budget is charged in
-  memory only when an item is paid for.
+  memory only when an item is paid for. Per item it builds only what it writes and answers:
+  entries and balances are model instances made without `Model.__init__`, JSON is encoded
+  once (orjson, sent as jsonb's binary input), and every row carries the batch's one time.
 - **Item by item** (anything else: refunds and adjustments read and change lots and earlier
   entries; or SQLite): a savepoint per item around the single path's own transaction body, so
   one commit (one WAL flush) still serves the whole batch. Also the fallback of the set-based
