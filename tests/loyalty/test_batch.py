@@ -723,3 +723,13 @@ def test_the_batchs_fingerprint_is_the_events(**fields):
     """A replay through either path compares the stored fingerprint with the event's."""
     event = EventInput(idempotency_key="k", **fields)
     assert event_fingerprint(event) == event.fingerprint()
+
+
+def test_no_init_signal_listens_to_the_models_the_batch_builds_without_init():
+    """`batch._model_new` skips Model.__init__, so it would skip pre_init/post_init receivers:
+    one added for these models must come with a change to it."""
+    from django.db.models.signals import post_init, pre_init
+
+    for model in (LedgerEntry, MemberBalance):
+        assert not pre_init.has_listeners(model)
+        assert not post_init.has_listeners(model)
