@@ -234,8 +234,11 @@ def _complete_sql() -> str:
 def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
     """Stores the outcome to replay: in the caller's transaction when there is one (a view
     may store it with its own write, see `idempotent`), else committed at once."""
-    # The body as the response renders it (DRF's encoder), so a replay answers the same.
-    body = json.dumps(response.data, cls=JSONEncoder)
+    # The body as the response renders it (DRF's encoder), so a replay answers the same; a
+    # response that carries its encoded JSON (loyalty.api.events.EncodedResponse) is not
+    # encoded again.
+    encoded = getattr(response, "json_bytes", None)
+    body = encoded.decode() if encoded is not None else json.dumps(response.data, cls=JSONEncoder)
     status = IdempotencyRecord.Status.COMPLETED
     if connection.vendor != "postgresql":
         IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
