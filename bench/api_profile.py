@@ -209,6 +209,8 @@ def fmt(name: str, r: dict) -> str:
     db = r["db_ms"]
     total = f"{r['py_ms'] + db:6.2f}" if db is not None else "   n/a"
     line = f"{name:<22} python {r['py_ms']:6.2f}  postgres {db or 0:6.2f}  total {total} ms CPU"
+    if r.get("wall_ms") is not None:
+        line += f"  wall {r['wall_ms']:.2f} ms"
     if r.get("statements") is not None:
         line += f"  {r['statements']:.1f} statements"
     if r.get("commits") is not None:
@@ -270,7 +272,7 @@ def main() -> None:
             profiler.enable()
             run_http(app, program_id, opts.members, auth, opts.requests, rng)
             profiler.disable()
-            stats = pstats.Stats(profiler).sort_stats("cumulative")
+            stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
             stats.print_stats(opts.cprofile)
             continue
         if opts.profile:
