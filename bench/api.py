@@ -343,7 +343,10 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--programs", type=int, default=4)
     parser.add_argument(
-        "--server", choices=["gunicorn", "granian"], default="gunicorn", help="the web server"
+        "--server",
+        choices=["granian", "gunicorn"],
+        default="granian",
+        help="the web server: granian as the Procfile runs it, or gunicorn (the previous one)",
     )
     parser.add_argument(
         "--workers", "--gunicorn-workers", type=int, default=4, help="server processes"
@@ -352,9 +355,8 @@ def main() -> None:
         "--threads",
         "--gunicorn-threads",
         type=int,
-        default=4,
-        help="threads per process (gunicorn: gthread when > 1, else sync; granian: blocking "
-        "threads)",
+        help="threads per process: granian's blocking threads (default 1, as the Procfile), "
+        "gunicorn's gthread threads (default 4; 1 runs sync workers)",
     )
     parser.add_argument("--port", type=int, default=8931)
     parser.add_argument("--pgbench-clients", type=int, default=16)
@@ -370,6 +372,8 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-batch", action="store_true")
     opts = parser.parse_args()
+    if opts.threads is None:
+        opts.threads = 1 if opts.server == "granian" else 4
 
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
