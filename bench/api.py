@@ -249,7 +249,13 @@ def run_wrk(args: dict, clients: int, duration: int) -> dict:
         "requests_per_s": r["requests"] / seconds,
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
-        "statuses": {"ok": r["ok_requests"], "other": r["other_requests"], "errors": r["errors"]},
+        "statuses": {
+            "ok": r["ok_requests"],
+            "other": r["other_requests"],
+            "4xx": r["4xx"],
+            "5xx": r["5xx"],
+            "errors": r["errors"],
+        },
         "load": load_before,
     }
 
