@@ -81,17 +81,25 @@ def server_command(server: str, port: int, workers: int, threads: int) -> list[s
 def server_start(server: str, port: int, env: dict, workers: int, threads: int):
     cmd = server_command(server, port, workers, threads)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-    deadline = time.time() + 30
+    try:
+        wait_ready(port)
+    except RuntimeError:
+        server_stop(proc)
+        raise
+    return proc
+
+
+def wait_ready(port: int, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
     while time.time() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return proc
+                return
         except OSError:
             time.sleep(0.3)
-    server_stop(proc)
-    raise RuntimeError(f"{server} did not start")
+    raise RuntimeError(f"no server answers on port {port}")
 
 
 def server_stop(proc: subprocess.Popen) -> None:
