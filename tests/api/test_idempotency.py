@@ -328,3 +328,27 @@ def test_a_claim_inside_a_transaction_leaves_its_commit_synchronous(funded):
         )  # fmt: skip
         assert (record.pk is not None, replay) == (True, False)
         assert _synchronous_commit() == "on"
+
+
+@pytest.mark.postgres
+def test_the_claim_statement_turns_off_the_flush_wait_of_its_own_transaction(funded):
+    """What the autocommit claim does to its transaction, seen from inside one (the test's),
+    for the statement that also reads the program."""
+    from django.db import connections
+
+    from access.idempotency import idempotency_claim
+    from access.scoping import program_lookup
+
+    caller = type("C", (), {"merchant_id": OWN})()
+    wrapper = connections["default"]
+    wrapper.in_atomic_block = False  # as in autocommit, inside the test's transaction
+    try:
+        record, _ = idempotency_claim(
+            scope=f"merchant:{OWN}", key="async-1", fingerprint="f" * 64, method="POST",
+            path="/api/v1/events", credential_id="jwt:user-1",
+            also=program_lookup(caller, funded.pk),
+        )  # fmt: skip
+    finally:
+        wrapper.in_atomic_block = True
+    assert record.prefetched == funded
+    assert _synchronous_commit() == "off"
