@@ -120,7 +120,8 @@ def main() -> None:
         print(
             f"{s['spec']:<28} {r['events'] / opts.duration:6.0f} events/s  "
             f"p50 {r['p50_us'] / 1000:6.1f} ms  p99 {r['p99_us'] / 1000:6.1f} ms  "
-            f"{r['requests']} requests  CPU per request: server {server_ms:.2f} + PostgreSQL {db_ms:.2f} = "
+            f"{r['requests']} requests  CPU per request: server {server_ms:.2f} + "
+            f"PostgreSQL {db_ms:.2f} = "
             f"{server_ms + db_ms:.2f} ms  (non-201: {r['other_requests']})"
         )
 
