@@ -152,6 +152,37 @@ def caller_from_claims(claims: dict, request) -> Caller:
     )
 
 
+# The caller of each token lately used, per what else its actor records (client address,
+# user agent): an integration sends the same token from the same place for minutes, and
+# building the caller (claims checked, roles mapped to permissions, the address parsed) costs
+# as much as the cached verification. A hit needs the very claims object `jwt_claims` answers
+# now (a token verified anew, under another key, issuer or audience, builds a new caller);
+# only callers that were built are kept, so a refusal is decided again each time. Bounded:
+# cleared when full.
+_CALLERS: dict[tuple, tuple[dict, Caller]] = {}
+CALLERS_MAX = 1024
+
+
+def caller_for_token(token: str, request) -> Caller:
+    claims = jwt_claims(token)
+    meta = request.META
+    key = (
+        token,
+        meta.get("REMOTE_ADDR"),
+        meta.get("HTTP_X_FORWARDED_FOR"),
+        meta.get("HTTP_USER_AGENT"),
+        getattr(settings, "LOYALTY_API_NUM_PROXIES", 0),
+    )
+    cached = _CALLERS.get(key)
+    if cached is not None and cached[0] is claims:
+        return cached[1]
+    caller = caller_from_claims(claims, request)
+    if len(_CALLERS) >= CALLERS_MAX:
+        _CALLERS.clear()
+    _CALLERS[key] = (claims, caller)
+    return caller
+
+
 class JWTAuthentication(BaseAuthentication):
     """`Authorization: Bearer <JWT>` signed by Molam ID (RS256 or ES256)."""
 
@@ -167,7 +198,7 @@ class JWTAuthentication(BaseAuthentication):
             token = parts[1].decode("ascii")
         except UnicodeDecodeError as exc:
             raise AuthenticationFailed("Malformed token.") from exc
-        caller = caller_from_claims(jwt_claims(token), request)
+        caller = caller_for_token(token, request)
         return _bind(request, caller), token
 
     def authenticate_header(self, request) -> str:

@@ -97,18 +97,30 @@ CLAIM_FIELDS = (
 )
 
 
+# A new claim commits without waiting for its WAL flush (PostgreSQL's `synchronous_commit =
+# off`, for this one transaction): it is visible to concurrent repeats at once all the same,
+# and whatever the request then commits (the event, the stored answer) waits for a flush that
+# covers the claim too, WAL being written in order. A crash can only lose a claim whose
+# request had committed nothing yet: as if that request never came, which a retry then
+# answers. Saves one WAL flush, a few milliseconds of latency, per write request. Only in
+# autocommit: inside a caller's transaction the setting would cover that whole transaction.
+CLAIM_ASYNC_COMMIT = ", set_config('synchronous_commit', 'off', true)"
+
+
 @functools.cache
-def _claim_sql(vendor: str) -> tuple[str, list]:
+def _claim_sql(vendor: str, async_commit: bool = False) -> tuple[str, list]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields; built once per process
     (the same text every time, so the database prepares it once per connection)."""
     qn = connection.ops.quote_name
     fields = [IdempotencyRecord._meta.get_field(name) for name in CLAIM_FIELDS]
+    # RETURNING runs for an inserted row only: a taken key wrote nothing to flush.
+    returning = f"{qn('id')}{CLAIM_ASYNC_COMMIT if async_commit else ''}"
     # Identifiers come from the model's metadata, values are bound parameters.
     sql = (
         f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} "  # noqa: S608
         f"({', '.join(qn(f.column) for f in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {qn('id')}"
+        f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {returning}"
     )
     return sql, fields
 
@@ -119,7 +131,10 @@ def _claim_insert(scope: str, key: str, fields: dict, also: RowLookup | None = N
     this runs on every write, so it is kept to a single round trip. With `also`, that row is
     read by the same statement: (id, instance or None)."""
     values = {"scope": scope, "key": key, **fields}
-    sql, model_fields = _claim_sql(connection.vendor)
+    sql, model_fields = _claim_sql(
+        connection.vendor,
+        async_commit=connection.vendor == "postgresql" and not connection.in_atomic_block,
+    )
     if connection.vendor == "postgresql":
         # Text, integers, aware datetimes and NULLs: psycopg adapts them as they are (Django's
         # per-field preparation of 14 values costs a third of the claim's Python time).
@@ -234,8 +249,11 @@ def _complete_sql() -> str:
 def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
     """Stores the outcome to replay: in the caller's transaction when there is one (a view
     may store it with its own write, see `idempotent`), else committed at once."""
-    # The body as the response renders it (DRF's encoder), so a replay answers the same.
-    body = json.dumps(response.data, cls=JSONEncoder)
+    # The body as the response renders it (DRF's encoder), so a replay answers the same; a
+    # response that carries its encoded JSON (loyalty.api.events.EncodedResponse) is not
+    # encoded again.
+    encoded = getattr(response, "json_bytes", None)
+    body = encoded.decode() if encoded is not None else json.dumps(response.data, cls=JSONEncoder)
     status = IdempotencyRecord.Status.COMPLETED
     if connection.vendor != "postgresql":
         IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(

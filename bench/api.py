@@ -1,12 +1,12 @@
-"""HTTP ingestion throughput and latency through gunicorn on loopback, beside pgbench TPC-B.
+"""HTTP ingestion throughput and latency through the web server on loopback, beside pgbench.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench_api \\
         .venv/bin/python bench/api.py --duration 10 --clients 16
 
 What a merchant integration sees: `POST /api/v1/events` (one purchase per request) and
 `POST /api/v1/events/batch` (`--batch-size` purchases per request), each with its
-`Idempotency-Key`, a JWT bearer token (RS256, verified on every request), through gunicorn
-(`--gunicorn-workers` processes x `--gunicorn-threads` threads, persistent database
+`Idempotency-Key`, a JWT bearer token (RS256, verified on every request), through the web
+server (`--server`, `--workers` processes x `--threads` threads, persistent database
 connections) on 127.0.0.1. The load comes from `--clients` concurrent keep-alive connections
 (threads spread over a few client processes). Members are spread over `--programs` programs
 of one merchant, each with a budget and a daily cap (both large enough never to refuse); a
@@ -56,10 +56,18 @@ def django_setup() -> None:
 # --- set-up ---------------------------------------------------------------------------------
 
 
-def gunicorn_start(port: int, env: dict, workers: int, threads: int) -> subprocess.Popen:
-    cmd = [
-        str(ROOT / ".venv" / "bin" / "gunicorn"),
-        "loyalty_project.wsgi:application",
+def server_command(server: str, port: int, workers: int, threads: int) -> list[str]:
+    """The production web server's command line (Procfile's, on loopback)."""
+    bin_dir = ROOT / ".venv" / "bin"
+    if server == "granian":
+        return [
+            str(bin_dir / "granian"), "loyalty_project.wsgi:application",
+            "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--blocking-threads", str(threads),
+            "--no-ws", "--log-level", "warning",
+        ]  # fmt: skip
+    return [
+        str(bin_dir / "gunicorn"), "loyalty_project.wsgi:application",
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),
         "--threads", str(threads),
@@ -68,27 +76,101 @@ def gunicorn_start(port: int, env: dict, workers: int, threads: int) -> subproce
         "--timeout", "60",
         "--keep-alive", "30",
     ]  # fmt: skip
+
+
+def server_start(server: str, port: int, env: dict, workers: int, threads: int):
+    cmd = server_command(server, port, workers, threads)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-    deadline = time.time() + 30
+    try:
+        wait_ready(port)
+    except RuntimeError:
+        server_stop(proc)
+        raise
+    return proc
+
+
+def wait_ready(port: int, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
     while time.time() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/healthz")
             if conn.getresponse().status == 200:
-                return proc
+                return
         except OSError:
             time.sleep(0.3)
-    gunicorn_stop(proc)
-    raise RuntimeError("gunicorn did not start")
+    raise RuntimeError(f"no server answers on port {port}")
 
 
-def gunicorn_stop(proc: subprocess.Popen) -> None:
+def server_stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)  # our own process group: gunicorn and its workers
+        os.killpg(proc.pid, signal.SIGTERM)  # our own process group: the server and its workers
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- CPU accounting -------------------------------------------------------------------------
+# The machine is shared, so events/s moves with whatever else runs; the CPU each side spends
+# per request does not (much). Measured from /proc: the server's process group (master and
+# workers, every thread) and the PostgreSQL backends of the benchmark's database.
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(process group, CPU seconds) of a process, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the name: state ppid pgrp session ... utime (12th) stime (13th).
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / TICK
+
+
+def group_cpu(pgid: int) -> float:
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            found = _proc_cpu(int(entry))
+            if found is not None and found[0] == pgid:
+                total += found[1]
+    return total
+
+
+def backends_cpu() -> dict[int, float]:
+    """CPU seconds of each client backend of this database but our own connection."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        pids = [row[0] for row in cursor.fetchall()]
+    return {pid: found[1] for pid in pids if (found := _proc_cpu(pid)) is not None}
+
+
+class CpuMeter:
+    """CPU of the server's processes and of their database backends over a phase."""
+
+    def __init__(self, server: subprocess.Popen):
+        self.pgid = server.pid
+        self.server0 = group_cpu(self.pgid)
+        self.backends0 = backends_cpu()
+        self.client0 = os.times().children_user + os.times().children_system
+
+    def done(self, requests: int) -> dict:
+        backends = backends_cpu()
+        db = sum(cpu - self.backends0.get(pid, 0.0) for pid, cpu in backends.items())
+        client = os.times().children_user + os.times().children_system - self.client0
+        per = 1000 / max(requests, 1)
+        return {
+            "server_ms": (group_cpu(self.pgid) - self.server0) * per,
+            "db_ms": db * per,
+            "client_ms": client * per,
+        }
 
 
 # --- load (client processes, each with threads) ---------------------------------------------
@@ -175,7 +257,13 @@ def run_wrk(args: dict, clients: int, duration: int) -> dict:
         "requests_per_s": r["requests"] / seconds,
         "p50_ms": r["p50_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
-        "statuses": {"ok": r["ok_requests"], "other": r["other_requests"], "errors": r["errors"]},
+        "statuses": {
+            "ok": r["ok_requests"],
+            "other": r["other_requests"],
+            "4xx": r["4xx"],
+            "5xx": r["5xx"],
+            "errors": r["errors"],
+        },
         "load": load_before,
     }
 
@@ -268,8 +356,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--programs", type=int, default=4)
-    parser.add_argument("--gunicorn-workers", type=int, default=4)
-    parser.add_argument("--gunicorn-threads", type=int, default=4)
+    parser.add_argument(
+        "--server",
+        choices=["granian", "gunicorn"],
+        default="granian",
+        help="the web server: granian as the Procfile runs it, or gunicorn (the previous one)",
+    )
+    parser.add_argument(
+        "--workers", "--gunicorn-workers", type=int, default=4, help="server processes"
+    )
+    parser.add_argument(
+        "--threads",
+        "--gunicorn-threads",
+        type=int,
+        help="threads per process: granian's blocking threads (default 1, as the Procfile), "
+        "gunicorn's gthread threads (default 4; 1 runs sync workers)",
+    )
     parser.add_argument("--port", type=int, default=8931)
     parser.add_argument("--pgbench-clients", type=int, default=16)
     parser.add_argument("--pgbench-scale", type=int, default=16)
@@ -284,6 +386,8 @@ def main() -> None:
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-batch", action="store_true")
     opts = parser.parse_args()
+    if opts.threads is None:
+        opts.threads = 1 if opts.server == "granian" else 4
 
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
@@ -313,20 +417,24 @@ def main() -> None:
         "client": opts.client,
     }
     print(
-        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; gunicorn "
-        f"{opts.gunicorn_workers}x{opts.gunicorn_threads}; {opts.duration} s per phase; "
-        f"client {opts.client}"
+        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; {opts.server} "
+        f"{opts.workers}x{opts.threads}; {opts.duration} s per phase; client {opts.client}"
     )
-    server = gunicorn_start(opts.port, env, opts.gunicorn_workers, opts.gunicorn_threads)
+    server = server_start(opts.server, opts.port, env, opts.workers, opts.threads)
+
+    def measured(load_args: dict, clients: int) -> dict:
+        meter = CpuMeter(server)
+        result = run_load(load_args, clients, opts.duration)
+        return {**result, **meter.done(result["requests"])}
+
     try:
         run_load(args, opts.clients, 2)  # warm-up: connections, code paths
-        single = None if opts.skip_single else run_load(args, opts.clients, opts.duration)
+        single = None if opts.skip_single else measured(args, opts.clients)
         batch = None
         if not opts.skip_batch:
-            batch = run_load({**args, "batch_size": opts.batch_size}, opts.batch_clients,
-                             opts.duration)  # fmt: skip
+            batch = measured({**args, "batch_size": opts.batch_size}, opts.batch_clients)
     finally:
-        gunicorn_stop(server)
+        server_stop(server)
     tps = None
     if not opts.no_pgbench:
         tps = pgbench_tps(url, opts.pgbench_clients, opts.duration, opts.pgbench_scale)
@@ -338,6 +446,11 @@ def main() -> None:
             f"{name:<34} {r['events_per_s']:8.0f} events/s  {r['requests_per_s']:7.0f} req/s  "
             f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms {per}  {ratio}  "
             f"(load before {r['load']:.1f}; statuses {r['statuses']})"
+        )
+        total = r["server_ms"] + r["db_ms"] + r["client_ms"]
+        print(
+            f"{'':<34} CPU ms per request: server {r['server_ms']:.2f} + PostgreSQL "
+            f"{r['db_ms']:.2f} + client {r['client_ms']:.2f} = {total:.2f}"
         )
 
     print()

@@ -3,7 +3,7 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench_http \\
         .venv/bin/python bench/api_profile.py --requests 2000 --auth jwt,api_key
 
-What gunicorn would run for each request (the WSGI application, DEBUG=False, persistent
+What the web server would run for each request (the WSGI application, DEBUG=False, persistent
 connection), minus the socket: one purchase of an existing member per request, with a fresh
 `Idempotency-Key`, authenticated by a JWT bearer token (RS256) or a merchant API key. Printed
 per request: Python CPU (time.process_time), the PostgreSQL backend's CPU (/proc schedstat of
@@ -12,7 +12,7 @@ directly, same events) so the API layer's own cost is the difference. `--profile
 pyinstrument HTML profile of the requests (or prints text with `--profile -`).
 
 Numbers vary little with what else the machine runs (CPU time, not wall time); events/s through
-gunicorn is bench/api.py's job.
+the web server is bench/api.py's job.
 """
 
 import argparse
@@ -209,6 +209,8 @@ def fmt(name: str, r: dict) -> str:
     db = r["db_ms"]
     total = f"{r['py_ms'] + db:6.2f}" if db is not None else "   n/a"
     line = f"{name:<22} python {r['py_ms']:6.2f}  postgres {db or 0:6.2f}  total {total} ms CPU"
+    if r.get("wall_ms") is not None:
+        line += f"  wall {r['wall_ms']:.2f} ms"
     if r.get("statements") is not None:
         line += f"  {r['statements']:.1f} statements"
     if r.get("commits") is not None:
@@ -230,7 +232,7 @@ def main() -> None:
     parser.add_argument(
         "--setup-only",
         action="store_true",
-        help="print shell exports (program, credentials, public key) for gunicorn + wrk",
+        help="print shell exports (program, credentials, public key) for a web server + wrk",
     )
     parser.add_argument(
         "--cprofile", type=int, metavar="N", help="print the top N functions by CPU (cProfile)"
@@ -270,7 +272,7 @@ def main() -> None:
             profiler.enable()
             run_http(app, program_id, opts.members, auth, opts.requests, rng)
             profiler.disable()
-            stats = pstats.Stats(profiler).sort_stats("cumulative")
+            stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
             stats.print_stats(opts.cprofile)
             continue
         if opts.profile:

@@ -14,7 +14,7 @@ function init(args)
   path, token, members, batch_size, run_id = args[1], args[2], tonumber(args[4]), tonumber(args[5]), args[6]
   programs = {}
   for id in string.gmatch(args[3], "[^,]+") do table.insert(programs, id) end
-  counter, created, ok_requests, other = 0, 0, 0, 0
+  counter, created, ok_requests, other, client_errors, server_errors = 0, 0, 0, 0, 0, 0
   math.randomseed(tid * 7919 + os.time())
 end
 
@@ -51,6 +51,7 @@ function request()
 end
 
 function response(status, headers, body)
+  if status >= 500 then server_errors = server_errors + 1 elseif status >= 400 then client_errors = client_errors + 1 end
   if batch_size == 0 then
     if status == 201 then created = created + 1; ok_requests = ok_requests + 1 else other = other + 1 end
   elseif status == 200 then
@@ -63,14 +64,15 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local c, okr, o = 0, 0, 0
+  local c, okr, o, e4, e5 = 0, 0, 0, 0, 0
   for _, t in ipairs(threads) do
     c = c + t:get("created"); okr = okr + t:get("ok_requests"); o = o + t:get("other")
+    e4 = e4 + t:get("client_errors"); e5 = e5 + t:get("server_errors")
   end
   io.write(string.format(
-    'WRK {"events": %d, "ok_requests": %d, "other_requests": %d, "requests": %d, "errors": %d, ' ..
+    'WRK {"events": %d, "ok_requests": %d, "other_requests": %d, "4xx": %d, "5xx": %d, "requests": %d, "errors": %d, ' ..
     '"duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n',
-    c, okr, o, summary.requests, summary.errors.connect + summary.errors.read + summary.errors.write +
+    c, okr, o, e4, e5, summary.requests, summary.errors.connect + summary.errors.read + summary.errors.write +
     summary.errors.status + summary.errors.timeout, summary.duration, latency:percentile(50),
     latency:percentile(99), latency.max))
 end

@@ -1,10 +1,16 @@
 """POST /events and /events/batch: merchant events, exactly once per idempotency key."""
 
+import functools
+import json
 import re
 import uuid
+from decimal import Decimal
 
+import orjson
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 
 from access.approval_gate import approval_gate, approval_pending_body
 from access.idempotency import KEY_PATTERN, KEY_RULE, idempotency_complete, idempotent
@@ -43,37 +49,16 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
         )
     errors: dict[str, list[str]] = {}
     values: dict = {}
-
-    def take(name: str, parse, *, required: bool = False):
+    for name, parse, required in _EVENT_FIELDS:
         raw = data.get(name)
         if raw is None:
             if required:
                 errors[name] = ["This field is required."]
-            return
+            continue
         try:
             values[name] = parse(raw)
         except ValueError as exc:
             errors[name] = [str(exc)]
-
-    take("program_id", lambda v: uuid.UUID(v) if isinstance(v, str) else _bad_uuid(), required=True)
-    take(
-        "member_id",
-        lambda v: f.parse_text(v, max_length=128, pattern=f.MEMBER_ID_PATTERN),
-        required=True,
-    )
-    take("type", _event_type, required=True)
-    take("amount", f.parse_decimal)
-    take("points", f.parse_decimal)
-    take("currency", lambda v: f.parse_text(v, max_length=3, pattern=CURRENCY_PATTERN))
-    for name, limit in (
-        ("reason", 500),
-        ("module", 32),
-        ("reference", 128),
-        ("original_reference", 128),
-    ):
-        take(name, lambda v, limit=limit: f.parse_text(v, max_length=limit, required=False))
-    take("occurred_at", f.parse_aware_datetime)
-    take("metadata", f.parse_json_object)
     if idempotency_key is None:
         raw_key = data.get("idempotency_key")
         if not isinstance(raw_key, str) or not KEY_PATTERN.fullmatch(raw_key):
@@ -85,14 +70,53 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
     return program_id, EventInput(idempotency_key=idempotency_key, **values)
 
 
-def _bad_uuid():
-    raise ValueError("A UUID string is required.")
+# A batch names a few programs 1,000 times: each text is parsed once (~1 us saved an item).
+@functools.lru_cache(maxsize=1024)
+def _program_id(value: str) -> uuid.UUID:
+    return uuid.UUID(value)
+
+
+def _uuid(value) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise ValueError("A UUID string is required.")
+    return _program_id(value)
 
 
 def _event_type(value):
     if not isinstance(value, str) or value not in EVENT_TYPES:
         raise ValueError(f"One of {sorted(EVENT_TYPES)}.")
     return value
+
+
+def _decimal(value) -> Decimal:
+    """`f.parse_decimal`, with a short way for what most events send: whole units in at most
+    18 ASCII digits, which it would turn into the same two-place Decimal (~2.5 us saved)."""
+    if type(value) is str and 0 < len(value) <= 18 and value.isascii() and value.isdigit():
+        return Decimal(value + ".00")
+    return f.parse_decimal(value)
+
+
+def _text(max_length: int, pattern=None, *, required: bool = False):
+    return functools.partial(
+        f.parse_text, max_length=max_length, pattern=pattern, required=required
+    )
+
+
+# (name, parser, required), in the order their errors are listed.
+_EVENT_FIELDS = (
+    ("program_id", _uuid, True),
+    ("member_id", _text(128, f.MEMBER_ID_PATTERN, required=True), True),
+    ("type", _event_type, True),
+    ("amount", _decimal, False),
+    ("points", _decimal, False),
+    ("currency", _text(3, CURRENCY_PATTERN, required=True), False),
+    ("reason", _text(500), False),
+    ("module", _text(32), False),
+    ("reference", _text(128), False),
+    ("original_reference", _text(128), False),
+    ("occurred_at", f.parse_aware_datetime, False),
+    ("metadata", f.parse_json_object, False),
+)
 
 
 def ingest_body(result) -> dict:
@@ -240,6 +264,7 @@ class EventsBatchApi(LoyaltyApi):
             else:
                 todo.append((index, program, event))
         if todo:
+            created: dict = {}  # a batch's entries share their time: its wire text once
             outcomes = events_ingest_batch(
                 items=[(program, event) for _, program, event in todo], actor=caller.actor
             )
@@ -251,9 +276,53 @@ class EventsBatchApi(LoyaltyApi):
                         "index": index,
                         "status": 201,
                         "replayed": outcome.replayed,
-                        "body": ingest_body(outcome),
+                        "body": _batch_body(outcome, created),
                     }
-        return Response({"results": results}, status=200)
+        return EncodedResponse({"results": results}, status=200)
+
+
+class EncodedResponse(Response):
+    """A JSON answer encoded once, by orjson, for the response and for its idempotent record
+    (`json_bytes`, read by `idempotency_complete`): DRF's renderer and the record would each
+    run json.dumps over the batch's 1,000 items, ~8 us an item each. The same JSON as DRF's
+    JSONRenderer gives (compact, UTF-8, U+2028/U+2029 escaped, DRF's encoder for what orjson
+    leaves to it); any other rendering asked for (an indent) goes through DRF."""
+
+    def __init__(self, data, **kwargs) -> None:
+        super().__init__(data, **kwargs)
+        self.json_bytes = _json_bytes(data)
+
+    @property
+    def rendered_content(self):
+        renderer = getattr(self, "accepted_renderer", None)
+        if type(renderer) is not JSONRenderer or self.accepted_media_type != renderer.media_type:
+            return super().rendered_content
+        self["Content-Type"] = self.content_type or renderer.media_type  # JSON has no charset
+        return self.json_bytes
+
+
+_drf_default = JSONEncoder().default
+
+
+def _json_bytes(data) -> bytes:
+    try:
+        # Datetimes as DRF writes them ("Z" for UTC); everything else orjson writes as
+        # json.dumps does, or hands to DRF's encoder.
+        encoded = orjson.dumps(data, default=_drf_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # integers past 64 bits, keys that are not text: json's rules
+        encoded = json.dumps(
+            data, cls=JSONEncoder, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode()
+    # As DRF's renderer: JSON that is also a strict JavaScript subset.
+    return encoded.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+
+
+def _batch_body(result, formatted: dict) -> dict:
+    """`ingest_body`, each distinct time formatted once (`formatted`: time -> its text)."""
+    body = result.as_dict()
+    at = result.entry.created_at
+    body["created_at"] = formatted.get(at) or formatted.setdefault(at, f.iso(at))
+    return body
 
 
 def _error_item(index: int, error: DomainError) -> dict:

@@ -4,6 +4,7 @@ keys (hashed, revocable, scoped). Every bad credential is a 401 problem; headers
 import base64
 import json
 import time
+import uuid
 from datetime import timedelta
 from io import StringIO
 
@@ -245,6 +246,43 @@ def test_actor_of_the_credential_is_audited(api, funded):
     assert audit.user_agent == "checkout/1.0"
     assert audit.credential_id == "jwt:svc-checkout"  # no `jti`: the subject
     assert entry_digest_of(audit) == audit.digest
+
+
+def test_each_request_of_one_token_records_its_own_address_and_agent(make_token, funded, settings):
+    """The caller of a token is kept between requests: not its address or user agent, which
+    every audit entry records as that request sent them."""
+    client = ApiClient(f"Bearer {make_token(['system'], sub='svc-checkout')}")
+
+    def audited(user_agent, **extra):
+        response = client.client.post(
+            "/api/v1/events",
+            {
+                "program_id": str(funded.pk),
+                "member_id": "u_2",
+                "type": "purchase",
+                "amount": "5000",
+                "currency": "XOF",
+            },
+            content_type="application/json",
+            headers={
+                "Authorization": client.auth,
+                "Idempotency-Key": f"k-{uuid.uuid4()}",
+                "User-Agent": user_agent,
+            },
+            **extra,
+        )
+        assert response.status_code == 201, response.content
+        audit = AuditEntry.objects.get(
+            entity_type="transaction", entity_id=response.json()["transaction_id"]
+        )
+        return audit.ip, audit.user_agent
+
+    assert audited("first/1.0") == ("127.0.0.1", "first/1.0")
+    assert audited("second/1.0") == ("127.0.0.1", "second/1.0")
+    assert audited("first/1.0", REMOTE_ADDR="10.1.2.3") == ("10.1.2.3", "first/1.0")
+    settings.LOYALTY_API_NUM_PROXIES = 1
+    forwarded = audited("first/1.0", HTTP_X_FORWARDED_FOR="203.0.113.7")
+    assert forwarded == ("203.0.113.7", "first/1.0")
 
 
 def test_credential_of_each_request_is_audited(make_token, funded):

@@ -2,6 +2,7 @@
 it answers a program id and an event, or a ValidationFailed naming the bad fields; never
 another exception (which the API would answer with a 500)."""
 
+import re
 import uuid
 from decimal import Decimal
 
@@ -125,3 +126,25 @@ def test_a_key_with_a_trailing_newline_is_refused():
     with pytest.raises(ValidationFailed) as raised:
         event_parse(data)
     assert set(raised.value.errors) == {"idempotency_key"}
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(alphabet="0123456789", min_size=1, max_size=22),
+        st.text(alphabet="0123456789٣². -e", max_size=6),
+        st.integers(-(10**20), 10**20),
+    )
+)
+def test_the_short_way_for_whole_amounts_parses_as_parse_decimal(value):
+    """Same Decimal (digits and exponent) or the same error as `parse_decimal`."""
+    from loyalty.api.events import _decimal
+    from loyalty.api.fields import parse_decimal
+
+    try:
+        expected = parse_decimal(value)
+    except ValueError as error:
+        with pytest.raises(ValueError, match=re.escape(str(error))):
+            _decimal(value)
+    else:
+        assert _decimal(value).as_tuple() == expected.as_tuple()

@@ -279,3 +279,76 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     assert (record.status, record.response_body) == ("completed", response.json())
     # The one-statement path, then the guarded one (SQLite has only the latter's ORM path).
     assert tries == ([True, False] if connection.vendor == "postgresql" else [True])
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_alone_commits_without_waiting_for_its_flush(api, make_program):
+    """The claim's own transaction (autocommit) does not wait for its WAL flush; the event's
+    transaction, which stores the answer, and everything after it still do."""
+    program = make_program(merchant_id=OWN)
+    seen: list[tuple[str, str]] = []
+
+    def spy(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if not sql.startswith("SHOW"):
+            kind = "claim" if "ON CONFLICT" in sql and "idempotency" in sql else "other"
+            if kind == "other" and connection.in_atomic_block:
+                seen.append(("event transaction", _synchronous_commit()))
+            elif kind == "claim":
+                seen.append(("claim", sql))
+        return result
+
+    with connection.execute_wrapper(spy):
+        response = api("system").post("/api/v1/events", purchase(program), key="flush-1")
+    assert response.status_code == 201
+    claim_sql = next(value for kind, value in seen if kind == "claim")
+    assert "set_config('synchronous_commit', 'off', true)" in claim_sql
+    assert {value for kind, value in seen if kind == "event transaction"} == {"on"}
+    assert _synchronous_commit() == "on"  # local to the claim's transaction
+
+
+@pytest.mark.postgres
+def test_a_claim_inside_a_transaction_leaves_its_commit_synchronous(funded):
+    """Inside a caller's transaction the setting would cover all of it: not set there."""
+    from django.db import transaction
+
+    from access.idempotency import idempotency_claim
+
+    with transaction.atomic():
+        record, replay = idempotency_claim(
+            scope=f"merchant:{OWN}", key="in-tx", fingerprint="f" * 64, method="POST",
+            path="/api/v1/events", credential_id="jwt:user-1",
+        )  # fmt: skip
+        assert (record.pk is not None, replay) == (True, False)
+        assert _synchronous_commit() == "on"
+
+
+@pytest.mark.postgres
+def test_the_claim_statement_turns_off_the_flush_wait_of_its_own_transaction(funded):
+    """What the autocommit claim does to its transaction, seen from inside one (the test's),
+    for the statement that also reads the program."""
+    from django.db import connections
+
+    from access.idempotency import idempotency_claim
+    from access.scoping import program_lookup
+
+    caller = type("C", (), {"merchant_id": OWN})()
+    wrapper = connections["default"]
+    wrapper.in_atomic_block = False  # as in autocommit, inside the test's transaction
+    try:
+        record, _ = idempotency_claim(
+            scope=f"merchant:{OWN}", key="async-1", fingerprint="f" * 64, method="POST",
+            path="/api/v1/events", credential_id="jwt:user-1",
+            also=program_lookup(caller, funded.pk),
+        )  # fmt: skip
+    finally:
+        wrapper.in_atomic_block = True
+    assert record.prefetched == funded
+    assert _synchronous_commit() == "off"

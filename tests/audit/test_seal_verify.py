@@ -13,6 +13,7 @@ from audit.models import AuditEntry, AuditSeal
 from audit.services import audit_record, audit_seal
 from audit.verify import audit_verify
 from loyalty.actors import Actor
+from tests.parallel import JOIN_TIMEOUT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,7 +92,7 @@ def test_a_running_transaction_is_never_sealed_and_is_sealed_once_it_commits():
         finally:
             connection.close()
 
-    thread = threading.Thread(target=slow_writer)
+    thread = threading.Thread(target=slow_writer, daemon=True)
     thread.start()
     assert inserted.wait(10)
     with transaction.atomic():
@@ -101,7 +102,8 @@ def test_a_running_transaction_is_never_sealed_and_is_sealed_once_it_commits():
     assert all(e.changes["after"]["who"] == "fast" for e in AuditEntry.objects.filter(
         pk__in=sealed_ids))  # fmt: skip
     release.set()
-    thread.join()
+    thread.join(JOIN_TIMEOUT)
+    assert not thread.is_alive(), "the slow writer did not finish"
     seal_all()
     covered = [e.pk for s in AuditSeal.objects.all() for e in _covered(s)]
     assert sorted(covered) == sorted(AuditEntry.objects.values_list("pk", flat=True))
@@ -131,15 +133,17 @@ def test_concurrent_writers_and_sealer_leave_a_complete_verifiable_trail():
             connection.close()
 
     stop = threading.Event()
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    seal_thread = threading.Thread(target=sealer, args=(stop,))
+    threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(4)]
+    seal_thread = threading.Thread(target=sealer, args=(stop,), daemon=True)
     seal_thread.start()
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(JOIN_TIMEOUT)
     stop.set()
-    seal_thread.join()
+    seal_thread.join(JOIN_TIMEOUT)
+    stuck = [t for t in [*threads, seal_thread] if t.is_alive()]
+    assert stuck == [], "a writer or the sealer did not finish: deadlock or lock wait"
     assert errors == []
     seal_all()
     assert sum(AuditSeal.objects.values_list("entry_count", flat=True)) == 120
