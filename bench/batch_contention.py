@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument(
+        "--fresh", action="store_true", help="no balance up front: most members are new"
+    )
     args = parser.parse_args()
 
     pem, _ = keys()
@@ -68,7 +71,8 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     program_id = bench_program(MERCHANT, f"contention {uuid.uuid4().hex[:6]}")
-    members_create([program_id], args.members)
+    if not args.fresh:
+        members_create([program_id], args.members)
     connection.close()
 
     ctx = mp.get_context("fork")
