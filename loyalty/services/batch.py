@@ -1,9 +1,10 @@
-"""Batch ingestion: up to 1,000 events in one database transaction, each item atomic on its own.
+"""Batch ingestion: up to 1,000 events, each item atomic on its own.
 
-Two paths give the same results, item by item, as calling `event_ingest` once per item in order:
+Two paths give the same results, item by item, as calling `event_ingest` once per item in order
+(the set-based path's one exception, near the end of a budget, is under "Two passes"):
 
 - **Set-based** (PostgreSQL, every item an earning: purchase, referral, campaign_bonus): a
-  handful of statements for the whole batch. Lock every balance and budget shard of the batch,
+  handful of statements for the whole batch. Lock the balances and budget shards of the batch,
   look up the stored keys, run the earning rules (`ingestion.earn_apply`, the same function the
   single path calls) item by item on the balances in memory, then write every ledger entry,
   lot, outbox event and audit entry with one COPY per table, every balance with one UPDATE and
@@ -11,22 +12,42 @@ Two paths give the same results, item by item, as calling `event_ingest` once pe
   changes nothing: the rules refuse before they change anything, and the budget is charged in
   memory only when an item is paid for. Per item it builds only what it writes and answers:
   entries and balances are model instances made without `Model.__init__`, JSON is encoded
-  once (orjson, sent as jsonb's binary input), and every row carries the batch's one time.
+  once (orjson, sent as jsonb's binary input), and every row of a transaction carries its one
+  time.
 - **Item by item** (anything else: refunds and adjustments read and change lots and earlier
-  entries; or SQLite): a savepoint per item around the single path's own transaction body, so
-  one commit (one WAL flush) still serves the whole batch. Also the fallback of the set-based
-  path when one of its keys was taken by a concurrent request after the lookup (the unique
-  index refuses the insert): the item path then answers that item as a replay.
+  entries; or SQLite): one transaction, a savepoint per item around the single path's own
+  transaction body, so one commit (one WAL flush) still serves the whole batch. Also the
+  fallback of a set-based pass when one of its keys was taken by a concurrent request after
+  the lookup (the unique index refuses the insert): the item path then answers that item as a
+  replay.
 
-Deadlock freedom: before any item runs, the batch locks every member balance it will touch in
-(program id, balance id) order, the order the workers' chunks use too; then one free budget
-shard of each of its programs (SKIP LOCKED: it never waits, as `budget_charge`'s fast path), so
-concurrent batches of one program do not queue for its shards. When a charge does not fit in
-the shard held (near the limit), or a program has no free shard, the batch is rolled back
-whole and runs again taking every shard of its programs in (program, shard) order. Every
-other writer takes a balance before shards, and whoever waits for shards already holds all the
-balances it needs and takes shards only in (program, shard) order, so no wait cycle can
-form.
+Two passes (set-based): concurrent batches of one program share a few members, and a batch
+that waited for all of its balances would wait for the whole of another batch. So the missing
+balances are created first, in a statement of their own; then a first transaction locks the
+balances that are free (SKIP LOCKED), runs and commits the items of those members; a second
+transaction runs the items left, waiting for their balances in order. Left for the second pass:
+every item of a member whose balance was busy, and every item of a member one of whose items
+carries a key that an earlier left item carries (else it would take the key first), until none
+is added; the items of one member thus stay in one pass, in their order, and each item's answer
+is the one `event_ingest` gives: a key committed by the first pass and repeated in the second
+is answered from the stored entry (a replay, or `idempotency_key_reused`). The one difference:
+the budget pays the first pass's items before the second's, so near its end the item refused
+(or cut to what is left) may be an earlier item of a busy member where, one by one, it would
+have been a later item of another. The second pass's entries also come after (ids, created_at)
+the first's.
+
+Deadlock freedom: the balance INSERT holds nothing while it may wait. The first pass never
+waits for a balance. Each pass then takes one free budget shard of each of its programs (SKIP
+LOCKED: it never waits, as `budget_charge`'s fast path), so concurrent batches of one program do
+not queue for its shards; the second pass takes its balances, before any shard, in (program id,
+balance id) order, the order the workers' chunks use too. When a charge does not fit in the
+shard held (near the limit), or a program has no free shard, the pass is rolled back whole and
+runs again taking every shard of its programs in (program, shard) order. Every other writer
+takes a balance before shards, and whoever waits for shards already holds all the balances it
+needs and takes shards only in (program, shard) order, so no wait cycle can form. (A pass may
+also wait on the unique key index, as the batch always could, only for a concurrent writer of
+one of its keys for another member: a key of the same member is that member's balance's, which
+the first pass leaves and the second waits for before it looks the keys up.)
 """
 
 import hashlib
@@ -93,26 +114,41 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
     if not todo:
         return results  # type: ignore[return-value]
     if connection.vendor == "postgresql" and all(items[i][1].type in EARN_TYPES for i in todo):
-        try:
+        _balances_create_first(items, todo)
+        # Two passes: the members whose balance is free now, without waiting; then the rest,
+        # waiting for their balances in order (the module docstring says why this is safe).
+        pending = todo
+        for wait in (False, True):
             try:
-                _ingest_set(items, todo, results, actor, all_shards=False)
-            except _ShardsShort:
-                # One shard per program could not pay for the batch, or every shard of a
-                # program was busy: rolled back whole; again, with every shard in order.
-                for index in todo:
+                pending = _ingest_set_pass(items, pending, results, actor, wait=wait)
+            except (IntegrityError, psycopg.IntegrityError) as exc:
+                if not _is_key_conflict(exc):
+                    raise
+                # A concurrent request committed one of this pass's keys after the lookup:
+                # the pass was rolled back; the item path answers that item as a replay.
+                for index in pending:
                     results[index] = None
-                _ingest_set(items, todo, results, actor, all_shards=True)
-        except (IntegrityError, psycopg.IntegrityError) as exc:
-            if not _is_key_conflict(exc):
-                raise
-            # A concurrent request committed one of our keys after the lookup: everything
-            # was rolled back; the item path answers that item as a replay.
-            for index in todo:
-                results[index] = None
-        else:
-            return results  # type: ignore[return-value]
+                break
+            if not pending:
+                return results  # type: ignore[return-value]
+        todo = pending
     _ingest_each(items, todo, results, actor)
     return results  # type: ignore[return-value]
+
+
+def _ingest_set_pass(
+    items: Items, todo: list[int], results: list, actor: Actor, *, wait: bool
+) -> list[int]:
+    """One transaction of the set-based path over `todo`; returns the items it left (busy
+    members', when not `wait`)."""
+    try:
+        return _ingest_set(items, todo, results, actor, all_shards=False, wait=wait)
+    except _ShardsShort:
+        # One shard per program could not pay for the batch, or every shard of a program was
+        # busy: rolled back whole; again, with every shard in order.
+        for index in todo:
+            results[index] = None
+        return _ingest_set(items, todo, results, actor, all_shards=True, wait=wait)
 
 
 def _is_key_conflict(exc: Exception) -> bool:
@@ -193,15 +229,23 @@ class _Budget:
 
 @transaction.atomic(durable=True)
 def _ingest_set(
-    items: Items, todo: list[int], results: list, actor: Actor, *, all_shards: bool
-) -> None:
+    items: Items, todo: list[int], results: list, actor: Actor, *, all_shards: bool, wait: bool
+) -> list[int]:
+    """Runs the items of `todo` whose balances it locks; returns the others (none if `wait`)."""
     # Programs and balances by `.id`, their primary key's field: `.pk` is a property, read
     # some twenty times an item.
     programs = {items[i][0].id: items[i][0] for i in todo}
     tiers = _tiers(programs)
-    balances = _balances_lock(
-        programs, {(items[i][0].id, items[i][1].member_id) for i in todo}, tiers
-    )
+    members = {(items[i][0].id, items[i][1].member_id) for i in todo}
+    if wait:
+        _balances_create(programs, members, tiers)
+    balances = _balances_lock(programs, members, tiers, wait=wait)
+    left = _left_for_later(items, todo, members - balances.keys())
+    if left:
+        later = set(left)
+        todo = [i for i in todo if i not in later]
+        if not todo:
+            return left
     if all_shards:
         budgets = {
             pk: _Budget(programs[pk], shards, whole=True)
@@ -252,6 +296,33 @@ def _ingest_set(
         results[index] = IngestResult(entry=entry)
     if new:
         _write(new, list(touched.values()), list(flags_changed.values()), budgets, actor, now)
+    return left
+
+
+def _left_for_later(items: Items, todo: list[int], busy: set) -> list[int]:
+    """The items of `todo` the first pass leaves to the second: every item of a `busy`
+    member, and every item of a member who has an item whose key an earlier left item
+    carries (run first, that item would take the key its earlier twin takes one by one),
+    until no more are added. A later twin of a key run in the first pass is fine: the second
+    pass finds the key stored and answers it as `event_ingest` would, a replay or a reuse."""
+    if not busy:
+        return []
+    busy = set(busy)
+    while True:
+        first_left: dict = {}  # (program id, key): the index of its first left item
+        for index in todo:
+            program, event = items[index]
+            if (program.id, event.member_id) in busy:
+                first_left.setdefault((program.id, event.idempotency_key), index)
+        more = {
+            (program.id, event.member_id)
+            for index in todo
+            for program, event in (items[index],)
+            if first_left.get((program.id, event.idempotency_key), index) < index
+        } - busy
+        if not more:
+            return [i for i in todo if (items[i][0].id, items[i][1].member_id) in busy]
+        busy |= more
 
 
 def _model_new(model, values: dict, related: dict | None = None):
@@ -369,6 +440,8 @@ _BALANCES_LOCK_SQL = (
     " ON b.program_id = k.program_id AND b.member_id = k.member_id"
     " ORDER BY b.program_id, b.id FOR UPDATE OF b"
 )
+# The first pass's: never waits, leaves out the balances another transaction holds.
+_BALANCES_LOCK_FREE_SQL = _BALANCES_LOCK_SQL + " SKIP LOCKED"
 
 
 def _balance_insert_sql() -> tuple[str, list]:
@@ -400,27 +473,51 @@ def _balance_insert_sql() -> tuple[str, list]:
     return sql, [v for _, v in values]
 
 
-def _balances_lock(programs: dict, members: set, tiers: dict) -> dict:
-    """Creates the members' missing balances, then locks them all; {(program id, member id):
-    balance}, each carrying its tier's earn multiplier as `balance_lock` gives it."""
+def _balances_create_first(items: Items, todo: list[int]) -> None:
+    """Creates the batch's missing balances before the passes, in autocommit: the INSERT is a
+    transaction of its own. It may wait for a concurrent transaction's uncommitted row of the
+    same member, but holding nothing else it can be in no wait cycle; the first pass then
+    finds every balance and waits to create none. (Where every balance exists, it writes
+    nothing and commits nothing.)"""
+    programs = {items[i][0].id: items[i][0] for i in todo}
+    members = {(items[i][0].id, items[i][1].member_id) for i in todo}
+    _balances_create(programs, members, _tiers(programs))
+
+
+def _members_arrays(programs: dict, members: set) -> tuple[str, str, list]:
+    """The members in (program, member) order: array literals of their programs and ids."""
     text = {pk: str(pk) for pk in programs}
     ordered = sorted(members, key=lambda m: (text[m[0]], m[1]))
+    program_ids = _array_of([text[pk] for pk, _ in ordered])
+    return program_ids, _array_of([_quoted(m) for _, m in ordered]), ordered
+
+
+def _balances_create(programs: dict, members: set, tiers: dict) -> None:
+    """Creates the members' missing balances."""
     # Created in one sorted order by every batch, so two batches creating the same new members
     # wait for each other in that order, never in a cycle. New members start in the lowest
     # tier (`entry_tier`: "basic" for a program without tiers).
+    program_ids, member_ids, ordered = _members_arrays(programs, members)
     insert_sql, defaults = _balance_insert_sql()
-    program_ids = _array_of([text[pk] for pk, _ in ordered])
-    member_ids = _array_of([_quoted(m) for _, m in ordered])
     entry_tiers = {pk: _quoted(ranked[0][0] if ranked else "basic") for pk, ranked in tiers.items()}
     with connection.cursor() as cursor:
         cursor.execute(
             insert_sql,
             [*defaults, program_ids, member_ids, _array_of([entry_tiers[pk] for pk, _ in ordered])],
         )
+
+
+def _balances_lock(programs: dict, members: set, tiers: dict, *, wait: bool) -> dict:
+    """Locks the members' balances, each carrying its tier's earn multiplier as
+    `balance_lock` gives it: {(program id, member id): balance}. Not `wait`: only those free
+    now (SKIP LOCKED), the others are left out."""
+    program_ids, member_ids, _ = _members_arrays(programs, members)
     multipliers = {(pk, name): m for pk, ranked in tiers.items() for name, m in ranked}
     locked = {}
     with connection.cursor() as cursor:
-        cursor.execute(_BALANCES_LOCK_SQL, [program_ids, member_ids])
+        cursor.execute(
+            _BALANCES_LOCK_SQL if wait else _BALANCES_LOCK_FREE_SQL, [program_ids, member_ids]
+        )
         rows = cursor.fetchall()
     flags_from_db = MemberBalance._meta.get_field("fraud_flags").from_db_value
     for row in rows:
