@@ -1,0 +1,27 @@
+"""What the web process wraps around Django's WSGI handler."""
+
+import os
+from collections.abc import Callable, Iterable
+
+# Keys a server sets for a request (PEP 3333 and CGI); every other key a request's environ holds
+# came from the process environment.
+_REQUEST_PREFIXES = ("HTTP_", "wsgi.", "SERVER_", "REMOTE_", "CONTENT_")
+_REQUEST_KEYS = {"REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "GATEWAY_INTERFACE"}
+
+
+def without_process_environment(app: Callable, process_environ=None) -> Callable:
+    """`app` seeing only its request's keys. granian (like wsgiref) copies the whole process
+    environment into every request's environ, so DATABASE_URL and the keys would show in
+    `request.META`, and in anything that logs or reports it."""
+    process_keys = frozenset(
+        key
+        for key in (os.environ if process_environ is None else process_environ)
+        if key not in _REQUEST_KEYS and not key.startswith(_REQUEST_PREFIXES)
+    )
+
+    def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        for key in process_keys.intersection(environ):
+            del environ[key]
+        return app(environ, start_response)
+
+    return application
