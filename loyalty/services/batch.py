@@ -82,9 +82,9 @@ from .ingestion import (
     EARN_TYPES,
     EventInput,
     IngestResult,
-    balance_snapshot,
     earn_apply,
     entry_audit_after,
+    entry_values,
     event_replay,
     event_validate,
     ingest_in_transaction,
@@ -344,38 +344,19 @@ def _model_new(model, values: dict, related: dict | None = None):
 def _entry_new(program, balance, event, actor, earning, now) -> LedgerEntry:
     """`entry_build`'s entry (tests/loyalty/test_batch.py holds them equal, field by field),
     stamped `now`, its id given by `_write`."""
-    details = {
-        **earning.details,
-        "member_id": balance.member_id,
-        "fingerprint": event_fingerprint(event),
-        "balance": balance_snapshot(balance),
-    }
-    return _model_new(
-        LedgerEntry,
-        {
-            "id": None,
-            "program_id": program.id,
-            "balance_id": balance.id,
-            "type": event.type,
-            "points": earning.points,
-            "amount": event.amount,
-            "currency": event.currency or "",
-            "module": event.module,
-            "reference": event.reference,
-            "original_entry_id": None,
-            "redemption_id": None,
-            "idempotency_key": event.idempotency_key,
-            "balance_after": balance.points_balance,
-            "reason": event.reason,
-            "details": details,
-            "metadata": event.metadata,
-            "actor_id": actor.id,
-            "actor_role": actor.role,
-            "occurred_at": event.occurred_at or now,
-            "created_at": now,
-        },
-        {"program": program, "balance": balance},
+    values = entry_values(
+        program,
+        balance,
+        event,
+        actor,
+        points=earning.points,
+        details=earning.details,
+        fingerprint=event_fingerprint(event),
+        original_id=None,
+        occurred_at=event.occurred_at or now,
+        created_at=now,
     )
+    return _model_new(LedgerEntry, values, {"program": program, "balance": balance})
 
 
 _ascii_json = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii=True)

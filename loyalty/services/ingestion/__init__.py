@@ -12,7 +12,7 @@ ledger entry and what derives from it), `statement` (PostgreSQL's one-statement 
 """
 
 from .earning import EARN_FIELDS, Earning, earn_apply
-from .entries import balance_snapshot, entry_audit_after, entry_build
+from .entries import balance_snapshot, entry_audit_after, entry_build, entry_values
 from .inputs import EARN_TYPES, EVENT_TYPES, POINTS_TYPES, EventInput, IngestResult, event_validate
 from .service import event_ingest, event_replay, ingest_in_transaction, replay_answer
 from .statement import earn_lot_values, earn_outbox_values
@@ -31,6 +31,7 @@ __all__ = [
     "earn_outbox_values",
     "entry_audit_after",
     "entry_build",
+    "entry_values",
     "event_ingest",
     "event_replay",
     "event_validate",
