@@ -16,7 +16,12 @@ from django.db import connection
 from loyalty.models import Job, MemberBalance
 from loyalty_project.celery import app as celery_app
 
-BROKER = os.environ.get("LOYALTY_TEST_BROKER_URL", "redis://127.0.0.1:6379/3")
+# The Redis the run was given (CI exports REDIS_URL), else the local one.
+BROKER = (
+    os.environ.get("LOYALTY_TEST_BROKER_URL")
+    or os.environ.get("REDIS_URL")
+    or "redis://127.0.0.1:6379/3"
+)
 ROOT = Path(__file__).resolve().parents[2]
 
 
