@@ -8,7 +8,6 @@ the same members and one budget neither deadlock nor overspend."""
 
 import random
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -37,7 +36,7 @@ from loyalty.services.programs import TierInput
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
 from tests.factories import PointsEventFactory, PurchaseFactory, RefundFactory
-from tests.parallel import JOIN_TIMEOUT
+from tests.parallel import join_all, start_thread, wait_for_lock_waiters
 
 from .conftest import balance_of, db_state
 
@@ -394,29 +393,6 @@ def test_a_batch_with_a_refund_goes_item_by_item_in_order(program, actor):
 # --- PostgreSQL: real concurrency ---------------------------------------------------------
 
 
-def _in_thread(results: dict, name: str, work) -> threading.Thread:
-    def run():
-        try:
-            results[name] = work()
-        except BaseException as exc:  # the test inspects what each thread got
-            results[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _lock_waiters() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return cursor.fetchone()[0]
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_key_taken_by_a_concurrent_request_sends_the_batch_item_by_item(make_program, actor):
@@ -439,7 +415,7 @@ def test_a_key_taken_by_a_concurrent_request_sends_the_batch_item_by_item(make_p
             release.wait(30)
         return result
 
-    threads = [_in_thread(results, "single", single)]
+    threads = [start_thread(results, "single", single)]
     assert written.wait(10)
     items = [
         (program, purchase("a", key="a1")),
@@ -447,18 +423,11 @@ def test_a_key_taken_by_a_concurrent_request_sends_the_batch_item_by_item(make_p
         (program, purchase("c", key="c1")),
     ]
     threads.append(
-        _in_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
+        start_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
     )
-    for _ in range(200):
-        if _lock_waiters() >= 1:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the batch never waited on the key")
+    wait_for_lock_waiters()
     release.set()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "deadlock"
+    join_all(threads)
     batch = results["batch"]
     assert isinstance(results["single"], IngestResult)
     assert isinstance(batch[1], IdempotencyKeyReused)
@@ -502,14 +471,13 @@ def test_concurrent_batches_and_single_events_share_members_keys_and_one_budget(
         return out
 
     threads = [
-        _in_thread(results, f"batch{i}", lambda e=e: run_batch(e)) for i, e in enumerate(batches)
+        start_thread(results, f"batch{i}", lambda e=e: run_batch(e)) for i, e in enumerate(batches)
     ]
     threads += [
-        _in_thread(results, f"single{i}", lambda e=e: run_singles(e)) for i, e in enumerate(singles)
+        start_thread(results, f"single{i}", lambda e=e: run_singles(e))
+        for i, e in enumerate(singles)
     ]
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "deadlock"
+    join_all(threads)
     assert len(results) == len(threads)
     by_key: dict = {}
     for name, outcomes in results.items():
@@ -588,7 +556,7 @@ def test_a_batch_takes_a_free_shard_instead_of_waiting_for_a_busy_one(make_progr
     program = make_program(budget_limit=D("1000000"))
     held, release = threading.Event(), threading.Event()
     results: dict = {}
-    holder = _in_thread(results, "holder", _hold_shards(program, 15, held, release))
+    holder = start_thread(results, "holder", _hold_shards(program, 15, held, release))
     assert held.wait(10)
     try:
         with connection.cursor() as cursor:
@@ -599,8 +567,7 @@ def test_a_batch_takes_a_free_shard_instead_of_waiting_for_a_busy_one(make_progr
         with connection.cursor() as cursor:
             cursor.execute("RESET lock_timeout")
         release.set()
-        holder.join(JOIN_TIMEOUT)
-    assert not holder.is_alive(), "deadlock"
+        join_all([holder])
     assert not isinstance(results["holder"], BaseException), results["holder"]
     assert [o.entry.points for o in outcomes] == [D("200")] * 3
     paid = BudgetShard.objects.filter(program=program, spent__gt=0)
@@ -613,22 +580,15 @@ def test_a_batch_waits_for_its_programs_shards_when_every_one_is_busy(make_progr
     program = make_program(budget_limit=D("1000000"))
     held, release = threading.Event(), threading.Event()
     results: dict = {}
-    threads = [_in_thread(results, "holder", _hold_shards(program, 16, held, release))]
+    threads = [start_thread(results, "holder", _hold_shards(program, 16, held, release))]
     assert held.wait(10)
     items = [(program, purchase(f"u{i}", key=f"k{i}")) for i in range(3)]
     threads.append(
-        _in_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
+        start_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
     )
-    for _ in range(200):
-        if _lock_waiters() >= 1:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the batch never waited for a shard")
+    wait_for_lock_waiters()
     release.set()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-        assert not thread.is_alive(), "deadlock"
+    join_all(threads)
     assert not isinstance(results["holder"], BaseException), results["holder"]
     assert [o.entry.points for o in results["batch"]] == [D("200")] * 3
     spent = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]

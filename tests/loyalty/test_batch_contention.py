@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Sum
 
 from audit.verify import audit_verify
@@ -20,7 +20,7 @@ from loyalty.services.batch import _left_for_later, events_ingest_batch
 from loyalty.services.ingestion import IngestResult
 from loyalty.verify import ledger_verify
 from tests.factories import PurchaseFactory
-from tests.parallel import JOIN_TIMEOUT, run_parallel
+from tests.parallel import join_all, run_parallel, start_thread
 
 D = Decimal
 pytestmark = pytest.mark.django_db
@@ -72,20 +72,6 @@ def test_a_later_twin_of_a_first_pass_key_stays_behind_in_the_second_pass_only()
 # --- PostgreSQL: real threads --------------------------------------------------------------
 
 
-def _in_thread(results: dict, name: str, work) -> threading.Thread:
-    def run():
-        try:
-            results[name] = work()
-        except BaseException as exc:  # the test inspects what each thread got
-            results[name] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _hold_balance(program, member_id, held: threading.Event, release: threading.Event):
     def hold():
         with transaction.atomic():
@@ -118,18 +104,16 @@ def _with_busy_member(program, actor, items, busy, check_while_held):
     runs once the batch waits for it; returns the batch's outcomes."""
     held, release = threading.Event(), threading.Event()
     results: dict = {}
-    threads = [_in_thread(results, "holder", _hold_balance(program, busy, held, release))]
+    threads = [start_thread(results, "holder", _hold_balance(program, busy, held, release))]
     assert held.wait(10)
     threads.append(
-        _in_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
+        start_thread(results, "batch", lambda: events_ingest_batch(items=items, actor=actor))
     )
     try:
         check_while_held(results)
     finally:
         release.set()
-        for thread in threads:
-            thread.join(JOIN_TIMEOUT)
-            assert not thread.is_alive(), "deadlock"
+        join_all(threads)
     assert results["holder"] is None, results["holder"]
     return results["batch"]
 

@@ -4,11 +4,9 @@ ingestion, no overdraw, no budget or daily-cap overrun, no deadlock, one voucher
 
 import random
 import threading
-import time
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.db.models import Sum
 
 from audit.models import AuditEntry
@@ -24,7 +22,7 @@ from loyalty.services.batch import events_ingest_batch
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
 from tests.factories import PurchaseFactory, RefundFactory
-from tests.parallel import JOIN_TIMEOUT, outcomes, run_parallel
+from tests.parallel import join_all, outcomes, run_parallel, start_thread, wait_for_lock_waiters
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -201,23 +199,6 @@ def test_concurrent_capture_and_release_of_one_hold_settle_it_once(program, acto
     assert ledger_verify() == []
 
 
-def _lock_waiters() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return cursor.fetchone()[0]
-
-
-def _wait_for_lock_waiters(count: int) -> None:
-    for _ in range(200):
-        if _lock_waiters() >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} transactions waiting for a lock")
-
-
 def test_batch_and_a_campaign_chunk_on_the_same_members_do_not_deadlock(make_program, actor):
     """Every multi-row locker takes balances in one global order. Here the batch and the
     campaign chunk need members a and b, whose id order (b first) differs from their name
@@ -245,51 +226,29 @@ def test_batch_and_a_campaign_chunk_on_the_same_members_do_not_deadlock(make_pro
     results: dict = {}
 
     def hold_a():
-        try:
-            with transaction.atomic():
-                balance_lock(program=program, member_id="a")
-                holding.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    def run(name, work):
-        try:
-            results[name] = work()
-        except Exception as exc:  # the test inspects what each thread got
-            results[name] = exc
-        finally:
-            connection.close()
+        with transaction.atomic():
+            balance_lock(program=program, member_id="a")
+            holding.set()
+            release.wait(30)
 
     batch_items = [
         (program, PurchaseFactory(member_id="a", amount=D("1000"))),
         (program, PurchaseFactory(member_id="b", amount=D("1000"))),
     ]
-    threads = [threading.Thread(target=hold_a, daemon=True)]
-    threads[0].start()
+    threads = [start_thread(results, "holder", hold_a)]
     assert holding.wait(10)
     threads.append(
-        threading.Thread(
-            target=run,
-            args=("batch", lambda: events_ingest_batch(items=batch_items, actor=actor)),
-            daemon=True,
-        )
+        start_thread(results, "batch", lambda: events_ingest_batch(items=batch_items, actor=actor))
     )
-    threads[1].start()
-    _wait_for_lock_waiters(1)
+    wait_for_lock_waiters(1)
     threads.append(
-        threading.Thread(
-            target=run,
-            args=("campaign", lambda: campaign_execute(campaign_id=campaign.pk, actor=actor)),
-            daemon=True,
+        start_thread(
+            results, "campaign", lambda: campaign_execute(campaign_id=campaign.pk, actor=actor)
         )
     )
-    threads[2].start()
-    _wait_for_lock_waiters(2)
+    wait_for_lock_waiters(2)
     release.set()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT)
-    assert not any(thread.is_alive() for thread in threads)
+    join_all(threads)
 
     assert not isinstance(results["batch"], Exception), results["batch"]
     assert all(not isinstance(r, Exception) for r in results["batch"]), results["batch"]
