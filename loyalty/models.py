@@ -34,9 +34,9 @@ def validate_timezone(value: str) -> None:
 
 
 def never_deleted(name: str) -> pgtrigger.Protect:
-    """Refuses DELETE in the database itself. The append-only tables (ledger entries, lots,
-    outbox events) name these rows without a foreign key constraint (see LedgerEntry.program):
-    this trigger is what guarantees the rows they name stay."""
+    """Refuses DELETE in the database itself. Ledger entries, lots and outbox events name
+    these rows without a foreign key constraint (see LedgerEntry.program): this trigger is
+    what guarantees the rows they name stay."""
     return pgtrigger.Protect(name=name, operation=pgtrigger.Delete)
 
 

@@ -50,7 +50,6 @@ one of its keys for another member: a key of the same member is that member's ba
 the first pass leaves and the second waits for before it looks the keys up.)
 """
 
-import hashlib
 import ipaddress
 import json
 import operator
@@ -351,44 +350,12 @@ def _entry_new(program, balance, event, actor, earning, now) -> LedgerEntry:
         actor,
         points=earning.points,
         details=earning.details,
-        fingerprint=event_fingerprint(event),
+        fingerprint=event.fingerprint(),
         original_id=None,
         occurred_at=event.occurred_at or now,
         created_at=now,
     )
     return _model_new(LedgerEntry, values, {"program": program, "balance": balance})
-
-
-_ascii_json = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii=True)
-_FINGERPRINT_TEXT = (
-    '{"amount": %s, "currency": %s, "member_id": %s, "original_reference": %s, "points": %s,'
-    ' "reference": %s, "type": %s}'
-)
-
-
-def event_fingerprint(event: EventInput) -> str:
-    """`event.fingerprint()`, its JSON (sorted keys, json.dumps' separators) written out
-    directly: ~1 us where json.dumps takes ~4. Held equal by tests/loyalty/test_batch.py."""
-    texts = (event.currency, event.member_id, event.original_reference, event.reference)
-    if not all(text is None or type(text) is str for text in texts) or type(event.type) is not str:
-        return event.fingerprint()
-
-    def number(value):
-        return "null" if value is None else _ascii_json(str(value.normalize()))
-
-    def text(value):
-        return "null" if value is None else _ascii_json(value)
-
-    body = _FINGERPRINT_TEXT % (
-        number(event.amount),
-        text(event.currency),
-        text(event.member_id),
-        text(event.original_reference),
-        number(event.points),
-        text(event.reference),
-        text(event.type),
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _tiers(programs: dict) -> dict:

@@ -239,7 +239,6 @@ def test_concurrent_batches_with_shared_members_apply_each_key_once_within_the_b
     assert all(len(ids) == 1 for ids in by_key.values())  # every answer names one entry
     entries = LedgerEntry.objects.filter(program=program)
     assert entries.count() == len(by_key)
-    assert len(set(entries.values_list("idempotency_key", flat=True))) == entries.count()
     awarded = entries.aggregate(s=Sum("points"))["s"]
     spent = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
     assert awarded == spent == D("30000")  # XOF, 1 per point: exactly the limit, never more

@@ -19,9 +19,10 @@ from loyalty.services import (
     voucher_redeem,
 )
 from loyalty.services.batch import events_ingest_batch
+from loyalty.services.ingestion import IngestResult
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
-from tests.factories import PurchaseFactory, RefundFactory
+from tests.factories import PointsEventFactory, PurchaseFactory, RefundFactory
 from tests.parallel import join_all, outcomes, run_parallel, start_thread, wait_for_lock_waiters
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -254,4 +255,52 @@ def test_batch_and_a_campaign_chunk_on_the_same_members_do_not_deadlock(make_pro
     assert all(not isinstance(r, Exception) for r in results["batch"]), results["batch"]
     assert not isinstance(results["campaign"], Exception), results["campaign"]
     assert LedgerEntry.objects.filter(type="campaign_bonus").count() == 2
+    assert ledger_verify() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["refund", "manual_adjust"])
+def test_a_repeat_waiting_while_the_first_commits_gets_its_answer_not_a_refusal(
+    make_program, actor, kind
+):
+    """The repeat waits on the balance lock while the first call commits. Its lock statement's
+    snapshot predates that commit; a refund or adjustment must still answer the stored entry,
+    not refuse what the first one already did (refund_exceeds_original, insufficient_points)."""
+    program = make_program()
+    event_ingest(
+        program=program,
+        event=PurchaseFactory(member_id="u1", amount=D("1000"), reference="o1"),
+        actor=actor,
+    )
+    if kind == "refund":
+        event = RefundFactory(member_id="u1", amount=D("1000"), original_reference="o1")
+    else:
+        balance = MemberBalance.objects.get(program=program, member_id="u1").points_balance
+        event = PointsEventFactory(type="manual_adjust", member_id="u1", points=-balance)
+    written, release = threading.Event(), threading.Event()
+
+    def first():
+        def pause(result):
+            written.set()
+            release.wait(10)
+
+        return event_ingest(program=program, event=event, actor=actor, in_transaction=pause)
+
+    results: dict = {}
+    threads = [start_thread(results, "first", first)]
+    assert written.wait(10)
+    threads.append(
+        start_thread(
+            results, "repeat", lambda: event_ingest(program=program, event=event, actor=actor)
+        )
+    )
+    wait_for_lock_waiters(1)
+    release.set()
+    join_all(threads)
+    first_result, repeat = results["first"], results["repeat"]
+    assert isinstance(repeat, IngestResult), repeat
+    assert (first_result.replayed, repeat.replayed) == (False, True)
+    assert repeat.entry.pk == first_result.entry.pk
+    assert LedgerEntry.objects.filter(type=kind).count() == 1
     assert ledger_verify() == []

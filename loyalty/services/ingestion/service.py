@@ -125,9 +125,13 @@ def ingest_in_transaction(
             return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
     else:
         balance = balance_lock(program=program, member_id=event.member_id, create=True)
-        replay = event_replay(program, event)  # committed by a request we waited for on the lock
-        if replay:
-            return replay
+    # A repeat committed by a request we waited for on the lock: the lock statement's probe
+    # reads the snapshot taken before that wait, so it cannot see one. An earning would then
+    # hit the unique key on insert and be answered as a replay; a refund or an adjustment
+    # reads the repeat's effects first and would refuse it (refund_exceeds_original...).
+    replay = event_replay(program, event)
+    if replay:
+        return replay
     if event.type == "refund":
         entry = _refund(program, balance, event, actor)
     elif event.type == "manual_adjust":

@@ -36,8 +36,9 @@ from .inputs import EventInput
 # `<> ''` repeats its predicate so a generic plan may use it), and the id of the entry this
 # event will write, so the entry, its lot, outbox and audit rows can all name it in the one
 # statement that writes them. The probe reads the statement's snapshot, taken before the lock
-# was granted: a repeat committed by a request we waited for is not seen here, but its key
-# then makes our insert fail and `event_ingest` answers it as a replay.
+# was granted: a repeat committed by a request we waited for is not seen here. An earning's
+# insert then fails on the key and `event_ingest` answers it as a replay; a refund or an
+# adjustment asks again after the lock (`ingest_in_transaction`).
 _EVENT_LOCK_SQL = (
     _BALANCE_LOCK_SQL.replace(  # noqa: S608 (fixed text: the model's columns)
         " FROM loyalty_memberbalance b",
@@ -134,8 +135,6 @@ def _earn_in_one_statement(
     update_sql, update_params = _update_sql(balance, [*earning.fields, "updated_at"])
     if gate:
         update_sql += " AND EXISTS (SELECT FROM s)"
-    # Constraint triggers (foreign keys) run at the end of the statement, so the lot may point
-    # at the entry written beside it.
     cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
     if not cursor.rowcount:
         raise BudgetRetry  # no shard paid: nothing was written
