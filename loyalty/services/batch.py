@@ -18,7 +18,8 @@ Two paths give the same results, item by item, as calling `event_ingest` once pe
   entries; or SQLite): one transaction, a savepoint per item around the single path's own
   transaction body, so one commit (one WAL flush) still serves the whole batch. Also the
   fallback of a set-based pass when one of its keys was taken by a concurrent request after
-  the lookup (the unique index refuses the insert): the item path then answers that item as a
+  the lookup (the unique index refuses the insert): that pass is rolled back, and its items,
+  with any left for the second pass, go item by item, where that key is answered as a
   replay.
 
 Two passes (set-based): concurrent batches of one program share a few members, and a batch
@@ -113,13 +114,15 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
     if not todo:
         return results  # type: ignore[return-value]
     if connection.vendor == "postgresql" and all(items[i][1].type in EARN_TYPES for i in todo):
-        _balances_create_first(items, todo)
+        programs = {items[i][0].id: items[i][0] for i in todo}
+        tiers = _tiers(programs)  # read once for both passes
+        _balances_create(programs, {(items[i][0].id, items[i][1].member_id) for i in todo}, tiers)
         # Two passes: the members whose balance is free now, without waiting; then the rest,
         # waiting for their balances in order (the module docstring says why this is safe).
         pending = todo
         for wait in (False, True):
             try:
-                pending = _ingest_set_pass(items, pending, results, actor, wait=wait)
+                pending = _ingest_set_pass(items, pending, results, actor, tiers, wait=wait)
             except (IntegrityError, psycopg.IntegrityError) as exc:
                 if not _is_key_conflict(exc):
                     raise
@@ -136,18 +139,18 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
 
 
 def _ingest_set_pass(
-    items: Items, todo: list[int], results: list, actor: Actor, *, wait: bool
+    items: Items, todo: list[int], results: list, actor: Actor, tiers: dict, *, wait: bool
 ) -> list[int]:
     """One transaction of the set-based path over `todo`; returns the items it left (busy
     members', when not `wait`)."""
     try:
-        return _ingest_set(items, todo, results, actor, all_shards=False, wait=wait)
+        return _ingest_set(items, todo, results, actor, tiers, all_shards=False, wait=wait)
     except _ShardsShort:
         # One shard per program could not pay for the batch, or every shard of a program was
         # busy: rolled back whole; again, with every shard in order.
         for index in todo:
             results[index] = None
-        return _ingest_set(items, todo, results, actor, all_shards=True, wait=wait)
+        return _ingest_set(items, todo, results, actor, tiers, all_shards=True, wait=wait)
 
 
 def _is_key_conflict(exc: Exception) -> bool:
@@ -228,16 +231,21 @@ class _Budget:
 
 @transaction.atomic(durable=True)
 def _ingest_set(
-    items: Items, todo: list[int], results: list, actor: Actor, *, all_shards: bool, wait: bool
+    items: Items,
+    todo: list[int],
+    results: list,
+    actor: Actor,
+    tiers: dict,
+    *,
+    all_shards: bool,
+    wait: bool,
 ) -> list[int]:
-    """Runs the items of `todo` whose balances it locks; returns the others (none if `wait`)."""
+    """Runs the items of `todo` whose balances it locks; returns the others: busy members'
+    when not `wait`, and any whose balance is missing (they go item by item)."""
     # Programs and balances by `.id`, their primary key's field: `.pk` is a property, read
     # some twenty times an item.
     programs = {items[i][0].id: items[i][0] for i in todo}
-    tiers = _tiers(programs)
     members = {(items[i][0].id, items[i][1].member_id) for i in todo}
-    if wait:
-        _balances_create(programs, members, tiers)
     balances = _balances_lock(programs, members, tiers, wait=wait)
     left = _left_for_later(items, todo, members - balances.keys())
     if left:
@@ -421,17 +429,6 @@ def _balance_insert_sql() -> tuple[str, list]:
     return sql, [v for _, v in values]
 
 
-def _balances_create_first(items: Items, todo: list[int]) -> None:
-    """Creates the batch's missing balances before the passes, in autocommit: the INSERT is a
-    transaction of its own. It may wait for a concurrent transaction's uncommitted row of the
-    same member, but holding nothing else it can be in no wait cycle; the first pass then
-    finds every balance and waits to create none. (Where every balance exists, it writes
-    nothing and commits nothing.)"""
-    programs = {items[i][0].id: items[i][0] for i in todo}
-    members = {(items[i][0].id, items[i][1].member_id) for i in todo}
-    _balances_create(programs, members, _tiers(programs))
-
-
 def _members_arrays(programs: dict, members: set) -> tuple[str, str, list]:
     """The members in (program, member) order: array literals of their programs and ids."""
     text = {pk: str(pk) for pk in programs}
@@ -441,7 +438,11 @@ def _members_arrays(programs: dict, members: set) -> tuple[str, str, list]:
 
 
 def _balances_create(programs: dict, members: set, tiers: dict) -> None:
-    """Creates the members' missing balances."""
+    """Creates the batch's missing balances before the passes, in autocommit: the INSERT is a
+    transaction of its own. It may wait for a concurrent transaction's uncommitted row of the
+    same member, but holding nothing else it can be in no wait cycle; the passes then find
+    every balance (balances are never deleted) and create none. Where every balance exists,
+    it writes nothing and commits nothing."""
     # Created in one sorted order by every batch, so two batches creating the same new members
     # wait for each other in that order, never in a cycle. New members start in the lowest
     # tier (`entry_tier`: "basic" for a program without tiers).
