@@ -11,17 +11,18 @@ _REQUEST_KEYS = {"REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "
 
 def without_process_environment(app: Callable, process_environ=None) -> Callable:
     """`app` seeing only its request's keys. granian (like wsgiref) copies the whole process
-    environment into every request's environ, so DATABASE_URL and the keys would show in
-    `request.META`, and in anything that logs or reports it."""
-    process_keys = frozenset(
-        key
-        for key in (os.environ if process_environ is None else process_environ)
-        if key not in _REQUEST_KEYS and not key.startswith(_REQUEST_PREFIXES)
-    )
+    environment into every request's environ, so DATABASE_URL, the keys and a proxy's
+    credentials (HTTP_PROXY) would show in `request.META`, and in anything that logs or
+    reports it. A key named like a request's (HTTP_PROXY is also the `Proxy:` header's) is
+    dropped only when it still holds the process's value."""
+    process = dict(os.environ if process_environ is None else process_environ)
+    request_shaped = {k for k in process if k in _REQUEST_KEYS or k.startswith(_REQUEST_PREFIXES)}
+    process_keys = frozenset(process)
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         for key in process_keys.intersection(environ):
-            del environ[key]
+            if key not in request_shaped or environ[key] == process[key]:
+                del environ[key]
         return app(environ, start_response)
 
     return application

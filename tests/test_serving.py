@@ -35,11 +35,15 @@ def test_a_request_sees_its_own_keys_and_none_of_the_process_environment():
     assert seen["wsgi.url_scheme"] == "http"
 
 
-def test_a_process_variable_named_like_a_request_key_is_left_to_the_server():
-    """A process HTTP_PROXY must not delete the request's own header of that name."""
+def test_a_process_variable_named_like_a_request_key_goes_unless_the_request_sent_its_own():
+    """HTTP_PROXY is both a process setting (with credentials, often) and the `Proxy:` header's
+    key: the server's copy goes, a request's own header stays."""
     seen = {}
     app = without_process_environment(
-        lambda environ, _: seen.update(environ) or [b""], {"HTTP_PROXY": "p"}
+        lambda environ, _: seen.update(environ) or [b""], {"HTTP_PROXY": "http://u:pw@proxy"}
     )
+    app({"HTTP_PROXY": "http://u:pw@proxy", "REQUEST_METHOD": "GET"}, None)
+    assert "HTTP_PROXY" not in seen
+    seen.clear()
     app({"HTTP_PROXY": "from-request", "REQUEST_METHOD": "GET"}, None)
     assert seen["HTTP_PROXY"] == "from-request"
