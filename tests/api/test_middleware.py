@@ -29,8 +29,10 @@ def test_api_requests_are_counted_and_timed_without_session_or_cookie(api, make_
     assert response.status_code == 201
     assert sample(metrics.responses_by_status_view_method, status="201", **view) == before + 1
     assert sample(metrics.requests_latency_by_view_method, **view) == timed + 1
+    request = response.wsgi_request
+    assert not hasattr(request, "session")  # SessionMiddleware did not run
+    assert not hasattr(request, "_messages")  # nor MessageMiddleware
     assert "Set-Cookie" not in response
-    assert "Cookie" not in response.get("Vary", "")
     assert response["X-Frame-Options"] == "DENY"  # security headers still set
 
 
@@ -38,3 +40,7 @@ def test_the_admin_keeps_sessions_csrf_and_messages(client):
     response = client.get("/admin/login/")
     assert response.status_code == 200
     assert "csrftoken" in response.cookies
+    request = response.wsgi_request
+    assert hasattr(request, "session")
+    assert hasattr(request, "_messages")
+    assert request.user.is_anonymous  # AuthenticationMiddleware ran
