@@ -78,19 +78,20 @@ class IdempotencyRecord(models.Model):
 
 
 # Actor ids the engine gives to others: staff users without a link (`user:<pk>`), background
-# jobs (`system`, `system:<job>`), failed logins (`anonymous`). A subject among them would let
-# one person pass for another in the approvals' "distinct people" checks.
-# (The same rule is checked in `clean` for a readable form error.)
+# jobs (`system`, `system:<job>`), failed logins (`anonymous`), API keys (`apikey:<prefix>`).
+# A subject among them would let one person pass for another in the approvals' "distinct
+# people" checks. (The same rule is checked in `clean` for a readable form error.)
 RESERVED_SUBJECTS = ~(
     Q(molam_subject__startswith="user:")
     | Q(molam_subject="system")
     | Q(molam_subject__startswith="system:")
     | Q(molam_subject="anonymous")
+    | Q(molam_subject__startswith="apikey:")
 )
 
 
 def subject_reserved(subject: str) -> bool:
-    """True for an id RESERVED_SUBJECTS refuses (and API keys' `apikey:<prefix>`)."""
+    """True for an id RESERVED_SUBJECTS refuses."""
     return subject.startswith(("user:", "system:", "apikey:")) or subject in {"system", "anonymous"}
 
 

@@ -55,7 +55,8 @@ def test_subject_is_unique_and_a_user_has_one_link():
 
 
 @pytest.mark.parametrize(
-    "subject", ["", "user:7", "system", "system:tiers", "anonymous", " alice", "x" * 129]
+    "subject",
+    ["", "user:7", "system", "system:tiers", "anonymous", "apikey:ab12", " alice", "x" * 129],
 )
 def test_empty_reserved_or_malformed_subjects_are_refused(subject):
     user = make_user("someone")
@@ -64,7 +65,9 @@ def test_empty_reserved_or_malformed_subjects_are_refused(subject):
     assert not StaffIdentity.objects.exists()
 
 
-@pytest.mark.parametrize("subject", ["", "user:7", "system", "system:tiers", "anonymous"])
+@pytest.mark.parametrize(
+    "subject", ["", "user:7", "system", "system:tiers", "anonymous", "apikey:ab12"]
+)
 def test_database_refuses_empty_and_reserved_subjects(subject):
     user = make_user("someone")
     with pytest.raises(IntegrityError), transaction.atomic():
