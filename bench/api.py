@@ -5,12 +5,13 @@
 
 What a merchant integration sees: `POST /api/v1/events` (one purchase per request) and
 `POST /api/v1/events/batch` (`--batch-size` purchases per request), each with its
-`Idempotency-Key`, a JWT bearer token (RS256, verified on every request), through the web
+`Idempotency-Key`, a JWT bearer token (RS256, verified once per process, `exp` checked on
+every use), through the web
 server (`--server`, `--workers` processes x `--threads` threads, persistent database
 connections) on 127.0.0.1. The load comes from `--clients` concurrent keep-alive connections
 (threads spread over a few client processes). Members are spread over `--programs` programs
 of one merchant, each with a budget and a daily cap (both large enough never to refuse); a
-batch holds events of one program (batches of one program take its budget shards in turn).
+batch holds events of one program (a batch takes one free budget shard of its program).
 
 Then pgbench TPC-B (`--pgbench-clients`, same duration) on a scratch database the script
 initialises, and, with `--with-service`, the service-level figure of bench/ingest.py (16

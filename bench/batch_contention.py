@@ -7,8 +7,8 @@
 `--size` purchases of one program (members drawn from `--members`, so concurrent batches of
 1,000 over 100,000 members share ~10), all released together each round. A batch that waited
 for every balance of another makes a round last as long as the batches one after another; one
-that waits only for the shared members' items lets them run side by side. Prints the median
-and total round time, the events/s, and CPU per event (Python and each backend's, as
+that waits only for the shared members' items lets them run side by side. Prints the median,
+shortest and longest round time, the events/s, and CPU per event (Python and each backend's, as
 bench/batch_profile.py measures them): on a shared machine the CPU figures compare, the wall
 times only roughly.
 """

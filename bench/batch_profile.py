@@ -1,14 +1,14 @@
 """CPU cost per event of the batch path, in one process: Python and its PostgreSQL backend.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench \\
-        .venv/bin/python bench/batch_profile.py --batches 20 --mode both
+        .venv/bin/python bench/batch_profile.py --batches 20
 
 Throughput on a shared machine is noise; CPU per event is not. This drives batches of
 `--size` purchases (members drawn from `--members` per program, `--per-batch` programs mixed
 in each batch, every item with its own idempotency_key) two ways:
 
 - direct: `events_ingest_batch` called with parsed items (the service alone);
-- http:   `POST /api/v1/events/batch` through Django's WSGI handler, as gunicorn calls it
+- http:   `POST /api/v1/events/batch` through the WSGI application, as the web server calls it
           (DEBUG off, JWT bearer token, request `Idempotency-Key`, the JSON body built
           before the clock starts: the load client's cost is not counted).
 
@@ -88,7 +88,7 @@ def backend_cpu_ns() -> int:
 
 
 class Http:
-    """POST through the WSGI handler gunicorn calls (no test client, no socket)."""
+    """POST through the WSGI handler the web server calls (no test client, no socket)."""
 
     def __init__(self, bearer: str) -> None:
         from django.core.handlers.wsgi import WSGIHandler
@@ -207,9 +207,10 @@ def main() -> None:
     parser.add_argument("--cprofile", metavar="PREFIX", help="cProfile the timed run: PREFIX.mode")
     parser.add_argument(
         "--gc-freeze",
-        action="store_true",
-        help="gc.freeze() after the warm-up, as a server may after loading the app: the "
-        "collector then no longer walks Django's ~100,000 startup objects",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gc.freeze() after the warm-up, as loyalty_project/wsgi.py does once the app is "
+        "loaded: the collector then no longer walks Django's ~100,000 startup objects",
     )
     opts = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
