@@ -13,6 +13,7 @@ from django.db.models import Q
 
 from loyalty.actors import Actor
 
+from .caller import client_ip, user_agent
 from .models import StaffIdentity
 
 # The most privileged role first: the one a staff user's actions are recorded under.
@@ -38,12 +39,12 @@ def staff_actor(user, request=None) -> Actor:
     roles = user_roles(user)
     fallback = "superuser" if user.is_superuser else "staff"
     role = next((r for r in ROLE_ORDER if r in roles), fallback)
-    meta = request.META if request is not None else {}
     return Actor(
         id=staff_actor_id(user),
         role=role,
-        ip=meta.get("REMOTE_ADDR"),
-        user_agent=meta.get("HTTP_USER_AGENT", ""),
+        # As for API callers: the client behind our trusted proxies, the user agent cut short.
+        ip=client_ip(request) if request is not None else None,
+        user_agent=user_agent(request) if request is not None else "",
     )
 
 

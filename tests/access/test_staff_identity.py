@@ -167,3 +167,17 @@ def test_staff_roles_cannot_link_identities(role):
     other = make_user("other")
     assert client.post(reverse(ADD), {"user": other.pk, "molam_subject": "x"}).status_code == 403
     assert not StaffIdentity.objects.exists()
+
+
+def test_a_staff_actor_behind_our_proxy_is_the_client_not_the_proxy(settings, rf):
+    """The admin's audit rows name the client as the API's do (access.caller.client_ip)."""
+    settings.LOYALTY_API_NUM_PROXIES = 1
+    request = rf.get(
+        "/admin/",
+        REMOTE_ADDR="10.0.0.2",
+        HTTP_X_FORWARDED_FOR="198.51.100.7",
+        HTTP_USER_AGENT="x" * 1000,
+    )
+    actor = staff_actor(make_user("behind_proxy", "finance_ops"), request)
+    assert actor.ip == "198.51.100.7"
+    assert actor.user_agent == "x" * 400
