@@ -9,15 +9,17 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.db import transaction
 from django.dispatch import receiver
 
+from access.caller import client_ip, user_agent
 from loyalty.actors import Actor
 
 from .services import audit_record
 
 
 def _request_meta(request) -> tuple[str | None, str]:
+    """The client behind our trusted proxies and its user agent, as for every other actor."""
     if request is None:
         return None, ""
-    return request.META.get("REMOTE_ADDR"), request.META.get("HTTP_USER_AGENT", "")
+    return client_ip(request), user_agent(request)
 
 
 def _user_actor(user, request) -> Actor:

@@ -56,6 +56,16 @@ def test_login_logout_and_failed_login_are_audited_without_the_username(user_in)
     assert rows[2].changes["after"]["username"].startswith("pii:")
 
 
+def test_a_failed_login_behind_our_proxy_names_the_client(user_in, settings):
+    """Brute force is traced to the client, not to our own proxy's address."""
+    settings.LOYALTY_API_NUM_PROXIES = 1
+    Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="203.0.113.9").post(
+        reverse("admin:login"), {"username": "nobody", "password": "x"}
+    )
+    row = AuditEntry.objects.get(action="user.login_failed")
+    assert row.ip == "203.0.113.9"
+
+
 def test_audit_admin_is_read_only_even_for_superusers(user_in):
     entry = audit_record(actor=Actor(id="ops-1", role="ops_marketing"), action="program.update",
                          entity_type="program", entity_id="p1")  # fmt: skip
