@@ -270,16 +270,9 @@ def api_key_verify(key: str) -> MerchantAPIKey:
         raise AuthenticationFailed("Invalid API key.")
     prefix = key.partition(".")[0]
     api_key = row_get(MerchantAPIKey, API_KEY_FIELDS, prefix=prefix)
-    if api_key is None or api_key.revoked:
-        raise AuthenticationFailed("Invalid API key.")
-    generator = MerchantAPIKey.objects.key_generator
-    if not generator.using_preferred_hasher(api_key.hashed_key):
-        # A key hashed by an older hasher: the library's own path verifies and upgrades it.
-        try:
-            api_key = MerchantAPIKey.objects.get_from_key(key)
-        except MerchantAPIKey.DoesNotExist as exc:
-            raise AuthenticationFailed("Invalid API key.") from exc
-    elif not generator.verify(key, api_key.hashed_key):
+    # `is_valid` is the library's check: the hash of the whole key, upgraded in place when an
+    # older hasher made it.
+    if api_key is None or api_key.revoked or not api_key.is_valid(key):
         raise AuthenticationFailed("Invalid API key.")
     if api_key.has_expired:
         raise AuthenticationFailed("The API key has expired.")

@@ -401,6 +401,20 @@ def test_revoked_expired_and_wrong_keys_are_401(funded):
         assert_401(ApiClient(f"Api-Key {key}").get(member_url(funded)))
 
 
+def test_an_api_key_hashed_by_an_older_hasher_works_and_is_rehashed(funded):
+    """Keys made before the library's SHA-512 hasher were hashed by Django's password hashers:
+    they keep working, and their hash is upgraded on first use."""
+    from django.contrib.auth.hashers import make_password
+
+    api_key, key = make_key()
+    generator = MerchantAPIKey.objects.key_generator
+    MerchantAPIKey.objects.filter(pk=api_key.pk).update(hashed_key=make_password(key))
+    assert ApiClient(f"Api-Key {key}").get(member_url(funded)).status_code == 200
+    assert generator.using_preferred_hasher(MerchantAPIKey.objects.get(pk=api_key.pk).hashed_key)
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert_401(ApiClient(f"Api-Key {wrong}").get(member_url(funded)))
+
+
 def test_an_api_key_revoked_or_expired_after_use_is_refused_at_once(funded):
     api_key, key = make_key()
     client = ApiClient(f"Api-Key {key}")
