@@ -4,6 +4,7 @@ caller's), and the answer to a repeated idempotency key."""
 from collections.abc import Callable
 
 from django.db import IntegrityError, connection, transaction
+from psycopg.pq import TransactionStatus
 
 from audit.services import audit_record
 
@@ -17,7 +18,7 @@ from .earning import _earn
 from .entries import entry_audit_after
 from .inputs import EARN_TYPES, EventInput, IngestResult, event_validate
 from .refunds import _refund
-from .statement import _earn_in_one_statement, _event_lock
+from .statement import _earn_in_one_statement, _event_lock, budget_retry_on_refusal
 
 
 def event_ingest(
@@ -100,9 +101,74 @@ def _ingest_atomic(
     retryable: bool,
     in_transaction: Callable[[IngestResult], None] | None,
 ) -> IngestResult:
+    if retryable and connection.vendor == "postgresql" and event.type in EARN_TYPES:
+        result = _earn_pipelined(program, event, actor, in_transaction)
+        if result is not None:
+            return result
     result = ingest_in_transaction(program=program, event=event, actor=actor, retryable=retryable)
     if in_transaction is not None and not result.replayed:
         in_transaction(result)
+    return result
+
+
+def _earn_pipelined(
+    program: Program,
+    event: EventInput,
+    actor: Actor,
+    in_transaction: Callable[[IngestResult], None] | None,
+) -> IngestResult | None:
+    """The common event, an earning of a member who has a balance, in two round trips instead
+    of four (BEGIN, lock, write, COMMIT): in psycopg's pipeline, BEGIN goes with the balance
+    lock, then the write statement, what `in_transaction` writes and COMMIT go together. A
+    round trip costs ~0.15-0.2 ms of CPU per event at 16 processes (docs/BENCHMARKS.md).
+
+    Runs inside `_ingest_atomic`'s atomic block, which stays the transaction's owner for
+    Django: on every path the database transaction has ended when this returns, so the
+    block's own COMMIT or ROLLBACK has nothing left to do. Whatever fails after BEGIN (a
+    refusal, an error of `in_transaction`, a statement's error, which arrives when the
+    pipeline ends) leaves COMMIT unsent, and the transaction is rolled back. None for a member
+    who has no balance yet: nothing was written, the caller goes on."""
+    pg = connection.connection
+    # The block is the transaction unless a caller's transaction holds it (only a test's:
+    # event_ingest's block is durable); the block is then a savepoint, ended by Django.
+    own = pg.pgconn.transaction_status == TransactionStatus.IDLE
+    if own:
+        # psycopg would send its own BEGIN and wait for it (a round trip); in autocommit it
+        # sends none and ours goes with the lock. The connection is idle: no I/O here.
+        pg.autocommit = True
+    try:
+        with (
+            budget_retry_on_refusal(),
+            connection.wrap_database_errors,  # for errors that arrive at the pipeline's end
+            connection.cursor() as cursor,
+            pg.pipeline(),
+        ):
+            if own:
+                cursor.cursor.execute("BEGIN", prepare=False)
+            locked = _event_lock(cursor, program, event, create=False)
+            if locked is None or locked[1] is not None:
+                # A new member, or a repeat: nothing written; answered outside the pipeline.
+                if own:
+                    cursor.cursor.execute("ROLLBACK", prepare=False)
+            else:
+                balance, _, entry_id = locked
+                entry = _earn_in_one_statement(
+                    cursor, program, balance, event, actor, entry_id, retryable=True
+                )
+                result = IngestResult(entry=entry)
+                if in_transaction is not None:
+                    in_transaction(result)
+                if own:
+                    cursor.cursor.execute("COMMIT", prepare=False)
+    finally:
+        if own:
+            if pg.pgconn.transaction_status != TransactionStatus.IDLE:
+                pg.rollback()  # something failed before COMMIT (or the server skipped it)
+            pg.autocommit = False
+    if locked is None:
+        return None
+    if locked[1] is not None:
+        return replay_answer(LedgerEntry.objects.get(pk=locked[1]), event)
     return result
 
 

@@ -2,12 +2,13 @@
 probe and the new entry's id), one data-modifying statement writes every row."""
 
 import json
+from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from uuid import UUID
 
 import orjson
-from django.db import connection, models
+from django.db import DatabaseError, connection, models
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -53,14 +54,17 @@ _EVENT_LOCK_SQL = (
 
 
 def _event_lock(
-    cursor, program: Program, event: EventInput
-) -> tuple[MemberBalance, int | None, int]:
+    cursor, program: Program, event: EventInput, *, create: bool = True
+) -> tuple[MemberBalance, int | None, int] | None:
     """The member's balance, locked until commit (created on first use), the id of the entry
-    the event's key already wrote (None: a new event), and the id for the new entry."""
+    the event's key already wrote (None: a new event), and the id for the new entry. Without
+    `create`, None for a member who has no balance yet."""
     params = [event.idempotency_key, db_id(program.pk), event.member_id]
     cursor.execute(_EVENT_LOCK_SQL, params)
     row = cursor.fetchone()
     if row is None:
+        if not create:
+            return None
         # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
         MemberBalance.objects.bulk_create(
             [MemberBalance(program=program, member_id=event.member_id, tier=entry_tier(program))],
@@ -89,9 +93,10 @@ def _earn_in_one_statement(
     rules, the lot, the outbox event and the audit entry are the same functions and values as
     on the ORM path; only the round trips differ (each costs ~0.3 ms of CPU, see
     docs/BENCHMARKS.md). When the caller can retry, the budget charge joins the statement
-    too: the rules go on as if one shard pays in full (the fast path's only outcome), and
-    every write is conditional on that shard's UPDATE; when no shard could pay, nothing is
-    written and BudgetRetry sends the event to the guarded path, which decides the rest."""
+    too: the rules go on as if one shard pays in full (the fast path's only outcome); when no
+    shard could pay, the statement fails as a whole (`loyalty_budget_retry()`, raising
+    BudgetRetry: see `budget_retry_on_refusal`) and the event goes to the guarded path, which
+    decides the rest. Nothing is read back: in a pipeline its result comes with COMMIT's."""
     charged: list[Decimal] = []
 
     def charge(points: Decimal) -> Decimal:
@@ -107,21 +112,20 @@ def _earn_in_one_statement(
         program, balance, event, actor, points=earning.points, details=earning.details
     )
     entry.pk = entry_id
-    parts, params, gate = [], [], ""
+    parts, params = [], []
     if charged:
         shard_sql, shard_params = budget_charge_statement(program=program, points=charged[0])
         parts.append(f"s AS ({shard_sql})")
         params.extend(shard_params)
-        gate = " WHERE EXISTS (SELECT FROM s)"
-    _cte_insert(entry, "e", parts, params, gate)  # stamps created_at, which the lot reads
+    _cte_insert(entry, "e", parts, params)  # stamps created_at, which the lot reads
     # The lot, the outbox event and the audit entry are only written: their rows go without
     # model instances.
     lot = earn_lot_values(program, balance, entry, before=earning.before)
     if lot is not None:
-        _cte_insert_values(PointLot, lot, "l", parts, params, gate)
+        _cte_insert_values(PointLot, lot, "l", parts, params)
     if earning.points > 0:
         _cte_insert_values(
-            OutboxEvent, earn_outbox_values(program, balance, entry), "o", parts, params, gate
+            OutboxEvent, earn_outbox_values(program, balance, entry), "o", parts, params
         )
     audit = audit_entry_values(
         actor=actor,
@@ -131,15 +135,33 @@ def _earn_in_one_statement(
         merchant_id=program.merchant_id,
         after=entry_audit_after(entry, balance),
     )
-    _cte_insert_values(AuditEntry, audit, "a", parts, params, gate)
+    _cte_insert_values(AuditEntry, audit, "a", parts, params)
     update_sql, update_params = _update_sql(balance, [*earning.fields, "updated_at"])
-    if gate:
-        update_sql += " AND EXISTS (SELECT FROM s)"
-    cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
-    if not cursor.rowcount:
-        raise BudgetRetry  # no shard paid: nothing was written
+    if charged:
+        # No shard paid: the whole statement fails (every CTE's rows with it).
+        update_sql += (
+            " AND CASE WHEN EXISTS (SELECT FROM s) THEN true ELSE loyalty_budget_retry() END"
+        )
+    with budget_retry_on_refusal():
+        cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
     entry._state.adding = False
     return entry
+
+
+# `loyalty_budget_retry()`'s SQLSTATE (migration loyalty/0007).
+BUDGET_RETRY_SQLSTATE = "LY001"
+
+
+@contextmanager
+def budget_retry_on_refusal():
+    """Turns the write statement's "no free shard could pay" into BudgetRetry, wherever its
+    result arrives: at the statement, or at the end of the pipeline that sent it."""
+    try:
+        yield
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == BUDGET_RETRY_SQLSTATE:
+            raise BudgetRetry from exc
+        raise
 
 
 def earn_lot_values(
@@ -172,7 +194,7 @@ def earn_outbox_values(program: Program, balance: MemberBalance, entry: LedgerEn
     }
 
 
-def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") -> None:
+def _cte_insert(obj, name: str, parts: list[str], params: list) -> None:
     """Appends `name AS (INSERT ...)` of the unsaved `obj`, valued as Django's own INSERT
     would be (auto_now stamps); columns left to a database default (an unset auto id,
     db_default) are not sent. The row travels as ONE jsonb parameter: with one parameter per
@@ -194,24 +216,24 @@ def _cte_insert(obj, name: str, parts: list[str], params: list, gate: str = "") 
             row[column] = value if convert is None else convert(value)
         else:
             row[column] = value
-    _cte_append(obj._meta.db_table, row, name, parts, params, gate)
+    _cte_append(obj._meta.db_table, row, name, parts, params)
 
 
-def _cte_append(table: str, row: dict, name: str, parts: list[str], params: list, gate: str):
-    key = (table, name, gate, *row)
+def _cte_append(table: str, row: dict, name: str, parts: list[str], params: list):
+    key = (table, name, *row)
     sql = _cte_sql.get(key)
     if sql is None:
         names = ", ".join(connection.ops.quote_name(column) for column in row)
         sql = _cte_sql[key] = (
             f"{name} AS (INSERT INTO {table} ({names})"  # noqa: S608 (the model's columns)
-            f" SELECT {names} FROM jsonb_populate_record(NULL::{table}, %s){gate})"
+            f" SELECT {names} FROM jsonb_populate_record(NULL::{table}, %s))"
         )
     parts.append(sql)
     params.append(Jsonb(row, _json_dumps))
 
 
 def _cte_insert_values(
-    model: type, values: dict, name: str, parts: list[str], params: list, gate: str = ""
+    model: type, values: dict, name: str, parts: list[str], params: list
 ) -> None:
     """`_cte_insert(model(**values), ...)` without the instance (building one and reading it
     back costs more than the row): `values` by attname, every other column as the model would
@@ -235,7 +257,7 @@ def _cte_insert_values(
             row[column] = value if convert is None else convert(value)
         else:
             row[column] = value
-    _cte_append(model._meta.db_table, row, name, parts, params, gate)
+    _cte_append(model._meta.db_table, row, name, parts, params)
 
 
 def _stamp_now(model_field):
