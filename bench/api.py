@@ -11,7 +11,10 @@ server (`--server`, `--workers` processes x `--threads` threads, persistent data
 connections) on 127.0.0.1. The load comes from `--clients` concurrent keep-alive connections
 (threads spread over a few client processes). Members are spread over `--programs` programs
 of one merchant, each with a budget and a daily cap (both large enough never to refuse); a
-batch holds events of one program (a batch takes one free budget shard of its program).
+batch holds events of one program (a batch takes one free budget shard of its program). Each
+program's `--members` have their balance up front, as in bench/ingest.py and
+bench/batch_profile.py (a running program's events are mostly its members' next ones);
+`--new-members` leaves them out, so that nearly every event is a member's first.
 
 Then pgbench TPC-B (`--pgbench-clients`, same duration) on a scratch database the script
 initialises, and, with `--with-service`, the service-level figure of bench/ingest.py (16
@@ -39,7 +42,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from benchkit import bench_program, jwt_token, keys, purchase
+from benchkit import bench_program, jwt_token, keys, members_create, purchase
 
 ROOT = Path(__file__).resolve().parent.parent
 MERCHANT = "m_bench_api"
@@ -355,7 +358,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent single-event clients")
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--members", type=int, default=100_000, help="per program")
+    parser.add_argument(
+        "--new-members",
+        action="store_true",
+        help="no balance up front: nearly every event is a member's first (creates it)",
+    )
     parser.add_argument("--programs", type=int, default=4)
     parser.add_argument(
         "--server",
@@ -400,6 +408,8 @@ def main() -> None:
 
     pem, private = keys()
     program_ids = [bench_program(MERCHANT, "api") for _ in range(opts.programs)]
+    if not opts.new_members:
+        members_create(program_ids, opts.members)
     env = {
         **os.environ,
         "DEBUG": "False",

@@ -62,6 +62,24 @@ def bench_program(merchant_id: str, label: str) -> str:
     return str(program.pk)
 
 
+def members_create(program_ids: list[str], members: int) -> None:
+    """Balances of members u0 .. u<members - 1> in each program, up front (one INSERT per
+    program), as in a running program: most events are by members who already have one."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for program_id in program_ids:
+            cursor.execute(
+                "INSERT INTO loyalty_memberbalance (program_id, member_id, points_balance,"
+                " locked, lifetime_earned, lifetime_redeemed, lifetime_spend, tier, churn_risk,"
+                " engagement_score, fraud_flags, is_frozen, earned_today, purchase_count,"
+                " created_at, updated_at)"
+                " SELECT %s, 'u' || n, 0, 0, 0, 0, 0, 'basic', 0, 0, '[]', false, 0, 0,"
+                " now(), now() FROM generate_series(0, %s - 1) AS n",
+                [program_id, members],
+            )
+
+
 def purchase(program_id: str, rng: random.Random, members: int) -> dict:
     """One purchase of a random member."""
     return {

@@ -109,6 +109,37 @@ def _balance_fetch_locked(program: Program, member_id: str) -> MemberBalance | N
     return balance
 
 
+def balance_defaults() -> tuple[list[str], list[tuple[str, object]]]:
+    """Every balance column but the id, program, member and tier, as a new MemberBalance
+    is valued now (defaults, creation stamps): quoted names, and `%s::type` placeholders with
+    their values, for the raw INSERTs of new balances (one event's, a batch's)."""
+    template = MemberBalance()
+    names, values = [], []
+    for field in MemberBalance._meta.concrete_fields:
+        if field.primary_key or field.attname in ("program_id", "member_id", "tier"):
+            continue
+        value = field.get_db_prep_save(field.pre_save(template, add=True), connection)
+        names.append(connection.ops.quote_name(field.column))
+        values.append((f"%s::{field.db_type(connection)}", value))
+    return names, values
+
+
+def balance_create(cursor, program: Program, member_id: str) -> None:
+    """Creates the member's balance in the program's lowest tier ("basic" without tiers),
+    unless it exists: a concurrent first event of the same member creates it once (ON
+    CONFLICT waits for that one to commit). PostgreSQL; one statement with no ORM compile,
+    so it may also go in a pipeline (`bulk_create` would open a transaction of its own)."""
+    names, values = balance_defaults()
+    cursor.execute(
+        f"INSERT INTO {MemberBalance._meta.db_table}"  # noqa: S608 (the model's columns)
+        f" (program_id, member_id, tier, {', '.join(names)})"
+        " SELECT %s, %s, COALESCE((SELECT t.name FROM loyalty_tier t WHERE t.program_id = %s"
+        f"  ORDER BY t.rank LIMIT 1), 'basic'), {', '.join(cast for cast, _ in values)}"
+        " ON CONFLICT (program_id, member_id) DO NOTHING",
+        [db_id(program.pk), member_id, db_id(program.pk), *(value for _, value in values)],
+    )
+
+
 def entry_tier(program: Program) -> str:
     tier = Tier.objects.filter(program=program).order_by("rank").values_list("name", flat=True)
     return tier.first() or "basic"

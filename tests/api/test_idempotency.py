@@ -263,12 +263,15 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
 
     tries = []
 
-    def spy(**kwargs):
-        tries.append(kwargs["retryable"])
-        return ingest(**kwargs)
+    def spy(name, function):
+        def called(*args, **kwargs):
+            tries.append(name)
+            return function(*args, **kwargs)
 
-    ingest = service.ingest_in_transaction
-    monkeypatch.setattr(service, "ingest_in_transaction", spy)
+        monkeypatch.setattr(service, function.__name__, called)
+
+    spy("one statement", service._earn_pipelined)
+    spy("guarded", service.ingest_in_transaction)
     program = make_program(merchant_id=OWN, budget_limit=Decimal("1000"))
     response = api("system").post("/api/v1/events", purchase(program, amount="5000"), key="b1")
     assert response.status_code == 201, response.content
@@ -278,7 +281,8 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     record = IdempotencyRecord.objects.get(key="b1")
     assert (record.status, record.response_body) == ("completed", response.json())
     # The one-statement path, then the guarded one (SQLite has only the latter's ORM path).
-    assert tries == ([True, False] if connection.vendor == "postgresql" else [True])
+    expected = ["one statement", "guarded"] if connection.vendor == "postgresql" else ["guarded"]
+    assert tries == expected
 
 
 def _synchronous_commit() -> str:

@@ -16,6 +16,7 @@ from django.db.models import Sum
 from loyalty.errors import AccountFrozen
 from loyalty.models import BudgetShard, LedgerEntry, MemberBalance
 from loyalty.services import event_ingest
+from loyalty.services.programs import TierInput
 from loyalty.verify import ledger_verify
 from tests.factories import PurchaseFactory
 
@@ -127,11 +128,28 @@ def test_a_statement_failing_at_the_pipelines_end_rolls_back_and_is_answered(
     assert ledger_verify() == []
 
 
-def test_a_repeat_and_a_new_member_leave_the_pipeline_and_are_answered(program, actor, purchase):
+def test_a_members_first_event_adds_one_round_trip_for_its_balance(make_program, actor):
+    tiers = [TierInput("starter"), TierInput("star", min_points=D("1000"), earn_multiplier=2)]
+    program = make_program(tiers=tiers)
     event = PurchaseFactory(member_id="u_new", amount=D("5000"), currency="XOF")
+    results = []
 
-    first = event_ingest(program=program, event=event, actor=actor)  # no balance yet
-    again = event_ingest(program=program, event=event, actor=actor)  # the lock finds the key
+    trips = round_trips(
+        lambda: results.append(event_ingest(program=program, event=event, actor=actor))
+    )
+
+    assert trips == 3  # BEGIN + lock (none found); INSERT + lock; write + COMMIT
+    assert results[0].entry.points == D("100")
+    assert balance_of(program, "u_new").points_balance == D("100")
+    assert balance_of(program, "u_new").tier == "starter"  # the program's lowest tier
+    assert connection_is_idle_in_autocommit()
+
+
+def test_a_repeat_is_answered_after_the_pipeline(program, actor):
+    event = PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF")
+
+    first = event_ingest(program=program, event=event, actor=actor)
+    again = event_ingest(program=program, event=event, actor=actor)
 
     assert (first.replayed, again.replayed) == (False, True)
     assert again.as_dict() == first.as_dict()

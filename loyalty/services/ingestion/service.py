@@ -38,25 +38,17 @@ def event_ingest(
     # No replay lookup before the transaction: the one after the balance lock answers a
     # repeat just as well, and a lookup here would cost every new event a statement.
     try:
-        try:
-            return _ingest_atomic(
-                program=program,
-                event=event,
-                actor=actor,
-                retryable=True,
-                in_transaction=in_transaction,
-            )
-        except BudgetRetry:
-            # No free budget shard could pay: rare (near the limit, or every shard busy).
-            # The first try may hold a shard lock out of order, so it was rolled back whole;
-            # this one takes the savepoint-guarded path, and the slow path if need be.
-            return _ingest_atomic(
-                program=program,
-                event=event,
-                actor=actor,
-                retryable=False,
-                in_transaction=in_transaction,
-            )
+        if connection.vendor == "postgresql" and event.type in EARN_TYPES:
+            try:
+                return _earn_pipelined(program, event, actor, in_transaction)
+            except BudgetRetry:
+                # No free budget shard could pay: rare (near the limit, or every shard busy).
+                # The first try may hold a shard lock out of order, so it was rolled back
+                # whole; this one takes the savepoint-guarded path, and the slow path if need be.
+                pass
+        return _ingest_atomic(
+            program=program, event=event, actor=actor, in_transaction=in_transaction
+        )
     except IntegrityError:
         # A concurrent request with the same key committed first: answer its result.
         replay = event_replay(program, event)
@@ -98,39 +90,35 @@ def _ingest_atomic(
     program: Program,
     event: EventInput,
     actor: Actor,
-    retryable: bool,
     in_transaction: Callable[[IngestResult], None] | None,
 ) -> IngestResult:
-    if retryable and connection.vendor == "postgresql" and event.type in EARN_TYPES:
-        result = _earn_pipelined(program, event, actor, in_transaction)
-        if result is not None:
-            return result
-    result = ingest_in_transaction(program=program, event=event, actor=actor, retryable=retryable)
+    result = ingest_in_transaction(program=program, event=event, actor=actor)
     if in_transaction is not None and not result.replayed:
         in_transaction(result)
     return result
 
 
+@transaction.atomic(durable=True)
 def _earn_pipelined(
     program: Program,
     event: EventInput,
     actor: Actor,
     in_transaction: Callable[[IngestResult], None] | None,
-) -> IngestResult | None:
-    """The common event, an earning of a member who has a balance, in two round trips instead
-    of four (BEGIN, lock, write, COMMIT): in psycopg's pipeline, BEGIN goes with the balance
-    lock, then the write statement, what `in_transaction` writes and COMMIT go together. A
-    round trip costs ~0.15-0.2 ms of CPU per event at 16 processes (docs/BENCHMARKS.md).
+) -> IngestResult:
+    """An earning on PostgreSQL in two round trips instead of four (BEGIN, lock, write,
+    COMMIT): in psycopg's pipeline, BEGIN goes with the balance lock, then the write
+    statement, what `in_transaction` writes and COMMIT go together (a member's first event
+    adds one, its balance's INSERT and a second lock). Each round trip saved is a wait and a
+    wake-up of both processes.
 
-    Runs inside `_ingest_atomic`'s atomic block, which stays the transaction's owner for
-    Django: on every path the database transaction has ended when this returns, so the
-    block's own COMMIT or ROLLBACK has nothing left to do. Whatever fails after BEGIN (a
-    refusal, an error of `in_transaction`, a statement's error, which arrives when the
-    pipeline ends) leaves COMMIT unsent, and the transaction is rolled back. None for a member
-    who has no balance yet: nothing was written, the caller goes on."""
+    The atomic block stays the transaction's owner for Django, but on every path the
+    database transaction has ended before the block does, whose own COMMIT or ROLLBACK then
+    has nothing left to do. Whatever fails after BEGIN (a refusal, an error of
+    `in_transaction`, a statement's error, which arrives when the pipeline ends) leaves
+    COMMIT unsent, and the transaction is rolled back."""
     pg = connection.connection
-    # The block is the transaction unless a caller's transaction holds it (only a test's:
-    # event_ingest's block is durable); the block is then a savepoint, ended by Django.
+    # The block is the transaction unless a caller's transaction holds it (only a test's: the
+    # block is durable); the block is then a savepoint, which Django ends.
     own = pg.pgconn.transaction_status == TransactionStatus.IDLE
     if own:
         # psycopg would send its own BEGIN and wait for it (a round trip); in autocommit it
@@ -145,13 +133,13 @@ def _earn_pipelined(
         ):
             if own:
                 cursor.cursor.execute("BEGIN", prepare=False)
-            locked = _event_lock(cursor, program, event, create=False)
-            if locked is None or locked[1] is not None:
-                # A new member, or a repeat: nothing written; answered outside the pipeline.
+            balance, replay_id, entry_id = _event_lock(cursor, program, event)
+            if replay_id is not None:
+                # A repeat: answered outside the pipeline (a new member's balance is the only
+                # row this transaction may have written: kept).
                 if own:
-                    cursor.cursor.execute("ROLLBACK", prepare=False)
+                    cursor.cursor.execute("COMMIT", prepare=False)
             else:
-                balance, _, entry_id = locked
                 entry = _earn_in_one_statement(
                     cursor, program, balance, event, actor, entry_id, retryable=True
                 )
@@ -165,26 +153,21 @@ def _earn_pipelined(
             if pg.pgconn.transaction_status != TransactionStatus.IDLE:
                 pg.rollback()  # something failed before COMMIT (or the server skipped it)
             pg.autocommit = False
-    if locked is None:
-        return None
-    if locked[1] is not None:
-        return replay_answer(LedgerEntry.objects.get(pk=locked[1]), event)
+    if replay_id is not None:
+        return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
     return result
 
 
-def ingest_in_transaction(
-    *, program: Program, event: EventInput, actor: Actor, retryable: bool = False
-) -> IngestResult:
-    """The body of one ingestion; the caller owns the transaction (a batch item's savepoint).
-    `retryable`: the caller runs the whole transaction again on BudgetRetry, so an earning's
-    budget charge may go without its savepoint (`budget_charge_statement`)."""
+def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:
+    """The body of one ingestion; the caller owns the transaction (a batch item's savepoint,
+    `_ingest_atomic`). The budget is charged by `budget_charge`, in savepoints."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:  # one cursor for the event's two statements
             balance, replay_id, entry_id = _event_lock(cursor, program, event)
             if replay_id is None and event.type in EARN_TYPES:
                 return IngestResult(
                     entry=_earn_in_one_statement(
-                        cursor, program, balance, event, actor, entry_id, retryable=retryable
+                        cursor, program, balance, event, actor, entry_id, retryable=False
                     )
                 )
         if replay_id is not None:

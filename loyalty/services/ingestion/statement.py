@@ -22,9 +22,9 @@ from ...money import ZERO
 from ..balances import (
     _BALANCE_LOCK_SQL,  # one definition of the lock's columns
     _BALANCE_WIDTH,
+    balance_create,
     balance_from_row,
     db_id,
-    entry_tier,
     lot_expiry,
 )
 from ..budget import BudgetRetry, budget_charge, budget_charge_statement
@@ -54,22 +54,15 @@ _EVENT_LOCK_SQL = (
 
 
 def _event_lock(
-    cursor, program: Program, event: EventInput, *, create: bool = True
-) -> tuple[MemberBalance, int | None, int] | None:
+    cursor, program: Program, event: EventInput
+) -> tuple[MemberBalance, int | None, int]:
     """The member's balance, locked until commit (created on first use), the id of the entry
-    the event's key already wrote (None: a new event), and the id for the new entry. Without
-    `create`, None for a member who has no balance yet."""
+    the event's key already wrote (None: a new event), and the id for the new entry."""
     params = [event.idempotency_key, db_id(program.pk), event.member_id]
     cursor.execute(_EVENT_LOCK_SQL, params)
     row = cursor.fetchone()
     if row is None:
-        if not create:
-            return None
-        # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
-        MemberBalance.objects.bulk_create(
-            [MemberBalance(program=program, member_id=event.member_id, tier=entry_tier(program))],
-            ignore_conflicts=True,
-        )
+        balance_create(cursor, program, event.member_id)
         cursor.execute(_EVENT_LOCK_SQL, params)
         row = cursor.fetchone()
     balance = balance_from_row(cursor.db, row)
