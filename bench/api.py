@@ -372,7 +372,11 @@ def main() -> None:
         help="the web server: granian as the Procfile runs it, or gunicorn (the previous one)",
     )
     parser.add_argument(
-        "--workers", "--gunicorn-workers", type=int, default=4, help="server processes"
+        "--workers",
+        "--gunicorn-workers",
+        type=int,
+        default=os.cpu_count(),
+        help="server processes (default: one per core, as the Procfile)",
     )
     parser.add_argument(
         "--threads",
