@@ -148,7 +148,8 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
 
 def _created(result) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-    return Response(ingest_body(result), status=201, headers=headers)
+    # Encoded once, for the response and the stored answer.
+    return EncodedResponse(ingest_body(result), status=201, headers=headers)
 
 
 def event_ingest_stored(*, program: Program, event: EventInput, actor, record) -> Response:
