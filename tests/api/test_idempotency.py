@@ -18,6 +18,22 @@ from .conftest import OTHER, OWN
 pytestmark = pytest.mark.django_db
 
 
+# Tests of the event's own transaction run twice: inside the test's transaction, and in a
+# transaction of their own, as in production, where an earning's BEGIN and COMMIT travel in a
+# pipeline with its statements (loyalty.services.ingestion.service._earn_pipelined).
+TRANSACTIONS = pytest.mark.parametrize(
+    "own_transaction",
+    [
+        pytest.param(False, id="in-test-transaction"),
+        pytest.param(
+            True,
+            id="own-transaction",
+            marks=[pytest.mark.postgres, pytest.mark.django_db(transaction=True)],
+        ),
+    ],
+)
+
+
 def purchase(program, member="u_7", amount="12500"):
     return {
         "program_id": str(program.pk),
@@ -216,10 +232,15 @@ def test_numbers_are_compared_exactly(api, funded):
     assert LedgerEntry.objects.filter(balance__member_id="u_9").count() == 1
 
 
-def test_an_event_and_its_stored_answer_commit_together(api, make_program, monkeypatch):
+@TRANSACTIONS
+def test_an_event_and_its_stored_answer_commit_together(
+    api, make_program, monkeypatch, own_transaction
+):
     """The 201 is stored by the event's own transaction: completed with the very body sent,
     replayed as is; and when that transaction fails, neither the event nor an answer stays."""
     from loyalty.api import events
+
+    assert connection.in_atomic_block is not own_transaction
 
     program = make_program(merchant_id=OWN)
     client = api("system")
@@ -251,8 +272,9 @@ def test_an_event_and_its_stored_answer_commit_together(api, make_program, monke
     )
 
 
+@TRANSACTIONS
 def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
-    api, make_program, monkeypatch
+    api, make_program, monkeypatch, own_transaction
 ):
     """100 points against 16 shards of 62.5: the one-statement path writes nothing, the
     guarded retry pays across shards; one entry, one stored answer, budget exact."""
@@ -261,6 +283,7 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     from loyalty.services.budget import budget_spent
     from loyalty.services.ingestion import service
 
+    assert connection.in_atomic_block is not own_transaction
     tries = []
 
     def spy(name, function):

@@ -7,10 +7,11 @@ import itertools
 import os
 import re
 import tempfile
+import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 from django.db.models import Sum
 
 from loyalty.errors import AccountFrozen
@@ -19,6 +20,7 @@ from loyalty.services import event_ingest
 from loyalty.services.programs import TierInput
 from loyalty.verify import ledger_verify
 from tests.factories import PurchaseFactory
+from tests.parallel import join_all, start_thread, wait_for_lock_waiters
 
 from .conftest import balance_of, db_state
 
@@ -155,3 +157,92 @@ def test_a_repeat_is_answered_after_the_pipeline(program, actor):
     assert again.as_dict() == first.as_dict()
     assert LedgerEntry.objects.filter(program=program).count() == 1
     assert connection_is_idle_in_autocommit()
+
+
+def test_a_repeat_takes_three_round_trips(program, actor, purchase):
+    event = PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF")
+    first = event_ingest(program=program, event=event, actor=actor)
+    results = []
+
+    trips = round_trips(
+        lambda: results.append(event_ingest(program=program, event=event, actor=actor))
+    )
+
+    # BEGIN + lock (finds the key); COMMIT + the stored entry; the pipeline's end.
+    assert trips == 3
+    assert results[0].replayed
+    assert results[0].as_dict() == first.as_dict()
+
+
+def test_what_the_hook_writes_commits_with_the_event(program, actor, purchase):
+    purchase(program, member_id="u_1")
+
+    def hook(result):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE loyalty_memberbalance SET engagement_score = 0.5 WHERE id = %s",
+                [result.entry.balance_id],
+            )
+
+    event_ingest(
+        program=program,
+        event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
+        actor=actor,
+        in_transaction=hook,
+    )
+
+    balance = balance_of(program)
+    assert (balance.points_balance, balance.engagement_score) == (D("300"), D("0.5"))
+
+
+def test_a_hook_that_asks_for_the_rollback_gets_it(program, actor, purchase):
+    purchase(program, member_id="u_1")
+    before = db_state()
+
+    event_ingest(
+        program=program,
+        event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
+        actor=actor,
+        in_transaction=lambda result: transaction.set_rollback(True),
+    )
+
+    assert db_state() == before  # as at the end of any atomic block
+    assert connection_is_idle_in_autocommit()
+
+
+def test_a_connection_lost_while_waiting_for_the_lock_raises_djangos_error(
+    program, actor, purchase
+):
+    purchase(program, member_id="u_1")
+    holder_ready, release = threading.Event(), threading.Event()
+    results: dict = {}
+
+    def hold_the_balance():
+        with transaction.atomic():
+            list(MemberBalance.objects.select_for_update().filter(member_id="u_1"))
+            holder_ready.set()
+            release.wait(30)
+
+    def ingest_then_again():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            results["pid"] = cursor.fetchone()[0]
+        try:
+            purchase(program, member_id="u_1")
+        except Exception as exc:  # what the caller of event_ingest gets
+            results["first"] = exc
+        results["again"] = purchase(program, member_id="u_1")  # a new connection
+
+    threads = [start_thread(results, "holder", hold_the_balance)]
+    holder_ready.wait(10)
+    threads.append(start_thread(results, "ingest", ingest_then_again))
+    wait_for_lock_waiters(1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [results["pid"]])
+    release.set()
+    join_all(threads)
+
+    assert isinstance(results["first"], OperationalError)  # Django's, not psycopg's
+    assert results["again"].entry.points == D("200")
+    assert LedgerEntry.objects.filter(program=program).count() == 2
+    assert ledger_verify() == []

@@ -4,6 +4,7 @@ caller's), and the answer to a repeated idempotency key."""
 from collections.abc import Callable
 
 from django.db import IntegrityError, connection, transaction
+from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
 from audit.services import audit_record
@@ -33,6 +34,10 @@ def event_ingest(
     `in_transaction(result)` runs inside the transaction that writes the event, after its
     rows and before COMMIT, so what it writes commits or rolls back with the event (the API
     stores its idempotent answer there). It does not run for a replay, which writes nothing.
+    On PostgreSQL an earning's statements may travel in a pipeline (`_earn_pipelined`): the
+    hook's statements are then sent, not yet answered, when it returns, so it must not read
+    their results (`rowcount`) nor expect to catch their errors; any error, the event's or
+    the hook's, fails the whole transaction.
     """
     event_validate(program, event)
     # No replay lookup before the transaction: the one after the balance lock answers a
@@ -123,6 +128,7 @@ def _earn_pipelined(
     if own:
         # psycopg would send its own BEGIN and wait for it (a round trip); in autocommit it
         # sends none and ours goes with the lock. The connection is idle: no I/O here.
+        begin = _begin_statement(pg)
         pg.autocommit = True
     try:
         with (
@@ -132,30 +138,43 @@ def _earn_pipelined(
             pg.pipeline(),
         ):
             if own:
-                cursor.cursor.execute("BEGIN", prepare=False)
+                cursor.cursor.execute(begin, prepare=False)
             balance, replay_id, entry_id = _event_lock(cursor, program, event)
             if replay_id is not None:
-                # A repeat: answered outside the pipeline (a new member's balance is the only
-                # row this transaction may have written: kept).
+                # A repeat. A new member's balance is the only row this transaction may have
+                # written: kept. The stored entry is read after COMMIT.
                 if own:
                     cursor.cursor.execute("COMMIT", prepare=False)
-            else:
-                entry = _earn_in_one_statement(
-                    cursor, program, balance, event, actor, entry_id, retryable=True
-                )
-                result = IngestResult(entry=entry)
-                if in_transaction is not None:
-                    in_transaction(result)
-                if own:
-                    cursor.cursor.execute("COMMIT", prepare=False)
+                return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
+            entry = _earn_in_one_statement(
+                cursor, program, balance, event, actor, entry_id, retryable=True
+            )
+            result = IngestResult(entry=entry)
+            if in_transaction is not None:
+                in_transaction(result)
+            # A hook may have asked for the rollback (transaction.set_rollback): as at the end
+            # of an atomic block, then nothing commits.
+            if own and not connection.needs_rollback:
+                cursor.cursor.execute("COMMIT", prepare=False)
+            return result
     finally:
-        if own:
+        # A lost connection has nothing to roll back: its own error goes on, and the atomic
+        # block closes it.
+        if own and not pg.closed:
             if pg.pgconn.transaction_status != TransactionStatus.IDLE:
                 pg.rollback()  # something failed before COMMIT (or the server skipped it)
             pg.autocommit = False
-    if replay_id is not None:
-        return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
-    return result
+
+
+def _begin_statement(pg) -> str:
+    """The BEGIN psycopg itself would send, with the connection's isolation level and
+    access mode (DATABASES OPTIONS may set them)."""
+    begin = "BEGIN"
+    if pg.isolation_level is not None:
+        begin += f" ISOLATION LEVEL {IsolationLevel(pg.isolation_level).name.replace('_', ' ')}"
+    if pg.read_only is not None:
+        begin += " READ ONLY" if pg.read_only else " READ WRITE"
+    return begin
 
 
 def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:

@@ -135,8 +135,7 @@ def _earn_in_one_statement(
         update_sql += (
             " AND CASE WHEN EXISTS (SELECT FROM s) THEN true ELSE loyalty_budget_retry() END"
         )
-    with budget_retry_on_refusal():
-        cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
+    cursor.execute(f"WITH {', '.join(parts)} {update_sql}", [*params, *update_params])
     entry._state.adding = False
     return entry
 
@@ -148,7 +147,8 @@ BUDGET_RETRY_SQLSTATE = "LY001"
 @contextmanager
 def budget_retry_on_refusal():
     """Turns the write statement's "no free shard could pay" into BudgetRetry, wherever its
-    result arrives: at the statement, or at the end of the pipeline that sent it."""
+    result arrives: at the statement, or at the end of the pipeline that sent it (the
+    caller's: only a retryable write charges the budget in its statement)."""
     try:
         yield
     except DatabaseError as exc:
