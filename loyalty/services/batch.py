@@ -786,7 +786,7 @@ def _audit_rows(new: list, actor: Actor, now) -> list[tuple]:
                 key=key,
             )
         entity_id = str(entry.id)
-        changes = audit_changes_json(entry_audit_after(entry, balance), key=key)
+        changes = _entry_changes_json(entry, balance, key=key)
         rows.append(
             ("transaction", entity_id, action, merchant_id, actor_id, role, address,
              user_agent, _JSONB_V1 + changes.encode(), now, credential_id,
@@ -821,6 +821,28 @@ def audit_changes_json(after: dict, *, key: bytes) -> str:
         f"{_json_string(name)}:{_json_string(value)}" for name, value in sorted(after.items())
     )
     return f'{{"after":{{{fields}}}}}'
+
+
+def _entry_changes_json(entry: LedgerEntry, balance: MemberBalance, *, key: bytes) -> str:
+    """`audit_changes_json(entry_audit_after(entry, balance))`, written out for the four texts
+    an ingested entry records, in key order (3.4 -> 1.3 us an entry; tests/audit/
+    test_batch_changes.py holds them equal). The points are number texts: never scrubbed,
+    nothing to escape. The member id (free text) and the reference are checked as
+    audit_changes_json checks them; anything the scrub might change goes through it."""
+    member_id, reference = balance.member_id, entry.reference
+    if (
+        type(member_id) is not str
+        or type(reference) is not str
+        or _MAYBE_EMAIL.search(member_id)
+        or _MAYBE_PHONE.search(member_id)
+        or _MAYBE_EMAIL.search(reference)
+    ):
+        return audit_changes_json(entry_audit_after(entry, balance), key=key)
+    return (
+        f'{{"after":{{"balance_after":"{entry.balance_after}",'
+        f'"member_id":{_json_string(member_id)},"points":"{entry.points}",'
+        f'"reference":{_json_string(reference)}}}}}'
+    )
 
 
 # --- item by item ------------------------------------------------------------------------------
