@@ -408,6 +408,9 @@ _BALANCES_LOCK_SQL = (
 )
 # The first pass's: never waits, leaves out the balances another transaction holds.
 _BALANCES_LOCK_FREE_SQL = _BALANCES_LOCK_SQL + " SKIP LOCKED"
+_TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(
+    psycopg.postgres.types["timestamptz"].oid, psycopg.pq.Format.TEXT
+)
 
 
 def _balance_insert_sql() -> tuple[str, list]:
@@ -474,6 +477,9 @@ def _balances_lock(programs: dict, members: set, tiers: dict, *, wait: bool) -> 
     multipliers = {(pid, name): m for pid, ranked in tiers.items() for name, m in ranked}
     locked = {}
     with connection.cursor() as cursor:
+        # last_purchase_at by psycopg's own loader (C, 0.2 us a value): Django's, which only
+        # gives it the zone it already has (the connection's), is Python (3.8 us).
+        cursor.cursor.adapters.register_loader("timestamptz", _TIMESTAMPTZ_LOADER)
         cursor.execute(
             _BALANCES_LOCK_SQL if wait else _BALANCES_LOCK_FREE_SQL, [program_ids, member_ids]
         )
