@@ -686,6 +686,17 @@ _ENTRIES_COPY_SQL = (
 )
 
 
+# The bytea dumper psycopg's set_types picks (by oid) is its DB-API one, Python code that also
+# unwraps `Binary`; the one it has for `bytes` is C: 0.3 -> 0.1 us a value, six an item.
+_BYTES_DUMPER = psycopg.adapters.get_dumper(bytes, psycopg.adapt.PyFormat.BINARY)
+
+
+def _binary_copy(cursor, sql: str) -> psycopg.Copy:
+    """The COPY of `sql` on `cursor` (Django's), its bytes values written by the C dumper."""
+    cursor.cursor.adapters.register_dumper(bytes, _BYTES_DUMPER)
+    return cursor.cursor.copy(sql)
+
+
 def _entries_copy(entries: list[LedgerEntry]) -> None:
     """The entries, with ids drawn from the sequence in item order (the balance_after chain
     follows ids)."""
@@ -695,7 +706,7 @@ def _entries_copy(entries: list[LedgerEntry]) -> None:
             [LedgerEntry._meta.db_table, len(entries)],
         )
         ids = cursor.fetchall()
-        with cursor.cursor.copy(_ENTRIES_COPY_SQL) as copy:
+        with _binary_copy(cursor, _ENTRIES_COPY_SQL) as copy:
             copy.set_types(_ENTRY_TYPES)
             for entry, (pk,) in zip(entries, ids, strict=True):
                 entry.id = pk
@@ -767,12 +778,8 @@ def _copy_rows(model, fields: list[str], rows: list[tuple], *, encoded=frozenset
         for name, column_type in zip(fields, _copy_types(columns), strict=True)
     ]
     names = ", ".join(connection.ops.quote_name(field.column) for field in columns)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(
-            f"COPY {connection.ops.quote_name(meta.db_table)} ({names}) FROM STDIN (FORMAT BINARY)"
-        ) as copy,
-    ):
+    sql = f"COPY {connection.ops.quote_name(meta.db_table)} ({names}) FROM STDIN (FORMAT BINARY)"
+    with connection.cursor() as cursor, _binary_copy(cursor, sql) as copy:
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
