@@ -123,7 +123,9 @@ def entry_tier(program: Program) -> str:
 
 
 def has_blocking_flag(balance: MemberBalance) -> bool:
-    return any(flag.get("code") in BLOCKING_FRAUD_FLAGS for flag in balance.fraud_flags or [])
+    flags = balance.fraud_flags
+    # Most balances have none: no generator to start (asked every earning event).
+    return bool(flags) and any(flag.get("code") in BLOCKING_FRAUD_FLAGS for flag in flags)
 
 
 def fraud_flag_add(balance: MemberBalance, code: str, **detail) -> None:
