@@ -1,5 +1,6 @@
 """POST /events and /events/batch: merchant events, exactly once per idempotency key."""
 
+import dataclasses
 import functools
 import json
 import re
@@ -67,7 +68,28 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
     if errors:
         raise ValidationFailed("The event is invalid.", errors=errors)
     program_id = values.pop("program_id")
-    return program_id, EventInput(idempotency_key=idempotency_key, **values)
+    values["idempotency_key"] = idempotency_key
+    return program_id, _event_new(values)
+
+
+# EventInput's defaults but `metadata`'s (a new dict each time), for `_event_new`.
+_EVENT_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(EventInput)
+    if field.default is not dataclasses.MISSING
+}
+
+
+def _event_new(values: dict) -> EventInput:
+    """`EventInput(**values)`, for values event_parse checked, without the frozen dataclass's
+    __init__, which sets its twelve fields one by one through object.__setattr__ (2.3 us,
+    0.5 so)."""
+    event = object.__new__(EventInput)
+    fields = event.__dict__
+    fields.update(_EVENT_DEFAULTS)
+    fields["metadata"] = {}
+    fields.update(values)
+    return event
 
 
 # A batch names a few programs 1,000 times: each text is parsed once (~1 us saved an item).
