@@ -74,7 +74,7 @@ from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX
 
 from ..actors import Actor
 from ..errors import BudgetExhausted, DomainError
-from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program, Tier
+from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO, points_affordable, points_cost
 from .balances import entry_tier, lot_expiry
 from .ingestion import (
@@ -376,15 +376,20 @@ def _entry_new(program, balance, event, actor, earning, now) -> LedgerEntry:
     return _model_new(LedgerEntry, values, {"program": program, "balance": balance})
 
 
+# Plain SQL: the ORM took ~0.6 ms of CPU a batch to build this query, six times running it.
+_TIERS_SQL = (
+    "SELECT program_id, name, earn_multiplier FROM loyalty_tier"
+    " WHERE program_id = ANY(%s::uuid[]) ORDER BY program_id, rank"
+)
+
+
 def _tiers(programs: dict) -> dict:
     """{program key: [(name, earn multiplier)] by rank}, for all programs in one query."""
     tiers: dict = {pid: [] for pid in programs}
-    for program_id, name, multiplier in (
-        Tier.objects.filter(program_id__in=_program_ids(programs))
-        .order_by("program_id", "rank")
-        .values_list("program_id", "name", "earn_multiplier")
-    ):
-        tiers[program_id.int].append((name, multiplier))
+    with connection.cursor() as cursor:
+        cursor.execute(_TIERS_SQL, [_array_of([str(p.id) for p in programs.values()])])
+        for program_id, name, multiplier in cursor.fetchall():
+            tiers[program_id.int].append((name, multiplier))
     return tiers
 
 
