@@ -734,19 +734,32 @@ def _rows_set(model, objs: list, fields: list[str]) -> None:
     """`jobs.bulk_set` (one `UPDATE ... FROM unnest(arrays)`), with each array sent as one
     array literal built here: psycopg adapting 1,000 values one by one per column costs more
     than the statement. For numbers, dates, times and booleans, whose text never needs
-    quoting in an array literal (which `_array_literal` checks by field type)."""
+    quoting in an array literal (which `_literal_texts` checks by field type). A column whose
+    rows all take one value (the batch's time and day: every balance's `updated_at` and
+    `last_activity_at`, mostly `last_purchase_at` and `earned_day`) is set from that one
+    value, which PostgreSQL then reads once instead of once a row."""
     meta = model._meta
-    columns = [meta.pk, *(meta.get_field(name) for name in fields)]
-    arrays = [_array_literal([getattr(obj, c.attname) for obj in objs], c) for c in columns]
-    table = connection.ops.quote_name(meta.db_table)
-    names = [connection.ops.quote_name(c.column) for c in columns]
-    casts = ", ".join(f"%s::{c.db_type(connection)}[]" for c in columns)
-    sets = ", ".join(f"{name} = v.{name}" for name in names[1:])
+    key, *columns = [meta.pk, *(meta.get_field(name) for name in fields)]
+    qn = connection.ops.quote_name
+    unnested = [(key, _literal_texts([getattr(obj, key.attname) for obj in objs], key))]
+    sets, one_values = [], []
+    for column in columns:
+        name = qn(column.column)
+        texts = _literal_texts([getattr(obj, column.attname) for obj in objs], column)
+        if len(set(texts)) == 1:
+            sets.append(f"{name} = %s::{column.db_type(connection)}")
+            one_values.append(None if texts[0] == "NULL" else texts[0])
+        else:
+            sets.append(f"{name} = v.{name}")
+            unnested.append((column, texts))
+    casts = ", ".join(f"%s::{column.db_type(connection)}[]" for column, _ in unnested)
+    names = ", ".join(qn(column.column) for column, _ in unnested)
+    key_name = qn(key.column)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} AS t SET {sets} FROM unnest({casts})"  # noqa: S608 (the model's names)
-            f" AS v({', '.join(names)}) WHERE t.{names[0]} = v.{names[0]}",
-            arrays,
+            f"UPDATE {qn(meta.db_table)} AS t SET {', '.join(sets)}"  # noqa: S608 (the model's names)
+            f" FROM unnest({casts}) AS v({names}) WHERE t.{key_name} = v.{key_name}",
+            [*one_values, *(_array_of(texts) for _, texts in unnested)],
         )
 
 
@@ -763,7 +776,8 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _array_literal(values: list, field) -> str:
+def _literal_texts(values: list, field) -> list[str]:
+    """The values' texts as elements of an array literal ("NULL" for None)."""
     if isinstance(field, DateField):  # DateTimeField too: "2026-11-27T10:00:00.5+00:00"
         # Most are the batch's one time or day: each distinct value formatted once.
         formatted = {v: v.isoformat() for v in set(values) if v is not None}
@@ -774,7 +788,7 @@ def _array_literal(values: list, field) -> str:
         raise TypeError(f"no array literal for {type(field).__name__}")
     if None in text:
         text = ["NULL" if t is None else t for t in text]
-    return "{" + ",".join(text) + "}"
+    return text
 
 
 def _copy_rows(model, fields: list[str], rows: list[tuple], *, encoded=frozenset()) -> None:
