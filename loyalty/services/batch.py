@@ -263,13 +263,13 @@ def _ingest_set(
             return left
     if all_shards:
         budgets = {
-            pk: _Budget(programs[pk], shards, whole=True)
-            for pk, shards in _shards_lock(programs).items()
+            pid: _Budget(programs[pid], shards, whole=True)
+            for pid, shards in _shards_lock(programs).items()
         }
     else:
         budgets = {
-            pk: _Budget(programs[pk], [shard], whole=False)
-            for pk, shard in _one_shard_each(programs).items()
+            pid: _Budget(programs[pid], [shard], whole=False)
+            for pid, shard in _one_shard_each(programs).items()
         }
     stored = _stored_entries(
         programs, {(items[i][0].id.int, items[i][1].idempotency_key) for i in todo}
@@ -326,7 +326,7 @@ def _left_for_later(items: Items, todo: list[int], busy: set) -> list[int]:
         return []
     busy = set(busy)
     while True:
-        first_left: dict = {}  # (program id, key): the index of its first left item
+        first_left: dict = {}  # (program key, key): the index of its first left item
         for index in todo:
             program, event = items[index]
             if (program.id.int, event.member_id) in busy:
@@ -434,9 +434,8 @@ _TIMESTAMPTZ_LOADER = psycopg.adapters.get_loader(
 def _balance_insert_sql() -> tuple[str, list]:
     """`INSERT ... SELECT FROM unnest ... ON CONFLICT DO NOTHING` of new balances: program
     and member from `_MEMBERS_SQL`, the entry tier from an array of one per program, every
-    other column the model's default. (Django's
-    `bulk_create` sends 19 parameters per row; building and binding them cost more than the
-    rest of the batch.)"""
+    other column the model's default. (Django's `bulk_create` sends 19 parameters per row;
+    building and binding them cost more than the rest of the batch.)"""
     template = MemberBalance()
     names, values = [], []
     for field in MemberBalance._meta.concrete_fields:
@@ -500,7 +499,7 @@ def _balances_create(programs: dict, members: set, tiers: dict) -> None:
 
 def _balances_lock(programs: dict, members: set, tiers: dict, *, wait: bool) -> dict:
     """Locks the members' balances, each carrying its tier's earn multiplier as
-    `balance_lock` gives it: {(program id, member id): balance}. Not `wait`: only those free
+    `balance_lock` gives it: {(program key, member id): balance}. Not `wait`: only those free
     now (SKIP LOCKED), the others are left out."""
     arrays, _ = _members_arrays(programs, members)
     multipliers = {(pid, name): m for pid, ranked in tiers.items() for name, m in ranked}
