@@ -1,5 +1,6 @@
 """POST /events and /events/batch: merchant events, exactly once per idempotency key."""
 
+import dataclasses
 import functools
 import json
 import re
@@ -67,7 +68,28 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
     if errors:
         raise ValidationFailed("The event is invalid.", errors=errors)
     program_id = values.pop("program_id")
-    return program_id, EventInput(idempotency_key=idempotency_key, **values)
+    values["idempotency_key"] = idempotency_key
+    return program_id, _event_new(values)
+
+
+# EventInput's defaults but `metadata`'s (a new dict each time), for `_event_new`.
+_EVENT_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(EventInput)
+    if field.default is not dataclasses.MISSING
+}
+
+
+def _event_new(values: dict) -> EventInput:
+    """`EventInput(**values)`, for values event_parse checked, without the frozen dataclass's
+    __init__, which sets its twelve fields one by one through object.__setattr__ (2.3 us,
+    0.5 so)."""
+    event = object.__new__(EventInput)
+    fields = event.__dict__
+    fields.update(_EVENT_DEFAULTS)
+    fields["metadata"] = {}
+    fields.update(values)
+    return event
 
 
 # A batch names a few programs 1,000 times: each text is parsed once (~1 us saved an item).
@@ -97,9 +119,24 @@ def _decimal(value) -> Decimal:
 
 
 def _text(max_length: int, pattern=None, *, required: bool = False):
-    return functools.partial(
+    """`f.parse_text` with these arguments. A text of 1 to `max_length` printable characters
+    (that `pattern` matches) is what it returns as it is: one regex match accepts most values
+    (the five text fields of an event: 3.2 -> 1.6 us); any other gets parse_text's answer."""
+    printable = re.compile(rf"[^\x00-\x1f\x7f]{{1,{max_length}}}")
+    slow = functools.partial(
         f.parse_text, max_length=max_length, pattern=pattern, required=required
     )
+
+    def parse(value):
+        if (
+            type(value) is str
+            and printable.fullmatch(value)
+            and (pattern is None or pattern.match(value))
+        ):
+            return value
+        return slow(value)
+
+    return parse
 
 
 # (name, parser, required), in the order their errors are listed.
@@ -240,15 +277,17 @@ class EventsBatchApi(LoyaltyApi):
                 results[index] = _error_item(index, error)
             else:
                 parsed.append((index, program_id, event))
+        # Keyed by the id's int: a UUID's hash is Python code (~0.25 us), an int's is C.
+        wanted = {program_id.int: program_id for _, program_id, _ in parsed}
         programs = {
-            p.pk: p
+            p.pk.int: p
             for p in scope_queryset(Program.objects.all(), caller).filter(
-                pk__in={program_id for _, program_id, _ in parsed}
+                pk__in=list(wanted.values())
             )
         }
         todo: list[tuple[int, Program, EventInput]] = []
         for index, program_id, event in parsed:
-            program = programs.get(program_id)
+            program = programs.get(program_id.int)
             try:
                 if program is None:
                     raise NotFound("No such program.", program_id=str(program_id))

@@ -1,6 +1,7 @@
 """Member balances and their point lots: the row lock every member write takes, and FIFO lots."""
 
 import calendar
+import functools
 import weakref
 import zoneinfo
 from datetime import date, datetime, time, timedelta
@@ -19,7 +20,14 @@ BLOCKING_FRAUD_FLAGS = frozenset({"suspicious_activity", "manual_review", "charg
 
 def program_local_date(program: Program, at: datetime | None = None) -> date:
     """The program's calendar day at `at` (default now): the day of "per day" limits."""
-    return timezone.localtime(at or timezone.now(), zoneinfo.ZoneInfo(program.timezone)).date()
+    return _local_date(program.timezone, at or timezone.now())
+
+
+# Earning asks twice an event, mostly for the same few instants (a batch's one time, and the
+# members' last purchases, stamped with such times): a cached answer costs 0.2 us, 0.8 not.
+@functools.lru_cache(maxsize=4096)
+def _local_date(zone: str, at: datetime) -> date:
+    return timezone.localtime(at, zoneinfo.ZoneInfo(zone)).date()
 
 
 # The hot path's one read: the member's row, locked, with its tier's earn multiplier. Plain
@@ -146,7 +154,9 @@ def entry_tier(program: Program) -> str:
 
 
 def has_blocking_flag(balance: MemberBalance) -> bool:
-    return any(flag.get("code") in BLOCKING_FRAUD_FLAGS for flag in balance.fraud_flags or [])
+    flags = balance.fraud_flags
+    # Most balances have none: no generator to start (asked every earning event).
+    return bool(flags) and any(flag.get("code") in BLOCKING_FRAUD_FLAGS for flag in flags)
 
 
 def fraud_flag_add(balance: MemberBalance, code: str, **detail) -> None:

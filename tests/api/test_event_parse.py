@@ -10,7 +10,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from loyalty.api.events import event_parse
+from loyalty.api.events import _event_new, event_parse
 from loyalty.errors import ValidationFailed
 from loyalty.services import EventInput
 
@@ -148,3 +148,27 @@ def test_the_short_way_for_whole_amounts_parses_as_parse_decimal(value):
             _decimal(value)
     else:
         assert _decimal(value).as_tuple() == expected.as_tuple()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    values=st.fixed_dictionaries(
+        {"type": st.just("purchase"), "member_id": st.just("u1"), "idempotency_key": st.just("k")},
+        optional={
+            "amount": st.decimals(allow_nan=False, places=2),
+            "currency": st.sampled_from(["XOF", "USD"]),
+            "points": st.decimals(allow_nan=False, places=2),
+            "reason": st.text(max_size=3),
+            "module": st.text(max_size=3),
+            "reference": st.text(max_size=3),
+            "original_reference": st.text(max_size=3),
+            "metadata": st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+        },
+    )
+)
+def test_a_parsed_event_is_what_its_constructor_makes(values):
+    made, built = _event_new(dict(values)), EventInput(**values)
+    assert made == built
+    assert vars(made) == vars(built)
+    if "metadata" not in values:  # each event its own, as the default factory gives
+        assert made.metadata is not _event_new(dict(values)).metadata

@@ -47,3 +47,15 @@ def test_digest_content_is_stable(credential_id, ip):
     assert entry_digest(entity_id="42", changes=changes, **shared) == expected
     changes_json = json.dumps(changes, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert entry_digester(**shared)("42", changes_json) == expected
+
+
+@pytest.mark.parametrize("entity_id", ["42", 'a"b\\c', "é\u2028\x00\n", "😀"])
+def test_any_entity_id_is_encoded_as_canonical_json(entity_id):
+    changes_json = '{"after":{}}'
+    content = ["v1", "transaction", entity_id, "a", "m", "u", "r", None, "", {"after": {}},
+               1_795_773_600_500_001]  # fmt: skip
+    digest = entry_digester(
+        entity_type="transaction", action="a", merchant_id="m", actor_id="u", actor_role="r",
+        ip=None, user_agent="", created_at=AT, key=KEY,
+    )  # fmt: skip
+    assert digest(entity_id, changes_json) == spelled_out(content)

@@ -5,6 +5,7 @@ every item still answers what `event_ingest` one by one would."""
 import random
 import threading
 import time
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -36,7 +37,7 @@ def purchase(member, key, amount="10000"):
 
 
 class _Program:
-    id = "p"
+    id = uuid.UUID(int=1)
 
 
 def _items(*pairs):
@@ -44,7 +45,8 @@ def _items(*pairs):
 
 
 def _left(items, busy):
-    return _left_for_later(items, list(range(len(items))), {("p", m) for m in busy})
+    # Members are (program key, member id): the batch keys a program by its id's int.
+    return _left_for_later(items, list(range(len(items))), {(_Program.id.int, m) for m in busy})
 
 
 def test_every_item_of_a_busy_member_is_left_for_the_second_pass():
