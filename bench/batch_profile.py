@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchkit import bench_program, jwt_token, keys, purchase
+from benchkit import bench_program, jwt_token, keys, members_create, purchase
 
 ROOT = Path(__file__).resolve().parent.parent
 MERCHANT = "m_bench_batch"
@@ -48,24 +48,6 @@ def setup(pem: str) -> None:
     import django
 
     django.setup()
-
-
-def members_create(program_ids: list[str], members: int) -> None:
-    """Every member's balance up front (one INSERT per program), as in a running program:
-    most purchases are by members who already have a balance."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        for program_id in program_ids:
-            cursor.execute(
-                "INSERT INTO loyalty_memberbalance (program_id, member_id, points_balance,"
-                " locked, lifetime_earned, lifetime_redeemed, lifetime_spend, tier, churn_risk,"
-                " engagement_score, fraud_flags, is_frozen, earned_today, purchase_count,"
-                " created_at, updated_at)"
-                " SELECT %s, 'u' || n, 0, 0, 0, 0, 0, 'basic', 0, 0, '[]', false, 0, 0,"
-                " now(), now() FROM generate_series(0, %s - 1) AS n",
-                [program_id, members],
-            )
 
 
 def batch_items(program_ids, rng, size, members) -> list[dict]:

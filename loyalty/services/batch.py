@@ -48,7 +48,10 @@ takes a balance before shards, and whoever waits for shards already holds all th
 needs and takes shards only in (program, shard) order, so no wait cycle can form. (A pass may
 also wait on the unique key index, as the batch always could, only for a concurrent writer of
 one of its keys for another member: a key of the same member is that member's balance's, which
-the first pass leaves and the second waits for before it looks the keys up.)
+the first pass leaves and the second waits for before it looks the keys up. Its entries are
+written in (program, key) order, so two batches wait for each other's keys in that one order,
+never in a cycle; were a deadlock to choose a pass all the same, it is rolled back and its
+items go item by item, as after a key conflict.)
 """
 
 import ipaddress
@@ -62,7 +65,7 @@ from decimal import Decimal
 
 import orjson
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, transaction
 from django.db.models import DateField, DecimalField, IntegerField
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -76,7 +79,7 @@ from ..actors import Actor
 from ..errors import BudgetExhausted, DomainError
 from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO, points_affordable, points_cost
-from .balances import entry_tier, lot_expiry
+from .balances import balance_defaults, entry_tier, lot_expiry
 from .ingestion import (
     EARN_FIELDS,
     EARN_TYPES,
@@ -133,10 +136,11 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
         for wait in (False, True):
             try:
                 pending = _ingest_set_pass(items, pending, results, actor, tiers, wait=wait)
-            except (IntegrityError, psycopg.IntegrityError) as exc:
-                if not _is_key_conflict(exc):
+            except (IntegrityError, OperationalError, psycopg.Error) as exc:
+                if not (_is_key_conflict(exc) or _is_deadlock(exc)):
                     raise
-                # A concurrent request committed one of this pass's keys after the lookup:
+                # A concurrent request committed one of this pass's keys after the lookup (or,
+                # which the entries' key order should prevent, a deadlock chose this pass):
                 # the pass was rolled back; the item path answers that item as a replay.
                 for index in pending:
                     results[index] = None
@@ -167,6 +171,11 @@ def _is_key_conflict(exc: Exception) -> bool:
     error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
     diag = getattr(error, "diag", None)
     return getattr(diag, "constraint_name", None) == KEY_CONSTRAINT
+
+
+def _is_deadlock(exc: Exception) -> bool:
+    error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return isinstance(error, psycopg.errors.DeadlockDetected)
 
 
 # --- the set-based path ------------------------------------------------------------------------
@@ -436,14 +445,7 @@ def _balance_insert_sql() -> tuple[str, list]:
     and member from `_MEMBERS_SQL`, the entry tier from an array of one per program, every
     other column the model's default. (Django's `bulk_create` sends 19 parameters per row;
     building and binding them cost more than the rest of the batch.)"""
-    template = MemberBalance()
-    names, values = [], []
-    for field in MemberBalance._meta.concrete_fields:
-        if field.primary_key or field.attname in ("program_id", "member_id", "tier"):
-            continue
-        value = field.get_db_prep_save(field.pre_save(template, add=True), connection)
-        names.append(connection.ops.quote_name(field.column))
-        values.append((f"%s::{field.db_type(connection)}", value))
+    names, values = balance_defaults()
     sql = (
         f"INSERT INTO {MemberBalance._meta.db_table}"  # noqa: S608 (model's columns)
         f" (program_id, member_id, tier, {', '.join(names)})"
@@ -728,17 +730,22 @@ def _binary_copy(cursor, sql: str) -> psycopg.Copy:
 
 def _entries_copy(entries: list[LedgerEntry]) -> None:
     """The entries, with ids drawn from the sequence in item order (the balance_after chain
-    follows ids)."""
+    follows ids), written in (program, idempotency key) order: a key that a concurrent
+    writer holds uncommitted is waited for as its row is inserted, so every batch waits for
+    keys in that one order, and two batches carrying the same keys in other orders cannot
+    wait for each other in a cycle (the second to reach a key then fails on it, and its items
+    go the item path, which answers them as replays)."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
             [LedgerEntry._meta.db_table, len(entries)],
         )
-        ids = cursor.fetchall()
+        for entry, (pk,) in zip(entries, cursor.fetchall(), strict=True):
+            entry.id = pk
+        in_key_order = sorted(entries, key=lambda e: (e.program_id.int, e.idempotency_key))
         with _binary_copy(cursor, _ENTRIES_COPY_SQL) as copy:
             copy.set_types(_ENTRY_TYPES)
-            for entry, (pk,) in zip(entries, ids, strict=True):
-                entry.id = pk
+            for entry in in_key_order:
                 row = list(_entry_row(entry.__dict__))
                 row[_ENTRY_DETAILS_AT] = _jsonb(row[_ENTRY_DETAILS_AT])
                 metadata = row[_ENTRY_METADATA_AT]
