@@ -22,6 +22,7 @@ import orjson
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+from rest_framework.exceptions import ParseError
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -55,15 +56,23 @@ class IdempotencyInProgress(Conflict):
 _PLAIN_TYPES = frozenset({str, bool, type(None)})
 
 
-def _canonical(value):
+# Deeper than any body the API reads (a batch's event metadata: 11 levels at most); past
+# Python's recursion limit (~490 levels here) a body would otherwise fail with a 500.
+MAX_BODY_DEPTH = 64
+
+
+def _canonical(value, depth: int = 0):
     """Numbers (parsed as int or Decimal) as exact normalized text: 100 == 100.00, and
-    100.000000000000000001 differs (never rounded through float)."""
+    100.000000000000000001 differs (never rounded through float). A body nested deeper than
+    MAX_BODY_DEPTH is refused (400)."""
     if type(value) is dict and _PLAIN_TYPES.issuperset(map(type, value.values())):
         return value  # most events: texts only (a copy cost ~2 us an event)
+    if isinstance(value, dict | list) and depth >= MAX_BODY_DEPTH:
+        raise ParseError(f"JSON nested more than {MAX_BODY_DEPTH} levels.")
     if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
+        return {k: _canonical(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canonical(v) for v in value]
+        return [_canonical(v, depth + 1) for v in value]
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
         return {"#": format(Decimal(value).normalize(), "f")}
     return value

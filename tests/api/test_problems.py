@@ -2,6 +2,7 @@
 
 import pytest
 
+from access.models import IdempotencyRecord
 from loyalty.models import LedgerEntry
 
 pytestmark = pytest.mark.django_db
@@ -22,6 +23,22 @@ def test_malformed_json_is_400(api, funded):
     client = api("system")
     response = client.post("/api/v1/events", b'{"program_id": ', key="x1")
     assert_problem(response, 400, "malformed_request")
+
+
+@pytest.mark.parametrize("depth", [65, 600])
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/events/batch"])
+def test_a_body_nested_too_deep_is_400_and_writes_nothing(api, funded, path, depth):
+    # 600 levels parse, but went past Python's recursion limit afterwards (a 500).
+    body = ("[" * depth + "]" * depth).encode()
+    payload = b'{"program_id": "%s", "events": ' % str(funded.pk).encode() + body + b"}"
+    entries = LedgerEntry.objects.count()
+
+    response = api("system").post(path, payload, key=f"deep-{depth}")
+
+    problem = assert_problem(response, 400, "malformed_request")
+    assert "nested" in problem["detail"]
+    assert LedgerEntry.objects.count() == entries
+    assert not IdempotencyRecord.objects.filter(key=f"deep-{depth}").exists()
 
 
 def test_nan_and_wrong_media_type_are_refused(api, funded):
