@@ -84,6 +84,22 @@ def db_id(uuid_pk) -> object:
     return Program._meta.pk.get_db_prep_value(uuid_pk, connection)
 
 
+_serial_sequences: dict[str, str] = {}
+
+
+def serial_sequence(model) -> str:
+    """The sequence of `model`'s auto id (PostgreSQL), looked up once per process:
+    `pg_get_serial_sequence` reads the catalog on each call (~5 us; a batch drew its 1,000
+    entry ids through it, 100,000 calls in 0.43-0.56 s where `nextval` alone took 0.06 s)."""
+    table = model._meta.db_table
+    name = _serial_sequences.get(table)
+    if name is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)", [table, model._meta.pk.column])
+            name = _serial_sequences[table] = cursor.fetchone()[0]
+    return name
+
+
 def balance_lock(*, program: Program, member_id: str, create: bool = False) -> MemberBalance | None:
     """The member's balance row, locked until commit; created on first use when `create`.
     It carries `tier_multiplier`, the earn multiplier of its tier (None: no such tier)."""

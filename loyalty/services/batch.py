@@ -79,7 +79,7 @@ from ..actors import Actor
 from ..errors import BudgetExhausted, DomainError
 from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO, points_affordable, points_cost
-from .balances import balance_defaults, entry_tier, lot_expiry
+from .balances import balance_defaults, entry_tier, lot_expiry, serial_sequence
 from .ingestion import (
     EARN_FIELDS,
     EARN_TYPES,
@@ -737,8 +737,8 @@ def _entries_copy(entries: list[LedgerEntry]) -> None:
     go the item path, which answers them as replays)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-            [LedgerEntry._meta.db_table, len(entries)],
+            "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
+            [serial_sequence(LedgerEntry), len(entries)],
         )
         for entry, (pk,) in zip(entries, cursor.fetchall(), strict=True):
             entry.id = pk

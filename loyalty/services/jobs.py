@@ -26,7 +26,7 @@ from audit.services import audit_entries_build, audit_record
 from ..actors import Actor, system_actor
 from ..errors import Conflict, NotFound
 from ..models import Job, Program
-from .balances import program_local_date
+from .balances import program_local_date, serial_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -303,8 +303,8 @@ def copy_insert(model: type[models.Model], objs: list) -> None:
     if isinstance(meta.pk, models.AutoField | models.BigAutoField):
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-                [table, meta.pk.column, len(objs)],
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)",
+                [serial_sequence(model), len(objs)],
             )
             for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
                 obj.pk = pk

@@ -26,6 +26,7 @@ from ..balances import (
     balance_from_row,
     db_id,
     lot_expiry,
+    serial_sequence,
 )
 from ..budget import BudgetRetry, budget_charge, budget_charge_statement
 from .earning import earn_apply
@@ -45,7 +46,7 @@ _EVENT_LOCK_SQL = (
         " FROM loyalty_memberbalance b",
         ", (SELECT e.id FROM loyalty_ledgerentry e WHERE e.program_id = b.program_id"
         "   AND e.idempotency_key = %s AND e.idempotency_key <> '') AS replay_id,"
-        " nextval(pg_get_serial_sequence('loyalty_ledgerentry', 'id')) AS entry_id"
+        " nextval(%s::regclass) AS entry_id"
         " FROM loyalty_memberbalance b",
         1,
     )
@@ -58,7 +59,8 @@ def _event_lock(
 ) -> tuple[MemberBalance, int | None, int]:
     """The member's balance, locked until commit (created on first use), the id of the entry
     the event's key already wrote (None: a new event), and the id for the new entry."""
-    params = [event.idempotency_key, db_id(program.pk), event.member_id]
+    sequence = serial_sequence(LedgerEntry)
+    params = [event.idempotency_key, sequence, db_id(program.pk), event.member_id]
     cursor.execute(_EVENT_LOCK_SQL, params)
     row = cursor.fetchone()
     if row is None:
