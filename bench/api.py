@@ -40,7 +40,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
 
 from benchkit import bench_program, jwt_token, keys, members_create, purchase
 
@@ -312,31 +311,11 @@ def run_load(args: dict, clients: int, duration: int) -> dict:
 
 
 def pgbench_tps(url: str, clients: int, duration: int, scale: int) -> float:
-    parsed = urlparse(url)
-    scratch = f"{parsed.path.lstrip('/')}_pgbench"  # beside the benchmark's own database
-    conn = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 5432)]
-    conn += ["-U", parsed.username or "postgres"]
-    env = {**os.environ}
-    if parsed.password:
-        env["PGPASSWORD"] = parsed.password
-    subprocess.run(["dropdb", *conn, "--if-exists", scratch], check=True, env=env)
-    subprocess.run(["createdb", *conn, scratch], check=True, env=env)
-    try:
-        subprocess.run(
-            ["pgbench", *conn, "-i", "-q", "-s", str(scale), scratch],
-            check=True, env=env, capture_output=True,
-        )  # fmt: skip
-        out = subprocess.run(
-            ["pgbench", *conn, "-n", "-c", str(clients), "-j", "2", "-T", str(duration),
-             scratch],
-            check=True, env=env, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-    finally:
-        subprocess.run(["dropdb", *conn, "--if-exists", scratch], check=True, env=env)
-    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    if not match:
-        raise RuntimeError(f"cannot read pgbench output:\n{out}")
-    return float(match.group(1))
+    """pgbench TPC-B transactions/s, run as bench/ingest.py runs it (a scratch database)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ingest
+
+    return ingest.pgbench_run(url, clients, duration, scale)[0]
 
 
 def service_rate(duration: int, workers: int) -> float:
