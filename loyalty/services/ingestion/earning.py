@@ -12,7 +12,7 @@ from sira.scoring import MemberFacts, sira_score_purchase, sira_settings_resolve
 
 from ...actors import Actor
 from ...errors import AccountFrozen, FraudReview
-from ...models import LedgerEntry, MemberBalance, Program, Tier
+from ...models import LedgerEntry, MemberBalance, Program
 from ...money import ZERO, points_floor
 from ..balances import (
     REFUND_DEBT_FLAG,
@@ -69,7 +69,7 @@ def earn_apply(
     sira = None
 
     if event.type == "purchase":
-        multiplier = _tier_multiplier(program, balance)
+        multiplier = _tier_multiplier(balance)
         facts = MemberFacts(
             churn_risk=balance.churn_risk,
             engagement_score=balance.engagement_score,
@@ -154,15 +154,10 @@ def _refuse_blocked(program: Program, balance: MemberBalance) -> None:
         raise FraudReview(member_id=balance.member_id)
 
 
-def _tier_multiplier(program: Program, balance: MemberBalance) -> Decimal:
-    if hasattr(balance, "tier_multiplier"):  # read with the balance lock (balance_lock)
-        multiplier = balance.tier_multiplier
-    else:
-        multiplier = (
-            Tier.objects.filter(program=program, name=balance.tier)
-            .values_list("earn_multiplier", flat=True)
-            .first()
-        )
+def _tier_multiplier(balance: MemberBalance) -> Decimal:
+    """The earn multiplier of the member's tier, which every balance lock reads with the row
+    (`balance_lock`, the event's and the batch's); 1 for a tier the program no longer has."""
+    multiplier = balance.tier_multiplier
     return multiplier if multiplier is not None else Decimal(1)
 
 
