@@ -23,6 +23,7 @@ from loyalty.roles import user_roles
 
 from .models import ApprovalPolicy, ApprovalRequest
 from .registry import policy_errors, policy_get
+from .selectors import approval_refusal
 from .services import (
     approval_approve,
     approval_policy_update,
@@ -41,6 +42,16 @@ _viewer: contextvars.ContextVar[tuple[frozenset[str], set[str]]] = contextvars.C
 
 def _pretty(value) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+# What the list says of each request to the person looking at it (approvals.selectors).
+_DECISION_NOTES = {
+    "not_pending": "",
+    "maker": "your own request: not approvable by you",
+    "already_approved": "approved by you",
+    "no_missing_role": "no missing role of yours",
+    None: "you may approve",
+}
 
 
 @admin.register(ApprovalRequest)
@@ -119,15 +130,8 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _decision_note(obj, actor_ids: frozenset[str], roles: set[str]) -> str:
-        if obj.status != ApprovalRequest.Status.PENDING:
-            return ""
-        if obj.maker_id in actor_ids:
-            return "your own request: not approvable by you"
-        if any(a.actor_id in actor_ids for a in obj.approvals.all()):
-            return "approved by you"
-        if not set(obj.missing_roles) & roles:
-            return "no missing role of yours"
-        return "you may approve"
+        refusal = approval_refusal(obj, actor_ids=actor_ids, roles=roles)
+        return _DECISION_NOTES[refusal]
 
     @admin.action(description="Approve selected requests…")
     def approve_selected(self, request, queryset):

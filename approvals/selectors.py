@@ -31,3 +31,17 @@ def approval_request_get_for_caller(*, caller: Caller, request_id) -> ApprovalRe
     if found is None:
         raise NotFound("No such approval request.")
     return found
+
+
+def approval_refusal(request: ApprovalRequest, *, actor_ids: frozenset[str], roles) -> str | None:
+    """Why this person (every actor id of theirs: `person_actor_ids`) may not approve the
+    request, as a stable code, or None when they may: the one rule the API and the admin show."""
+    if request.status != ApprovalRequest.Status.PENDING:
+        return "not_pending"
+    if request.maker_id in actor_ids:
+        return "maker"
+    if any(a.actor_id in actor_ids for a in request.approvals.all()):
+        return "already_approved"
+    if not set(request.missing_roles) & set(roles):
+        return "no_missing_role"
+    return None

@@ -6,20 +6,13 @@ from access.selectors import person_actor_ids
 from loyalty.api.fields import iso
 
 from ..models import ApprovalRequest, Operation
+from ..selectors import approval_refusal
 
 
 def caller_decision(request: ApprovalRequest, *, actor_ids: frozenset[str], roles) -> dict:
     """Whether this caller (every actor id of the person: `person_actor_ids`) may approve,
     and why not: the maker's own request is not approvable by them."""
-    reason = None
-    if request.status != ApprovalRequest.Status.PENDING:
-        reason = "not_pending"
-    elif request.maker_id in actor_ids:
-        reason = "maker"
-    elif any(a.actor_id in actor_ids for a in request.approvals.all()):
-        reason = "already_approved"
-    elif not set(request.missing_roles) & set(roles):
-        reason = "no_missing_role"
+    reason = approval_refusal(request, actor_ids=actor_ids, roles=roles)
     return {"can_approve": reason is None, "reason": reason}
 
 
