@@ -37,16 +37,16 @@ def audit_record(
 ) -> AuditEntry:
     """Appends one entry, PII scrubbed, with its keyed digest; the caller's transaction makes
     it atomic with the change."""
-    entry = _entry(
-        actor=actor,
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        merchant_id=merchant_id,
-        before=before,
-        after=after,
-        key=audit_key(),
-        now=timezone.now(),
+    entry = AuditEntry(
+        **audit_entry_values(
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            merchant_id=merchant_id,
+            before=before,
+            after=after,
+        )
     )
     entry.save(force_insert=True)
     return entry
@@ -65,16 +65,18 @@ def audit_entries_build(
     its own transaction: one entry per (entity_id, before, after)."""
     key, now = audit_key(), timezone.now()
     return [
-        _entry(
-            actor=actor,
-            action=action,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            merchant_id=merchant_id,
-            before=before,
-            after=after,
-            key=key,
-            now=now,
+        AuditEntry(
+            **_entry_values(
+                actor=actor,
+                action=action,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                merchant_id=merchant_id,
+                before=before,
+                after=after,
+                key=key,
+                now=now,
+            )
         )
         for entity_id, before, after in rows
     ]
@@ -103,10 +105,6 @@ def audit_entry_values(
         key=audit_key(),
         now=timezone.now(),
     )
-
-
-def _entry(**arguments) -> AuditEntry:
-    return AuditEntry(**_entry_values(**arguments))
 
 
 def _entry_values(*, actor, action, entity_type, entity_id, merchant_id, before, after, key, now):
