@@ -156,10 +156,18 @@ _EVENT_FIELDS = (
 )
 
 
-def ingest_body(result) -> dict:
-    """The service's answer, with its time in the API's UTC `Z` form like every other time."""
+def ingest_body(result, formatted: dict | None = None) -> dict:
+    """The service's answer, with its time in the API's UTC `Z` form like every other time.
+    `formatted` (time -> its text) lets a batch, whose entries share their time, format it
+    once."""
     body = result.as_dict()
-    body["created_at"] = f.iso(result.entry.created_at)
+    at = result.entry.created_at
+    text = None if formatted is None else formatted.get(at)
+    if text is None:
+        text = f.iso(at)
+        if formatted is not None:
+            formatted[at] = text
+    body["created_at"] = text
     return body
 
 
@@ -316,7 +324,7 @@ class EventsBatchApi(LoyaltyApi):
                         "index": index,
                         "status": 201,
                         "replayed": outcome.replayed,
-                        "body": _batch_body(outcome, created),
+                        "body": ingest_body(outcome, created),
                     }
         return EncodedResponse({"results": results}, status=200)
 
@@ -355,14 +363,6 @@ def _json_bytes(data) -> bytes:
         ).encode()
     # As DRF's renderer: JSON that is also a strict JavaScript subset.
     return encoded.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
-
-
-def _batch_body(result, formatted: dict) -> dict:
-    """`ingest_body`, each distinct time formatted once (`formatted`: time -> its text)."""
-    body = result.as_dict()
-    at = result.entry.created_at
-    body["created_at"] = formatted.get(at) or formatted.setdefault(at, f.iso(at))
-    return body
 
 
 def _error_item(index: int, error: DomainError) -> dict:
