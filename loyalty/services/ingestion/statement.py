@@ -206,11 +206,7 @@ def _cte_insert(obj, name: str, parts: list[str], params: list) -> None:
             continue
         if stamp:
             value = model_field.pre_save(obj, add=True)
-        if to_json and value is not None:
-            convert = _JSON_OF_TYPE.get(type(value), _json_value)
-            row[column] = value if convert is None else convert(value)
-        else:
-            row[column] = value
+        row[column] = _json_ready(value) if to_json else value
     _cte_append(obj._meta.db_table, row, name, parts, params)
 
 
@@ -247,11 +243,7 @@ def _cte_insert_values(
                 continue  # an auto id: the database's
             if isinstance(value, DatabaseDefault):
                 continue
-        if to_json and value is not None:
-            convert = _JSON_OF_TYPE.get(type(value), _json_value)
-            row[column] = value if convert is None else convert(value)
-        else:
-            row[column] = value
+        row[column] = _json_ready(value) if to_json else value
     _cte_append(model._meta.db_table, row, name, parts, params)
 
 
@@ -282,7 +274,7 @@ def _update_sql(obj, attnames: list[str]) -> tuple[str, list]:
     row = {}
     for model_field, attname, column, stamp, to_json in specs:
         value = model_field.pre_save(obj, add=False) if stamp else getattr(obj, attname)
-        row[column] = value if not to_json or value is None else _json_value(value)
+        row[column] = _json_ready(value) if to_json else value
     return sql, [Jsonb(row, _json_dumps), obj.pk]
 
 
@@ -331,9 +323,16 @@ def _json_value(value):
     return value
 
 
-# `_json_value` by exact type, for the common ones (None: as it is); any other type (a
-# subclass) goes through `_json_value` itself. ~45 values per event.
+def _json_ready(value):
+    """`_json_value`, looked up by exact type for the common ones (~45 values per event)."""
+    convert = _JSON_OF_TYPE.get(type(value), _json_value)
+    return value if convert is None else convert(value)
+
+
+# `_json_value` by exact type (None: as it is, None itself too); any other type (a subclass)
+# goes through `_json_value` itself.
 _JSON_OF_TYPE = {
+    type(None): None,
     str: None,
     int: None,
     bool: None,
