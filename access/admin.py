@@ -1,5 +1,9 @@
+import contextlib
+import json
+
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from .models import IdempotencyRecord, MerchantAPIKey, StaffIdentity
@@ -34,6 +38,17 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
     list_filter = ["status", "method"]
     search_fields = ["scope", "key", "path"]
     date_hierarchy = "created_at"
+    readonly_fields = ["response"]
+
+    @admin.display(description="Response body")
+    def response(self, obj):
+        """The stored answer as text, JSON indented: it is kept as the compact bytes sent."""
+        if obj.response_body is None:
+            return "-"
+        text = bytes(obj.response_body).decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        return format_html("<pre>{}</pre>", text)
 
     def has_add_permission(self, request):
         return False

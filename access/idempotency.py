@@ -8,7 +8,8 @@ body with `Idempotent-Replayed: true`; a repeat with another body is refused (42
 
 Stored outcomes: 2xx, 409 and 422 (the request was decided). Other failures (400 validation,
 404, 5xx) release the claim, since nothing happened and the client may retry with a fixed
-request under the same key.
+request under the same key. An outcome is stored as the bytes of its answer and replayed as
+they are: never parsed, never encoded again.
 """
 
 import functools
@@ -21,10 +22,11 @@ from decimal import Decimal
 import orjson
 from django.conf import settings
 from django.db import connection
+from django.http import HttpResponse
 from django.utils import timezone
 from rest_framework.exceptions import ParseError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
-from rest_framework.utils.encoders import JSONEncoder
 
 from loyalty.errors import Conflict, DomainError, IdempotencyKeyReused, ValidationFailed
 
@@ -270,31 +272,34 @@ def _complete_sql() -> str:
     # Identifiers come from the model's metadata, values are bound parameters.
     return (
         f"UPDATE {qn(meta.db_table)} SET {column['status']} = %s, "  # noqa: S608
-        f"{column['response_status']} = %s, {column['response_body']} = %s::jsonb, "
+        f"{column['response_status']} = %s, {column['response_body']} = %s, "
         f"{column['response_content_type']} = %s, {column['completed_at']} = %s "
         f"WHERE {column['id']} = %s AND {column['created_at']} = %s"
     )
 
 
+def answer_bytes(response: Response) -> bytes:
+    """The JSON a response sends, as DRF's JSONRenderer writes it (compact, UTF-8; an answer
+    asked for indented is stored compact). A response that carries its encoded JSON
+    (loyalty.api.events.EncodedResponse) is not encoded again."""
+    encoded = getattr(response, "json_bytes", None)
+    return encoded if encoded is not None else JSONRenderer().render(response.data)
+
+
 def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
     """Stores the outcome to replay: in the caller's transaction when there is one (a view
     may store it with its own write, see `idempotent`), else committed at once."""
-    # The body as the response renders it (DRF's encoder), so a replay answers the same; a
-    # response that carries its encoded JSON (loyalty.api.events.EncodedResponse) is not
-    # encoded again.
-    encoded = getattr(response, "json_bytes", None)
-    body = encoded.decode() if encoded is not None else json.dumps(response.data, cls=JSONEncoder)
+    body = answer_bytes(response)
     status = IdempotencyRecord.Status.COMPLETED
     if connection.vendor != "postgresql":
         IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
             status=status,
             response_status=response.status_code,
-            response_body=json.loads(body),
+            response_body=body,
             response_content_type=response.content_type or "",
             completed_at=timezone.now(),
         )
         return
-    # The JSON text travels as it is (no decode and re-encode for the JSONField).
     params = [
         str(status),
         response.status_code,
@@ -314,12 +319,14 @@ def idempotency_release(record: IdempotencyRecord) -> None:
     ).delete()
 
 
-def replay_response(record: IdempotencyRecord) -> Response:
-    return Response(
+def replay_response(record: IdempotencyRecord) -> HttpResponse:
+    """The stored answer, its bytes as they were first sent."""
+    return HttpResponse(
         record.response_body,
         status=record.response_status,
         headers={REPLAY_HEADER: "true"},
-        content_type=record.response_content_type or None,
+        # An empty stored type is DRF's default for the API's one renderer.
+        content_type=record.response_content_type or JSONRenderer.media_type,
     )
 
 

@@ -55,7 +55,9 @@ class IdempotencyRecord(models.Model):
     credential_id = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    # The answer's bytes as first sent, replayed as they are: nobody reads inside them, so
+    # they are not parsed into jsonb on every write (a batch's answer is ~700 kB of JSON).
+    response_body = models.BinaryField(null=True, blank=True)
     response_content_type = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField()
     # A request that dies mid-way leaves its claim; past this time a repeat may take it over.

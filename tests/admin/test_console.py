@@ -1,14 +1,17 @@
 """The ops console: every role can open what it may see, nothing the engine wrote is editable,
 merchant admins see only their merchant, and admin writes go through audited services."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
+from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
+from access.models import IdempotencyRecord
 from audit.models import AuditEntry
 from loyalty.models import LedgerEntry, MemberBalance, Program
 from loyalty.roles import ROLES
@@ -113,3 +116,18 @@ def test_ops_updates_a_program_budget_through_the_service(client, staff, history
     assert sum(s.allocated for s in shards) == Decimal("5000")  # the limit, spread over shards
     assert sum(s.spent for s in shards) == Decimal("200")  # what was already awarded
     assert AuditEntry.objects.filter(action="program.update", entity_id=str(program.pk)).exists()
+
+
+def test_a_stored_answer_shows_as_indented_json(client, admin_user):
+    """Kept as the compact bytes sent; the console shows them readably, never editable."""
+    now = timezone.now()
+    record = IdempotencyRecord.objects.create(
+        scope="m_1", key="k1", method="POST", path="/api/v1/events", request_hash="h",
+        status="completed", response_status=201, response_body='{"member_id":"<é>"}'.encode(),
+        created_at=now, locked_until=now, completed_at=now, expires_at=now + timedelta(days=2),
+    )  # fmt: skip
+    client.force_login(admin_user)
+    page = client.get(reverse("admin:access_idempotencyrecord_change", args=[record.pk]))
+    assert page.status_code == 200
+    shown = "<pre>{\n  &quot;member_id&quot;: &quot;&lt;é&gt;&quot;\n}</pre>"
+    assert shown in page.content.decode()

@@ -6,6 +6,7 @@ import json
 import pytest
 from rest_framework.renderers import JSONRenderer
 
+from access.models import IdempotencyRecord
 from loyalty.api.events import EncodedResponse
 
 from .test_ledger_api import event
@@ -44,6 +45,10 @@ def test_a_batch_answers_drfs_json_and_its_replay_answers_the_same(api, funded):
     assert again.status_code == 200
     assert again["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
+    # Stored as sent, replayed as stored.
+    record = IdempotencyRecord.objects.get(key="batch-1")
+    assert bytes(record.response_body) == first.content
+    assert (again["Content-Type"], again.content) == (first["Content-Type"], first.content)
 
 
 def test_an_indented_answer_asked_for_goes_through_drf(api, funded):

@@ -45,6 +45,17 @@ def purchase(program, member="u_7", amount="12500"):
     }
 
 
+def replayed_as_sent(first, again) -> None:
+    """A replay answers the first answer's very bytes (stored as sent), status and type."""
+    assert "Idempotent-Replayed" not in first
+    assert again["Idempotent-Replayed"] == "true"
+    assert (again.status_code, again["Content-Type"], again.content) == (
+        first.status_code,
+        first["Content-Type"],
+        first.content,
+    )
+
+
 def test_same_key_same_body_replays_without_writing(api, funded):
     client = api("system")
     first = client.post("/api/v1/events", purchase(funded), key="order-991")
@@ -153,6 +164,44 @@ def test_business_refusal_is_stored_and_replayed(api, funded):
     assert again.json()["code"] == "insufficient_points"
     assert again["Content-Type"] == "application/problem+json"
     assert again["Idempotent-Replayed"] == "true"
+    replayed_as_sent(first, again)
+
+
+@TRANSACTIONS
+def test_an_event_replays_the_bytes_it_first_answered(api, make_program, own_transaction):
+    """Stored as sent, by the event's own transaction: what DRF's JSON escapes (U+2028) and
+    what it writes as it is (non-ASCII) come back byte for byte."""
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    body = purchase(program, member="u_\u00e9\u2028")
+    first = client.post("/api/v1/events", body, key="bytes")
+    assert first.status_code == 201
+    assert "\u00e9".encode() in first.content
+    assert b"\\u2028" in first.content
+    assert bytes(IdempotencyRecord.objects.get(key="bytes").response_body) == first.content
+    replayed_as_sent(first, client.post("/api/v1/events", body, key="bytes"))
+
+
+def test_an_answer_drf_renders_replays_its_bytes(api, funded):
+    """A hold's 201 is a plain DRF Response (times and decimals through DRF's encoder): it is
+    stored as DRF's JSONRenderer writes it, which is what was sent."""
+    client = api("system")
+    body = {"program_id": str(funded.pk), "member_id": "u_1", "points": "150",
+            "reward_type": "discount"}  # fmt: skip
+    first = client.post("/api/v1/redemptions", body, key="hold-bytes")
+    assert first.status_code == 201
+    assert bytes(IdempotencyRecord.objects.get(key="hold-bytes").response_body) == first.content
+    replayed_as_sent(first, client.post("/api/v1/redemptions", body, key="hold-bytes"))
+
+
+def test_a_stored_409_replays_its_bytes(api, pending_hold):
+    client = api("system")
+    assert client.post(f"/api/v1/redemptions/{pending_hold.pk}/release").status_code == 200
+    capture = f"/api/v1/redemptions/{pending_hold.pk}/capture"
+    first = client.post(capture, key="late-capture")
+    assert (first.status_code, first.json()["code"]) == (409, "invalid_state")
+    assert first["Content-Type"] == "application/problem+json"
+    replayed_as_sent(first, client.post(capture, key="late-capture"))
 
 
 def test_keys_are_scoped_per_merchant(api, funded, make_program):
@@ -248,13 +297,9 @@ def test_an_event_and_its_stored_answer_commit_together(
     assert first.status_code == 201
     record = IdempotencyRecord.objects.get(key="together")
     assert record.status == IdempotencyRecord.Status.COMPLETED
-    assert (record.response_status, record.response_body) == (201, first.json())
+    assert (record.response_status, bytes(record.response_body)) == (201, first.content)
     again = client.post("/api/v1/events", purchase(program), key="together")
-    assert (again.status_code, again.json(), again["Idempotent-Replayed"]) == (
-        201,
-        first.json(),
-        "true",
-    )
+    replayed_as_sent(first, again)
 
     def broken(record, response):
         raise RuntimeError("the database went away")
@@ -302,7 +347,7 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     assert LedgerEntry.objects.filter(program=program).count() == 1
     assert budget_spent(program=program) == Decimal("100")
     record = IdempotencyRecord.objects.get(key="b1")
-    assert (record.status, record.response_body) == ("completed", response.json())
+    assert (record.status, bytes(record.response_body)) == ("completed", response.content)
     # The one-statement path, then the guarded one (SQLite has only the latter's ORM path).
     expected = ["one statement", "guarded"] if connection.vendor == "postgresql" else ["guarded"]
     assert tries == expected
