@@ -16,9 +16,7 @@ PIECES = st.sampled_from(
 )  # fmt: skip
 TEXTS = st.one_of(st.text(max_size=16), st.lists(PIECES, max_size=8).map("".join))
 # What pii_scrub gives: plain JSON without floats.
-SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63), TEXTS
-)
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63), TEXTS)
 DOCUMENTS = st.recursive(
     SCALARS,
     lambda children: st.one_of(
