@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.conf import settings
 
 GENESIS = "0" * 64
@@ -52,6 +53,17 @@ def canonical_json(value: Any) -> str:
 
 
 _json_string = json.encoder.encode_basestring  # canonical_json of a text (ensure_ascii off)
+
+
+def scrubbed_json(document: dict) -> str:
+    """`canonical_json` of a `pii_scrub` output (texts, None, bools, ints, lists and dicts
+    with text keys: no float, which orjson would write differently), by orjson: the same text
+    (tests/audit/test_scrubbed_json.py) for a tenth of the CPU, on every audited write. What
+    orjson refuses (an int past 64 bits, a lone surrogate) goes through json itself."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return canonical_json(document)
 
 
 def entry_digest(

@@ -76,6 +76,8 @@ def _scrub(value: Any, *, key: bytes, parent: str | None) -> Any:
                 out[name] = REMOVED
             elif lowered in PII_KEYS:
                 out[name] = None if v in (None, "") else pii_fingerprint(v, key=key)
+            elif type(v) is str:  # most values: what the recursion would do for a text
+                out[name] = _scrub_text(v, key=key, free_text=lowered in FREE_TEXT_KEYS)
             else:
                 out[name] = _scrub(v, key=key, parent=lowered)
         return out
@@ -95,7 +97,10 @@ def _scrub(value: Any, *, key: bytes, parent: str | None) -> Any:
 
 def _scrub_text(text: str, *, key: bytes, free_text: bool) -> str:
     text = text.replace("\x00", "")  # jsonb cannot store NUL
-    text = EMAIL_RE.sub(lambda m: pii_fingerprint(m.group(0), key=key), text)
+    # Every email has an "@": without one, the search is skipped (it backtracks over each run
+    # of word characters, ~2.5 us on a 22-character order reference, on every audited write).
+    if "@" in text:
+        text = EMAIL_RE.sub(lambda m: pii_fingerprint(m.group(0), key=key), text)
     if free_text:
         text = PHONE_RE.sub(lambda m: _phone(m.group(0), key=key), text)
     return text

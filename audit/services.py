@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from loyalty.actors import Actor
 
-from .integrity import GENESIS, audit_key, entry_digest, normalise_ip, seal_digest
+from .integrity import GENESIS, audit_key, entry_digester, normalise_ip, scrubbed_json, seal_digest
 from .models import AuditEntry, AuditSeal
 from .pii import pii_scrub
 
@@ -126,7 +126,20 @@ def _entry_values(*, actor, action, entity_type, entity_id, merchant_id, before,
         "created_at": now,
         "credential_id": (actor.credential_id or "")[:CREDENTIAL_ID_MAX],
     }
-    fields["digest"] = entry_digest(**fields, key=key)
+    # entry_digest(**fields), with the scrubbed changes written out by `scrubbed_json`.
+    digest = entry_digester(
+        entity_type=entity_type,
+        action=action,
+        merchant_id=fields["merchant_id"],
+        actor_id=fields["actor_id"],
+        actor_role=fields["actor_role"],
+        ip=fields["ip"],
+        user_agent=fields["user_agent"],
+        created_at=now,
+        credential_id=fields["credential_id"],
+        key=key,
+    )
+    fields["digest"] = digest(fields["entity_id"], scrubbed_json(changes))
     return fields
 
 
