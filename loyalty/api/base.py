@@ -47,14 +47,16 @@ class LoyaltyApi(APIView):
     @property
     def default_response_headers(self):
         # Read by `dispatch`, after `setup` gave the view its `head`: the same for every
-        # request of the class. A copy, which `finalize_response` may change.
-        headers = _DEFAULT_HEADERS.get(type(self))
+        # request of the class (and of what `as_view` may set). A copy, which
+        # `finalize_response` may change.
+        key = (type(self), tuple(self.http_method_names), tuple(self.renderer_classes))
+        headers = _DEFAULT_HEADERS.get(key)
         if headers is None:
-            headers = _DEFAULT_HEADERS[type(self)] = super().default_response_headers
+            headers = _DEFAULT_HEADERS[key] = super().default_response_headers
         return dict(headers)
 
 
-_DEFAULT_HEADERS: dict[type, dict[str, str]] = {}
+_DEFAULT_HEADERS: dict[tuple, dict[str, str]] = {}
 
 
 def validated(serializer_cls, data, **kwargs) -> dict:

@@ -18,7 +18,10 @@ def fields_of(instance) -> dict:
 def test_a_whole_row_builds_the_instance_the_orm_would(make_program):
     program = make_program(merchant_id=OWN)
     expected = Program.objects.get(pk=program.pk)
-    built = RowLookup.of(Program, all_attnames(Program), id=program.pk, merchant_id=OWN).get()
+    lookup = RowLookup.of(Program, all_attnames(Program), id=program.pk, merchant_id=OWN)
+    assert lookup._shape().whole  # built without Model.__init__
+
+    built = lookup.get()
 
     assert type(built) is Program
     assert fields_of(built) == fields_of(expected)

@@ -90,3 +90,20 @@ def test_allow_is_the_views_methods_on_every_answer(api, own_program):
     view = ProgramsApi()
     view.head = view.get  # what View.setup does for a view with `get`
     assert ", ".join(view.allowed_methods) == "GET, POST, HEAD, OPTIONS"
+
+
+def test_allow_follows_what_as_view_sets_and_is_a_copy():
+    class Both(LoyaltyApi):
+        def get(self, request):
+            pass
+
+        def post(self, request):
+            pass
+
+    full = Both()
+    full.head = full.get  # what View.setup does
+    only_post = Both(http_method_names=["post", "options"])
+    assert full.default_response_headers == {"Allow": "GET, POST, HEAD, OPTIONS"}
+    assert only_post.default_response_headers == {"Allow": "POST, OPTIONS"}
+    full.default_response_headers["Allow"] = "changed"
+    assert full.default_response_headers == {"Allow": "GET, POST, HEAD, OPTIONS"}
