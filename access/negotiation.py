@@ -4,8 +4,8 @@ The API renders JSON only. DRF's negotiation parses the Accept header into media
 matches each against each renderer on every request; a request that accepts anything or
 asks for JSON (no `?format=`, no suffix) gets the JSON renderer straight away. Any other
 Accept header goes through DRF's own negotiation (a 406 when nothing matches). Likewise a
-body sent as exactly a parser's media type (`application/json`) gets that parser without
-parsing the Content-Type header."""
+body sent as exactly the first parser's media type (`application/json`) gets that parser
+without parsing the Content-Type header."""
 
 from rest_framework.negotiation import DefaultContentNegotiation
 
@@ -29,8 +29,6 @@ class JSONFirstNegotiation(DefaultContentNegotiation):
         return super().select_renderer(request, renderers, format_suffix)
 
     def select_parser(self, request, parsers):
-        content_type = request.content_type
-        for parser in parsers:
-            if parser.media_type == content_type:
-                return parser
+        if parsers and parsers[0].media_type == request.content_type:
+            return parsers[0]  # what DRF's matching picks first
         return super().select_parser(request, parsers)
