@@ -81,19 +81,36 @@ class PrometheusAfter(PrometheusAfterMiddleware):
     `django_http_requests_latency_seconds_by_view_method`), not the eight others (totals by
     method, transport, charset, body sizes...)."""
 
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        self._api_children: dict[tuple, tuple] = {}
+
     def __call__(self, request):
         if not is_api(request):
             return super().__call__(request)
         start = default_timer()
         response = self.get_response(request)
-        view, method = self._get_view_name(request), self._method(request)
-        self.metrics.responses_by_status_view_method.labels(
-            status=str(response.status_code), view=view, method=method
-        ).inc()
-        self.metrics.requests_latency_by_view_method.labels(view=view, method=method).observe(
-            default_timer() - start
-        )
+        counter, latency = self._children(response.status_code, request)
+        counter.inc()
+        latency.observe(default_timer() - start)
         return response
+
+    def _children(self, status: int, request):
+        """The two metrics' children for this answer: `labels()` validates and looks its
+        labels up under a lock on every call; an API has a few dozen such combinations."""
+        view, method = self._get_view_name(request), self._method(request)
+        key = (status, view, method)
+        children = self._api_children.get(key)
+        if children is None:
+            metrics = self.metrics
+            children = (
+                metrics.responses_by_status_view_method.labels(
+                    status=str(status), view=view, method=method
+                ),
+                metrics.requests_latency_by_view_method.labels(view=view, method=method),
+            )
+            self._api_children[key] = children
+        return children
 
     def process_view(self, request, view_func, *view_args, **view_kwargs):
         if not is_api(request):

@@ -27,6 +27,11 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+# `json.loads(text, parse_float=..., parse_constant=...)` builds this decoder on every call;
+# it also refuses a leading byte order mark with its own message, so such text still goes there.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
+
+
 class StrictJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.LOYALTY_API_MAX_BODY_BYTES
@@ -35,7 +40,10 @@ class StrictJSONParser(JSONParser):
             raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")
         try:
             text = raw.decode("utf-8")
-            data = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+            if text.startswith("\ufeff"):
+                data = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+            else:
+                data = _DECODER.decode(text)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ParseError(f"JSON parse error: {exc}") from exc
         if SURROGATE_ESCAPE.search(text):

@@ -223,8 +223,10 @@ class EventsApi(LoyaltyApi):
         """The event's program, read by the idempotency claim's own statement."""
         data = request.data
         raw = data.get("program_id") if isinstance(data, dict) else None
+        if not isinstance(raw, str):
+            return None
         try:
-            return program_lookup(request.caller, uuid.UUID(raw)) if isinstance(raw, str) else None
+            return program_lookup(request.caller, _program_id(raw))  # parsed once per text
         except ValueError:
             return None  # event_parse answers it
 

@@ -44,3 +44,20 @@ def test_the_admin_keeps_sessions_csrf_and_messages(client):
     assert hasattr(request, "session")
     assert hasattr(request, "_messages")
     assert request.user.is_anonymous  # AuthenticationMiddleware ran
+
+
+def test_each_status_is_counted_under_its_own_labels(api, own_program):
+    metrics = Metrics.get_instance()
+    view = {"view": "events", "method": "POST"}
+    created = sample(metrics.responses_by_status_view_method, status="201", **view)
+    refused = sample(metrics.responses_by_status_view_method, status="400", **view)
+    timed = sample(metrics.requests_latency_by_view_method, **view)
+    body = {"program_id": str(own_program.pk), "member_id": "u_1", "type": "purchase",
+            "amount": "5000", "currency": "XOF"}  # fmt: skip
+    client = api("system")
+    for _ in range(2):
+        assert client.post("/api/v1/events", body).status_code == 201
+    assert client.post("/api/v1/events", {"type": "purchase"}).status_code == 400
+    assert sample(metrics.responses_by_status_view_method, status="201", **view) == created + 2
+    assert sample(metrics.responses_by_status_view_method, status="400", **view) == refused + 1
+    assert sample(metrics.requests_latency_by_view_method, **view) == timed + 3
