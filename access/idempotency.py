@@ -34,6 +34,7 @@ from .models import IdempotencyRecord
 from .rows import RowLookup
 
 HEADER = "Idempotency-Key"
+_HEADER_META = "HTTP_IDEMPOTENCY_KEY"
 REPLAY_HEADER = "Idempotent-Replayed"
 # Printable ASCII, no spaces. The text is also the schema's pattern (JSON Schema's `$` ends
 # the input); Python must use fullmatch: its `$` also matches before a final newline.
@@ -102,7 +103,9 @@ def request_fingerprint(request) -> str:
 
 
 def idempotency_key(request) -> str:
-    key = request.headers.get(HEADER)
+    # From META, as authentication reads its header: `request.headers` would first copy
+    # every header of the request into a new mapping.
+    key = request.META.get(_HEADER_META)
     if key is None:
         raise IdempotencyKeyMissing(f"Send a unique `{HEADER}` header with every write.")
     if not KEY_PATTERN.fullmatch(key):

@@ -246,9 +246,10 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    from django.core.wsgi import get_wsgi_application
+    # The application as the web process loads it (wsgi.py: Django's handler, frozen out of
+    # the cyclic garbage collector once loaded).
+    from loyalty_project.wsgi import application as app
 
-    app = get_wsgi_application()
     program_id, merchant_id = program_create(opts.members)
     auths = {
         "jwt": f"Bearer {jwt_token(private, merchant_id)}",
