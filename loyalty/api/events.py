@@ -18,6 +18,7 @@ from access.idempotency import KEY_PATTERN, KEY_RULE, idempotency_complete, idem
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, program_lookup, scope_queryset
+from loyalty_project.collector import with_collector_paused
 
 from ..errors import DomainError, NotFound, ValidationFailed
 from ..models import Program
@@ -272,6 +273,7 @@ class EventsBatchApi(LoyaltyApi):
         request=BatchInputSerializer,
         responses={200: BatchResultSerializer, **WRITE_ERRORS},
     )
+    @with_collector_paused  # from the body's parsing (the claim's fingerprint) to the answer
     @idempotent
     def post(self, request):
         caller = request.caller
