@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
+from .idempotency import replay_response
 from .models import IdempotencyRecord, MerchantAPIKey, StaffIdentity
 from .selectors import staff_actor
 from .services import staff_identity_link
@@ -43,9 +44,9 @@ class IdempotencyRecordAdmin(admin.ModelAdmin):
     @admin.display(description="Response body")
     def response(self, obj):
         """The stored answer as text, JSON indented: it is kept as the compact bytes sent."""
-        if obj.response_body is None:
+        if obj.response_bytes is None and obj.response_body is None:
             return "-"
-        text = bytes(obj.response_body).decode(errors="replace")
+        text = replay_response(obj).content.decode(errors="replace")
         with contextlib.suppress(ValueError):
             text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
         return format_html("<pre>{}</pre>", text)

@@ -123,6 +123,7 @@ CLAIM_FIELDS = (
     "credential_id",
     "status",
     "response_status",
+    "response_bytes",
     "response_body",
     "response_content_type",
     "created_at",
@@ -220,6 +221,7 @@ def idempotency_claim(
         "credential_id": credential_id[:128],
         "status": str(IdempotencyRecord.Status.IN_PROGRESS),
         "response_status": None,
+        "response_bytes": None,
         "response_body": None,
         "response_content_type": "",
         "created_at": now,
@@ -269,13 +271,13 @@ def _complete_sql() -> str:
     qn = connection.ops.quote_name
     meta = IdempotencyRecord._meta
     column = {name: qn(meta.get_field(name).column) for name in (
-        "status", "response_status", "response_body", "response_content_type",
+        "status", "response_status", "response_bytes", "response_content_type",
         "completed_at", "id", "created_at",
     )}  # fmt: skip
     # Identifiers come from the model's metadata, values are bound parameters.
     return (
         f"UPDATE {qn(meta.db_table)} SET {column['status']} = %s, "  # noqa: S608
-        f"{column['response_status']} = %s, {column['response_body']} = %s, "
+        f"{column['response_status']} = %s, {column['response_bytes']} = %s, "
         f"{column['response_content_type']} = %s, {column['completed_at']} = %s "
         f"WHERE {column['id']} = %s AND {column['created_at']} = %s"
     )
@@ -298,7 +300,7 @@ def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
         IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
             status=status,
             response_status=response.status_code,
-            response_body=body,
+            response_bytes=body,
             response_content_type=response.content_type or "",
             completed_at=timezone.now(),
         )
@@ -323,14 +325,19 @@ def idempotency_release(record: IdempotencyRecord) -> None:
 
 
 def replay_response(record: IdempotencyRecord) -> HttpResponse:
-    """The stored answer, its bytes as they were first sent."""
-    return HttpResponse(
-        record.response_body,
-        status=record.response_status,
-        headers={REPLAY_HEADER: "true"},
+    """The stored answer, its bytes as they were first sent (a record stored as JSON before
+    access/0006: as DRF's renderer writes that JSON, which is what its replay sent then)."""
+    if record.response_bytes is not None:
+        body = bytes(record.response_bytes)
+    else:
+        body = JSONRenderer().render(record.response_body)
+    response = HttpResponse(body, status=record.response_status, headers={REPLAY_HEADER: "true"})
+    if body:  # as DRF's Response: no Content-Type for an empty body
         # An empty stored type is DRF's default for the API's one renderer.
-        content_type=record.response_content_type or JSONRenderer.media_type,
-    )
+        response["Content-Type"] = record.response_content_type or JSONRenderer.media_type
+    else:
+        del response["Content-Type"]
+    return response
 
 
 def idempotent(handler):

@@ -57,7 +57,11 @@ class IdempotencyRecord(models.Model):
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     # The answer's bytes as first sent, replayed as they are: nobody reads inside them, so
     # they are not parsed into jsonb on every write (a batch's answer is ~700 kB of JSON).
-    response_body = models.BinaryField(null=True, blank=True)
+    response_bytes = models.BinaryField(null=True, blank=True)
+    # The answer as JSON, as records completed before access/0006 hold it (and processes of
+    # that release write it while a deploy rolls out); replayed through DRF's renderer. A
+    # later release drops it once every such record has expired.
+    response_body = models.JSONField(null=True, blank=True)
     response_content_type = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField()
     # A request that dies mid-way leaves its claim; past this time a repeat may take it over.

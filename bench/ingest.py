@@ -258,8 +258,11 @@ def pgbench_run(
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     client_first = client_last = None
+    sampled_from = sampled_to = None
     while bench.poll() is None:
         if time.monotonic() >= timed_from:
+            sampled_to = time.monotonic()
+            sampled_from = sampled_from or sampled_to
             for pid, cpu in backends_of(PGBENCH_DB).items():
                 first.setdefault(pid, cpu)
                 last[pid] = cpu
@@ -270,6 +273,8 @@ def pgbench_run(
         time.sleep(0.2)
     progress = bench.stderr.read()
     subprocess.run(["dropdb", *conn, "--if-exists", PGBENCH_DB], check=True, env=env)
+    if bench.returncode != 0:  # a client aborted: its rate would be missing from the figure
+        raise RuntimeError(f"pgbench failed ({bench.returncode}):\n{progress}")
     # "progress: 5.0 s, 3412.9 tps, lat 4.6 ms stddev 2.1, 0 failed": one line per second.
     rates = [
         float(tps)
@@ -279,7 +284,8 @@ def pgbench_run(
     if not rates:
         raise RuntimeError(f"cannot read pgbench progress:\n{progress}")
     tps = sum(rates) / len(rates)
-    transactions = sum(rates)  # one second each
+    # The CPU was sampled over a slightly shorter window than the reports cover (every 0.2 s).
+    transactions = tps * (sampled_to - sampled_from) if sampled_from else 0
     backend_cpu = sum(last[pid] - first[pid] for pid in last) / 1e9
     client_cpu = (client_last - client_first) if client_first is not None else 0.0
     cpu_ms = 1000 * (client_cpu + backend_cpu) / transactions if last and transactions else None

@@ -1,4 +1,6 @@
-"""Migration 0006 turns each stored JSON answer into the bytes its replay sent, and back."""
+"""Migration 0006 adds the answers' bytes column beside the JSON one: answers stored as JSON
+(before it, or by the previous release's processes while a deploy rolls out) replay the bytes
+their replay sent before."""
 
 from datetime import timedelta
 
@@ -34,7 +36,7 @@ def migrate_to(target: tuple[str, str]):
 def compression() -> str:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT attcompression FROM pg_attribute WHERE attname = 'response_body' "
+            "SELECT attcompression FROM pg_attribute WHERE attname = 'response_bytes' "
             "AND attrelid = 'access_idempotencyrecord'::regclass"
         )
         return cursor.fetchone()[0]
@@ -81,16 +83,21 @@ def test_a_stored_json_answer_replays_the_same_bytes_after_the_migration(at_json
             content_type or "application/json",
             sent[key],
         )
-    assert IdempotencyRecord.objects.get(key="running").response_body is None
+    running = IdempotencyRecord.objects.get(key="running")
+    assert (running.response_bytes, running.response_body) == (None, None)
     if connection.vendor == "postgresql":
-        assert compression() == "l"  # lz4, as the JSON column was (0005)
+        assert compression() == "l"  # lz4, as the JSON column (0005)
 
-    # Reversed: the JSON parsed back from the bytes.
+    # Reversed: the bytes column goes, the JSON answers are as they were.
     reverted = migrate_to(JSON_ANSWER)
     assert {
         record.key: JSONRenderer().render(record.response_body)
         for record in reverted.objects.filter(status="completed")
     } == sent
-    assert reverted.objects.get(key="running").response_body is None
-    if connection.vendor == "postgresql":
-        assert compression() == "l"
+
+
+def test_an_empty_stored_answer_replays_without_a_content_type():
+    """As DRF's Response sends an empty body."""
+    replay = replay_response(IdempotencyRecord(response_status=204, response_bytes=b""))
+    assert (replay.status_code, replay.content, "Content-Type" in replay) == (204, b"", False)
+    assert replay["Idempotent-Replayed"] == "true"

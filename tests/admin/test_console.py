@@ -123,7 +123,7 @@ def test_a_stored_answer_shows_as_indented_json(client, admin_user):
     now = timezone.now()
     record = IdempotencyRecord.objects.create(
         scope="m_1", key="k1", method="POST", path="/api/v1/events", request_hash="h",
-        status="completed", response_status=201, response_body='{"member_id":"<é>"}'.encode(),
+        status="completed", response_status=201, response_bytes='{"member_id":"<é>"}'.encode(),
         created_at=now, locked_until=now, completed_at=now, expires_at=now + timedelta(days=2),
     )  # fmt: skip
     client.force_login(admin_user)

@@ -47,7 +47,7 @@ def test_a_batch_answers_drfs_json_and_its_replay_answers_the_same(api, funded):
     assert again.json() == first.json()
     # Stored as sent, replayed as stored.
     record = IdempotencyRecord.objects.get(key="batch-1")
-    assert bytes(record.response_body) == first.content
+    assert bytes(record.response_bytes) == first.content
     assert (again["Content-Type"], again.content) == (first["Content-Type"], first.content)
 
 

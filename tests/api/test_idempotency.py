@@ -178,7 +178,7 @@ def test_an_event_replays_the_bytes_it_first_answered(api, make_program, own_tra
     assert first.status_code == 201
     assert "\u00e9".encode() in first.content
     assert b"\\u2028" in first.content
-    assert bytes(IdempotencyRecord.objects.get(key="bytes").response_body) == first.content
+    assert bytes(IdempotencyRecord.objects.get(key="bytes").response_bytes) == first.content
     replayed_as_sent(first, client.post("/api/v1/events", body, key="bytes"))
 
 
@@ -190,7 +190,7 @@ def test_an_answer_drf_renders_replays_its_bytes(api, funded):
             "reward_type": "discount"}  # fmt: skip
     first = client.post("/api/v1/redemptions", body, key="hold-bytes")
     assert first.status_code == 201
-    assert bytes(IdempotencyRecord.objects.get(key="hold-bytes").response_body) == first.content
+    assert bytes(IdempotencyRecord.objects.get(key="hold-bytes").response_bytes) == first.content
     replayed_as_sent(first, client.post("/api/v1/redemptions", body, key="hold-bytes"))
 
 
@@ -297,7 +297,7 @@ def test_an_event_and_its_stored_answer_commit_together(
     assert first.status_code == 201
     record = IdempotencyRecord.objects.get(key="together")
     assert record.status == IdempotencyRecord.Status.COMPLETED
-    assert (record.response_status, bytes(record.response_body)) == (201, first.content)
+    assert (record.response_status, bytes(record.response_bytes)) == (201, first.content)
     again = client.post("/api/v1/events", purchase(program), key="together")
     replayed_as_sent(first, again)
 
@@ -347,7 +347,7 @@ def test_an_event_no_single_budget_shard_can_pay_takes_the_guarded_path(
     assert LedgerEntry.objects.filter(program=program).count() == 1
     assert budget_spent(program=program) == Decimal("100")
     record = IdempotencyRecord.objects.get(key="b1")
-    assert (record.status, bytes(record.response_body)) == ("completed", response.content)
+    assert (record.status, bytes(record.response_bytes)) == ("completed", response.content)
     # The one-statement path, then the guarded one (SQLite has only the latter's ORM path).
     expected = ["one statement", "guarded"] if connection.vendor == "postgresql" else ["guarded"]
     assert tries == expected
