@@ -56,8 +56,12 @@ function response(status, headers, body)
     if status == 201 then created = created + 1; ok_requests = ok_requests + 1 else other = other + 1 end
   elseif status == 200 then
     ok_requests = ok_requests + 1
-    local _, n = string.gsub(body, '"status":201', "")
-    created = created + n
+    -- Counted with plain finds: gsub built a copy of the ~700 kB answer per batch.
+    local at = string.find(body, '"status":201', 1, true)
+    while at do
+      created = created + 1
+      at = string.find(body, '"status":201', at + 12, true)
+    end
   else
     other = other + 1
   end
