@@ -18,10 +18,7 @@ def fields_of(instance) -> dict:
 def test_a_whole_row_builds_the_instance_the_orm_would(make_program):
     program = make_program(merchant_id=OWN)
     expected = Program.objects.get(pk=program.pk)
-    lookup = RowLookup.of(Program, all_attnames(Program), id=program.pk, merchant_id=OWN)
-    assert lookup._shape().whole  # built without Model.__init__
-
-    built = lookup.get()
+    built = RowLookup.of(Program, all_attnames(Program), id=program.pk, merchant_id=OWN).get()
 
     assert type(built) is Program
     assert fields_of(built) == fields_of(expected)
@@ -33,7 +30,7 @@ def test_a_whole_row_builds_the_instance_the_orm_would(make_program):
     assert Program.objects.get(pk=program.pk).name == "Renamed"
 
 
-def test_a_partial_row_or_a_listened_model_goes_through_from_db(make_program):
+def test_a_partial_row_defers_the_rest_and_signals_fire(make_program):
     program = make_program(merchant_id=OWN)
 
     partial = RowLookup.of(Program, ("id", "name"), id=program.pk).get()
