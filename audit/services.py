@@ -107,6 +107,10 @@ def audit_entry_values(
     )
 
 
+# The fields `entry_digester` leaves to each entry; it takes every other field of an entry.
+_PER_ENTITY = ("entity_id", "changes")
+
+
 def _entry_values(*, actor, action, entity_type, entity_id, merchant_id, before, after, key, now):
     changes = {}
     if before is not None:
@@ -127,18 +131,8 @@ def _entry_values(*, actor, action, entity_type, entity_id, merchant_id, before,
         "credential_id": (actor.credential_id or "")[:CREDENTIAL_ID_MAX],
     }
     # entry_digest(**fields), with the scrubbed changes written out by `scrubbed_json`.
-    digest = entry_digester(
-        entity_type=entity_type,
-        action=action,
-        merchant_id=fields["merchant_id"],
-        actor_id=fields["actor_id"],
-        actor_role=fields["actor_role"],
-        ip=fields["ip"],
-        user_agent=fields["user_agent"],
-        created_at=now,
-        credential_id=fields["credential_id"],
-        key=key,
-    )
+    shared = {name: value for name, value in fields.items() if name not in _PER_ENTITY}
+    digest = entry_digester(**shared, key=key)
     fields["digest"] = digest(fields["entity_id"], scrubbed_json(changes))
     return fields
 
