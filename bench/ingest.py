@@ -37,8 +37,8 @@ PGBENCH_DB = "loyalty_bench_pgbench"
 MODULES = ["eats", "shop", "rides"]
 
 
-def django_setup() -> None:
-    sys.path.insert(0, str(ROOT))
+def django_setup(root: Path = ROOT) -> None:
+    sys.path.insert(0, str(root))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DEBUG", "False")  # as in production: no query log in memory

@@ -278,3 +278,40 @@ def test_concurrent_earnings_with_budget_to_spare_are_paid_by_their_one_statemen
     assert guarded == []
     assert LedgerEntry.objects.filter(program=program).count() == 8 + 8 * 100
     assert ledger_verify() == []
+
+
+def test_the_pipeline_writes_a_round_trips_commands_when_it_waits_for_their_result():
+    """`queued_pipeline` keeps each command in libpq's buffer until a result is awaited (or
+    the pipeline ends), so the server gets a round trip's commands in one write: a command
+    queued has not reached the server yet, even after a while."""
+    import time
+
+    import psycopg
+
+    from loyalty.services.ingestion.pipeline import queued_pipeline
+
+    key = 7_340_001
+    settings = connection.settings_dict
+    params = {"dbname": settings["NAME"], "user": settings["USER"], "host": settings["HOST"]}
+    params.update(port=settings["PORT"] or None, password=settings["PASSWORD"] or None)
+
+    def held_by_us() -> bool:
+        with psycopg.connect(**params, autocommit=True) as other:
+            (held,) = other.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                " AND granted",
+                [key],
+            ).fetchone()
+        return held == 1
+
+    connection.ensure_connection()
+    pg = connection.connection
+    with queued_pipeline(pg), pg.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        time.sleep(0.3)  # psycopg's own pipeline has sent it and the server has run it by now
+        assert not held_by_us()
+        cursor.fetchone()  # awaited: written
+        assert held_by_us()
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+    assert not held_by_us()  # the pipeline's end wrote the rest
+    assert connection_is_idle_in_autocommit()

@@ -18,6 +18,7 @@ from .adjustments import _adjust
 from .earning import _earn
 from .entries import entry_audit_after
 from .inputs import EARN_TYPES, EventInput, IngestResult, event_validate
+from .pipeline import queued_pipeline
 from .refunds import _refund
 from .statement import _earn_in_one_statement, _event_lock, budget_retry_on_refusal
 
@@ -111,8 +112,8 @@ def _earn_pipelined(
     in_transaction: Callable[[IngestResult], None] | None,
 ) -> IngestResult:
     """An earning on PostgreSQL in two round trips instead of four (BEGIN, lock, write,
-    COMMIT): in psycopg's pipeline, BEGIN goes with the balance lock, then the write
-    statement, what `in_transaction` writes and COMMIT go together (a member's first event
+    COMMIT): in a pipeline (`queued_pipeline`), BEGIN goes with the balance lock, then the
+    write statement, what `in_transaction` writes and COMMIT go together (a member's first event
     adds one, its balance's INSERT and a second lock). Each round trip saved is a wait and a
     wake-up of both processes.
 
@@ -135,7 +136,7 @@ def _earn_pipelined(
             budget_retry_on_refusal(),
             connection.wrap_database_errors,  # for errors that arrive at the pipeline's end
             connection.cursor() as cursor,
-            pg.pipeline(),
+            queued_pipeline(pg),
         ):
             if own:
                 cursor.cursor.execute(begin, prepare=False)
