@@ -12,9 +12,11 @@ entry, point lot, outbox row, audit entry with its digest). Two scenarios:
 - hot:    the same number of members in ONE program.
 
 Every program has a budget limit and a daily cap (both large enough never to refuse), so
-their bookkeeping is on the path. pgbench TPC-B (16 clients, same duration) runs on a scratch
-database this script initialises with `pgbench -i`. It prints events/s, the ratio to pgbench
-and hot/spread. `--profile` counts the SQL statements of one event instead.
+their bookkeeping is on the path. pgbench TPC-B (16 clients, same duration) runs before and
+after the points, on a scratch database this script initialises with `pgbench -i`; the ratios
+are to the mean of the two runs (a shared host's speed drifts over the minutes a run takes).
+It prints events/s, the ratio to pgbench and hot/spread. `--profile` counts the SQL
+statements of one event instead.
 
 Targets (issue 2): at 16 processes, events/s >= 0.25 x pgbench, and hot >= 0.8 x spread.
 """
@@ -375,21 +377,25 @@ def main() -> None:
     connection.close()  # the children open their own
 
     print(f"machine: {os.cpu_count()} cores; load average now {os.getloadavg()}")
-    tps = pg_cpu = None
-    if not args.no_pgbench:
-        tps, pg_cpu = pgbench_run(
+
+    def pgbench(when: str) -> tuple[float, float | None]:
+        tps, cpu = pgbench_run(
             url, args.pgbench_clients, args.duration, args.pgbench_scale, args.warmup
         )
-        cpu_text = f", {pg_cpu:.2f} ms CPU per transaction" if pg_cpu else ""
+        cpu_text = f", {cpu:.2f} ms CPU per transaction" if cpu else ""
         print(
-            f"pgbench TPC-B: {tps:.0f} tps ({args.pgbench_clients} clients, -j 2, "
-            f"scale {args.pgbench_scale}, {args.duration} s after {args.warmup} s{cpu_text})"
+            f"pgbench TPC-B {when}: {tps:.0f} tps ({args.pgbench_clients} clients, -j 2, "
+            f"scale {args.pgbench_scale}, {args.duration} s after {args.warmup} s{cpu_text})",
+            flush=True,
         )
+        return tps, cpu
+
+    # pgbench runs before the points and again after them: the ratios are to the mean of the
+    # two, since a shared host's speed drifts over the minutes a run takes.
+    before = None if args.no_pgbench else pgbench("before")
 
     ctx = mp.get_context("spawn")
-    rates: dict[tuple[str, int], float] = {}
-    header = f"{'scenario':<8} {'procs':>5} {'events':>8} {'events/s':>9} {'x pgbench':>9}"
-    print(f"{header} {'cpu ms/ev':>9} {'(py + db)':>11} {'x pgb cpu':>9}  load  errors")
+    points = []
     for n in workers:
         for name in scenarios:
             members = setup[name][1]
@@ -397,20 +403,32 @@ def main() -> None:
                 run_point(ctx, program_ids[name], members, n, args.duration, args.warmup)
                 for _ in range(args.repeat)
             ]
-            point = max(runs, key=lambda r: r["rate"])
-            rates[name, n] = point["rate"]
-            ratio = f"{point['rate'] / tps:.3f}" if tps else "-"
-            cpu = f"{point['cpu_ms']:.2f}" if point["cpu_ms"] else "-"
-            split = f"{point['py_ms']:.2f} + {point['db_ms']:.2f}" if point["db_ms"] else "-"
-            # pgbench's CPU per transaction over ours: the throughput ratio on a quiet host
-            # when both are CPU-bound.
-            cpu_ratio = f"{pg_cpu / point['cpu_ms']:.3f}" if pg_cpu and point["cpu_ms"] else "-"
-            print(
-                f"{name:<8} {n:>5} {point['events']:>8} {point['rate']:>9.0f} {ratio:>9}"
-                f" {cpu:>9} {split:>11} {cpu_ratio:>9}  {point['load']:.1f}"
-                f"  {point['failed'] or ''}",
-                flush=True,
-            )
+            points.append((name, n, max(runs, key=lambda r: r["rate"])))
+            print(f"  {name} at {n} processes: {points[-1][2]['rate']:.0f} events/s", flush=True)
+    tps = pg_cpu = None
+    if before is not None:
+        after = pgbench("after")
+        tps = (before[0] + after[0]) / 2
+        pg_cpu = None if None in (before[1], after[1]) else (before[1] + after[1]) / 2
+        print(f"pgbench TPC-B, mean of both: {tps:.0f} tps")
+
+    rates: dict[tuple[str, int], float] = {}
+    header = f"{'scenario':<8} {'procs':>5} {'events':>8} {'events/s':>9} {'x pgbench':>9}"
+    print(f"{header} {'cpu ms/ev':>9} {'(py + db)':>11} {'x pgb cpu':>9}  load  errors")
+    for name, n, point in points:
+        rates[name, n] = point["rate"]
+        ratio = f"{point['rate'] / tps:.3f}" if tps else "-"
+        cpu = f"{point['cpu_ms']:.2f}" if point["cpu_ms"] else "-"
+        split = f"{point['py_ms']:.2f} + {point['db_ms']:.2f}" if point["db_ms"] else "-"
+        # pgbench's CPU per transaction over ours: the throughput ratio on a quiet host
+        # when both are CPU-bound.
+        cpu_ratio = f"{pg_cpu / point['cpu_ms']:.3f}" if pg_cpu and point["cpu_ms"] else "-"
+        print(
+            f"{name:<8} {n:>5} {point['events']:>8} {point['rate']:>9.0f} {ratio:>9}"
+            f" {cpu:>9} {split:>11} {cpu_ratio:>9}  {point['load']:.1f}"
+            f"  {point['failed'] or ''}",
+            flush=True,
+        )
     for n in workers:
         if ("hot", n) in rates and ("spread", n) in rates:
             print(f"hot/spread at {n} processes: {rates['hot', n] / rates['spread', n]:.2f}")
