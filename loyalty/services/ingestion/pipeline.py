@@ -4,9 +4,11 @@ psycopg's `Connection.pipeline()` writes every command to the socket as soon as 
 BEGIN, then the balance lock; the write statement, then COMMIT. Each write wakes the server's
 backend for a part of the round trip. Here a command goes into libpq's output buffer only, and
 the buffer is written when the pipeline waits: for a result (`fetchone`, which psycopg
-precedes with a flush request) or at its end (the sync). An earning's two round trips are then
-two writes instead of five or six: measured 5-7 % less CPU per event with 16 processes, run at
-the same time as the same load on psycopg's own pipeline (docs/BENCHMARKS.md).
+precedes with a flush request) or at its end (the sync). An earning then costs 7 system calls
+instead of 20 (strace, per event: 3 sends, 2 polls, 2 receives, against 6.4, 11.4 and 2; the
+third send is psycopg's flush request after the sync) and 7.8 % less CPU with 16 processes,
+half of them on psycopg's own pipeline at the same time (`bench/ingest_pair.py`,
+docs/BENCHMARKS.md).
 
 This overrides one step of psycopg's Pipeline (`_communicate_gen`, which sends the queued
 commands and reads what results have arrived): psycopg is pinned, and
