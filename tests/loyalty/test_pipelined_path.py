@@ -1,7 +1,8 @@
 """The single earning in its own transaction (as in production, where `event_ingest`'s atomic
-block is durable): BEGIN goes with the balance lock, and the write, the caller's hook and
-COMMIT go together, two round trips in all. Whatever fails on the way leaves nothing written
-and the connection idle in autocommit, as Django expects it after the block."""
+block is durable): the balance lock, then the write and the caller's hook with the pipeline's
+sync, two round trips in all, in one implicit transaction (no BEGIN nor COMMIT sent). Whatever
+fails on the way leaves nothing written and the connection idle in autocommit, as Django
+expects it after the block."""
 
 import itertools
 import os
@@ -29,9 +30,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 D = Decimal
 
 
-def round_trips(action) -> int:
-    """Runs `action` and counts the times the client waited for the server: each run of
-    messages it sent followed by one the server sent (libpq's protocol trace)."""
+def protocol_trace(action) -> str:
+    """Runs `action` and returns libpq's trace of the messages exchanged meanwhile."""
     pg = connection.connection
     with tempfile.NamedTemporaryFile("r") as trace:
         fd = os.open(trace.name, os.O_WRONLY)
@@ -41,7 +41,13 @@ def round_trips(action) -> int:
         finally:
             pg.pgconn.untrace()
             os.close(fd)
-        directions = re.findall(r"^[^\t]*\t([FB])\t", trace.read(), flags=re.MULTILINE)
+        return trace.read()
+
+
+def round_trips(action) -> int:
+    """Runs `action` and counts the times the client waited for the server: each run of
+    messages it sent followed by one the server sent (libpq's protocol trace)."""
+    directions = re.findall(r"^[^\t]*\t([FB])\t", protocol_trace(action), flags=re.MULTILINE)
     return sum(1 for pair in itertools.pairwise(directions) if pair == ("F", "B"))
 
 
@@ -70,6 +76,50 @@ def test_an_earning_of_an_existing_member_takes_two_round_trips(program, actor, 
     assert LedgerEntry.objects.get(idempotency_key=event.idempotency_key).points == D("100")
     assert balance_of(program).points_balance == D("300")
     assert connection_is_idle_in_autocommit()
+    assert ledger_verify() == []
+
+
+def test_an_earning_sends_no_begin_nor_commit(program, actor, purchase):
+    """The pipeline's sync commits its implicit transaction: two statements fewer per event."""
+    purchase(program, member_id="u_1")
+    event = PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF")
+
+    trace = protocol_trace(lambda: event_ingest(program=program, event=event, actor=actor))
+
+    sent = [line for line in trace.splitlines() if "\tF\t" in line]
+    assert not [line for line in sent if '"BEGIN' in line or '"COMMIT' in line]
+    assert any("\tF\t4\tSync" in line for line in sent)
+    assert LedgerEntry.objects.get(idempotency_key=event.idempotency_key).points == D("100")
+    assert connection_is_idle_in_autocommit()
+
+
+def test_a_connection_at_another_isolation_level_takes_the_atomic_path(program, actor, purchase):
+    """The implicit transaction runs at the server's default level: a connection set to
+    another (DATABASES OPTIONS) gets an explicit BEGIN that names it."""
+    from psycopg import IsolationLevel
+
+    purchase(program, member_id="u_1")
+    seen = []
+
+    def hook(result):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('transaction_isolation')")
+            seen.append(cursor.fetchone()[0])
+
+    pg = connection.connection
+    pg.isolation_level = IsolationLevel.REPEATABLE_READ
+    try:
+        event_ingest(
+            program=program,
+            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
+            actor=actor,
+            in_transaction=hook,
+        )
+    finally:
+        pg.isolation_level = None
+
+    assert seen == ["repeatable read"]
+    assert balance_of(program).points_balance == D("300")
     assert ledger_verify() == []
 
 
