@@ -190,7 +190,7 @@ def test_a_members_first_event_adds_one_round_trip_for_its_balance(make_program,
         lambda: results.append(event_ingest(program=program, event=event, actor=actor))
     )
 
-    assert trips == 3  # BEGIN + lock (none found); INSERT + lock; write + COMMIT
+    assert trips == 3  # lock (none found); INSERT + lock; write + sync
     assert results[0].entry.points == D("100")
     assert balance_of(program, "u_new").points_balance == D("100")
     assert balance_of(program, "u_new").tier == "starter"  # the program's lowest tier
@@ -218,7 +218,7 @@ def test_a_repeat_takes_three_round_trips(program, actor, purchase):
         lambda: results.append(event_ingest(program=program, event=event, actor=actor))
     )
 
-    # BEGIN + lock (finds the key); COMMIT + the stored entry; the pipeline's end.
+    # Lock (finds the key); the stored entry; the pipeline's sync.
     assert trips == 3
     assert results[0].replayed
     assert results[0].as_dict() == first.as_dict()
@@ -364,4 +364,65 @@ def test_the_pipeline_writes_a_round_trips_commands_when_it_waits_for_their_resu
         assert held_by_us()
         cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
     assert not held_by_us()  # the pipeline's end wrote the rest
+    assert connection_is_idle_in_autocommit()
+
+
+def test_an_error_at_the_commit_itself_is_djangos_and_leaves_the_connection_usable(
+    program, actor, purchase
+):
+    """A deferred constraint is checked when the sync commits the implicit transaction: its
+    error comes as the sync's own answer, which psycopg alone leaves half read (the
+    connection stuck in pipeline mode)."""
+    from django.db import IntegrityError
+
+    purchase(program, member_id="u_1")
+    before = db_state()
+
+    def hook(result):
+        # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: this fails at commit only.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE loyalty_memberbalance SET program_id = gen_random_uuid()"
+                " WHERE member_id = 'u_1'"
+            )
+
+    with pytest.raises(IntegrityError):
+        event_ingest(
+            program=program,
+            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
+            actor=actor,
+            in_transaction=hook,
+        )
+
+    assert db_state() == before
+    assert connection_is_idle_in_autocommit()
+    assert purchase(program, member_id="u_1").entry.points == D("200")
+
+
+def test_a_hook_that_swallows_the_events_error_does_not_turn_it_into_a_success(
+    program, actor, purchase
+):
+    from django.db import DatabaseError
+
+    purchase(program, member_id="u_1")
+    before = db_state()
+
+    def hook(result):
+        # Against the hook's contract: reads a result, and the event's failed write with it.
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 / 0")
+                cursor.fetchone()
+        except DatabaseError:
+            pass
+
+    with pytest.raises(DatabaseError):
+        event_ingest(
+            program=program,
+            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
+            actor=actor,
+            in_transaction=hook,
+        )
+
+    assert db_state() == before
     assert connection_is_idle_in_autocommit()

@@ -10,8 +10,12 @@ third send is psycopg's flush request after the sync) and 7.8 % less CPU with 16
 half of them on psycopg's own pipeline at the same time (`bench/ingest_pair.py`,
 docs/BENCHMARKS.md).
 
-This overrides one step of psycopg's Pipeline (`_communicate_gen`, which sends the queued
-commands and reads what results have arrived): psycopg is pinned, and
+In autocommit, the statements up to the pipeline's sync are one implicit transaction, which
+the sync commits (PostgreSQL's extended protocol). `queued_pipeline(implicit_transaction=True)`
+keeps a block that raises from committing: it sends BEGIN before the sync (`keep_open`).
+
+This overrides two steps of psycopg's Pipeline (`_communicate_gen`, which sends the queued
+commands and reads what results have arrived, and `_exit_gen`): psycopg is pinned, and
 tests/loyalty/test_pipelined_path.py holds the behaviour to what the pipeline must do.
 """
 
@@ -19,9 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import errors, pq
+from psycopg.generators import fetch
 
 
 class _QueuedPipeline(psycopg.Pipeline):
+    keep_open_on_error = False
+
     def _communicate_gen(self):
         # Into libpq's output buffer, which it writes itself past 64 kB. The results are read
         # (and a failed command raises) when the pipeline next waits.
@@ -30,13 +38,48 @@ class _QueuedPipeline(psycopg.Pipeline):
         return
         yield  # a generator, as psycopg drives it
 
+    def _exit_gen(self):
+        try:
+            yield from super()._exit_gen()
+        except errors.Error:
+            # An error of the sync itself (committing the implicit transaction: a deferred
+            # constraint, a serialization failure) takes the sync's place in psycopg's queue
+            # and leaves the sync's own result unread: read it, or libpq cannot leave pipeline
+            # mode and the connection is stuck.
+            while self.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                result = yield from fetch(self.pgconn)
+                if result is not None and result.status == pq.ExecStatus.PIPELINE_SYNC:
+                    break
+            raise
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        if exc_val is not None and self.keep_open_on_error:
+            keep_open(self._conn)
+        super().__exit__(exc_type, exc_val, exc_tb)
+
+
+def keep_open(pg: psycopg.Connection) -> None:
+    """Keeps the pipeline's sync from committing its implicit transaction: BEGIN turns it into
+    an explicit one, even after some statements (PostgreSQL's BeginTransactionBlock), which
+    the sync leaves open for the caller's rollback. A failed statement has aborted the
+    pipeline: the sync rolls that transaction back by itself (the server would skip BEGIN)."""
+    if pg.closed or pg.pgconn.pipeline_status == pq.PipelineStatus.ABORTED:
+        return
+    with pg.cursor() as cursor:
+        cursor.execute("BEGIN", prepare=False)
+
 
 @contextmanager
-def queued_pipeline(pg: psycopg.Connection) -> Iterator[psycopg.Pipeline]:
-    """`pg.pipeline()`, with each round trip's commands written together. Not nested."""
+def queued_pipeline(
+    pg: psycopg.Connection, *, implicit_transaction: bool = False
+) -> Iterator[psycopg.Pipeline]:
+    """`pg.pipeline()`, with each round trip's commands written together. Not nested. With
+    `implicit_transaction` (the connection in autocommit, idle), a block that raises sends
+    BEGIN before the sync: nothing commits, and the caller rolls back."""
     if pg._pipeline is not None:
         raise RuntimeError("queued_pipeline() cannot run inside another pipeline")
     pipeline = pg._pipeline = _QueuedPipeline(pg)
+    pipeline.keep_open_on_error = implicit_transaction
     try:
         with pipeline:
             yield pipeline

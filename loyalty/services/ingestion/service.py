@@ -4,6 +4,7 @@ caller's), and the answer to a repeated idempotency key."""
 from collections.abc import Callable
 
 from django.db import IntegrityError, connection, transaction
+from psycopg.errors import PipelineAborted
 from psycopg.pq import PipelineStatus, TransactionStatus
 
 from audit.services import audit_record
@@ -17,7 +18,7 @@ from .adjustments import _adjust
 from .earning import _earn
 from .entries import entry_audit_after
 from .inputs import EARN_TYPES, EventInput, IngestResult, event_validate
-from .pipeline import queued_pipeline
+from .pipeline import keep_open, queued_pipeline
 from .refunds import _refund
 from .statement import _earn_in_one_statement, _event_lock, budget_retry_on_refusal
 
@@ -37,7 +38,9 @@ def event_ingest(
     On PostgreSQL an earning's statements may travel in a pipeline (`_earn_pipelined`): the
     hook's statements are then sent, not yet answered, when it returns, so it must not read
     their results (`rowcount`) nor expect to catch their errors; any error, the event's or
-    the hook's, fails the whole transaction.
+    the hook's, fails the whole transaction. That transaction is PostgreSQL's implicit one
+    (no BEGIN is sent), in which savepoints, cursors and SET LOCAL do not work: the hook must
+    not open `transaction.atomic()` (nor call `get_or_create`, `QuerySet.iterator()`).
     """
     event_validate(program, event)
     # No replay lookup before the transaction: the one after the balance lock answers a
@@ -131,8 +134,8 @@ def _earn_pipelined(
     sync make one implicit transaction, which the sync commits, or rolls back when one of
     them failed (its error arrives when the pipeline ends). Whatever fails in Python instead
     (a refusal after the lock, an error of `in_transaction`), or a hook asking for the
-    rollback, must not reach that commit: `_sync_without_commit` then sends BEGIN, which turns
-    the implicit transaction into an explicit one the sync leaves open, and it is rolled back.
+    rollback, must not reach that commit: `keep_open` then sends BEGIN, which turns the
+    implicit transaction into an explicit one the sync leaves open, and it is rolled back.
     Against an explicit BEGIN and COMMIT: 1.5-4.9 % less CPU per event (docs/BENCHMARKS.md).
 
     The atomic block stays the transaction's owner for Django, but on every path the
@@ -150,47 +153,38 @@ def _earn_pipelined(
             budget_retry_on_refusal(),
             connection.wrap_database_errors,  # for errors that arrive at the pipeline's end
             connection.cursor() as cursor,
-            queued_pipeline(pg),
+            # A block that raises (a refusal after the lock, the hook's error) sends BEGIN
+            # instead of committing at the sync; the transaction is rolled back below.
+            queued_pipeline(pg, implicit_transaction=own),
         ):
-            try:
-                balance, replay_id, entry_id = _event_lock(cursor, program, event)
-                if replay_id is not None:
-                    # A repeat. A new member's balance is the only row this transaction may
-                    # have written: kept. The stored entry is read in the same transaction.
-                    return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
-                entry = _earn_in_one_statement(
-                    cursor, program, balance, event, actor, entry_id, retryable=True
-                )
-                result = IngestResult(entry=entry)
-                if in_transaction is not None:
-                    in_transaction(result)
-            except BaseException:
-                if own:
-                    _sync_without_commit(pg)
-                raise
+            balance, replay_id, entry_id = _event_lock(cursor, program, event)
+            if replay_id is not None:
+                # A repeat. A new member's balance is the only row this transaction may have
+                # written: kept. The stored entry is read in the same transaction.
+                return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
+            entry = _earn_in_one_statement(
+                cursor, program, balance, event, actor, entry_id, retryable=True
+            )
+            result = IngestResult(entry=entry)
+            if in_transaction is not None:
+                in_transaction(result)
+                if pg.pgconn.pipeline_status == PipelineStatus.ABORTED:
+                    # The hook read a result and caught a failed statement's error: the sync
+                    # would roll back what this answer says was written.
+                    raise PipelineAborted("a statement of the event failed")
             # A hook may have asked for the rollback (transaction.set_rollback): as at the end
             # of an atomic block, then nothing commits.
             if own and connection.needs_rollback:
-                _sync_without_commit(pg)
+                keep_open(pg)
             return result
     finally:
         # A lost connection has nothing to roll back: its own error goes on, and the atomic
         # block closes it.
         if own and not pg.closed:
             if pg.pgconn.transaction_status != TransactionStatus.IDLE:
-                pg.rollback()  # the transaction `_sync_without_commit` kept from the sync
+                with connection.wrap_database_errors:
+                    pg.rollback()  # the transaction `keep_open` kept from the sync
             pg.autocommit = False
-
-
-def _sync_without_commit(pg) -> None:
-    """Keeps the pipeline's sync from committing its implicit transaction: BEGIN turns it into
-    an explicit one, even after some statements (PostgreSQL's BeginTransactionBlock), which
-    the sync leaves open for the rollback. A failed statement has aborted the pipeline: the
-    sync rolls that transaction back by itself (and the server would skip the BEGIN)."""
-    if pg.closed or pg.pgconn.pipeline_status == PipelineStatus.ABORTED:
-        return
-    with pg.cursor() as cursor:
-        cursor.execute("BEGIN", prepare=False)
 
 
 def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) -> IngestResult:

@@ -91,7 +91,7 @@ def _earn_in_one_statement(
     too: the rules go on as if one shard pays in full (the fast path's only outcome); when no
     shard could pay, the statement fails as a whole (`loyalty_budget_retry()`, raising
     BudgetRetry: see `budget_retry_on_refusal`) and the event goes to the guarded path, which
-    decides the rest. Nothing is read back: in a pipeline its result comes with COMMIT's."""
+    decides the rest. Nothing is read back: in a pipeline its result comes with the sync's."""
     charged: list[Decimal] = []
 
     def charge(points: Decimal) -> Decimal:
