@@ -62,6 +62,25 @@ def connection_is_idle_in_autocommit() -> bool:
     )
 
 
+def ingest_with_failing_hook(program, actor, purchase, hook, error) -> None:
+    """An earning of member u_1 whose hook makes it fail with `error`: it writes nothing, the
+    connection is left idle in autocommit and goes on as usual."""
+    purchase(program, member_id="u_1")
+    before = db_state()
+
+    with pytest.raises(error):
+        event_ingest(
+            program=program,
+            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
+            actor=actor,
+            in_transaction=hook,
+        )
+
+    assert db_state() == before
+    assert connection_is_idle_in_autocommit()
+    assert purchase(program, member_id="u_1").entry.points == D("200")
+
+
 def test_an_earning_of_an_existing_member_takes_two_round_trips(program, actor, purchase):
     purchase(program, member_id="u_1")
     event = PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF")
@@ -126,8 +145,6 @@ def test_a_connection_at_another_isolation_level_takes_the_atomic_path(program, 
 def test_the_hook_writes_in_the_same_transaction_and_its_failure_writes_nothing(
     program, actor, purchase
 ):
-    purchase(program, member_id="u_1")
-    before = db_state()
 
     def hook(result):
         # Queued behind the event's write: the failure comes after the write was sent.
@@ -135,18 +152,7 @@ def test_the_hook_writes_in_the_same_transaction_and_its_failure_writes_nothing(
             cursor.execute("SELECT 1")
         raise RuntimeError("the caller's write failed")
 
-    with pytest.raises(RuntimeError):
-        event_ingest(
-            program=program,
-            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
-            actor=actor,
-            in_transaction=hook,
-        )
-
-    assert db_state() == before
-    assert connection_is_idle_in_autocommit()
-    # The connection goes on as usual.
-    assert purchase(program, member_id="u_1").entry.points == D("200")
+    ingest_with_failing_hook(program, actor, purchase, hook, RuntimeError)
 
 
 def test_a_refusal_after_the_lock_writes_nothing(program, actor, purchase):
@@ -375,9 +381,6 @@ def test_an_error_at_the_commit_itself_is_djangos_and_leaves_the_connection_usab
     connection stuck in pipeline mode)."""
     from django.db import IntegrityError
 
-    purchase(program, member_id="u_1")
-    before = db_state()
-
     def hook(result):
         # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: this fails at commit only.
         with connection.cursor() as cursor:
@@ -386,26 +389,13 @@ def test_an_error_at_the_commit_itself_is_djangos_and_leaves_the_connection_usab
                 " WHERE member_id = 'u_1'"
             )
 
-    with pytest.raises(IntegrityError):
-        event_ingest(
-            program=program,
-            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
-            actor=actor,
-            in_transaction=hook,
-        )
-
-    assert db_state() == before
-    assert connection_is_idle_in_autocommit()
-    assert purchase(program, member_id="u_1").entry.points == D("200")
+    ingest_with_failing_hook(program, actor, purchase, hook, IntegrityError)
 
 
 def test_a_hook_that_swallows_the_events_error_does_not_turn_it_into_a_success(
     program, actor, purchase
 ):
     from django.db import DatabaseError
-
-    purchase(program, member_id="u_1")
-    before = db_state()
 
     def hook(result):
         # Against the hook's contract: reads a result, and the event's failed write with it.
@@ -416,13 +406,4 @@ def test_a_hook_that_swallows_the_events_error_does_not_turn_it_into_a_success(
         except DatabaseError:
             pass
 
-    with pytest.raises(DatabaseError):
-        event_ingest(
-            program=program,
-            event=PurchaseFactory(member_id="u_1", amount=D("5000"), currency="XOF"),
-            actor=actor,
-            in_transaction=hook,
-        )
-
-    assert db_state() == before
-    assert connection_is_idle_in_autocommit()
+    ingest_with_failing_hook(program, actor, purchase, hook, DatabaseError)
