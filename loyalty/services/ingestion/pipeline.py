@@ -12,7 +12,8 @@ docs/BENCHMARKS.md).
 
 In autocommit, the statements up to the pipeline's sync are one implicit transaction, which
 the sync commits (PostgreSQL's extended protocol). `queued_pipeline(implicit_transaction=True)`
-keeps a block that raises from committing: it sends BEGIN before the sync (`keep_open`).
+keeps a block that raises from committing (it sends BEGIN before the sync, `keep_open`), and
+a block that swallowed a failed statement's error from ending as if it had committed.
 
 This overrides two steps of psycopg's Pipeline (`_communicate_gen`, which sends the queued
 commands and reads what results have arrived, and `_exit_gen`): psycopg is pinned, and
@@ -28,7 +29,7 @@ from psycopg.generators import fetch
 
 
 class _QueuedPipeline(psycopg.Pipeline):
-    keep_open_on_error = False
+    implicit_transaction = False  # the sync commits: see `queued_pipeline`
 
     def _communicate_gen(self):
         # Into libpq's output buffer, which it writes itself past 64 kB. The results are read
@@ -53,9 +54,17 @@ class _QueuedPipeline(psycopg.Pipeline):
             raise
 
     def __exit__(self, exc_type, exc_val, exc_tb) -> None:
-        if exc_val is not None and self.keep_open_on_error:
-            keep_open(self._conn)
+        swallowed = False
+        if self.implicit_transaction:
+            if exc_val is not None:
+                keep_open(self._conn)
+            else:
+                # A statement failed and the block caught its error: the sync rolls back
+                # what the block went on as if written, which must not end quietly.
+                swallowed = self.pgconn.pipeline_status == pq.PipelineStatus.ABORTED
         super().__exit__(exc_type, exc_val, exc_tb)
+        if swallowed:
+            raise errors.PipelineAborted("a statement failed: the transaction was rolled back")
 
 
 def keep_open(pg: psycopg.Connection) -> None:
@@ -74,12 +83,14 @@ def queued_pipeline(
     pg: psycopg.Connection, *, implicit_transaction: bool = False
 ) -> Iterator[psycopg.Pipeline]:
     """`pg.pipeline()`, with each round trip's commands written together. Not nested. With
-    `implicit_transaction` (the connection in autocommit, idle), a block that raises sends
-    BEGIN before the sync: nothing commits, and the caller rolls back."""
+    `implicit_transaction` (the connection in autocommit, idle), the sync commits: a block
+    that raises sends BEGIN before it (nothing commits, the caller rolls back), and a block
+    that caught a failed statement's error raises PipelineAborted once the sync has rolled
+    back."""
     if pg._pipeline is not None:
         raise RuntimeError("queued_pipeline() cannot run inside another pipeline")
     pipeline = pg._pipeline = _QueuedPipeline(pg)
-    pipeline.keep_open_on_error = implicit_transaction
+    pipeline.implicit_transaction = implicit_transaction
     try:
         with pipeline:
             yield pipeline

@@ -4,8 +4,7 @@ caller's), and the answer to a repeated idempotency key."""
 from collections.abc import Callable
 
 from django.db import IntegrityError, connection, transaction
-from psycopg.errors import PipelineAborted
-from psycopg.pq import PipelineStatus, TransactionStatus
+from psycopg.pq import TransactionStatus
 
 from audit.services import audit_record
 
@@ -154,7 +153,8 @@ def _earn_pipelined(
             connection.wrap_database_errors,  # for errors that arrive at the pipeline's end
             connection.cursor() as cursor,
             # A block that raises (a refusal after the lock, the hook's error) sends BEGIN
-            # instead of committing at the sync; the transaction is rolled back below.
+            # instead of committing at the sync; the transaction is rolled back below. A hook
+            # that caught the event's failed statement gets PipelineAborted at the sync.
             queued_pipeline(pg, implicit_transaction=own),
         ):
             balance, replay_id, entry_id = _event_lock(cursor, program, event)
@@ -168,10 +168,6 @@ def _earn_pipelined(
             result = IngestResult(entry=entry)
             if in_transaction is not None:
                 in_transaction(result)
-                if pg.pgconn.pipeline_status == PipelineStatus.ABORTED:
-                    # The hook read a result and caught a failed statement's error: the sync
-                    # would roll back what this answer says was written.
-                    raise PipelineAborted("a statement of the event failed")
             # A hook may have asked for the rollback (transaction.set_rollback): as at the end
             # of an atomic block, then nothing commits.
             if own and connection.needs_rollback:
