@@ -28,7 +28,13 @@ from rest_framework.exceptions import ParseError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from loyalty.errors import Conflict, DomainError, IdempotencyKeyReused, ValidationFailed
+from loyalty.errors import (
+    Conflict,
+    DomainError,
+    IdempotencyKeyReused,
+    NotFound,
+    ValidationFailed,
+)
 
 from .models import IdempotencyRecord
 from .rows import RowLookup
@@ -144,21 +150,38 @@ CLAIM_ASYNC_COMMIT = ", set_config('synchronous_commit', 'off', true)"
 
 
 @functools.cache
-def _claim_sql(vendor: str, async_commit: bool = False) -> tuple[str, list]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields; built once per process
-    (the same text every time, so the database prepares it once per connection)."""
+def _insert_sql() -> tuple[str, list]:
+    """INSERT of a record's CLAIM_FIELDS, and the fields; built once per process (the same text
+    every time, so the database prepares it once per connection)."""
     qn = connection.ops.quote_name
     fields = [IdempotencyRecord._meta.get_field(name) for name in CLAIM_FIELDS]
-    # RETURNING runs for an inserted row only: a taken key wrote nothing to flush.
-    returning = f"{qn('id')}{CLAIM_ASYNC_COMMIT if async_commit else ''}"
     # Identifiers come from the model's metadata, values are bound parameters.
     sql = (
         f"INSERT INTO {qn(IdempotencyRecord._meta.db_table)} "  # noqa: S608
         f"({', '.join(qn(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {returning}"
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
     )
     return sql, fields
+
+
+@functools.cache
+def _claim_sql(vendor: str, async_commit: bool = False) -> tuple[str, list]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields."""
+    qn = connection.ops.quote_name
+    sql, fields = _insert_sql()
+    # RETURNING runs for an inserted row only: a taken key wrote nothing to flush.
+    returning = f"{qn('id')}{CLAIM_ASYNC_COMMIT if async_commit else ''}"
+    return f"{sql} ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {returning}", (
+        fields
+    )
+
+
+def _params(values: dict, model_fields: list) -> list:
+    if connection.vendor == "postgresql":
+        # Text, integers, aware datetimes and NULLs: psycopg adapts them as they are (Django's
+        # per-field preparation of 14 values costs a third of the claim's Python time).
+        return [values[name] for name in CLAIM_FIELDS]
+    return [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
 
 
 def _claim_insert(scope: str, key: str, fields: dict, also: RowLookup | None = None):
@@ -171,12 +194,7 @@ def _claim_insert(scope: str, key: str, fields: dict, also: RowLookup | None = N
         connection.vendor,
         async_commit=connection.vendor == "postgresql" and not connection.in_atomic_block,
     )
-    if connection.vendor == "postgresql":
-        # Text, integers, aware datetimes and NULLs: psycopg adapts them as they are (Django's
-        # per-field preparation of 14 values costs a third of the claim's Python time).
-        params = [values[name] for name in CLAIM_FIELDS]
-    else:
-        params = [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
+    params = _params(values, model_fields)
     if also is None:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -266,6 +284,121 @@ def idempotency_claim(
     raise IdempotencyInProgress(idempotency_key=key)
 
 
+class KeyRecorded(Exception):
+    """A record of the key exists: the claimed path (`idempotency_claim`) answers."""
+
+
+# The namespace of KeyGuard's transaction-level advisory locks (the first of their two keys).
+_GUARD_LOCKS = 0x1DE4
+
+
+class KeyGuard:
+    """The idempotency of a write that runs as one transaction on PostgreSQL, without a claim
+    committed ahead of it: its statement travels with the transaction's first one (see
+    `loyalty.api.events.EventsApi.guarded_write`), and the outcome is inserted, completed, by
+    the transaction that writes it.
+
+    The claimed path (`idempotent`) spends a round trip and a commit of its own on the claim
+    so that a repeat sees the key taken while the first request runs. Here a transaction-level
+    advisory lock on the key does that: a repeat that cannot take it answers 409
+    `idempotency_in_progress`, and the lock ends with the transaction, so a request that dies
+    leaves nothing behind. The record's unique key stays the arbiter: a record committed
+    meanwhile by the claimed path makes the insert fail, and the transaction with it.
+
+    `send` queues the guard's statement (the lock, the key's record if any, the program the
+    request names, as `lookup` reads it); `resolve` reads its answer: the program, or
+    KeyRecorded (a repeat: the claimed path replays or refuses it), IdempotencyInProgress,
+    NotFound. `lock_statement` adds the same lock and the caller's merchant scope to the
+    statement sent with it, so that a request that must not go on locks no row."""
+
+    def __init__(self, *, scope, key, fingerprint, method, path, credential_id, merchant_id):
+        self.scope = scope
+        self.key = key
+        self.fingerprint = fingerprint
+        self.method = method
+        self.path = path
+        self.credential_id = credential_id
+        self.merchant_id = merchant_id
+        self.lookup: RowLookup | None = None  # the program's, set by the view
+        self.program_pk = None
+        digest = hashlib.sha256(f"{scope}\n{key}".encode()).digest()
+        self._lock_key = [_GUARD_LOCKS, int.from_bytes(digest[:4], "big", signed=True)]
+        self._cursor = None
+
+    def send(self) -> None:
+        table, columns, condition, params = self.lookup.sql()
+        qn = connection.ops.quote_name
+        # Identifiers come from the models' metadata, values are bound parameters.
+        sql = (
+            "SELECT pg_try_advisory_xact_lock(%s, %s),"  # noqa: S608
+            f" (SELECT r.{qn('id')} FROM {qn(IdempotencyRecord._meta.db_table)} r"
+            f"  WHERE r.{qn('scope')} = %s AND r.{qn('key')} = %s), {columns}"
+            f" FROM (SELECT 1) AS one LEFT JOIN {table} ON {condition}"
+        )
+        self._cursor = connection.cursor()
+        self._cursor.execute(sql, [*self._lock_key, self.scope, self.key, *params])
+
+    def lock_statement(self, sql: str, params: list) -> tuple[str, list]:
+        """`sql` (ending in FOR UPDATE OF b, b a row of a program) locking nothing unless this
+        request holds the key's lock and the program is the caller's."""
+        condition, extra = " AND pg_try_advisory_xact_lock(%s, %s)", list(self._lock_key)
+        if self.merchant_id is not None:
+            condition += (
+                " AND EXISTS (SELECT 1 FROM loyalty_program p"
+                " WHERE p.id = b.program_id AND p.merchant_id = %s)"
+            )
+            extra.append(self.merchant_id)
+        head, tail = sql.rsplit(" FOR UPDATE OF b", 1)
+        return f"{head}{condition} FOR UPDATE OF b{tail}", [*params, *extra]
+
+    def resolve(self):
+        with self._cursor as cursor:
+            won, record_id, *program_row = cursor.fetchone()
+        if record_id is not None:
+            raise KeyRecorded
+        if not won:
+            raise IdempotencyInProgress(idempotency_key=self.key)
+        program = self.lookup.build(program_row)
+        if program is None:
+            raise NotFound("No such program.", program_id=str(self.program_pk))
+        return program
+
+    def record_insert(self, response: Response) -> None:
+        """The outcome, in the transaction that wrote it (a plain INSERT: a record of the key
+        committed meanwhile fails it)."""
+        sql, model_fields = _insert_sql()
+        values = self._completed(response)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, _params(values, model_fields))
+
+    def record_store(self, response: Response) -> bool:
+        """The outcome of a transaction that wrote nothing (a refusal, a replay), committed at
+        once; False when a record of the key was committed first (its answer stands)."""
+        values = self._completed(response)
+        del values["scope"], values["key"]
+        return _claim_insert(self.scope, self.key, values) is not None
+
+    def _completed(self, response: Response) -> dict:
+        now = timezone.now()
+        return {
+            "scope": self.scope,
+            "key": self.key,
+            "method": self.method,
+            "path": self.path[:500],
+            "request_hash": self.fingerprint,
+            "credential_id": self.credential_id[:128],
+            "status": str(IdempotencyRecord.Status.COMPLETED),
+            "response_status": response.status_code,
+            "response_bytes": answer_bytes(response),
+            "response_body": None,
+            "response_content_type": response.content_type or "",
+            "created_at": now,
+            "locked_until": now,
+            "completed_at": now,
+            "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
+        }
+
+
 @functools.cache
 def _complete_sql() -> str:
     qn = connection.ops.quote_name
@@ -352,11 +485,26 @@ def idempotent(handler):
         key = idempotency_key(request)
         request.idempotency_key = key
         caller = request.caller
+        fingerprint = request_fingerprint(request)
+        guarded = getattr(self, "guarded_write", None)
+        if guarded is not None and connection.vendor == "postgresql":
+            guard = KeyGuard(
+                scope=caller.idempotency_scope,
+                key=key,
+                fingerprint=fingerprint,
+                method=request.method,
+                path=request.path,
+                credential_id=caller.credential_id,
+                merchant_id=caller.merchant_id,
+            )
+            response = guarded(request, guard)
+            if response is not None:
+                return response
         prefetch = getattr(self, "idempotency_prefetch", None)
         record, replay = idempotency_claim(
             scope=caller.idempotency_scope,
             key=key,
-            fingerprint=request_fingerprint(request),
+            fingerprint=fingerprint,
             method=request.method,
             path=request.path,
             credential_id=caller.credential_id,

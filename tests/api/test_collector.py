@@ -82,6 +82,13 @@ def test_a_batch_runs_with_the_collector_paused_a_single_event_does_not(api, fun
 
     monkeypatch.setattr(events_api, "events_ingest_batch", batch)
     monkeypatch.setattr(events_api, "event_ingest", single)
+    real_prefaced = events_api.event_ingest_prefaced  # PostgreSQL's path of a single event
+
+    def prefaced(*args, **kwargs):
+        seen.append(("single", gc.isenabled()))
+        return real_prefaced(*args, **kwargs)
+
+    monkeypatch.setattr(events_api, "event_ingest_prefaced", prefaced)
     client = api("system")
     items = [{**event(funded, member_id="c1"), "idempotency_key": "c-1"}]
     assert client.post("/api/v1/events/batch", {"events": items}).status_code == 200

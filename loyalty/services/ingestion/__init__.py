@@ -14,7 +14,14 @@ ledger entry and what derives from it), `statement` (PostgreSQL's one-statement 
 from .earning import EARN_FIELDS, Earning, earn_apply
 from .entries import balance_snapshot, entry_audit_after, entry_build, entry_values
 from .inputs import EARN_TYPES, EVENT_TYPES, POINTS_TYPES, EventInput, IngestResult, event_validate
-from .service import event_ingest, event_replay, ingest_in_transaction, replay_answer
+from .service import (
+    event_ingest,
+    event_ingest_prefaced,
+    event_replay,
+    ingest_in_transaction,
+    ingest_prefaceable,
+    replay_answer,
+)
 from .statement import earn_lot_values, earn_outbox_values
 
 __all__ = [
@@ -33,8 +40,10 @@ __all__ = [
     "entry_build",
     "entry_values",
     "event_ingest",
+    "event_ingest_prefaced",
     "event_replay",
     "event_validate",
     "ingest_in_transaction",
+    "ingest_prefaceable",
     "replay_answer",
 ]

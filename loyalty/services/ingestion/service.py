@@ -64,6 +64,26 @@ def event_ingest(
         raise
 
 
+def event_ingest_prefaced(
+    *,
+    preface,
+    event: EventInput,
+    actor: Actor,
+    in_transaction: Callable[[IngestResult], None] | None = None,
+) -> IngestResult:
+    """`event_ingest` for an earning on PostgreSQL (`ingest_prefaceable`) whose program comes
+    from `preface`, a statement that travels with the balance lock in its round trip (the
+    API's idempotency guard: `access.idempotency.KeyGuard`, which also names the program and
+    checks the caller's scope). Everything the preface or the event refuses ends the
+    transaction with nothing written. BudgetRetry and IntegrityError (a repeat committed
+    meanwhile) reach the caller, whose other path decides them."""
+    return _earn_pipelined(None, event, actor, in_transaction, preface=preface)
+
+
+def ingest_prefaceable(event: EventInput) -> bool:
+    return event.type in EARN_TYPES and _pipelinable()
+
+
 def event_replay(program: Program, event: EventInput) -> IngestResult | None:
     # Every new event asks this and almost always hears "no": a plain SQL probe of the unique
     # index costs a fraction of the ORM query; the entry is loaded only for a repeat.
@@ -119,10 +139,11 @@ def _pipelinable() -> bool:
 
 @transaction.atomic(durable=True)
 def _earn_pipelined(
-    program: Program,
+    program: Program | None,
     event: EventInput,
     actor: Actor,
     in_transaction: Callable[[IngestResult], None] | None,
+    preface=None,
 ) -> IngestResult:
     """An earning on PostgreSQL in two round trips: in a pipeline (`queued_pipeline`), the
     balance lock goes first, then the write statement and what `in_transaction` writes go
@@ -157,7 +178,8 @@ def _earn_pipelined(
             # that caught the event's failed statement gets PipelineAborted at the sync.
             queued_pipeline(pg, implicit_transaction=own),
         ):
-            balance, replay_id, entry_id = _event_lock(cursor, program, event)
+            balance, replay_id, entry_id = _event_lock(cursor, program, event, preface)
+            program = balance.program  # the preface's, with one
             if replay_id is not None:
                 # A repeat. A new member's balance is the only row this transaction may have
                 # written: kept. The stored entry is read in the same transaction.

@@ -31,7 +31,7 @@ from ..balances import (
 from ..budget import BudgetRetry, budget_charge, budget_charge_statement
 from .earning import earn_apply
 from .entries import _event_payload, entry_audit_after, entry_build
-from .inputs import EventInput
+from .inputs import EventInput, event_validate
 
 # The balance lock of `balance_lock`, plus the two things every event needs next, in the same
 # round trip: the entry a repeat of the key already wrote (a probe of the partial unique index;
@@ -55,17 +55,30 @@ _EVENT_LOCK_SQL = (
 
 
 def _event_lock(
-    cursor, program: Program, event: EventInput
+    cursor, program: Program | None, event: EventInput, preface=None
 ) -> tuple[MemberBalance, int | None, int]:
     """The member's balance, locked until commit (created on first use), the id of the entry
-    the event's key already wrote (None: a new event), and the id for the new entry."""
+    the event's key already wrote (None: a new event), and the id for the new entry. The
+    balance's `program` is the program.
+
+    With a `preface` (program None; see `event_ingest_prefaced`), its statement goes first, in
+    the lock's round trip; the lock statement takes its conditions, and its answer is the
+    program, which is then validated against the event."""
     sequence = serial_sequence(LedgerEntry)
-    params = [event.idempotency_key, sequence, db_id(program.pk), event.member_id]
-    cursor.execute(_EVENT_LOCK_SQL, params)
+    program_pk = program.pk if preface is None else preface.program_pk
+    sql = _EVENT_LOCK_SQL
+    params = [event.idempotency_key, sequence, db_id(program_pk), event.member_id]
+    if preface is not None:
+        sql, params = preface.lock_statement(sql, params)
+        preface.send()
+    cursor.execute(sql, params)
     row = cursor.fetchone()
+    if preface is not None:
+        program = preface.resolve()
+        event_validate(program, event)
     if row is None:
         balance_create(cursor, program, event.member_id)
-        cursor.execute(_EVENT_LOCK_SQL, params)
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     balance = balance_from_row(cursor.db, row)
     # The columns after the balance's: see _EVENT_LOCK_SQL.

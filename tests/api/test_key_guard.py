@@ -1,0 +1,183 @@
+"""A single earning over HTTP on PostgreSQL: its idempotency kept by a key guard (a
+transaction-level advisory lock, the record inserted with the event) instead of a claim
+committed ahead of it (access.idempotency.KeyGuard, EventsApi.guarded_write)."""
+
+import threading
+
+import psycopg
+import pytest
+from django.db import connection
+
+from access.idempotency import KeyGuard
+from access.models import IdempotencyRecord
+from loyalty.models import LedgerEntry, MemberBalance
+
+from .conftest import OTHER, OWN
+from .test_idempotency import purchase, replayed_as_sent
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+SCOPE = f"merchant:{OWN}"
+
+
+def _other_session() -> psycopg.Connection:
+    """A connection of its own, as another request's would be."""
+    return psycopg.connect(**connection.get_connection_params())
+
+
+def _key_lock(key: str) -> list[int]:
+    guard = KeyGuard(
+        scope=SCOPE, key=key, fingerprint="", method="POST", path="", credential_id="",
+        merchant_id=OWN,
+    )  # fmt: skip
+    return guard._lock_key
+
+
+def _lock_wait_fails_fast() -> None:
+    # A request that waited on a row lock would fail here instead of hanging the test.
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '2s'")
+
+
+def test_a_single_event_takes_no_claim_and_stores_its_answer_with_the_event(api, make_program):
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    statements: list[str] = []
+
+    def spy(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        first = client.post("/api/v1/events", purchase(program), key="guarded-1")
+    assert first.status_code == 201, first.content
+    records = [sql for sql in statements if "access_idempotencyrecord" in sql]
+    assert [sql for sql in records if "ON CONFLICT" in sql or sql.startswith("UPDATE")] == []
+    assert [sql for sql in records if sql.startswith("INSERT")] != []
+    record = IdempotencyRecord.objects.get(scope=SCOPE, key="guarded-1")
+    assert record.status == IdempotencyRecord.Status.COMPLETED
+    assert (record.response_status, bytes(record.response_bytes)) == (201, first.content)
+    replayed_as_sent(first, client.post("/api/v1/events", purchase(program), key="guarded-1"))
+    assert LedgerEntry.objects.filter(program=program).count() == 1
+
+
+def test_a_key_a_running_request_holds_is_409_at_once_and_waits_on_no_row(api, make_program):
+    """The running request holds the key's lock and the member's balance row: the repeat
+    answers 409 without waiting for either, and writes nothing."""
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    assert client.post("/api/v1/events", purchase(program), key="before").status_code == 201
+    with _other_session() as running:
+        running.execute("SELECT pg_advisory_xact_lock(%s, %s)", _key_lock("busy"))
+        running.execute(
+            "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
+            " FOR UPDATE",
+            [program.pk, "u_7"],
+        )
+        _lock_wait_fails_fast()
+        response = client.post("/api/v1/events", purchase(program), key="busy")
+        assert (response.status_code, response.json()["code"]) == (409, "idempotency_in_progress")
+        running.rollback()
+    assert not IdempotencyRecord.objects.filter(key="busy").exists()  # not stored: retry may
+    assert LedgerEntry.objects.filter(program=program).count() == 1
+    assert client.post("/api/v1/events", purchase(program), key="busy").status_code == 201
+
+
+def test_another_merchants_program_is_404_and_locks_nothing(api, make_program):
+    theirs = make_program(merchant_id=OTHER)
+    assert (
+        api("system", merchant_id=OTHER)
+        .post("/api/v1/events", purchase(theirs), key="theirs-1")
+        .status_code
+        == 201
+    )
+    with _other_session() as running:
+        running.execute(
+            "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
+            " FOR UPDATE",
+            [theirs.pk, "u_7"],
+        )
+        _lock_wait_fails_fast()
+        response = api("system").post("/api/v1/events", purchase(theirs), key="probe-1")
+        assert (response.status_code, response.json()["code"]) == (404, "not_found")
+        running.rollback()
+    assert not IdempotencyRecord.objects.filter(scope=SCOPE).exists()
+    assert LedgerEntry.objects.filter(program=theirs).count() == 1
+
+
+def test_a_record_the_claimed_path_commits_meanwhile_wins(api, make_program, monkeypatch):
+    """Between the guard's look at the key and its insert, another request (the claimed path)
+    commits a record of the key: the insert fails the whole transaction, and the request
+    answers what that record says."""
+    program = make_program(merchant_id=OWN)
+    real_resolve = KeyGuard.resolve
+
+    def resolve_then_race(guard):
+        program = real_resolve(guard)
+
+        def commit_record():
+            try:
+                IdempotencyRecord.objects.create(
+                    scope=guard.scope, key=guard.key, method="POST", path=guard.path,
+                    request_hash=guard.fingerprint, status="completed", response_status=201,
+                    response_bytes=b'{"answered":"first"}', response_content_type="application/json",
+                    created_at=guard_now(), locked_until=guard_now(), expires_at=guard_now(hours=48),
+                )  # fmt: skip
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=commit_record)
+        thread.start()
+        thread.join(10)
+        return program
+
+    monkeypatch.setattr(KeyGuard, "resolve", resolve_then_race)
+    response = api("system").post("/api/v1/events", purchase(program), key="raced")
+    assert response.status_code == 201
+    assert response.content == b'{"answered":"first"}'
+    assert response["Idempotent-Replayed"] == "true"
+    assert LedgerEntry.objects.filter(program=program).count() == 0
+    assert MemberBalance.objects.filter(program=program, member_id="u_7").count() == 0
+
+
+def guard_now(hours: int = 0):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return timezone.now() + timedelta(hours=hours)
+
+
+def test_a_refusal_is_stored_and_replayed(api, make_program):
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    assert client.post("/api/v1/events", purchase(program), key="funds").status_code == 201
+    MemberBalance.objects.filter(program=program, member_id="u_7").update(is_frozen=True)
+    body = purchase(program, amount="500")
+    first = client.post("/api/v1/events", body, key="frozen-1")
+    assert (first.status_code, first.json()["code"]) == (422, "account_frozen")
+    record = IdempotencyRecord.objects.get(key="frozen-1")
+    assert (record.response_status, bytes(record.response_bytes)) == (422, first.content)
+    MemberBalance.objects.filter(program=program, member_id="u_7").update(is_frozen=False)
+    replayed_as_sent(first, client.post("/api/v1/events", body, key="frozen-1"))
+    assert LedgerEntry.objects.filter(program=program).count() == 1
+
+
+def test_a_new_member_is_created_once_under_parallel_first_events(api, make_program):
+    """Twelve first events of one new member, each with its own key, in parallel: each is
+    written once, none waits forever, the balance is their sum."""
+    from tests.parallel import run_parallel
+
+    program = make_program(merchant_id=OWN)
+    clients = [api("system") for _ in range(12)]
+    results = run_parallel(
+        12,
+        lambda i: clients[i].post(
+            "/api/v1/events", purchase(program, member="u_new"), key=f"first-{i}"
+        ),
+    )
+    assert [getattr(r, "status_code", r) for r in results] == [201] * 12
+    balance = MemberBalance.objects.get(program=program, member_id="u_new")
+    points = sum(entry.points for entry in LedgerEntry.objects.filter(balance=balance))
+    assert balance.points_balance == points
+    assert IdempotencyRecord.objects.filter(key__startswith="first-").count() == 12
