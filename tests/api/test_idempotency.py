@@ -388,8 +388,12 @@ def test_a_claim_alone_commits_without_waiting_for_its_flush(api, make_program):
     with connection.execute_wrapper(spy):
         response = client.post(
             "/api/v1/redemptions",
-            {"program_id": str(program.pk), "member_id": "u_7", "points": "10",
-             "reward_type": "discount"},  # fmt: skip
+            {
+                "program_id": str(program.pk),
+                "member_id": "u_7",
+                "points": "10",
+                "reward_type": "discount",
+            },
             key="flush-1",
         )
     assert response.status_code == 201, response.content

@@ -118,11 +118,19 @@ def test_a_record_the_claimed_path_commits_meanwhile_wins(api, make_program, mon
         def commit_record():
             try:
                 IdempotencyRecord.objects.create(
-                    scope=guard.scope, key=guard.key, method="POST", path=guard.path,
-                    request_hash=guard.fingerprint, status="completed", response_status=201,
-                    response_bytes=b'{"answered":"first"}', response_content_type="application/json",
-                    created_at=guard_now(), locked_until=guard_now(), expires_at=guard_now(hours=48),
-                )  # fmt: skip
+                    scope=guard.scope,
+                    key=guard.key,
+                    method="POST",
+                    path=guard.path,
+                    request_hash=guard.fingerprint,
+                    status="completed",
+                    response_status=201,
+                    response_bytes=b'{"answered":"first"}',
+                    response_content_type="application/json",
+                    created_at=guard_now(),
+                    locked_until=guard_now(),
+                    expires_at=guard_now(hours=48),
+                )
             finally:
                 connection.close()
 
