@@ -478,7 +478,10 @@ def idempotent(handler):
 
     A view may name a row its handler will read (`idempotency_prefetch(request)` returning a
     RowLookup, or None): the claim's statement reads it too, handed over as
-    `request.idempotency_record.prefetched`; the handler checks it is the row it needs."""
+    `request.idempotency_record.prefetched`; the handler checks it is the row it needs.
+
+    On PostgreSQL a view may first answer without a claim (`guarded_write(request, guard)`,
+    keeping the key with a KeyGuard), or return None to leave the request to the claim."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):

@@ -239,9 +239,10 @@ class EventsApi(LoyaltyApi):
         """An earning on PostgreSQL, the common case, as one transaction in two round trips:
         the key's guard and the program go with the balance lock (`KeyGuard`,
         `event_ingest_prefaced`), and the answer is inserted with the event. The claimed path
-        (`post`, after `idempotent`'s claim) costs a round trip and a commit more: 0.x ms of
-        CPU per request (docs/BENCHMARKS.md). None: that path answers (another event type,
-        a body it refuses, a repeat of the key, a budget no single shard can pay)."""
+        (`post`, after `idempotent`'s claim) costs a round trip, a commit and the record's
+        UPDATE more: 15-26 % more CPU per request (docs/BENCHMARKS.md). None: that path
+        answers (another event type, a body it refuses, a repeat of the key, a budget no
+        single shard can pay, a record of the key committed meanwhile)."""
         try:
             program_id, event = event_parse(request.data, idempotency_key=guard.key)
         except DomainError:
