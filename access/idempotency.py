@@ -166,14 +166,31 @@ def _insert_sql() -> tuple[str, list]:
 
 @functools.cache
 def _claim_sql(vendor: str, async_commit: bool = False) -> tuple[str, list]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields."""
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, and its fields. On PostgreSQL the row is
+    inserted only if the key's advisory lock (`key_lock`, one more parameter) is free: a
+    KeyGuard's request holds it while it runs, and its record does not exist yet."""
     qn = connection.ops.quote_name
     sql, fields = _insert_sql()
+    if vendor == "postgresql":
+        # Typed placeholders: in a SELECT, PostgreSQL would take an untyped one (a NULL) for
+        # text, which a bytea or jsonb column refuses. No lengths: a cast would truncate.
+        values = ", ".join(f"%s::{_TYPE_LENGTH.sub('', f.db_type(connection))}" for f in fields)
+        sql = f"{sql.partition(' VALUES ')[0]} SELECT {values} WHERE pg_try_advisory_xact_lock(%s)"
     # RETURNING runs for an inserted row only: a taken key wrote nothing to flush.
     returning = f"{qn('id')}{CLAIM_ASYNC_COMMIT if async_commit else ''}"
     return f"{sql} ON CONFLICT ({qn('scope')}, {qn('key')}) DO NOTHING RETURNING {returning}", (
         fields
     )
+
+
+_TYPE_LENGTH = re.compile(r"\(\d+\)")
+
+
+def key_lock(scope: str, key: str) -> int:
+    """The key's transaction-level advisory lock (PostgreSQL's one-bigint form; nothing else
+    in the product takes those): 64 bits of a digest, so two keys in flight never share one."""
+    digest = hashlib.sha256(f"{scope}\n{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _params(values: dict, model_fields: list) -> list:
@@ -184,17 +201,29 @@ def _params(values: dict, model_fields: list) -> list:
     return [f.get_db_prep_save(values[f.name], connection) for f in model_fields]
 
 
-def _claim_insert(scope: str, key: str, fields: dict, also: RowLookup | None = None):
+def _claim_insert(
+    scope: str,
+    key: str,
+    fields: dict,
+    also: RowLookup | None = None,
+    *,
+    wait_for_flush: bool = False,
+):
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id: the new record's id, or None when the
-    key is taken. One statement in autocommit (no savepoint, no exception to recover from):
-    this runs on every write, so it is kept to a single round trip. With `also`, that row is
-    read by the same statement: (id, instance or None)."""
+    key is taken (or, on PostgreSQL, its advisory lock held by a running request). One
+    statement in autocommit (no savepoint, no exception to recover from): this runs on every
+    write, so it is kept to a single round trip. With `also`, that row is read by the same
+    statement: (id, instance or None). A claim commits without waiting for its WAL flush
+    (CLAIM_ASYNC_COMMIT) unless `wait_for_flush` (an answer already sent)."""
     values = {"scope": scope, "key": key, **fields}
+    postgresql = connection.vendor == "postgresql"
     sql, model_fields = _claim_sql(
         connection.vendor,
-        async_commit=connection.vendor == "postgresql" and not connection.in_atomic_block,
+        async_commit=postgresql and not connection.in_atomic_block and not wait_for_flush,
     )
     params = _params(values, model_fields)
+    if postgresql:
+        params.append(key_lock(scope, key))
     if also is None:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -288,10 +317,6 @@ class KeyRecorded(Exception):
     """A record of the key exists: the claimed path (`idempotency_claim`) answers."""
 
 
-# The namespace of KeyGuard's transaction-level advisory locks (the first of their two keys).
-_GUARD_LOCKS = 0x1DE4
-
-
 class KeyGuard:
     """The idempotency of a write that runs as one transaction on PostgreSQL, without a claim
     committed ahead of it: its statement travels with the transaction's first one (see
@@ -300,16 +325,17 @@ class KeyGuard:
 
     The claimed path (`idempotent`) spends a round trip and a commit of its own on the claim
     so that a repeat sees the key taken while the first request runs. Here a transaction-level
-    advisory lock on the key does that: a repeat that cannot take it answers 409
-    `idempotency_in_progress`, and the lock ends with the transaction, so a request that dies
-    leaves nothing behind. The record's unique key stays the arbiter: a record committed
-    meanwhile by the claimed path makes the insert fail, and the transaction with it.
+    advisory lock on the key (`key_lock`) does that: a repeat that cannot take it answers 409
+    `idempotency_in_progress`, and so does a claim (the claimed path's INSERT waits for no
+    lock and inserts nothing while the key's is held); the lock ends with the transaction, so
+    a request that dies leaves nothing behind. The record's unique key stays the arbiter: a
+    record committed meanwhile makes the insert fail, and the transaction with it.
 
     `send` queues the guard's statement (the lock, the key's record if any, the program the
     request names, as `lookup` reads it); `resolve` reads its answer: the program, or
     KeyRecorded (a repeat: the claimed path replays or refuses it), IdempotencyInProgress,
-    NotFound. `lock_statement` adds the same lock and the caller's merchant scope to the
-    statement sent with it, so that a request that must not go on locks no row."""
+    NotFound. `lock_statement` adds the same conditions and the caller's merchant scope to
+    the statement sent with it, so that a request that must not go on locks no row."""
 
     def __init__(self, *, scope, key, fingerprint, method, path, credential_id, merchant_id):
         self.scope = scope
@@ -321,8 +347,7 @@ class KeyGuard:
         self.merchant_id = merchant_id
         self.lookup: RowLookup | None = None  # the program's, set by the view
         self.program_pk = None
-        digest = hashlib.sha256(f"{scope}\n{key}".encode()).digest()
-        self._lock_key = [_GUARD_LOCKS, int.from_bytes(digest[:4], "big", signed=True)]
+        self._lock_key = key_lock(scope, key)
         self._cursor = None
 
     def send(self) -> None:
@@ -330,18 +355,25 @@ class KeyGuard:
         qn = connection.ops.quote_name
         # Identifiers come from the models' metadata, values are bound parameters.
         sql = (
-            "SELECT pg_try_advisory_xact_lock(%s, %s),"  # noqa: S608
+            "SELECT pg_try_advisory_xact_lock(%s),"  # noqa: S608
             f" (SELECT r.{qn('id')} FROM {qn(IdempotencyRecord._meta.db_table)} r"
             f"  WHERE r.{qn('scope')} = %s AND r.{qn('key')} = %s), {columns}"
             f" FROM (SELECT 1) AS one LEFT JOIN {table} ON {condition}"
         )
         self._cursor = connection.cursor()
-        self._cursor.execute(sql, [*self._lock_key, self.scope, self.key, *params])
+        self._cursor.execute(sql, [self._lock_key, self.scope, self.key, *params])
 
     def lock_statement(self, sql: str, params: list) -> tuple[str, list]:
         """`sql` (ending in FOR UPDATE OF b, b a row of a program) locking nothing unless this
-        request holds the key's lock and the program is the caller's."""
-        condition, extra = " AND pg_try_advisory_xact_lock(%s, %s)", list(self._lock_key)
+        request holds the key's lock, the key has no record (a repeat is answered from it,
+        without waiting for the member's row) and the program is the caller's."""
+        qn = connection.ops.quote_name
+        condition = (
+            " AND pg_try_advisory_xact_lock(%s)"  # noqa: S608 (the model's table and columns)
+            f" AND NOT EXISTS (SELECT 1 FROM {qn(IdempotencyRecord._meta.db_table)} r"
+            f"  WHERE r.{qn('scope')} = %s AND r.{qn('key')} = %s)"
+        )
+        extra = [self._lock_key, self.scope, self.key]
         if self.merchant_id is not None:
             condition += (
                 " AND EXISTS (SELECT 1 FROM loyalty_program p"
@@ -363,6 +395,11 @@ class KeyGuard:
             raise NotFound("No such program.", program_id=str(self.program_pk))
         return program
 
+    def refuse(self):
+        """The lock statement locked nothing though `resolve` let the request go on: a record
+        of the key was committed in between (the lock is this request's, the program its)."""
+        raise KeyRecorded
+
     def record_insert(self, response: Response) -> None:
         """The outcome, in the transaction that wrote it (a plain INSERT: a record of the key
         committed meanwhile fails it)."""
@@ -376,7 +413,7 @@ class KeyGuard:
         once; False when a record of the key was committed first (its answer stands)."""
         values = self._completed(response)
         del values["scope"], values["key"]
-        return _claim_insert(self.scope, self.key, values) is not None
+        return _claim_insert(self.scope, self.key, values, wait_for_flush=True) is not None
 
     def _completed(self, response: Response) -> dict:
         now = timezone.now()

@@ -8,9 +8,9 @@ import psycopg
 import pytest
 from django.db import connection
 
-from access.idempotency import KeyGuard
+from access.idempotency import KeyGuard, key_lock
 from access.models import IdempotencyRecord
-from loyalty.models import LedgerEntry, MemberBalance
+from loyalty.models import LedgerEntry, MemberBalance, Redemption
 
 from .conftest import OTHER, OWN
 from .test_idempotency import purchase, replayed_as_sent
@@ -25,12 +25,8 @@ def _other_session() -> psycopg.Connection:
     return psycopg.connect(**connection.get_connection_params())
 
 
-def _key_lock(key: str) -> list[int]:
-    guard = KeyGuard(
-        scope=SCOPE, key=key, fingerprint="", method="POST", path="", credential_id="",
-        merchant_id=OWN,
-    )  # fmt: skip
-    return guard._lock_key
+def _key_lock(key: str) -> int:
+    return key_lock(SCOPE, key)
 
 
 def _lock_wait_fails_fast() -> None:
@@ -59,6 +55,54 @@ def test_a_single_event_takes_no_claim_and_stores_its_answer_with_the_event(api,
     assert (record.response_status, bytes(record.response_bytes)) == (201, first.content)
     replayed_as_sent(first, client.post("/api/v1/events", purchase(program), key="guarded-1"))
     assert LedgerEntry.objects.filter(program=program).count() == 1
+    # The key's lock ended with the request's transaction: free for any other session.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] == 0
+    with _other_session() as other:
+        assert other.execute(
+            "SELECT pg_try_advisory_xact_lock(%s)", [_key_lock("guarded-1")]
+        ).fetchone()[0]
+
+
+def test_a_claim_of_a_key_a_guarded_request_holds_is_409(api, make_program):
+    """Another endpoint (the claimed path) with the key of a running guarded request: 409, as
+    for a repeat of that request, and nothing written; once the key is free it runs."""
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    assert client.post("/api/v1/events", purchase(program), key="funds").status_code == 201
+    hold = {
+        "program_id": str(program.pk),
+        "member_id": "u_7",
+        "points": "10",
+        "reward_type": "discount",
+    }
+    with _other_session() as running:
+        running.execute("SELECT pg_advisory_xact_lock(%s)", [_key_lock("shared-key")])
+        response = client.post("/api/v1/redemptions", hold, key="shared-key")
+        assert (response.status_code, response.json()["code"]) == (409, "idempotency_in_progress")
+        running.rollback()
+    assert not IdempotencyRecord.objects.filter(key="shared-key").exists()
+    assert not Redemption.objects.filter(balance__program=program).exists()
+    assert client.post("/api/v1/redemptions", hold, key="shared-key").status_code == 201
+
+
+def test_a_repeat_is_answered_without_waiting_for_the_members_row(api, make_program):
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    first = client.post("/api/v1/events", purchase(program), key="again")
+    assert first.status_code == 201
+    with _other_session() as running:
+        running.execute(
+            "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
+            " FOR UPDATE",
+            [program.pk, "u_7"],
+        )
+        _lock_wait_fails_fast()
+        replayed_as_sent(first, client.post("/api/v1/events", purchase(program), key="again"))
+        running.rollback()
 
 
 def test_a_key_a_running_request_holds_is_409_at_once_and_waits_on_no_row(api, make_program):
@@ -68,7 +112,7 @@ def test_a_key_a_running_request_holds_is_409_at_once_and_waits_on_no_row(api, m
     client = api("system")
     assert client.post("/api/v1/events", purchase(program), key="before").status_code == 201
     with _other_session() as running:
-        running.execute("SELECT pg_advisory_xact_lock(%s, %s)", _key_lock("busy"))
+        running.execute("SELECT pg_advisory_xact_lock(%s)", [_key_lock("busy")])
         running.execute(
             "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
             " FOR UPDATE",
@@ -162,8 +206,19 @@ def test_a_refusal_is_stored_and_replayed(api, make_program):
     assert client.post("/api/v1/events", purchase(program), key="funds").status_code == 201
     MemberBalance.objects.filter(program=program, member_id="u_7").update(is_frozen=True)
     body = purchase(program, amount="500")
-    first = client.post("/api/v1/events", body, key="frozen-1")
+    statements: list[str] = []
+
+    def spy(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(spy):
+        first = client.post("/api/v1/events", body, key="frozen-1")
     assert (first.status_code, first.json()["code"]) == (422, "account_frozen")
+    # The answer is already sent: its record waits for its WAL flush like any commit.
+    stores = [sql for sql in statements if "INSERT INTO" in sql and "idempotency" in sql]
+    assert stores
+    assert not any("synchronous_commit" in sql for sql in stores)
     record = IdempotencyRecord.objects.get(key="frozen-1")
     assert (record.response_status, bytes(record.response_bytes)) == (422, first.content)
     MemberBalance.objects.filter(program=program, member_id="u_7").update(is_frozen=False)

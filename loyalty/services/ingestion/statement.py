@@ -80,6 +80,8 @@ def _event_lock(
         balance_create(cursor, program, event.member_id)
         cursor.execute(sql, params)
         row = cursor.fetchone()
+        if row is None and preface is not None:  # its conditions no longer hold
+            preface.refuse()
     balance = balance_from_row(cursor.db, row)
     # The columns after the balance's: see _EVENT_LOCK_SQL.
     balance.tier_multiplier, replay_id, entry_id = row[_BALANCE_WIDTH:]
