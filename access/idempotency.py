@@ -525,30 +525,22 @@ def idempotent(handler):
         key = idempotency_key(request)
         request.idempotency_key = key
         caller = request.caller
-        fingerprint = request_fingerprint(request)
+        asked = {
+            "scope": caller.idempotency_scope,
+            "key": key,
+            "fingerprint": request_fingerprint(request),
+            "method": request.method,
+            "path": request.path,
+            "credential_id": caller.credential_id,
+        }
         guarded = getattr(self, "guarded_write", None)
         if guarded is not None and connection.vendor == "postgresql":
-            guard = KeyGuard(
-                scope=caller.idempotency_scope,
-                key=key,
-                fingerprint=fingerprint,
-                method=request.method,
-                path=request.path,
-                credential_id=caller.credential_id,
-                merchant_id=caller.merchant_id,
-            )
-            response = guarded(request, guard)
+            response = guarded(request, KeyGuard(**asked, merchant_id=caller.merchant_id))
             if response is not None:
                 return response
         prefetch = getattr(self, "idempotency_prefetch", None)
         record, replay = idempotency_claim(
-            scope=caller.idempotency_scope,
-            key=key,
-            fingerprint=fingerprint,
-            method=request.method,
-            path=request.path,
-            credential_id=caller.credential_id,
-            also=prefetch(request) if prefetch is not None else None,
+            **asked, also=prefetch(request) if prefetch is not None else None
         )
         if replay:
             return replay_response(record)

@@ -29,6 +29,13 @@ def _key_lock(key: str) -> int:
     return key_lock(SCOPE, key)
 
 
+def _hold_member_row(running: psycopg.Connection, program_pk, member_id: str = "u_7") -> None:
+    running.execute(
+        "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s FOR UPDATE",
+        [program_pk, member_id],
+    )
+
+
 def _lock_wait_fails_fast() -> None:
     # A request that waited on a row lock would fail here instead of hanging the test.
     with connection.cursor() as cursor:
@@ -95,11 +102,7 @@ def test_a_repeat_is_answered_without_waiting_for_the_members_row(api, make_prog
     first = client.post("/api/v1/events", purchase(program), key="again")
     assert first.status_code == 201
     with _other_session() as running:
-        running.execute(
-            "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
-            " FOR UPDATE",
-            [program.pk, "u_7"],
-        )
+        _hold_member_row(running, program.pk)
         _lock_wait_fails_fast()
         replayed_as_sent(first, client.post("/api/v1/events", purchase(program), key="again"))
         running.rollback()
@@ -113,11 +116,7 @@ def test_a_key_a_running_request_holds_is_409_at_once_and_waits_on_no_row(api, m
     assert client.post("/api/v1/events", purchase(program), key="before").status_code == 201
     with _other_session() as running:
         running.execute("SELECT pg_advisory_xact_lock(%s)", [_key_lock("busy")])
-        running.execute(
-            "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
-            " FOR UPDATE",
-            [program.pk, "u_7"],
-        )
+        _hold_member_row(running, program.pk)
         _lock_wait_fails_fast()
         response = client.post("/api/v1/events", purchase(program), key="busy")
         assert (response.status_code, response.json()["code"]) == (409, "idempotency_in_progress")
@@ -136,11 +135,7 @@ def test_another_merchants_program_is_404_and_locks_nothing(api, make_program):
         == 201
     )
     with _other_session() as running:
-        running.execute(
-            "SELECT 1 FROM loyalty_memberbalance WHERE program_id = %s AND member_id = %s"
-            " FOR UPDATE",
-            [theirs.pk, "u_7"],
-        )
+        _hold_member_row(running, theirs.pk)
         _lock_wait_fails_fast()
         response = api("system").post("/api/v1/events", purchase(theirs), key="probe-1")
         assert (response.status_code, response.json()["code"]) == (404, "not_found")
