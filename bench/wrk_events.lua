@@ -15,7 +15,10 @@ function init(args)
   programs = {}
   for id in string.gmatch(args[3], "[^,]+") do table.insert(programs, id) end
   counter, created, ok_requests, other, client_errors, server_errors = 0, 0, 0, 0, 0, 0
-  math.randomseed(tid * 7919 + os.time())
+  -- The run id (hex, one per wrk process) in the seed: two wrk processes started in the same
+  -- second (bench/api_pair.py's two sides) would otherwise draw the same members in the same
+  -- order, and every request of one side wait for the other's lock on that member's row.
+  math.randomseed(tid * 7919 + os.time() + tonumber(string.sub(run_id, 1, 7), 16))
 end
 
 local modules = { "eats", "shop", "rides" }
