@@ -244,6 +244,38 @@ def _claim_insert(
     return row[0], also.build(row[1:])
 
 
+def _record_values(
+    *, fingerprint: str, method: str, path: str, credential_id: str, now, response=None
+) -> dict:
+    """A record's values but its scope and key: in progress (a claim), or completed with
+    `response`, the answer to replay."""
+    values = {
+        "method": method,
+        "path": path[:500],
+        "request_hash": fingerprint,
+        "credential_id": credential_id[:128],
+        "status": str(IdempotencyRecord.Status.IN_PROGRESS),
+        "response_status": None,
+        "response_bytes": None,
+        "response_body": None,
+        "response_content_type": "",
+        "created_at": now,
+        "locked_until": now + timedelta(seconds=settings.LOYALTY_IDEMPOTENCY_LOCK_SECONDS),
+        "completed_at": None,
+        "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
+    }
+    if response is not None:
+        values.update(
+            status=str(IdempotencyRecord.Status.COMPLETED),
+            response_status=response.status_code,
+            response_bytes=answer_bytes(response),
+            response_content_type=response.content_type or "",
+            locked_until=now,
+            completed_at=now,
+        )
+    return values
+
+
 def idempotency_claim(
     *,
     scope: str,
@@ -261,21 +293,9 @@ def idempotency_claim(
     Raises IdempotencyKeyReused for another body, IdempotencyInProgress while it runs.
     """
     now = timezone.now()
-    fresh = {
-        "method": method,
-        "path": path[:500],
-        "request_hash": fingerprint,
-        "credential_id": credential_id[:128],
-        "status": str(IdempotencyRecord.Status.IN_PROGRESS),
-        "response_status": None,
-        "response_bytes": None,
-        "response_body": None,
-        "response_content_type": "",
-        "created_at": now,
-        "locked_until": now + timedelta(seconds=settings.LOYALTY_IDEMPOTENCY_LOCK_SECONDS),
-        "completed_at": None,
-        "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
-    }
+    fresh = _record_values(
+        fingerprint=fingerprint, method=method, path=path, credential_id=credential_id, now=now
+    )
     for attempt in range(3):
         # Committed at once (autocommit): the claim is visible to concurrent repeats.
         if also is not None and attempt == 0:
@@ -404,7 +424,7 @@ class KeyGuard:
         """The outcome, in the transaction that wrote it (a plain INSERT: a record of the key
         committed meanwhile fails it)."""
         sql, model_fields = _insert_sql()
-        values = self._completed(response)
+        values = {"scope": self.scope, "key": self.key, **self._completed(response)}
         with connection.cursor() as cursor:
             cursor.execute(sql, _params(values, model_fields))
 
@@ -412,28 +432,17 @@ class KeyGuard:
         """The outcome of a transaction that wrote nothing (a refusal, a replay), committed at
         once; False when a record of the key was committed first (its answer stands)."""
         values = self._completed(response)
-        del values["scope"], values["key"]
         return _claim_insert(self.scope, self.key, values, wait_for_flush=True) is not None
 
     def _completed(self, response: Response) -> dict:
-        now = timezone.now()
-        return {
-            "scope": self.scope,
-            "key": self.key,
-            "method": self.method,
-            "path": self.path[:500],
-            "request_hash": self.fingerprint,
-            "credential_id": self.credential_id[:128],
-            "status": str(IdempotencyRecord.Status.COMPLETED),
-            "response_status": response.status_code,
-            "response_bytes": answer_bytes(response),
-            "response_body": None,
-            "response_content_type": response.content_type or "",
-            "created_at": now,
-            "locked_until": now,
-            "completed_at": now,
-            "expires_at": now + timedelta(hours=settings.LOYALTY_IDEMPOTENCY_TTL_HOURS),
-        }
+        return _record_values(
+            fingerprint=self.fingerprint,
+            method=self.method,
+            path=self.path,
+            credential_id=self.credential_id,
+            now=timezone.now(),
+            response=response,
+        )
 
 
 @functools.cache

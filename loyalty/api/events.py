@@ -238,9 +238,10 @@ class EventsApi(LoyaltyApi):
     def guarded_write(self, request, guard) -> Response | None:
         """An earning on PostgreSQL, the common case, as one transaction in two round trips:
         the key's guard and the program go with the balance lock (`KeyGuard`,
-        `event_ingest_prefaced`), and the answer is inserted with the event. The claimed path
-        (`post`, after `idempotent`'s claim) costs a round trip, a commit and the record's
-        UPDATE more: 15-26 % more CPU per request (docs/BENCHMARKS.md). None: that path
+        `event_ingest_prefaced`), and the answer is inserted with the event: a round trip,
+        a commit and the record's UPDATE fewer than the claimed path (`post`, after
+        `idempotent`'s claim), 15-26 % of a request's CPU alone, 3.6-5.6 % with another
+        server beside it (docs/BENCHMARKS.md). None: that path
         answers (another event type, a body it refuses, a repeat of the key, a budget no
         single shard can pay, a record of the key committed meanwhile)."""
         try:

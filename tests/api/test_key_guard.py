@@ -3,14 +3,17 @@ transaction-level advisory lock, the record inserted with the event) instead of 
 committed ahead of it (access.idempotency.KeyGuard, EventsApi.guarded_write)."""
 
 import threading
+from datetime import timedelta
 
 import psycopg
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from access.idempotency import KeyGuard, key_lock
 from access.models import IdempotencyRecord
 from loyalty.models import LedgerEntry, MemberBalance, Redemption
+from tests.parallel import run_parallel
 
 from .conftest import OTHER, OWN
 from .test_idempotency import purchase, replayed_as_sent
@@ -166,9 +169,9 @@ def test_a_record_the_claimed_path_commits_meanwhile_wins(api, make_program, mon
                     response_status=201,
                     response_bytes=b'{"answered":"first"}',
                     response_content_type="application/json",
-                    created_at=guard_now(),
-                    locked_until=guard_now(),
-                    expires_at=guard_now(hours=48),
+                    created_at=timezone.now(),
+                    locked_until=timezone.now(),
+                    expires_at=timezone.now() + timedelta(hours=48),
                 )
             finally:
                 connection.close()
@@ -185,14 +188,6 @@ def test_a_record_the_claimed_path_commits_meanwhile_wins(api, make_program, mon
     assert response["Idempotent-Replayed"] == "true"
     assert LedgerEntry.objects.filter(program=program).count() == 0
     assert MemberBalance.objects.filter(program=program, member_id="u_7").count() == 0
-
-
-def guard_now(hours: int = 0):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    return timezone.now() + timedelta(hours=hours)
 
 
 def test_a_refusal_is_stored_and_replayed(api, make_program):
@@ -224,8 +219,6 @@ def test_a_refusal_is_stored_and_replayed(api, make_program):
 def test_a_new_member_is_created_once_under_parallel_first_events(api, make_program):
     """Twelve first events of one new member, each with its own key, in parallel: each is
     written once, none waits forever, the balance is their sum."""
-    from tests.parallel import run_parallel
-
     program = make_program(merchant_id=OWN)
     clients = [api("system") for _ in range(12)]
     results = run_parallel(
