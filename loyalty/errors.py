@@ -25,6 +25,15 @@ class ValidationFailed(DomainError):
         self.errors = errors or {}
 
 
+class PermissionMissing(DomainError):
+    """The caller's credential lacks a permission this particular request needs, beyond the
+    endpoint's own (a `manual_adjust` event needs `members:adjust`)."""
+
+    code = "permission_denied"
+    http_status = 403
+    title = "Permission denied"
+
+
 class NotFound(DomainError):
     code = "not_found"
     http_status = 404

@@ -29,7 +29,7 @@ from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, program_lookup, scope_queryset
 from loyalty_project.collector import with_collector_paused
 
-from ..errors import DomainError, NotFound, ValidationFailed
+from ..errors import DomainError, NotFound, PermissionMissing, ValidationFailed
 from ..models import Program
 from ..services import EventInput
 from ..services.batch import MAX_BATCH, events_ingest_batch
@@ -188,9 +188,16 @@ def ingest_body(result, formatted: dict | None = None) -> dict:
 
 
 def adjustment_gate(*, program: Program, event: EventInput, caller):
-    """The approval gate of a manual_adjust event (every path: events, batch, adjustments)."""
+    """The permission and approval gate of a manual_adjust event (every path: events, batch,
+    adjustments). `events:write`, which a checkout integration holds, does not let it adjust
+    balances: that takes `members:adjust`, as `POST .../adjustments` does."""
     if event.type != "manual_adjust":
         return None
+    if not caller.has("members:adjust"):
+        raise PermissionMissing(
+            "A manual_adjust event needs the members:adjust permission.",
+            permission="members:adjust",
+        )
     return approval_gate(
         operation="balance_adjustment",
         program=program,

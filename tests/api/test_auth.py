@@ -17,10 +17,11 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from access.models import MerchantAPIKey
+from access.permissions import API_KEY_DEFAULT_PERMISSIONS
 from audit.integrity import entry_digest_of
 from audit.models import AuditEntry
 from audit.verify import audit_verify
-from loyalty.models import LedgerEntry, Merchant
+from loyalty.models import LedgerEntry, MemberBalance, Merchant
 
 from .conftest import AUDIENCE, ISSUER, OWN, ApiClient
 
@@ -382,6 +383,37 @@ def test_api_key_holds_only_its_permissions(funded):
         },
     )
     assert response.status_code == 403
+
+
+def test_a_checkout_key_cannot_adjust_balances_through_events(funded):
+    """`events:write` lets a checkout integration send purchases, refunds and referrals; a
+    `manual_adjust` event is a balance adjustment and needs `members:adjust`, as the
+    adjustments endpoint does, on the single and the batch path alike."""
+    _, key = make_key(permissions=API_KEY_DEFAULT_PERMISSIONS)
+    client = ApiClient(f"Api-Key {key}")
+    adjust = {"program_id": str(funded.pk), "member_id": "u_1", "type": "manual_adjust",
+              "points": "9999", "reason": "goodwill"}  # fmt: skip
+    before = (LedgerEntry.objects.count(), MemberBalance.objects.get(member_id="u_1").points_balance)
+    response = client.post("/api/v1/events", adjust)
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+    batch = {"events": [
+        {**adjust, "idempotency_key": "adj-1"},
+        {**adjust, "member_id": "u_new", "idempotency_key": "adj-2"},
+        {"program_id": str(funded.pk), "member_id": "u_1", "type": "purchase",
+         "amount": "5000", "currency": "XOF", "idempotency_key": "buy-1"},
+    ]}  # fmt: skip
+    results = client.post("/api/v1/events/batch", batch).json()["results"]
+    assert [r["status"] for r in results] == [403, 403, 201]
+    assert {r["error"]["code"] for r in results[:2]} == {"permission_denied"}
+    assert LedgerEntry.objects.filter(type="manual_adjust").count() == 0
+    assert LedgerEntry.objects.count() == before[0] + 1  # the purchase
+    assert not MemberBalance.objects.filter(member_id="u_new").exists()
+    # With the permission, the same event is applied.
+    _, adjusting = make_key(permissions=[*API_KEY_DEFAULT_PERMISSIONS, "members:adjust"])
+    response = ApiClient(f"Api-Key {adjusting}").post("/api/v1/events", adjust)
+    assert response.status_code == 201
+    assert response.json()["points"] == "9999.00"
 
 
 def test_api_key_is_scoped_to_its_merchant(funded):
