@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from access.selectors import person_actor_ids
 from loyalty.api.fields import iso
+from loyalty.api.serializers import StrictInput
 
 from ..models import ApprovalRequest, Operation
 from ..selectors import approval_refusal
@@ -61,11 +62,11 @@ class ApprovalFilterSerializer(serializers.Serializer):
     program = serializers.UUIDField(required=False)
 
 
-class ApproveInputSerializer(serializers.Serializer):
+class ApproveInputSerializer(StrictInput):
     comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
 
-class RejectInputSerializer(serializers.Serializer):
+class RejectInputSerializer(StrictInput):
     comment = serializers.CharField(max_length=2000, help_text="The reason; required.")
 
 

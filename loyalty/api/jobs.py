@@ -14,7 +14,7 @@ from ..services.jobs import job_enqueue
 from ..services.tiers import tier_rollback
 from .base import LoyaltyApi, validated
 from .fields import Text, iso
-from .serializers import TierSnapshotSerializer, tier_snapshot_body
+from .serializers import StrictInput, TierSnapshotSerializer, tier_snapshot_body
 
 # URL segment -> job kind of the manual triggers.
 TRIGGERS = {
@@ -59,13 +59,13 @@ class JobQueuedSerializer(serializers.Serializer):
     status = serializers.CharField()
 
 
-class TriggerInputSerializer(serializers.Serializer):
+class TriggerInputSerializer(StrictInput):
     program_id = serializers.UUIDField(
         required=False, allow_null=True, help_text="One program; every program when absent."
     )
 
 
-class RollbackInputSerializer(serializers.Serializer):
+class RollbackInputSerializer(StrictInput):
     reason = Text(max_length=150, required=False, allow_blank=True, default="")
 
 

@@ -4,6 +4,7 @@ Responses are built by plain functions (`*_body`) from model rows; the serialize
 them describe the same shapes for the OpenAPI schema and parse inputs.
 """
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 from rest_framework import serializers
@@ -28,6 +29,24 @@ CURRENCIES = [code for code, _ in currency_choices()]
 
 
 # --- bodies --------------------------------------------------------------------------------
+
+
+class StrictInput(serializers.Serializer):
+    """A request body that may hold only its own fields. DRF drops the others silently, so a
+    misspelled `max_earn_per_dya` created an uncapped program and a PATCH of `currency` (not
+    changeable) answered 200 with nothing changed; here each unknown field is a 400
+    `validation_error` naming it. (Event bodies are parsed by `event_parse`, not here.)"""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = [name for name in data if name not in self.fields]
+            if unknown:
+                raise serializers.ValidationError(
+                    {str(name): ["Not a field of this request."] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
 def balance_body(balance: MemberBalance) -> dict:
     return {
         "member_id": balance.member_id,
@@ -260,7 +279,7 @@ class VoucherSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class RedemptionInputSerializer(serializers.Serializer):
+class RedemptionInputSerializer(StrictInput):
     program_id = serializers.UUIDField()
     member_id = MemberId()
     points = DecimalString()
@@ -337,16 +356,16 @@ class TierSnapshotSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
-class AdjustmentInputSerializer(serializers.Serializer):
+class AdjustmentInputSerializer(StrictInput):
     points = DecimalString(help_text="Signed: a credit or a debit.")
     reason = Text(max_length=500)
 
 
-class ReasonInputSerializer(serializers.Serializer):
+class ReasonInputSerializer(StrictInput):
     reason = Text(max_length=500, required=False, allow_blank=True, default="")
 
 
-class TierInputSerializer(serializers.Serializer):
+class TierInputSerializer(StrictInput):
     name = serializers.RegexField(r"^[a-z][a-z0-9_]{0,31}$")
     min_points = DecimalString(required=False, default=Decimal("0"), max_digits=20)
     min_spend = DecimalString(required=False, default=Decimal("0"), max_digits=20)
@@ -368,7 +387,7 @@ class TierInputSerializer(serializers.Serializer):
         return value
 
 
-class ProgramFieldsSerializer(serializers.Serializer):
+class ProgramFieldsSerializer(StrictInput):
     """The fields of a program a client sets (create) or changes (update)."""
 
     name = Text(max_length=200)
@@ -478,7 +497,7 @@ class VoucherFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Voucher.Status.choices, required=False)
 
 
-class CampaignCreateSerializer(serializers.Serializer):
+class CampaignCreateSerializer(StrictInput):
     program_id = serializers.UUIDField()
     name = Text(max_length=200)
     segment = serializers.ChoiceField(choices=Campaign.Segment.choices)
@@ -489,7 +508,7 @@ class CampaignCreateSerializer(serializers.Serializer):
     )
 
 
-class CampaignUpdateSerializer(serializers.Serializer):
+class CampaignUpdateSerializer(StrictInput):
     name = Text(max_length=200, required=False)
     segment = serializers.ChoiceField(choices=Campaign.Segment.choices, required=False)
     bonus_points = DecimalString(required=False)

@@ -165,6 +165,35 @@ def test_invalid_campaigns_are_400(api, own_program, fields):
     assert not Campaign.objects.exists()
 
 
+def test_fields_a_body_does_not_have_are_refused_by_name(api, own_program, make_program):
+    """A misspelled limit must not create an unlimited program, nor a field that cannot be
+    changed answer 200 with nothing changed: each unknown field is a 400 naming it."""
+    client = api("ops_marketing")
+    typo = {k: v for k, v in PROGRAM.items() if k != "max_earn_per_day"}
+    response = client.post("/api/v1/programs", {**typo, "max_earn_per_dya": "5000"})
+    assert response.status_code == 400
+    assert response.json()["code"] == "validation_error"
+    assert list(response.json()["errors"]) == ["max_earn_per_dya"]
+    tier_typo = {**PROGRAM, "tiers": [{"name": "basic", "min_point": "0"}]}
+    assert client.post("/api/v1/programs", tier_typo).status_code == 400
+    assert Program.objects.count() == 1  # own_program
+    url = f"/api/v1/programs/{own_program.pk}"
+    for change in ({"currency": "USD", "name": "Renamed"}, {"status": "closed"}):
+        response = client.patch(url, change)
+        assert response.status_code == 400
+        assert set(response.json()["errors"]) == set(change) - {"name"}
+    own_program.refresh_from_db()
+    assert (own_program.currency, own_program.status) == ("XOF", "active")
+    assert own_program.name != "Renamed"
+    campaign = client.post("/api/v1/campaigns", campaign_body(own_program)).json()
+    other = make_program(merchant_id=OTHER)
+    moved = client.patch(
+        f"/api/v1/campaigns/{campaign['id']}", {"program_id": str(other.pk), "name": "x"}
+    )
+    assert (moved.status_code, list(moved.json()["errors"])) == (400, ["program_id"])
+    assert Campaign.objects.get(pk=campaign["id"]).name == "Win-back"
+
+
 def test_campaigns_of_another_merchant_are_404(api, make_program):
     other = make_program(merchant_id=OTHER)
     created = api("ops_marketing", merchant_id=OTHER).post("/api/v1/campaigns",
