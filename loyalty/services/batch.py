@@ -76,7 +76,7 @@ from audit.pii import FREE_TEXT_KEYS, PII_KEYS, REMOVED_KEYS, pii_scrub
 from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX
 
 from ..actors import Actor
-from ..errors import BudgetExhausted, DomainError
+from ..errors import BudgetExhausted, DomainError, OriginalNotFound
 from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO, points_affordable, points_cost
 from .balances import balance_defaults, entry_tier, lot_expiry, serial_sequence
@@ -941,6 +941,7 @@ def _entry_changes_json(entry: LedgerEntry, balance: MemberBalance, *, key: byte
 
 
 def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> None:
+    todo = _refunds_of_unknown_members_refused(items, todo, results)
     pending = []
     for index in todo:
         program, event = items[index]
@@ -955,6 +956,41 @@ def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> 
             pending.append(index)
     if pending:
         _ingest_items(items, pending, results, actor)
+
+
+def _refunds_of_unknown_members_refused(items: Items, todo: list[int], results: list) -> list:
+    """Answers `original_not_found` to the refunds of members who have no balance and no
+    other item in the batch: their purchase cannot exist. One by one such a refund writes
+    nothing; here `_lock_in_order` would create the member's balance for the whole batch,
+    leaving a member the refusal never made (a balance is never deleted). Returns the rest."""
+    refunds_only: dict[tuple, list[int]] = {}
+    others = set()
+    for index in todo:
+        program, event = items[index]
+        member = (program.pk, event.member_id)
+        if event.type == "refund":
+            refunds_only.setdefault(member, []).append(index)
+        else:
+            others.add(member)
+    for member in others:
+        refunds_only.pop(member, None)
+    if not refunds_only:
+        return todo
+    known = set(
+        MemberBalance.objects.filter(
+            program_id__in={program_id for program_id, _ in refunds_only},
+            member_id__in={member_id for _, member_id in refunds_only},
+        ).values_list("program_id", "member_id")
+    )
+    refused = set()
+    for member, indexes in refunds_only.items():
+        if member not in known:
+            for index in indexes:
+                results[index] = OriginalNotFound(
+                    original_reference=items[index][1].original_reference
+                )
+                refused.add(index)
+    return [index for index in todo if index not in refused]
 
 
 @transaction.atomic(durable=True)

@@ -25,6 +25,7 @@ from loyalty.errors import (
     CurrencyMismatch,
     DomainError,
     IdempotencyKeyReused,
+    OriginalNotFound,
 )
 from loyalty.models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot
 from loyalty.services import event_ingest
@@ -385,6 +386,26 @@ def test_a_batch_with_a_refund_goes_item_by_item_in_order(program, actor):
     assert results[2].entry.points == D("200")
     assert isinstance(results[3], CurrencyMismatch)
     assert balance_of(program, "a").points_balance == D("100")
+    assert ledger_verify() == []
+
+
+def test_a_refund_of_an_unknown_member_creates_no_member(program, actor):
+    """One by one, such a refund is refused and writes nothing; in a batch it must not leave
+    the member's balance behind (a member the refusal never made, who would answer 200 on
+    reads and join campaign segments). A refund of a member bought for earlier in the batch
+    still finds its purchase."""
+    results = events_ingest_batch(
+        items=[
+            (program, RefundFactory(member_id="ghost", original_reference="order-9")),
+            (program, purchase("a", key="p", reference="order-1")),
+            (program, RefundFactory(member_id="a", amount=D("5000"), original_reference="order-1")),
+        ],
+        actor=actor,
+    )
+    assert isinstance(results[0], OriginalNotFound)
+    assert results[0].context == {"original_reference": "order-9"}
+    assert results[2].entry.points == D("-100")
+    assert not MemberBalance.objects.filter(member_id="ghost").exists()
     assert ledger_verify() == []
 
 
