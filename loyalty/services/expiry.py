@@ -23,7 +23,15 @@ from ..actors import system_actor
 from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO
 from .ingestion import balance_snapshot
-from .jobs import JobTracker, audit_many, bulk_set, copy_insert, each_part, job_programs
+from .jobs import (
+    JobTracker,
+    audit_many,
+    bulk_set,
+    copy_insert,
+    each_part,
+    job_attempt,
+    job_programs,
+)
 
 CHUNK = 2000
 
@@ -113,8 +121,7 @@ def _expire_chunk(
                 balance=balance,
                 type=LedgerEntry.Type.EXPIRY,
                 points=-points,
-                # One entry per member per run; the lots (not this key) make it exactly once.
-                idempotency_key=f"expiry:{job.pk}:{balance_id}",
+                idempotency_key=_entry_key(job, balance_id),
                 balance_after=balance.points_balance,
                 reason="points expired",
                 details={
@@ -167,6 +174,19 @@ def _expire_chunk(
         members_waiting_on_holds=sum(1 for lots in lots_by_member.values() if _still_due(lots)),
     )
     tracker.save(program_id=str(program.pk), phase="expire", last_balance_id=balance_ids[-1])
+
+
+def _entry_key(job: Job, balance_id: int) -> str:
+    """One entry per member per attempt of the job. The lots, not this key, make expiry exactly
+    once (re-read under the balance lock; an expired lot has nothing left). A takeover of a
+    dead worker's run goes over every member again, and one that a committed chunk already
+    expired may have due points again (a hold released, lots fallen due since): a key per job
+    alone would refuse that member's whole chunk, so the key names the attempt after the first.
+    Resuming after `last_balance_id` instead would not be enough: a job over every program runs
+    the programs done before the crash again, and it would leave those points to tomorrow."""
+    attempt = job_attempt(job)
+    suffix = f":{attempt}" if attempt > 1 else ""
+    return f"expiry:{job.pk}:{balance_id}{suffix}"
 
 
 def _still_due(lots: list[PointLot]) -> bool:

@@ -155,10 +155,12 @@ def job_run(*, job_id) -> Job:
     if job is None:
         raise NotFound("No such job.", job_id=str(job_id))
     if not claimed and job.status == Job.Status.RUNNING and _last_beat(job) < now - _stale_after():
-        # Redelivered after its worker died (acks_late): take it over, once.
+        # Redelivered after its worker died (acks_late): take it over, once. The takeover
+        # runs the job again from its start, under a new attempt number (see `job_attempt`).
         claimed = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, progress=job.progress)
         claimed = claimed.update(progress={**job.progress, "heartbeat": now.isoformat(),
-                                           "resumed_at": now.isoformat()})  # fmt: skip
+                                           "resumed_at": now.isoformat(),
+                                           "attempt": job_attempt(job) + 1})  # fmt: skip
         job.refresh_from_db()
     if not claimed:
         logger.info("job %s not run: it is %s", job_id, job.status)
@@ -174,6 +176,13 @@ def job_run(*, job_id) -> Job:
         return job
     _job_end(job, tracker, status=Job.Status.SUCCEEDED, error="")
     return job
+
+
+def job_attempt(job: Job) -> int:
+    """1 for the first run of a job, then one more per takeover of a dead worker's run: a key
+    a job writes once per member must name the attempt, as a takeover meets members that a
+    committed chunk of an earlier attempt already wrote."""
+    return int((job.progress or {}).get("attempt", 1))
 
 
 def _job_end(job: Job, tracker: "JobTracker", *, status: str, error: str) -> None:

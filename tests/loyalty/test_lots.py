@@ -7,8 +7,10 @@ from decimal import Decimal
 import pytest
 import time_machine
 
-from loyalty.models import PointLot, Program
+from loyalty.actors import system_actor
+from loyalty.models import Job, PointLot, Program
 from loyalty.services.balances import lot_expiry
+from loyalty.services.jobs import job_create, job_run
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
 
@@ -107,4 +109,21 @@ def test_debt_repayment_makes_no_lot_for_the_repaid_part(program, purchase, refu
 
     assert PointLot.objects.get(entry=result.entry).points == D("50.00")
     assert sum(remaining(program)) == D("50")
+    assert ledger_verify() == []
+
+
+def test_refund_after_its_lot_expired_consumes_no_other_lot(three_lots, refund):
+    with time_machine.travel(at(2027, 3, 1, 13), tick=False):  # order-1's lot is due
+        job = job_create(kind=Job.Kind.POINT_EXPIRY, program=three_lots, actor=system_actor("t"))
+        job_run(job_id=job.pk)
+        assert remaining(three_lots) == [D("0"), D("100"), D("100")]
+
+        result = refund(three_lots, "order-1", amount="2500")  # half of it: 50 points, expired
+        assert result.entry.points == D("0.00")
+        assert remaining(three_lots) == [D("0"), D("100"), D("100")]
+
+        refund(three_lots, "order-2", amount="2500")  # a lot that did not expire: 50 taken
+
+    assert remaining(three_lots) == [D("0"), D("50"), D("100")]
+    assert balance_of(three_lots).points_balance == D("150.00")
     assert ledger_verify() == []

@@ -1,14 +1,17 @@
 """Refunds claw back in proportion, never more than was awarded; a debt is never dropped."""
 
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
+import time_machine
 
-from loyalty.actors import Actor
+from loyalty.actors import Actor, system_actor
 from loyalty.errors import OutstandingDebt, RefundExceedsOriginal
-from loyalty.models import LedgerEntry, OutboxEvent, PointLot, Program
+from loyalty.models import Job, LedgerEntry, OutboxEvent, PointLot, Program
 from loyalty.services import event_ingest
 from loyalty.services.balances import REFUND_DEBT_FLAG
+from loyalty.services.jobs import job_create, job_run
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
 from tests.factories import PointsEventFactory
@@ -220,3 +223,115 @@ def test_refund_of_one_purchase_leaves_other_purchases_alone(program, purchase, 
     assert balance_of(program).points_balance == D("200.00")
     refunds = LedgerEntry.objects.filter(type="refund")
     assert [r.original_entry.reference for r in refunds] == ["order-2"]
+
+
+def expire_due(program) -> Job:
+    job = job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=system_actor("test"))
+    return job_run(job_id=job.pk)
+
+
+def at(iso: str):
+    return time_machine.travel(datetime.fromisoformat(iso), tick=False)
+
+
+def test_refund_of_expired_points_does_not_take_them_again(make_program, purchase, refund, actor):
+    program = make_program(budget_limit=D("100000"))
+    with at("2025-01-01T10:00:00+00:00"):
+        purchase(program, amount="10000", reference="order-1")  # 200
+    with at("2025-06-01T10:00:00+00:00"):
+        purchase(program, amount="2500", reference="order-2")  # 50, still valid in 2026
+    with at("2026-01-02T03:00:00+00:00"):
+        assert expire_due(program).status == Job.Status.SUCCEEDED  # order-1's 200 expire
+        assert db_state()["budget_spent"] == D("250")
+
+        result = refund(program, "order-1", amount="10000")
+
+    # The member never used those points: the refund is recorded and takes nothing.
+    assert (result.entry.points, result.entry.amount) == (D("0.00"), D("10000"))
+    breakdown = result.as_dict()["breakdown"]
+    assert breakdown["clawback_due"] == "0.00"
+    assert breakdown["expired"] == "200.00"
+    assert breakdown["clawed_back"] == "0.00"
+    assert breakdown["debt"] == "0.00"
+    balance = balance_of(program)
+    assert (balance.points_balance, balance.lifetime_spend) == (D("50.00"), D("2500"))
+    assert REFUND_DEBT_FLAG not in flags(program)
+    entries = LedgerEntry.objects.filter(balance=balance).order_by("id")
+    assert list(entries.values_list("type", "points")) == [
+        ("purchase", D("200.00")),
+        ("purchase", D("50.00")),
+        ("expiry", D("-200.00")),
+        ("refund", D("0.00")),
+    ]
+    lots = PointLot.objects.filter(balance=balance).order_by("id")
+    assert list(lots.values_list("remaining", flat=True)) == [D("0.00"), D("50.00")]
+    assert db_state()["budget_spent"] == D("250")  # expired points were never given back
+    assert hold(program, "50", actor).status == "pending"
+    assert ledger_verify() == []
+
+
+def test_partial_refunds_around_an_expiry_never_take_a_point_twice(make_program, purchase, refund):
+    program = make_program(budget_limit=D("100000"))
+    with at("2025-01-01T10:00:00+00:00"):
+        purchase(program, amount="10000", reference="order-1")  # 200
+    with at("2025-06-01T10:00:00+00:00"):
+        purchase(program, amount="2500", reference="order-2")  # 50
+        first = refund(program, "order-1", amount="5000")  # 100 from order-1's own lot
+    with at("2026-01-02T03:00:00+00:00"):
+        expire_due(program)  # the other 100 of order-1 expire
+        rest = refund(program, "order-1", amount="5000")
+
+    assert first.entry.points == D("-100.00")
+    assert rest.entry.points == D("0.00")
+    assert rest.as_dict()["breakdown"]["expired"] == "100.00"
+    assert LedgerEntry.objects.get(type=LedgerEntry.Type.EXPIRY).points == D("-100.00")
+    assert balance_of(program).points_balance == D("50.00")
+    assert REFUND_DEBT_FLAG not in flags(program)
+    assert db_state()["budget_spent"] == D("150")  # 100 clawed back, 100 expired, 50 held
+    assert ledger_verify() == []
+
+
+def test_refunds_of_a_spent_then_expired_purchase_owe_the_spent_part_only(
+    make_program, purchase, refund, actor
+):
+    program = make_program(budget_limit=D("100000"))
+    with at("2025-01-01T10:00:00+00:00"):
+        purchase(program, amount="10000", reference="order-1")  # 200
+        redeem(program, "150", "r1", actor)  # 50 of order-1's lot left
+    with at("2025-06-01T10:00:00+00:00"):
+        purchase(program, amount="2500", reference="order-2")  # 50
+    with at("2026-01-02T03:00:00+00:00"):
+        expire_due(program)  # order-1's last 50 expire
+        assert balance_of(program).points_balance == D("50.00")
+
+        half = refund(program, "order-1", amount="5000")
+        rest = refund(program, "order-1", amount="5000")
+
+    # Of order-1's 200 points, 150 were spent and 50 expired: the refunds take back 150.
+    assert (half.entry.points, rest.entry.points) == (D("-50.00"), D("-100.00"))
+    assert rest.as_dict()["breakdown"]["debt"] == "100.00"
+    balance = balance_of(program)
+    assert balance.points_balance == D("-100.00")
+    assert REFUND_DEBT_FLAG in flags(program)
+    assert not PointLot.objects.filter(balance=balance, remaining__gt=0).exists()
+    assert db_state()["budget_spent"] == D("100")  # 250 charged, 150 clawed back
+    assert ledger_verify() == []
+
+
+def test_cap_at_available_counts_expired_points_out_of_the_due_not_the_shortfall(
+    make_program, purchase, refund
+):
+    program = make_program(refund_policy=Program.RefundPolicy.CAP_AT_AVAILABLE)
+    with at("2025-01-01T10:00:00+00:00"):
+        purchase(program, amount="10000", reference="order-1")  # 200
+    with at("2025-06-01T10:00:00+00:00"):
+        purchase(program, amount="2500", reference="order-2")  # 50
+    with at("2026-01-02T03:00:00+00:00"):
+        expire_due(program)
+
+        result = refund(program, "order-1", amount="10000")
+
+    breakdown = result.as_dict()["breakdown"]
+    assert (breakdown["clawback_due"], breakdown["shortfall"]) == ("0.00", "0.00")
+    assert balance_of(program).points_balance == D("50.00")
+    assert ledger_verify() == []

@@ -8,8 +8,10 @@ import pytest
 import time_machine
 
 from audit.models import AuditEntry
+from loyalty.actors import system_actor
 from loyalty.models import Job, LedgerEntry, OutboxEvent, PointLot, Program
 from loyalty.services import redemption_release
+from loyalty.services.jobs import job_create, job_run
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
 from tests.workers.conftest import member
@@ -153,3 +155,100 @@ def test_expiring_soon_warning_once_per_lot(make_program, earn, run_job):
     with at("2025-12-03T10:00:00+00:00"):
         run_job(EXPIRY, program)
     assert OutboxEvent.objects.filter(event_type="loyalty.points.expiring").count() == 2
+
+
+class WorkerKilled(BaseException):
+    """Not an Exception: like a killed process, it leaves the job `running`."""
+
+
+def _die_after_first_chunk(monkeypatch):
+    from loyalty.services import expiry
+
+    real, calls = expiry._expire_chunk, {"n": 0}
+
+    def chunk(**kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise WorkerKilled
+        real(**kwargs)
+
+    monkeypatch.setattr(expiry, "_expire_chunk", chunk)
+    return lambda: monkeypatch.setattr(expiry, "_expire_chunk", real)
+
+
+def _expiries(balance) -> list[tuple[Decimal, str]]:
+    entries = LedgerEntry.objects.filter(balance=balance, type=LedgerEntry.Type.EXPIRY)
+    return list(entries.order_by("id").values_list("points", "idempotency_key"))
+
+
+def test_taken_over_job_expires_points_released_since_and_the_members_left(
+    program, earn, actor, monkeypatch
+):
+    from loyalty.services import expiry
+
+    with at("2025-01-01T10:00:00+00:00"):
+        for member_id in ("u1", "u2", "u3"):
+            earn(program, member_id, "100")
+    with at("2026-01-02T02:55:00+00:00"):
+        redemption = hold(program, "60", actor, member_id="u1")
+    monkeypatch.setattr(expiry, "CHUNK", 1)
+    revive = _die_after_first_chunk(monkeypatch)
+    with at("2026-01-02T03:00:00+00:00"):
+        job = job_create(kind=EXPIRY, program=program, actor=system_actor("test"))
+        with pytest.raises(WorkerKilled):
+            job_run(job_id=job.pk)  # u1's chunk committed (40: 60 are held), then the worker died
+    revive()
+    with at("2026-01-02T03:01:00+00:00"):
+        redemption_release(redemption_id=redemption.pk, actor=actor)  # u1's 60 are due again
+    with at("2026-01-02T05:00:00+00:00"):
+        job_run(job_id=job.pk)  # the broker redelivers it: taken over
+        job_run(job_id=job.pk)  # a later duplicate delivery does nothing
+
+    job.refresh_from_db()
+    assert (job.status, job.error) == (Job.Status.SUCCEEDED, "")
+    assert job.progress["attempt"] == 2
+    assert job.counts["members_expired"] == 4  # u1 in each attempt, u2 and u3 once
+    u1, u2, u3 = (member(program, m) for m in ("u1", "u2", "u3"))
+    assert _expiries(u1) == [
+        (Decimal("-40.00"), f"expiry:{job.pk}:{u1.pk}"),
+        (Decimal("-60.00"), f"expiry:{job.pk}:{u1.pk}:2"),
+    ]
+    assert _expiries(u2) == [(Decimal("-100.00"), f"expiry:{job.pk}:{u2.pk}:2")]
+    assert _expiries(u3) == [(Decimal("-100.00"), f"expiry:{job.pk}:{u3.pk}:2")]
+    assert [(b.points_balance, b.locked) for b in (u1, u2, u3)] == [(Decimal("0.00"),) * 2] * 3
+    assert set(PointLot.objects.values_list("remaining", flat=True)) == {Decimal("0.00")}
+    assert OutboxEvent.objects.filter(event_type="loyalty.points.expired").count() == 4
+    assert ledger_verify() == []
+
+
+def test_taken_over_job_over_every_program_expires_lots_due_since(make_program, earn, monkeypatch):
+    with at("2025-01-01T10:00:00+00:00"):
+        first = make_program(name="A")  # the job runs the programs oldest first
+        earn(first, "u1", "100")
+    with at("2025-01-01T10:01:00+00:00"):
+        second = make_program(name="B")
+        earn(second, "u1", "100")
+    with at("2025-01-02T08:00:00+00:00"):
+        earn(first, "u1", "30")  # due 2026-01-02 08:00, after the first attempt
+    revive = _die_after_first_chunk(monkeypatch)
+    with at("2026-01-02T03:00:00+00:00"):
+        job = job_create(kind=EXPIRY, actor=system_actor("test"))
+        with pytest.raises(WorkerKilled):
+            job_run(job_id=job.pk)  # program A committed, the worker died in program B
+    revive()
+    assert member(first, "u1").points_balance == Decimal("30.00")
+    with at("2026-01-02T09:00:00+00:00"):
+        job_run(job_id=job.pk)
+
+    job.refresh_from_db()
+    assert (job.status, job.error) == (Job.Status.SUCCEEDED, "")
+    assert "failed" not in job.progress
+    a, b = member(first, "u1"), member(second, "u1")
+    assert _expiries(a) == [
+        (Decimal("-100.00"), f"expiry:{job.pk}:{a.pk}"),
+        (Decimal("-30.00"), f"expiry:{job.pk}:{a.pk}:2"),
+    ]
+    assert _expiries(b) == [(Decimal("-100.00"), f"expiry:{job.pk}:{b.pk}:2")]
+    assert (a.points_balance, b.points_balance) == (Decimal("0.00"), Decimal("0.00"))
+    assert set(PointLot.objects.values_list("remaining", flat=True)) == {Decimal("0.00")}
+    assert ledger_verify() == []

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from ...actors import Actor
 from ...errors import OriginalNotFound, RefundExceedsOriginal
-from ...models import LedgerEntry, MemberBalance, Program
+from ...models import LedgerEntry, MemberBalance, PointLot, Program
 from ...money import ZERO, points_cost, points_floor
 from ..balances import REFUND_DEBT_FLAG, fraud_flag_add, lots_settle
 from ..budget import budget_credit
@@ -40,8 +40,15 @@ def _refund(
         raise RefundExceedsOriginal(
             original_amount=str(original.amount), refunded_before=str(refunded_before)
         )
-    due = points_floor(original.points * refunded_after / original.amount) - points_floor(
-        original.points * refunded_before / original.amount
+    # Points of the purchase that expired are gone already: they are not taken again (a debt
+    # is only for points the member spent). What expired counts against the refunded share
+    # first, and each refund takes the cumulative share not yet due, so partial refunds before
+    # and after an expiry never take a point twice; a shortfall stays forgiven, as before.
+    expired = _expired_of(original)
+    due_before = sum((_due_of(r) for r in earlier), ZERO)
+    due = max(
+        points_floor(original.points * refunded_after / original.amount) - expired - due_before,
+        ZERO,
     )
     before = balance.points_balance
     fields = ["points_balance", "lifetime_earned", "lifetime_spend", "last_activity_at"]
@@ -64,6 +71,7 @@ def _refund(
             "original_points": str(original.points),
             "refunded_amount_total": str(refunded_after),
             "clawback_due": str(due),
+            "expired": str(expired),
             "clawed_back": str(applied),
             "shortfall": str(shortfall),
             "debt": str(debt),
@@ -94,6 +102,28 @@ def _refund(
         payload={**_event_payload(entry, balance), "debt": str(debt), "shortfall": str(shortfall)},
     )
     return entry
+
+
+def _expired_of(original: LedgerEntry) -> Decimal:
+    """What expiry took from the purchase's own lot: each expiry entry names the lots it
+    consumed. Read through the member's entries since the purchase (indexed), then the named
+    lots by id: a spent lot is in no lot index, so it is not looked up by its entry."""
+    taken: dict[int, Decimal] = {}
+    for details in LedgerEntry.objects.filter(
+        balance_id=original.balance_id, pk__gt=original.pk, type=LedgerEntry.Type.EXPIRY
+    ).values_list("details", flat=True):
+        for lot in details.get("lots", []):
+            taken[lot["lot_id"]] = taken.get(lot["lot_id"], ZERO) + Decimal(lot["points"])
+    if not taken:
+        return ZERO
+    own = PointLot.objects.filter(pk__in=list(taken), entry_id=original.pk)
+    return sum((taken[pk] for pk in own.values_list("pk", flat=True)), ZERO)
+
+
+def _due_of(refund: LedgerEntry) -> Decimal:
+    """The clawback an earlier refund was due (its points, unless capped at available)."""
+    due = (refund.details or {}).get("breakdown", {}).get("clawback_due")
+    return Decimal(due) if due is not None else -refund.points
 
 
 def _award_cost(program: Program, points: Decimal) -> Decimal:
