@@ -7,6 +7,8 @@ SQLite's floating-point SUM in development.
 - locked == sum(points of pending redemptions)
 - sum(open lot remaining) == max(points_balance, 0)
 - the program's budget shards never spend past their allocation
+- a limited program's shards allocate no more than max(limit, total spent): the limit, or
+  only what is already spent once the limit was lowered below it (no room)
 """
 
 from dataclasses import dataclass
@@ -48,6 +50,16 @@ CHECKS = {
     "budget_overspent": """
         SELECT program_id, shard, allocated, spent FROM loyalty_budgetshard
         WHERE allocated IS NOT NULL AND spent > allocated
+    """,
+    "budget_overallocated": """
+        SELECT p.id, p.budget_limit, s.allocated, s.spent
+        FROM loyalty_program p
+        JOIN (SELECT program_id, SUM(allocated) AS allocated, SUM(spent) AS spent
+              FROM loyalty_budgetshard WHERE allocated IS NOT NULL
+              GROUP BY program_id) s ON s.program_id = p.id
+        WHERE p.budget_limit IS NOT NULL
+          AND ROUND(s.allocated - CASE WHEN p.budget_limit > s.spent THEN p.budget_limit
+                                       ELSE s.spent END, 2) > 0
     """,
 }
 

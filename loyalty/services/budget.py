@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.db.models import F, Sum
 
 from ..errors import BudgetExhausted
-from ..models import BudgetShard, Program
+from ..models import BudgetShard, LedgerEntry, Program
 from ..money import ZERO, money_floor, points_affordable, points_cost
 from .balances import db_id
 
@@ -197,19 +197,40 @@ def _consolidate(
     BudgetShard.objects.bulk_update(shards, ["allocated", "spent"])
 
 
-def budget_credit(*, program: Program, points: Decimal, cost: Decimal | None = None) -> None:
-    """Gives the cost of clawed-back points back to the budget.
+def budget_credit(*, program: Program, cost: Decimal) -> Decimal:
+    """Gives `cost` back to the budget; returns what it gave back: never more than is spent,
+    and never room past the limit (what is left stays max(limit - spent, 0)).
 
-    `cost` defaults to the points' value rounded DOWN: charges round up, so crediting a part
-    rounded up could give back more than was ever charged (and let awards pass the limit).
+    `cost` is what was charged for the points taken back, at the point value of their award
+    (`award_point_value`), not today's: a credit at a raised point value would give back
+    more than was ever charged.
     """
-    if cost is None:
-        cost = money_floor(points * program.point_value, program.currency)
     if cost <= 0:
-        return
-    if _add_to_one_shard(program, -cost, condition="spent >= %s", param=cost):
-        return
+        return ZERO
+    # Over its limit, a budget's shards are all full (`budget_set_limit` left each at its
+    # spending, and nothing adds room until spending is back under the limit): a shard with
+    # room shows the budget is not over it, so lowering that shard's spending alone leaves
+    # the total allocated at the limit. Otherwise lowering one shard's spending would make
+    # room the limit does not allow: the slow path lowers the allocation with it.
+    room_or_unlimited = "spent >= %s AND (allocated IS NULL OR allocated > spent)"
+    if _add_to_one_shard(program, -cost, condition=room_or_unlimited, param=cost):
+        return cost
     locked = _lock_all(program)
-    limited = locked[0].allocated is not None
-    remaining = sum((s.allocated - s.spent for s in locked), ZERO) + cost if limited else None
-    _consolidate(locked, delta=-cost, remaining=remaining, currency=program.currency)
+    # Read holding every shard: a limit change writes the program row and re-spreads the
+    # shards in one transaction, so the limit committed now is the one the shards were spread
+    # for (a change still in flight waits for these shards, then re-spreads from our spending).
+    limit = Program.objects.filter(pk=program.pk).values_list("budget_limit", flat=True).get()
+    spent = sum((s.spent for s in locked), ZERO)
+    credited = min(cost, spent)
+    remaining = None if limit is None else max(limit - (spent - credited), ZERO)
+    _consolidate(locked, delta=-credited, remaining=remaining, currency=program.currency)
+    return credited
+
+
+def award_point_value(*, program: Program, entry: LedgerEntry) -> Decimal:
+    """The point value an award's entry was charged at (`point_value` in its details, recorded
+    by `earn_apply`). An entry written before that was recorded falls back to the program's
+    current point value: after a change of it, its credit may then differ from its charge
+    (never past the limit: `budget_credit` caps what is left at it)."""
+    recorded = (entry.details or {}).get("point_value")
+    return program.point_value if recorded is None else Decimal(recorded)

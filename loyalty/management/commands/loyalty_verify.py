@@ -5,7 +5,10 @@ from loyalty.verify import CHECKS, ledger_verify
 
 
 class Command(BaseCommand):
-    help = "Checks balance == sum(ledger), locked == sum(open holds) and lots for every member."
+    help = (
+        "Checks balance == sum(ledger), locked == sum(open holds) and lots for every member, "
+        "and that no program's budget allocates past its limit."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--limit", type=int, default=100, help="Rows shown per check.")

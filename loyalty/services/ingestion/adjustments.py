@@ -6,7 +6,7 @@ from ...actors import Actor
 from ...errors import InsufficientPoints
 from ...models import LedgerEntry, MemberBalance, Program
 from ..balances import REFUND_DEBT_FLAG, fraud_flag_remove, lots_settle
-from ..budget import budget_charge, budget_credit
+from ..budget import budget_charge
 from ..outbox import outbox_publish
 from .entries import _entry_write, _event_payload
 from .inputs import EventInput
@@ -16,7 +16,13 @@ def _adjust(
     program: Program, balance: MemberBalance, event: EventInput, actor: Actor
 ) -> LedgerEntry:
     """An exact correction by staff: never capped; a credit is charged to the budget in full,
-    a debit may not leave less than the points held by pending redemptions."""
+    a debit may not leave less than the points held by pending redemptions.
+
+    A debit gives nothing back to the budget: like a redemption or an expiry, it takes points
+    out of the balance (oldest lots first) without naming the award they came from, so what
+    was charged for them is not known (a credit at today's point value gives back more than
+    was charged after it was raised); and a later refund of the purchase they came from gives
+    its whole cost back anyway. Only a refund, which names its award, gives budget back."""
     points = event.points
     if points > 0:
         budget_charge(program=program, points=points, allow_partial=False)
@@ -41,8 +47,6 @@ def _adjust(
         details={"breakdown": {"base_points": str(points), "capped_by": None}},
     )
     lots_settle(balance=balance, before=before, after=balance.points_balance, entry=entry)
-    if points < 0:
-        budget_credit(program=program, points=-points)
     balance.save(update_fields=[*fields, "updated_at"])
     outbox_publish(
         program=program,

@@ -34,7 +34,7 @@ class Earning:
     points: Decimal
     before: Decimal  # points_balance before the event
     fields: list[str]  # the balance fields it changed
-    details: dict  # breakdown and SIRA score, stored on the ledger entry
+    details: dict  # breakdown, SIRA score and point value, stored on the ledger entry
 
 
 # The balance fields an earning changes, apart from fraud_flags (a repaid refund debt); the
@@ -143,8 +143,16 @@ def earn_apply(
         points=points,
         before=before,
         fields=fields,
-        details={"breakdown": breakdown, "sira": sira},
+        # The point value the budget was charged at, which a refund gives back
+        # (`budget.award_point_value`): the program's may change before then. Not in
+        # `breakdown`, which is the answer's: this is the ledger's record alone.
+        details={"breakdown": breakdown, "sira": sira, "point_value": _plain(program.point_value)},
     )
+
+
+def _plain(value: Decimal) -> str:
+    """`value` without exponent nor trailing zeros ("5", "0.35"), however it was read."""
+    return f"{value.normalize():f}"
 
 
 def _refuse_blocked(program: Program, balance: MemberBalance) -> None:

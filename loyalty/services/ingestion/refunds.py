@@ -9,7 +9,7 @@ from ...errors import OriginalNotFound, RefundExceedsOriginal
 from ...models import LedgerEntry, MemberBalance, PointLot, Program
 from ...money import ZERO, points_cost, points_floor
 from ..balances import REFUND_DEBT_FLAG, fraud_flag_add, lots_settle
-from ..budget import budget_credit
+from ..budget import award_point_value, budget_credit
 from ..outbox import outbox_publish
 from .entries import _entry_write, _event_payload
 from .inputs import EventInput
@@ -88,12 +88,14 @@ def _refund(
         first_entry_id=original.pk,
     )
     # The budget gets back the cost of what the award still holds before this refund minus
-    # after it: the credits of several partial refunds add up to exactly what was charged.
+    # after it, at the point value the award was charged at: the credits of several partial
+    # refunds add up to exactly what was charged, whatever the point value is today.
+    point_value = award_point_value(program=program, entry=original)
+    held = original.points - clawed_before
     budget_credit(
         program=program,
-        points=applied,
-        cost=_award_cost(program, original.points - clawed_before)
-        - _award_cost(program, original.points - clawed_before - applied),
+        cost=_award_cost(program, held, point_value)
+        - _award_cost(program, held - applied, point_value),
     )
     balance.save(update_fields=[*fields, "updated_at"])
     outbox_publish(
@@ -126,7 +128,5 @@ def _due_of(refund: LedgerEntry) -> Decimal:
     return Decimal(due) if due is not None else -refund.points
 
 
-def _award_cost(program: Program, points: Decimal) -> Decimal:
-    return points_cost(
-        max(points, ZERO), point_value=program.point_value, currency=program.currency
-    )
+def _award_cost(program: Program, points: Decimal, point_value: Decimal) -> Decimal:
+    return points_cost(max(points, ZERO), point_value=point_value, currency=program.currency)
