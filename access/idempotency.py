@@ -70,10 +70,36 @@ _PLAIN_TYPES = frozenset({str, bool, type(None)})
 MAX_BODY_DEPTH = 64
 
 
+# The largest power of ten (either sign) `_number_text` writes out in plain digits; past it,
+# digits and exponent. Written out, `1E+999999` is a megabyte of text; the parser refuses such
+# numbers (access.parsers.MAX_NUMBER_EXPONENT), this keeps the fingerprint from expanding any
+# it lets through. Within it the text is what fingerprints have always used (stored records of
+# ordinary numbers still match their repeats).
+PLAIN_EXPONENT = 100
+
+
+def _number_text(value: int | Decimal) -> str:
+    """A number's exact canonical text, trailing zeros dropped: "100" for 100 and 100.00,
+    "-0.5", "1E+101" (sign, digits, exponent) once it is far from the decimal point. Exact,
+    never rounded: Decimal's `normalize()` rounds to the context's 28 digits (and overflows
+    past its exponent limit)."""
+    number = Decimal(value)  # exact for int and Decimal
+    if not number.is_finite():
+        return str(number)
+    sign, digits, exponent = number.as_tuple()
+    text = "".join(map(str, digits)).rstrip("0")
+    if not text:  # zero, whatever its exponent: "0" or "-0", as normalize() gave
+        return "-0" if sign else "0"
+    exponent += len(digits) - len(text)
+    if -PLAIN_EXPONENT <= exponent <= PLAIN_EXPONENT:
+        return format(Decimal((sign, tuple(map(int, text)), exponent)), "f")
+    return f"{'-' if sign else ''}{text}E{exponent:+d}"
+
+
 def _canonical(value, depth: int = 0):
-    """Numbers (parsed as int or Decimal) as exact normalized text: 100 == 100.00, and
-    100.000000000000000001 differs (never rounded through float). A body nested deeper than
-    MAX_BODY_DEPTH is refused (400)."""
+    """Numbers (parsed as int or Decimal) as exact normalized text (`_number_text`): 100 ==
+    100.00, and 100.000000000000000001 differs (never rounded through float). A body nested
+    deeper than MAX_BODY_DEPTH is refused (400)."""
     if type(value) is dict and _PLAIN_TYPES.issuperset(map(type, value.values())):
         return value  # most events: texts only (a copy cost ~2 us an event)
     if isinstance(value, dict | list) and depth >= MAX_BODY_DEPTH:
@@ -83,7 +109,7 @@ def _canonical(value, depth: int = 0):
     if isinstance(value, list):
         return [_canonical(v, depth + 1) for v in value]
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
-        return {"#": format(Decimal(value).normalize(), "f")}
+        return {"#": _number_text(value)}
     return value
 
 

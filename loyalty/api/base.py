@@ -1,11 +1,18 @@
 """What every loyalty API view shares: per-method permissions, input parsing, pagination."""
 
+import binascii
 import functools
+from base64 import b64decode
+from datetime import UTC, datetime
+from urllib import parse
 
+from django.core.exceptions import ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.views import APIView
 
 from access.permissions import HasPermission
+from loyalty.errors import DomainError
 
 
 def _instances(classes) -> list:
@@ -65,13 +72,77 @@ def validated(serializer_cls, data, **kwargs) -> dict:
     return serializer.validated_data
 
 
+class InvalidCursor(DomainError):
+    code = "invalid_cursor"
+    http_status = 400
+    title = "Invalid pagination cursor"
+
+
 class CursorPage(CursorPagination):
-    """Opaque cursors over a unique, monotonic ordering: stable while rows are added."""
+    """Opaque cursors over a unique, monotonic ordering: stable while rows are added.
+
+    A cursor this API did not write is refused (400 `invalid_cursor`): one that does not
+    decode, and one whose position is not a value of the ordering's field (DRF's own check
+    stops at decoding; the position then went into the query as it was, a 500)."""
 
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 200
     ordering = "-id"
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self._model = queryset.model
+        return super().paginate_queryset(queryset, request, view=view)
+
+    def get_page_size(self, request):
+        limit = request.query_params.get(self.page_size_query_param)
+        if limit is not None and not limit.isascii():
+            # int() reads any script's digits (Arabic-Indic "10" is 10): such a limit is as
+            # invalid as "abc", which DRF answers with the default size.
+            return self.page_size
+        return super().get_page_size(request)
+
+    def decode_cursor(self, request):
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is not None and not _cursor_decodes(encoded):
+            # DRF's decoding skips what is not base64 and what is not one of its fields: most
+            # junk would read as the first page.
+            raise InvalidCursor("The cursor does not decode; use `next` or `previous`.")
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound as exc:
+            raise InvalidCursor("The cursor does not decode; use `next` or `previous`.") from exc
+        if cursor is not None and not self._position_valid(cursor.position):
+            raise InvalidCursor("The cursor's position is invalid; use `next` or `previous`.")
+        return cursor
+
+    def _position_valid(self, position: str | None) -> bool:
+        if position is None:  # the first page, read backwards: no position
+            return True
+        if not position.isascii():  # int() and dateparse read other scripts' digits
+            return False
+        field = self._model._meta.get_field(self.ordering[0].lstrip("-"))
+        try:
+            value = field.to_python(position)
+            field.run_validators(value)  # integers: the column's range
+            if isinstance(value, datetime):
+                # The positions written are aware; a naive one would be read in the server's
+                # zone. Out of range once in UTC: an OverflowError in the query.
+                value.astimezone(UTC)
+                return value.tzinfo is not None
+        except (ValidationError, OverflowError, ValueError):
+            return False
+        return value is not None
+
+
+def _cursor_decodes(encoded: str) -> bool:
+    """Strict base64 of a query string of DRF's cursor fields, each at most once."""
+    try:
+        text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+    except (binascii.Error, ValueError):  # not ASCII, not base64
+        return False
+    tokens = parse.parse_qs(text, keep_blank_values=True)
+    return set(tokens) <= {"o", "r", "p"} and all(len(v) == 1 for v in tokens.values())
 
 
 def paginated(view, request, queryset, to_body, *, ordering: str = "-id"):

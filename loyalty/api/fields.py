@@ -16,7 +16,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-DECIMAL_PATTERN = re.compile(r"^-?\d{1,20}(\.\d{1,8})?$")
+# [0-9], not \d: \d matches any script's digits, which Decimal() reads (Arabic-Indic "10": 10).
+DECIMAL_PATTERN = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,8})?$")
 # Printable text: no control characters (PostgreSQL refuses NUL; the rest is never wanted).
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # Member ids travel in URL paths too, so no "/".
@@ -54,7 +55,8 @@ def parse_decimal(value, *, max_digits: int = 20, places: int = 2) -> Decimal:
 
 def parse_aware_datetime(value) -> datetime:
     """An ISO 8601 datetime with its UTC offset ("2026-11-27T10:00:00Z"); naive is refused."""
-    if not isinstance(value, str) or len(value) > 40:
+    # ASCII only: dateparse's fallback pattern uses \d, which matches any script's digits.
+    if not isinstance(value, str) or len(value) > 40 or not value.isascii():
         raise ValueError("An ISO 8601 datetime with a UTC offset is required.")
     try:
         parsed = parse_datetime(value.strip())
@@ -136,7 +138,7 @@ class _ParsingField(serializers.Field):
             raise serializers.ValidationError(str(exc)) from exc
 
 
-@extend_schema_field({"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "example": "250.00"})
+@extend_schema_field({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "example": "250.00"})
 class DecimalString(_ParsingField):
     """A decimal as a string on the wire, both ways."""
 

@@ -1,5 +1,7 @@
 """A member of a program: balance, transaction history, tier history, adjustments, freeze."""
 
+import hashlib
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 
@@ -88,6 +90,21 @@ class MemberTierHistoryApi(LoyaltyApi):
         return paginated(self, request, snapshots, tier_snapshot_body)
 
 
+_LEDGER_KEY_LENGTH = LedgerEntry._meta.get_field("idempotency_key").max_length
+
+
+def adjustment_ledger_key(key: str) -> str:
+    """The ledger key of an adjustment sent with Idempotency-Key `key`: prefixed so it never
+    collides with an event of the same key. A key too long to take the prefix (the header
+    allows as many characters as the column holds) is replaced by its digest, of fixed length;
+    shorter keys keep the ledger key they always had, so repeats of earlier adjustments still
+    find their entry."""
+    ledger_key = f"adjustment:{key}"
+    if len(ledger_key) <= _LEDGER_KEY_LENGTH:
+        return ledger_key
+    return f"adjustment:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 class MemberAdjustmentsApi(LoyaltyApi):
     method_permissions = {"post": "members:adjust"}
 
@@ -111,8 +128,7 @@ class MemberAdjustmentsApi(LoyaltyApi):
         event = EventInput(
             type="manual_adjust",
             member_id=balance.member_id,
-            # Prefixed so an adjustment never collides with an event of the same key.
-            idempotency_key=f"adjustment:{request.idempotency_key}",
+            idempotency_key=adjustment_ledger_key(request.idempotency_key),
             points=data["points"],
             reason=data["reason"],
         )

@@ -136,3 +136,28 @@ def test_roles_without_decide_permission_cannot_approve(api, funded):
     response = api("auditor", sub="aud").post(f"/api/v1/approvals/{request_id}/approve", {})
     assert response.status_code == 403
     assert ApprovalRequest.objects.get(pk=request_id).approvals.count() == 0
+
+
+def test_an_adjustment_with_a_key_of_255_characters_executes_once_approved(api, funded):
+    # The ledger key is "adjustment:" and the Idempotency-Key: past the column's 255
+    # characters, the final approval failed (400) and left the request pending for good.
+    key = "a" * 254 + "z"
+    maker = api("ops_marketing", sub="ops-maker")
+    url = f"/api/v1/programs/{funded.pk}/members/u_1/adjustments"
+    response = maker.post(url, {"points": "10000.01", "reason": "goodwill"}, key=key)
+    assert response.status_code == 202, response.content
+    request_id = response.json()["approval_request_id"]
+
+    approve = f"/api/v1/approvals/{request_id}/approve"
+    assert api("ops_marketing", sub="ops-2").post(approve, {}).status_code == 200
+    response = api("finance_ops", sub="fin-1").post(approve, {})
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "executed"
+    entry = LedgerEntry.objects.get(type="manual_adjust")
+    assert len(entry.idempotency_key) <= 255
+    assert entry.points == Decimal("10000.01")
+    assert MemberBalance.objects.get(member_id="u_1").points_balance == Decimal("12000.01")
+
+    # The member is not blocked: the next adjustment over the threshold waits for approval.
+    response = maker.post(url, {"points": "10000.01", "reason": "again"}, key=key[:-1] + "y")
+    assert response.status_code == 202, response.content

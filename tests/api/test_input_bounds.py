@@ -1,0 +1,269 @@
+"""Input the API must refuse with a 4xx problem and no change (never a 500): numbers with huge
+exponents, time zone names that are no zone, cursors the API did not write, other scripts'
+digits; and Idempotency-Keys as long as the header allows on member adjustments."""
+
+import hashlib
+import json
+from base64 import b64encode
+from decimal import Decimal
+
+import pytest
+
+from access.idempotency import PLAIN_EXPONENT
+from access.models import IdempotencyRecord
+from approvals.models import ApprovalRequest
+from audit.models import AuditEntry
+from loyalty.models import Campaign, LedgerEntry, MemberBalance, Program, Redemption
+from tests.api.test_problems import assert_problem
+
+pytestmark = pytest.mark.django_db
+
+
+def counts() -> dict:
+    return {
+        model.__name__: model.objects.count()
+        for model in (
+            LedgerEntry, Program, Redemption, Campaign, IdempotencyRecord, AuditEntry,
+            ApprovalRequest,
+        )
+    }  # fmt: skip
+
+
+def raw_bodies(program) -> list[tuple[str, str, str]]:
+    """(method, path, JSON text with HUGE where a number goes) for every kind of write."""
+    pid = str(program.pk)
+    return [
+        ("post", "/api/v1/events", json.dumps({
+            "program_id": pid, "member_id": "u_1", "type": "purchase", "amount": "100",
+            "currency": program.currency, "metadata": {"n": "HUGE"}})),
+        ("post", "/api/v1/events/batch", json.dumps({"events": [{
+            "program_id": pid, "member_id": "u_1", "type": "purchase", "amount": "HUGE",
+            "currency": program.currency, "idempotency_key": "b-1"}]})),
+        ("post", "/api/v1/redemptions", json.dumps({
+            "program_id": pid, "member_id": "u_1", "points": "10", "reward_type": "discount",
+            "unknown": "HUGE"})),
+        ("post", f"/api/v1/programs/{pid}/members/u_1/adjustments", json.dumps({
+            "points": "HUGE", "reason": "r"})),
+        ("post", "/api/v1/programs", json.dumps({
+            "name": "x", "currency": "XOF", "timezone": "UTC", "earn_rate": "HUGE",
+            "point_value": "1"})),
+        ("patch", f"/api/v1/programs/{pid}", json.dumps({"name": "y", "extra": ["HUGE"]})),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("huge", ["1e1000000", "1E+999999", "-1e-1000000", "0e-999999",
+                                  "1e9999999999999999999", "1e401"])  # fmt: skip
+def test_a_number_with_a_huge_exponent_is_400_anywhere_and_changes_nothing(api, funded, huge):
+    client = api("system")
+    before = counts()
+    for method, path, text in raw_bodies(funded):
+        body = text.replace('"HUGE"', huge)
+        response = getattr(client, method)(path, body)
+        problem = assert_problem(response, 400, "malformed_request")
+        assert "number out of range" in problem["detail"], (path, problem)
+    assert counts() == before
+    assert Program.objects.get(pk=funded.pk).name == funded.name
+
+
+def test_numbers_within_the_bound_are_read_as_before(api, funded):
+    # A metadata number is stored as a float: 1e300 is one, and stays accepted.
+    body = {"program_id": str(funded.pk), "member_id": "u_1", "type": "purchase",
+            "amount": "100", "currency": funded.currency}  # fmt: skip
+    text = json.dumps(body)[:-1] + ', "metadata": {"big": 1.5e300, "small": 1e-300}}'
+    response = api("system").post("/api/v1/events", text)
+    assert response.status_code == 201, response.content
+
+
+def _former_fingerprint(method: str, path: str, body) -> str:
+    """The fingerprint as stored before numbers stopped being written out in full."""
+
+    def canonical(value):
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [canonical(v) for v in value]
+        if isinstance(value, int | Decimal) and not isinstance(value, bool):
+            return {"#": format(Decimal(value).normalize(), "f")}
+        return value
+
+    text = json.dumps(canonical(body), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{method}\n{path}\n{text}".encode()).hexdigest()
+
+
+def test_a_request_stored_before_the_upgrade_still_replays(api, funded):
+    client = api("system")
+    path = "/api/v1/redemptions"
+    text = (
+        f'{{"program_id": "{funded.pk}", "member_id": "u_1", "points": 10.50, '
+        f'"reward_type": "discount", "note": [100, 100.000000000000000001, -0.0, 2.5e-7, '
+        f"1e{PLAIN_EXPONENT}, 123456789012345678901234567]}}"
+    )
+    parsed = json.loads(text, parse_float=Decimal)
+    first = client.post(path, text, key="before-upgrade")
+    assert first.status_code == 201, first.content
+    record = IdempotencyRecord.objects.get(key="before-upgrade")
+    assert record.request_hash == _former_fingerprint("POST", path, parsed)
+
+    before = counts()
+    again = client.post(path, text.replace("10.50", "10.5"), key="before-upgrade")
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert counts() == before
+
+
+# Time zones -----------------------------------------------------------------------------
+
+NOT_ZONES = ["America", "Etc", "Africa", "America/", "localtime", "posixrules", "Factory"]
+
+
+@pytest.mark.parametrize("zone", NOT_ZONES)
+def test_a_time_zone_that_is_no_zone_is_400_on_create(api, funded, zone):
+    before = counts()
+    body = {"name": "x", "currency": "XOF", "timezone": zone, "earn_rate": "0.02",
+            "point_value": "1"}  # fmt: skip
+    response = api("system").post("/api/v1/programs", body)
+    problem = assert_problem(response, 400, "validation_error")
+    assert "timezone" in problem["errors"]
+    assert counts() == before
+
+
+@pytest.mark.parametrize("zone", NOT_ZONES)
+def test_a_time_zone_that_is_no_zone_is_400_on_update(api, funded, zone):
+    before = counts()
+    response = api("system").patch(f"/api/v1/programs/{funded.pk}", {"timezone": zone})
+    problem = assert_problem(response, 400, "validation_error")
+    assert "timezone" in problem["errors"]
+    assert counts() == before
+    assert Program.objects.get(pk=funded.pk).timezone == funded.timezone
+
+
+def test_a_real_time_zone_is_still_accepted(api, funded):
+    response = api("system").patch(f"/api/v1/programs/{funded.pk}", {"timezone": "Etc/UTC"})
+    assert response.status_code == 200, response.content
+    assert Program.objects.get(pk=funded.pk).timezone == "Etc/UTC"
+
+
+# Cursors --------------------------------------------------------------------------------
+
+
+def b64(text: str) -> str:
+    return b64encode(text.encode()).decode()
+
+
+LISTS = [
+    "/api/v1/programs/{program}/members/u_1/transactions",
+    "/api/v1/programs/{program}/members/u_1/tier-history",
+    "/api/v1/programs",
+    "/api/v1/vouchers",
+    "/api/v1/campaigns",
+    "/api/v1/audit",
+    "/api/v1/approvals",
+]
+BAD_CURSORS = [
+    b64("p=abc"),  # the position is not a value of the ordering's field
+    b64("p=2026-13-45 99:00:00+00:00"),
+    b64("p=99999999999999999999999"),  # past bigint
+    b64("p=2026-01-01 10:00:00"),  # naive
+    b64("p=%D9%A1%D9%A0"),  # Arabic-Indic 10
+    b64("p=1&p=2"),
+    b64("x=1"),  # not a field of a cursor
+    b64("r=abc"),
+    "!!not base64!!",  # DRF skipped what is not base64: the first page
+    "YWJj",  # "abc": no field of a cursor, the first page too
+    "ünicode",
+]
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_a_cursor_the_api_did_not_write_is_400(api, funded, path, pending_hold):
+    client = api("system")
+    url = path.format(program=funded.pk)
+    before = counts()
+    for cursor in BAD_CURSORS:
+        response = client.get(url, {"cursor": cursor})
+        assert_problem(response, 400, "invalid_cursor")
+    assert counts() == before
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_next_and_previous_links_still_work(api, funded, path, pending_hold, active_voucher):
+    client = api("system")
+    url = path.format(program=funded.pk)
+    first = client.get(url, {"limit": 1}).json()
+    if first["next"] is None:
+        return  # a list of one row here
+    second = client.get(first["next"])
+    assert second.status_code == 200, second.content
+    previous = second.json()["previous"]
+    assert previous is not None
+    back = client.get(previous)
+    assert back.status_code == 200, back.content
+    assert back.json()["results"] == first["results"]
+
+
+# Other scripts' digits ------------------------------------------------------------------
+
+
+def test_other_scripts_digits_are_not_decimals(api, funded):
+    client = api("system")
+    before = counts()
+    balance = MemberBalance.objects.get(program=funded, member_id="u_1").points_balance
+    for path, body, field in [
+        ("/api/v1/redemptions", {"program_id": str(funded.pk), "member_id": "u_1",
+                                 "points": "\u0661\u0660", "reward_type": "discount"}, "points"),
+        ("/api/v1/events", {"program_id": str(funded.pk), "member_id": "u_1", "type": "purchase",
+                            "amount": "\u0661\u0660\u0660", "currency": funded.currency}, "amount"),
+        (f"/api/v1/programs/{funded.pk}/members/u_1/adjustments",
+         {"points": "\u0665", "reason": "r"}, "points"),
+        ("/api/v1/programs", {"name": "x", "currency": "XOF", "timezone": "UTC",
+                              "earn_rate": "\u0660.\u0660\u0662", "point_value": "1"}, "earn_rate"),
+    ]:  # fmt: skip
+        problem = assert_problem(client.post(path, body), 400, "validation_error")
+        assert field in problem["errors"], (path, problem)
+    assert counts() == before
+    assert MemberBalance.objects.get(program=funded, member_id="u_1").points_balance == balance
+
+
+@pytest.mark.parametrize("param", ["since", "until"])
+def test_other_scripts_digits_are_not_times(api, funded, param):
+    url = f"/api/v1/programs/{funded.pk}/members/u_1/transactions"
+    arabic_indic = "".join(chr(0x660 + int(c)) if c.isdigit() else c for c in "2026-01-01")
+    response = api("system").get(url, {param: f"{arabic_indic}T00:00:00Z"})
+    problem = assert_problem(response, 400, "validation_error")
+    assert param in problem["errors"]
+    assert api("system").get(url, {param: "2026-01-01T00:00:00Z"}).status_code == 200
+
+
+def test_other_scripts_digits_are_no_page_size(api, funded, pending_hold, active_voucher):
+    url = f"/api/v1/programs/{funded.pk}/members/u_1/transactions"
+    # Any limit that is no number gets the default size, as "abc" always did.
+    assert len(api("system").get(url, {"limit": "\u0661"}).json()["results"]) > 1
+    assert len(api("system").get(url, {"limit": "1"}).json()["results"]) == 1
+
+
+# Long Idempotency-Keys on adjustments -----------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [244, 245, 255])
+def test_an_adjustment_takes_any_key_the_header_allows(api, funded, length):
+    client = api("system")
+    key = "k" * (length - 1) + "z"
+    url = f"/api/v1/programs/{funded.pk}/members/u_1/adjustments"
+    response = client.post(url, {"points": "5", "reason": "goodwill"}, key=key)
+    assert response.status_code == 201, response.content
+    entry = LedgerEntry.objects.get(type="manual_adjust")
+    if length <= 244:  # the ledger key it always had: repeats of earlier ones still match
+        assert entry.idempotency_key == f"adjustment:{key}"
+    else:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        assert entry.idempotency_key == f"adjustment:sha256:{digest}"
+
+    before = counts()
+    again = client.post(url, {"points": "5", "reason": "goodwill"}, key=key)
+    assert (again.status_code, again["Idempotent-Replayed"]) == (201, "true")
+    assert counts() == before
+    # Another long key of the same beginning is another adjustment.
+    other = client.post(url, {"points": "5", "reason": "goodwill"}, key=key[:-1] + "y")
+    assert other.status_code == 201
+    assert LedgerEntry.objects.filter(type="manual_adjust").count() == 2
