@@ -92,11 +92,12 @@ def _former_fingerprint(method: str, path: str, body) -> str:
 
 def test_a_request_stored_before_the_upgrade_still_replays(api, funded):
     client = api("system")
-    path = "/api/v1/redemptions"
+    path = "/api/v1/events"
     text = (
-        f'{{"program_id": "{funded.pk}", "member_id": "u_1", "points": 10.50, '
-        f'"reward_type": "discount", "note": [100, 100.000000000000000001, -0.0, 2.5e-7, '
-        f"1e{PLAIN_EXPONENT}, 123456789012345678901234567]}}"
+        f'{{"program_id": "{funded.pk}", "member_id": "u_1", "type": "purchase", '
+        f'"amount": "100", "currency": "{funded.currency}", "metadata": {{"note": [10.50, '
+        f"100, 100.000000000000000001, -0.0, 2.5e-7, 1e{PLAIN_EXPONENT}, "
+        f"123456789012345678901234567]}}}}"
     )
     parsed = json.loads(text, parse_float=Decimal)
     first = client.post(path, text, key="before-upgrade")
