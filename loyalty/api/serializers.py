@@ -44,7 +44,34 @@ class StrictInput(serializers.Serializer):
                 raise serializers.ValidationError(
                     {str(name): ["Not a field of this request."] for name in unknown}
                 )
+            mistyped = {
+                name: [message]
+                for name, value in data.items()
+                if value is not None
+                and (message := _json_type_error(self.fields[name], value)) is not None
+            }
+            if mistyped:
+                raise serializers.ValidationError(mistyped)
         return super().to_internal_value(data)
+
+
+# DRF coerces what it can: "yes" and 1 to true, "12", "١٢" and 12.0 to 12, 123 to "123", an
+# integer to a UUID. A body's fields take their own JSON type only (decimals are strings,
+# DecimalString, and parse on their own).
+_JSON_TYPES = (
+    (serializers.BooleanField, (bool,), "Must be true or false."),
+    (serializers.IntegerField, (int,), "Must be a whole JSON number."),
+    (serializers.UUIDField, (str,), "Must be a UUID string."),
+    (serializers.CharField, (str,), "Must be a string."),
+)
+
+
+def _json_type_error(field, value) -> str | None:
+    for field_class, types, message in _JSON_TYPES:
+        if isinstance(field, field_class):
+            wrong = type(value) not in types  # bool is an int subclass: by exact type
+            return message if wrong else None
+    return None
 
 
 def balance_body(balance: MemberBalance) -> dict:

@@ -194,6 +194,29 @@ def test_fields_a_body_does_not_have_are_refused_by_name(api, own_program, make_
     assert Campaign.objects.get(pk=campaign["id"]).name == "Win-back"
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"name": 123}, {"expiry_days": "12"}, {"expiry_days": 12.0}, {"expiry_days": "\u0661\u0662"},
+     {"fraud_detection_enabled": "yes"}, {"fraud_detection_enabled": 1},
+     {"tiers": [{"name": 7}]}],
+    ids=["name-number", "days-text", "days-float", "days-arabic", "flag-text", "flag-number",
+         "tier-name-number"],
+)  # fmt: skip
+def test_a_field_of_another_json_type_is_400_not_coerced(api, fields):
+    response = api("ops_marketing").post("/api/v1/programs", {**PROGRAM, **fields})
+    assert response.status_code == 400
+    assert response.json()["code"] == "validation_error"
+    assert not Program.objects.exists()
+
+
+def test_a_redemption_with_a_number_for_program_or_capture_is_400(api, own_program):
+    body = {"program_id": str(own_program.pk), "member_id": "u_1", "points": "10",
+            "reward_type": "discount"}  # fmt: skip
+    for fields in ({"program_id": 5}, {"capture": "yes"}):
+        response = api("system").post("/api/v1/redemptions", {**body, **fields})
+        assert (response.status_code, list(response.json()["errors"])) == (400, list(fields))
+
+
 def test_campaigns_of_another_merchant_are_404(api, make_program):
     other = make_program(merchant_id=OTHER)
     created = api("ops_marketing", merchant_id=OTHER).post("/api/v1/campaigns",
