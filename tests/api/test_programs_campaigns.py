@@ -100,7 +100,7 @@ def test_budget_change_needs_budgets_permission_and_approval_above_threshold(api
     assert finance.patch(url, {"name": "x"}).status_code == 403  # budgets only
     small = finance.patch(url, {"budget_limit": "150000"})
     assert (small.status_code, small.json()["budget_limit"]) == (200, "150000.00")
-    big = finance.patch(url, {"budget_limit": "200000.01"})
+    big = finance.patch(url, {"budget_limit": "200001"})
     assert_gated(big.status_code, big.json())
     program.refresh_from_db()
     assert program.budget_limit == Decimal("150000")
@@ -215,6 +215,18 @@ def test_a_redemption_with_a_number_for_program_or_capture_is_400(api, own_progr
     for fields in ({"program_id": 5}, {"capture": "yes"}):
         response = api("system").post("/api/v1/redemptions", {**body, **fields})
         assert (response.status_code, list(response.json()["errors"])) == (400, list(fields))
+
+
+def test_a_budget_finer_than_its_currency_is_400(api, own_program):
+    client = api("system")
+    response = client.post("/api/v1/programs", {**PROGRAM, "budget_limit": "100.50"})
+    assert (response.status_code, list(response.json()["errors"])) == (400, ["budget_limit"])
+    patch = client.patch(f"/api/v1/programs/{own_program.pk}", {"budget_limit": "999.5"})
+    assert (patch.status_code, list(patch.json()["errors"])) == (400, ["budget_limit"])
+    own_program.refresh_from_db()
+    assert own_program.budget_limit != Decimal("999.5")
+    usd = client.post("/api/v1/programs", {**PROGRAM, "currency": "USD", "budget_limit": "100.50"})
+    assert usd.status_code == 201, usd.json()
 
 
 def test_campaigns_of_another_merchant_are_404(api, make_program):
