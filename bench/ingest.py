@@ -137,12 +137,15 @@ def worker(program_ids, members, duration, warmup, barrier, results, seed) -> No
     from loyalty.errors import DomainError
     from loyalty.models import Program
     from loyalty.services import event_ingest
+    from loyalty_project.collector import startup_objects_freeze
 
     rng = random.Random(seed)
     programs = list(Program.objects.filter(pk__in=program_ids))
     actor = Actor(id="bench", role="system")
     for _ in range(3):  # warm up the connection and the code paths, not counted
         event_ingest(program=rng.choice(programs), event=purchase("warmup", rng), actor=actor)
+    # As the web and Celery worker processes do once their code is loaded.
+    startup_objects_freeze()
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]

@@ -37,6 +37,7 @@ def worker(root, program_ids, members, duration, warmup, barrier, results, seed,
     from loyalty.actors import Actor
     from loyalty.models import Program
     from loyalty.services import event_ingest
+    from loyalty_project.collector import startup_objects_freeze
 
     assert Path(loyalty.__file__).is_relative_to(root), f"{side}: {loyalty.__file__}"
     rng = random.Random(seed)
@@ -54,6 +55,7 @@ def worker(root, program_ids, members, duration, warmup, barrier, results, seed,
         return done
 
     ingest_until(time.perf_counter() + 0.2)
+    startup_objects_freeze()  # as the web and Celery worker processes do
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]

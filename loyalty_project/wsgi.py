@@ -1,11 +1,11 @@
 """The WSGI application the web process (Procfile) serves."""
 
-import gc
 import os
 
 from django.core.wsgi import get_wsgi_application
 from django.urls import get_resolver
 
+from loyalty_project.collector import startup_objects_freeze
 from loyalty_project.serving import without_process_environment
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
@@ -21,5 +21,4 @@ get_resolver().url_patterns  # noqa: B018 (the access imports them)
 # Django and the app are loaded: their ~125,000 long-lived objects leave the cyclic collector's
 # generations, which it otherwise walks again and again while a 1,000-event batch allocates
 # (15-30 us per batch event measured, bench/batch_profile.py --gc-freeze).
-gc.collect()
-gc.freeze()
+startup_objects_freeze()

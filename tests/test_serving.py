@@ -88,3 +88,34 @@ def test_the_web_process_freezes_its_urls_views_and_serializers_out_of_the_colle
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["status"].startswith("401")  # the request went through the URLs to a view
     assert seen["tracked"] < 2_000  # not the ~25,000 objects of the views' modules
+
+
+def test_a_celery_worker_process_freezes_its_loaded_objects_out_of_the_collector():
+    """Each prefork child, once started (worker_process_init), leaves Django's, the app's and
+    the tasks' objects out of the collector's generations, as the web process does."""
+    code = textwrap.dedent(
+        """
+        import gc
+        import django
+        django.setup()
+        from celery.signals import worker_process_init
+        import loyalty_project.celery
+
+        before = gc.get_freeze_count()
+        worker_process_init.send(sender=None)
+        print(before, gc.get_freeze_count())
+        """
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "loyalty_project.settings.base"}
+    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed program)
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+    )
+    before, after = map(int, done.stdout.split()[-2:])
+    assert before == 0
+    assert after > 50_000  # Django and the app: ~125,000 objects
