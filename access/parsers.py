@@ -52,9 +52,17 @@ def _parse_number(text: str) -> Decimal:
 _DECODER = json.JSONDecoder(parse_float=_parse_number, parse_constant=_refuse_constant)
 
 
+def body_limit(view) -> int:
+    """The largest body `view` reads: its `max_body_setting` (the API's views: the single
+    body's, a batch's the largest), never past `LOYALTY_API_MAX_BODY_BYTES`."""
+    largest = settings.LOYALTY_API_MAX_BODY_BYTES
+    name = getattr(view, "max_body_setting", None)
+    return largest if name is None else min(getattr(settings, name), largest)
+
+
 class StrictJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
-        limit = settings.LOYALTY_API_MAX_BODY_BYTES
+        limit = body_limit((parser_context or {}).get("view"))
         raw = stream.read(limit + 1) if stream is not None else b""
         if len(raw) > limit:
             raise PayloadTooLarge(f"The request body exceeds {limit} bytes.")

@@ -38,6 +38,8 @@ class LoyaltyApi(APIView):
 
     permission_classes = [HasPermission]
     method_permissions: dict[str, str | tuple[str, ...]] = {}
+    # The settings name of the largest body it reads (access.parsers.body_limit).
+    max_body_setting = "LOYALTY_API_MAX_SINGLE_BODY_BYTES"
 
     def get_authenticators(self):
         return _instances(self.authentication_classes)

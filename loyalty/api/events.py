@@ -328,6 +328,7 @@ class EventsApi(LoyaltyApi):
 
 class EventsBatchApi(LoyaltyApi):
     method_permissions = {"post": "events:write"}
+    max_body_setting = "LOYALTY_API_MAX_BODY_BYTES"  # up to 1,000 events
 
     @extend_schema(
         operation_id="events_batch",

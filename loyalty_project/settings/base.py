@@ -164,6 +164,10 @@ REST_FRAMEWORK = {
 }
 # API request bodies above this are refused with 413 (a batch of 1,000 events fits).
 LOYALTY_API_MAX_BODY_BYTES = env.int("LOYALTY_API_MAX_BODY_BYTES", default=2 * 1024 * 1024)
+# Every other request body (an event, a program, an adjustment: a few KiB at most). A body is
+# parsed and fingerprinted before it is validated, and 2 MiB of small JSON values cost ~4 s
+# of CPU and ~230 MB (a valid batch of that size: ~0.3 s): only the batch may be that large.
+LOYALTY_API_MAX_SINGLE_BODY_BYTES = env.int("LOYALTY_API_MAX_SINGLE_BODY_BYTES", default=64 * 1024)
 # Trusted reverse proxies in front of the app (client IP taken from X-Forwarded-For).
 LOYALTY_API_NUM_PROXIES = env.int("LOYALTY_API_NUM_PROXIES", default=0)
 # Idempotency-Key records are kept this long; a claim abandoned by a crashed request may be

@@ -70,6 +70,29 @@ def test_oversized_body_is_413(api, funded, settings):
     assert LedgerEntry.objects.count() == 1
 
 
+def test_only_a_batch_may_send_a_large_body(api, funded):
+    """A body is parsed and fingerprinted before it is validated: a single write's body is
+    held to LOYALTY_API_MAX_SINGLE_BODY_BYTES (64 KiB), far above any valid one, while a
+    batch of 1,000 events may take 2 MiB."""
+    numbers = "[" + ",".join(["1"] * 40_000) + "]"  # ~80 KB of small JSON values
+    event = (f'{{"program_id": "{funded.pk}", "member_id": "u_2", "type": "purchase", '
+             f'"amount": "100", "currency": "XOF", "metadata": {{"n": {numbers}}}}}')  # fmt: skip
+    client = api("system")
+    assert_problem(client.post("/api/v1/events", event), 413, "payload_too_large")
+    items = ",".join(
+        f'{{"program_id": "{funded.pk}", "member_id": "b{i}", "type": "purchase", '
+        f'"amount": "100", "currency": "XOF", "idempotency_key": "k{i}", '
+        f'"metadata": {{"note": "{"x" * 300}"}}}}'
+        for i in range(300)
+    )
+    batch = f'{{"events": [{items}]}}'
+    assert len(batch) > 64 * 1024
+    response = client.post("/api/v1/events/batch", batch)
+    assert response.status_code == 200
+    assert {r["status"] for r in response.json()["results"]} == {201}
+    assert LedgerEntry.objects.count() == 1 + 300
+
+
 def test_unknown_api_url_and_method(api, funded):
     client = api("system")
     assert_problem(client.get("/api/v1/nothing-here"), 404, "not_found")
