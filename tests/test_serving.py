@@ -75,17 +75,7 @@ def test_the_web_process_freezes_its_urls_views_and_serializers_out_of_the_colle
         print(json.dumps({"status": statuses[0], "tracked": len(gc.get_objects())}))
         """
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "loyalty_project.settings.base"}
-    done = subprocess.run(  # noqa: S603 (this interpreter, a fixed program)
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=Path(__file__).resolve().parent.parent,
-        check=True,
-    )
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = json.loads(_python_output(code).strip().splitlines()[-1])
     assert seen["status"].startswith("401")  # the request went through the URLs to a view
     assert seen["tracked"] < 2_000  # not the ~25,000 objects of the views' modules
 
@@ -106,6 +96,13 @@ def test_a_celery_worker_process_freezes_its_loaded_objects_out_of_the_collector
         print(before, gc.get_freeze_count())
         """
     )
+    before, after = map(int, _python_output(code).split()[-2:])
+    assert before == 0
+    assert after > 50_000  # Django and the app: ~125,000 objects
+
+
+def _python_output(code: str) -> str:
+    """What `code` prints, run by this interpreter in a new process with the app's settings."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "loyalty_project.settings.base"}
     done = subprocess.run(  # noqa: S603 (this interpreter, a fixed program)
         [sys.executable, "-c", code],
@@ -116,6 +113,4 @@ def test_a_celery_worker_process_freezes_its_loaded_objects_out_of_the_collector
         cwd=Path(__file__).resolve().parent.parent,
         check=True,
     )
-    before, after = map(int, done.stdout.split()[-2:])
-    assert before == 0
-    assert after > 50_000  # Django and the app: ~125,000 objects
+    return done.stdout

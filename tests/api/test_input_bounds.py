@@ -15,6 +15,7 @@ from approvals.models import ApprovalRequest
 from audit.models import AuditEntry
 from loyalty.models import Campaign, LedgerEntry, MemberBalance, Program, Redemption
 from tests.api.test_problems import assert_problem
+from tests.api.test_request_fingerprint import _former_canonical
 
 pytestmark = pytest.mark.django_db
 
@@ -77,16 +78,7 @@ def test_numbers_within_the_bound_are_read_as_before(api, funded):
 def _former_fingerprint(method: str, path: str, body) -> str:
     """The fingerprint as stored before numbers stopped being written out in full."""
 
-    def canonical(value):
-        if isinstance(value, dict):
-            return {k: canonical(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [canonical(v) for v in value]
-        if isinstance(value, int | Decimal) and not isinstance(value, bool):
-            return {"#": format(Decimal(value).normalize(), "f")}
-        return value
-
-    text = json.dumps(canonical(body), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_former_canonical(body), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{method}\n{path}\n{text}".encode()).hexdigest()
 
 
