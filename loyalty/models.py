@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from .money import currency_choices
+from .money import MONEY_PLACES, currency_choices
 
 
 def points_field(**kwargs) -> models.DecimalField:
@@ -22,9 +22,9 @@ def points_field(**kwargs) -> models.DecimalField:
 
 
 def money_field(**kwargs) -> models.DecimalField:
-    # Two places hold every supported currency's minor unit; quantizing to the currency's own
-    # exponent happens in `money.quantize_money`.
-    return models.DecimalField(max_digits=20, decimal_places=2, **kwargs)
+    # Quantizing to the currency's own minor unit, at most these places, happens in
+    # loyalty.money (TND's millimes are not kept).
+    return models.DecimalField(max_digits=20, decimal_places=MONEY_PLACES, **kwargs)
 
 
 # Names some tz databases list that are no place's time: the host's own zone (differs from

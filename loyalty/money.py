@@ -1,7 +1,9 @@
 """Points and money arithmetic: the one place where amounts are quantized.
 
 Points carry 2 decimal places and earned points round down. Money is quantized to its
-currency's ISO 4217 minor unit (XOF and XAF have none, USD has 2).
+currency's ISO 4217 minor unit (XOF and XAF have none, USD has 2), at most the 2 places the
+money columns hold (`models.money_field`): TND's third place (millimes) is not kept, so a
+budget spread, charged and checked in TND is what is stored.
 """
 
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal, InvalidOperation
@@ -26,8 +28,14 @@ def money_quantum(currency: str) -> Decimal:
     return _QUANTA[currency]
 
 
+# The places of the money columns.
+MONEY_PLACES = 2
+
 # Made once: every event asks for its currency's a few times (0.3 us each to make).
-_QUANTA = {code: Decimal(1).scaleb(-exponent) for code, exponent in CURRENCY_EXPONENTS.items()}
+_QUANTA = {
+    code: Decimal(1).scaleb(-min(exponent, MONEY_PLACES))
+    for code, exponent in CURRENCY_EXPONENTS.items()
+}
 
 
 def points_floor(value: Decimal) -> Decimal:

@@ -249,3 +249,23 @@ def test_a_refund_of_a_pipelined_award_gives_back_its_charge(make_program, purch
 
     assert budget(program) == (D("0"), D("1000"))
     assert ledger_verify() == []
+
+
+def test_a_tnd_budget_is_spread_charged_and_credited_in_the_places_it_is_stored(
+    make_program, purchase, refund, actor
+):
+    """TND has three minor digits and the money columns two: a budget of 10 TND spread over
+    the shards as 0.625 each was stored as 0.63 each, 10.08 in all, and verify saw it past
+    its limit from the moment the program was made. Money is kept to the stored places."""
+    program = make_program(
+        currency="TND", budget_limit=D("10"), point_value=D("0.001"), earn_rate=D("1")
+    )
+    assert budget(program) == (D("0"), D("10"))
+    assert ledger_verify() == []
+    purchase(program, amount="5.55", reference="t1")  # 5.55 points at 0.001: 0.01 TND
+    assert budget(program) == (D("0.01"), D("10"))
+    program = set_limit(program, "10.01", actor)
+    assert budget(program)[1] == D("10.01")
+    refund(program, "t1", amount="5.55")
+    assert budget(program) == (D("0"), D("10.01"))
+    assert ledger_verify() == []
