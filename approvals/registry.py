@@ -33,7 +33,12 @@ from loyalty.services.ingestion import (
     event_validate,
     ingest_in_transaction,
 )
-from loyalty.services.programs import UPDATABLE_FIELDS, TierInput, program_snapshot
+from loyalty.services.programs import (
+    UPDATABLE_FIELDS,
+    TierInput,
+    budget_limit_check,
+    program_snapshot,
+)
 
 from .models import ApprovalPolicy, Operation
 
@@ -148,6 +153,14 @@ def _validate_budget(payload: dict) -> dict:
         limit = _decimal(limit, "budget_limit")
         if limit < 0:
             raise ValidationFailed(errors={"budget_limit": ["Must not be negative."]})
+        # Refused now, not at the last approval (which would leave the request pending).
+        currency = (
+            Program.objects.filter(pk=payload["program_id"])
+            .values_list("currency", flat=True)
+            .first()
+        )
+        if currency is not None:  # no such program: the run answers it
+            budget_limit_check(limit, currency)
     return {
         "program_id": str(payload["program_id"]),
         "changes": {**changes, "budget_limit": None if limit is None else str(limit)},

@@ -12,10 +12,9 @@ from access.scoping import merchant_check, program_get_for_caller, scope_queryse
 
 from ..errors import ValidationFailed
 from ..models import Program
-from ..money import is_exact_money, money_quantum
 from ..services import TierInput, program_create, program_set_status, program_update
 from ..services.budget import with_budget_spent
-from ..services.programs import program_status_check
+from ..services.programs import budget_limit_check, program_status_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (
@@ -86,7 +85,7 @@ class ProgramsApi(LoyaltyApi):
         if merchant_id is None:
             raise ValidationFailed(errors={"merchant_id": ["This field is required."]})
         merchant_check(caller, merchant_id)
-        _budget_limit_check(data.get("budget_limit"), data["currency"])
+        budget_limit_check(data.get("budget_limit"), data["currency"])
         tiers = _tiers(data)
         program = program_create(
             merchant_id=merchant_id,
@@ -97,16 +96,6 @@ class ProgramsApi(LoyaltyApi):
             **data,
         )
         return Response(program_body(_reload(program.pk)), status=201)
-
-
-def _budget_limit_check(limit, currency: str) -> None:
-    """A budget is money of the program's currency: no more places than its minor unit (a
-    limit of 100.50 XOF, which has none, could never be spent to the letter)."""
-    if limit is not None and not is_exact_money(limit, currency):
-        places = -money_quantum(currency).as_tuple().exponent
-        raise ValidationFailed(
-            errors={"budget_limit": [f"At most {places} decimal places in {currency}."]}
-        )
 
 
 class ProgramDetailApi(LoyaltyApi):
@@ -145,7 +134,7 @@ class ProgramDetailApi(LoyaltyApi):
         if set(changes) - {"budget_limit"} and not caller.has("programs:write"):
             raise PermissionDenied("Changing a program needs the programs:write permission.")
         program = program_get_for_caller(caller=caller, program_id=program_id)
-        _budget_limit_check(changes.get("budget_limit"), program.currency)
+        budget_limit_check(changes.get("budget_limit"), program.currency)
         if budget and changes["budget_limit"] != program.budget_limit:
             old, new = program.budget_limit, changes["budget_limit"]
             pending = approval_gate(

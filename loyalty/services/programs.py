@@ -12,7 +12,7 @@ from sira.scoring import sira_settings_resolve
 from ..actors import Actor
 from ..errors import InvalidState, NotFound, ValidationFailed
 from ..models import MemberBalance, Merchant, Program, Tier
-from ..money import CURRENCY_EXPONENTS
+from ..money import CURRENCY_EXPONENTS, is_exact_money, money_quantum
 from .balances import balance_lock
 from .budget import budget_set_limit, budget_shards_create
 
@@ -87,11 +87,22 @@ def _full_clean(program: Program) -> None:
         program.full_clean(exclude=["merchant"])
     except ValidationError as exc:
         raise ValidationFailed(errors=exc.message_dict) from exc
+    budget_limit_check(program.budget_limit, program.currency)
     try:
         # Checked here, not at ingestion: a bad setting would otherwise fail every purchase.
         sira_settings_resolve(program.sira_settings)
     except (ValueError, TypeError) as exc:
         raise ValidationFailed(errors={"sira_settings": [str(exc)]}) from exc
+
+
+def budget_limit_check(limit: Decimal | None, currency: str) -> None:
+    """A budget is money of the program's currency: no more places than its minor unit (a
+    limit of 100.50 XOF, which has none, could never be spent to the letter)."""
+    if limit is not None and not is_exact_money(limit, currency):
+        places = -money_quantum(currency).as_tuple().exponent
+        raise ValidationFailed(
+            errors={"budget_limit": [f"At most {places} decimal places in {currency}."]}
+        )
 
 
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:

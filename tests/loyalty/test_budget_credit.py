@@ -269,3 +269,22 @@ def test_a_tnd_budget_is_spread_charged_and_credited_in_the_places_it_is_stored(
     refund(program, "t1", amount="5.55")
     assert budget(program) == (D("0"), D("10.01"))
     assert ledger_verify() == []
+
+
+def test_a_limit_finer_than_the_currency_is_refused_on_every_path(make_program, actor):
+    """The services the API, the admin and an approval's execution call, and the approval
+    request itself (refused when filed, not at its last approval)."""
+    from approvals.registry import _validate_budget
+    from loyalty.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as refused:
+        make_program(budget_limit=D("100.50"))
+    assert list(refused.value.errors) == ["budget_limit"]
+    program = make_program(budget_limit=D("100"))
+    with pytest.raises(ValidationFailed):
+        set_limit(program, "200.75", actor)
+    with pytest.raises(ValidationFailed):
+        _validate_budget({"program_id": str(program.pk), "changes": {"budget_limit": "300.25"}})
+    assert budget(program) == (D("0"), D("100"))
+    usd = make_program(currency="USD", budget_limit=D("100.50"))
+    assert budget(usd) == (D("0"), D("100.50"))
