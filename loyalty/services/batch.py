@@ -941,7 +941,6 @@ def _entry_changes_json(entry: LedgerEntry, balance: MemberBalance, *, key: byte
 
 
 def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> None:
-    todo = _refunds_of_unknown_members_refused(items, todo, results)
     pending = []
     for index in todo:
         program, event = items[index]
@@ -954,6 +953,8 @@ def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> 
             results[index] = replay
         else:
             pending.append(index)
+    # After the stored keys: a repeated key is answered as one by one (a replay, or reused).
+    pending = _refunds_of_unknown_members_refused(items, pending, results)
     if pending:
         _ingest_items(items, pending, results, actor)
 

@@ -407,6 +407,11 @@ def test_a_refund_of_an_unknown_member_creates_no_member(program, actor):
     assert results[2].entry.points == D("-100")
     assert not MemberBalance.objects.filter(member_id="ghost").exists()
     assert ledger_verify() == []
+    # Such a refund carrying a key already stored for another event is that key's reuse,
+    # as one by one.
+    reused = RefundFactory(member_id="ghost-2", original_reference="order-9", idempotency_key="p")
+    [outcome] = events_ingest_batch(items=[(program, reused)], actor=actor)
+    assert isinstance(outcome, IdempotencyKeyReused)
 
 
 # --- PostgreSQL: real concurrency ---------------------------------------------------------
