@@ -304,3 +304,43 @@ def test_a_repeat_waiting_while_the_first_commits_gets_its_answer_not_a_refusal(
     assert repeat.entry.pk == first_result.entry.pk
     assert LedgerEntry.objects.filter(type=kind).count() == 1
     assert ledger_verify() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_limit_change_does_not_deadlock_with_a_new_members_award(make_program, actor):
+    """An award holding the budget's shards commits a new member's balance, whose foreign
+    key checks the program row at commit; a limit change holding that row waits for the
+    shards. With the program locked FOR UPDATE the two waited for each other (a deadlock:
+    one of them failed); it is locked FOR NO KEY UPDATE, which the check does not wait for."""
+    from django.db import transaction
+
+    from loyalty.services import program_update
+
+    program = make_program(budget_limit=Decimal("10000"))
+    holding, release = threading.Event(), threading.Event()
+    results: dict = {}
+
+    def award():
+        with transaction.atomic():
+            list(BudgetShard.objects.select_for_update().filter(program=program))
+            MemberBalance.objects.create(program=program, member_id="new", tier="basic")
+            holding.set()
+            release.wait(30)
+        return "committed"
+
+    def limit_change():
+        changes = {"budget_limit": Decimal("20000")}
+        return program_update(program_id=program.pk, changes=changes, actor=actor)
+
+    threads = [start_thread(results, "award", award)]
+    assert holding.wait(10)
+    threads.append(start_thread(results, "limit", limit_change))
+    wait_for_lock_waiters()  # the limit change waits for the shards
+    release.set()
+    join_all(threads)
+    assert results["award"] == "committed"
+    assert results["limit"].budget_limit == Decimal("20000")
+    allocated = BudgetShard.objects.filter(program=program).aggregate(a=Sum("allocated"))["a"]
+    assert allocated == Decimal("20000")
+    assert ledger_verify() == []
