@@ -52,7 +52,9 @@ def redemption_hold(
         raise ValidationFailed(errors={"points": ["Positive points, at most 2 places."]})
     if reward_type not in Voucher.Type.values:
         raise ValidationFailed(errors={"reward_type": [f"One of {Voucher.Type.values}."]})
-    existing = _redemption_for_key(program, idempotency_key, member_id, points, reward_type)
+    existing = _redemption_for_key(
+        program, idempotency_key, member_id, points, reward_type, capture
+    )
     if existing:
         return existing
     try:
@@ -66,22 +68,28 @@ def redemption_hold(
             capture=capture,
         )
     except IntegrityError:
-        existing = _redemption_for_key(program, idempotency_key, member_id, points, reward_type)
+        existing = _redemption_for_key(
+            program, idempotency_key, member_id, points, reward_type, capture
+        )
         if existing:
             return existing
         raise
 
 
-def _redemption_for_key(program, key, member_id, points, reward_type) -> Redemption | None:
+def _redemption_for_key(program, key, member_id, points, reward_type, capture) -> Redemption | None:
+    """The redemption the key already made, or None; IdempotencyKeyReused when it was made
+    by another request. A hold made with `capture` is completed at once: a repeat asking for
+    the capture of a key whose hold was not is another request (it would get a pending hold
+    back and no voucher)."""
     found = (
         Redemption.objects.select_related("balance", "voucher")
         .filter(program=program, idempotency_key=key)
         .first()
     )
-    if found and (found.balance.member_id, found.points, found.reward_type) != (
-        member_id,
-        points,
-        reward_type,
+    if found and (
+        (found.balance.member_id, found.points, found.reward_type)
+        != (member_id, points, reward_type)
+        or (capture and found.status != Redemption.Status.COMPLETED)
     ):
         raise IdempotencyKeyReused(idempotency_key=key)
     return found
@@ -96,7 +104,9 @@ def _hold_atomic(
     balance = balance_lock(program=program, member_id=member_id)
     if balance is None:
         raise NotFound("No such member in this program.", member_id=member_id)
-    existing = _redemption_for_key(program, idempotency_key, member_id, points, reward_type)
+    existing = _redemption_for_key(
+        program, idempotency_key, member_id, points, reward_type, capture
+    )
     if existing:
         return existing
     _refuse_redemption(program, balance)

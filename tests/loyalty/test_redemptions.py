@@ -180,6 +180,21 @@ def test_hold_and_capture_in_one_call(funded, actor):
     assert ledger_verify() == []
 
 
+def test_a_repeat_asking_for_the_capture_of_a_key_whose_hold_was_not_is_a_reuse(funded, actor):
+    """A hold made with capture is completed at once: the same key asking for the capture of
+    a pending hold is another request, not its repeat (it would get no voucher back)."""
+    pending = hold(funded, "100", actor, key="k-pending")
+    before = db_state()
+    with pytest.raises(IdempotencyKeyReused):
+        hold(funded, "100", actor, key="k-pending", capture=True)
+    assert db_state() == before
+    assert hold(funded, "100", actor, key="k-pending").pk == pending.pk  # its own repeat
+    captured = hold(funded, "50", actor, key="k-captured", capture=True)
+    assert hold(funded, "50", actor, key="k-captured", capture=True).pk == captured.pk
+    assert hold(funded, "50", actor, key="k-captured").pk == captured.pk
+    assert ledger_verify() == []
+
+
 @pytest.mark.parametrize(
     ("currency", "point_value", "points", "value"),
     [
