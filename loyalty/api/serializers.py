@@ -62,6 +62,7 @@ _JSON_TYPES = (
     (serializers.BooleanField, (bool,), "Must be true or false."),
     (serializers.IntegerField, (int,), "Must be a whole JSON number."),
     (serializers.UUIDField, (str,), "Must be a UUID string."),
+    (serializers.DateField, (str,), "Must be a date string (YYYY-MM-DD)."),
     (serializers.CharField, (str,), "Must be a string."),
 )
 
@@ -186,6 +187,9 @@ def program_body(program: Program) -> dict:
         "tier_basis": program.tier_basis,
         "tier_downgrade_policy": program.tier_downgrade_policy,
         "tier_qualifying_days": program.tier_qualifying_days,
+        "tier_cycle_date": None
+        if program.tier_cycle_date is None
+        else program.tier_cycle_date.isoformat(),
         "tiers": [
             {
                 "name": tier.name,
@@ -394,6 +398,12 @@ class ReasonInputSerializer(StrictInput):
 
 class TierInputSerializer(StrictInput):
     name = serializers.RegexField(r"^[a-z][a-z0-9_]{0,31}$")
+    rank = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="As a read shows it: optional, and when sent it must be the tier's place "
+        "(from 0) once the tiers are ordered by min_points then min_spend, which decides it.",
+    )
     min_points = DecimalString(required=False, default=Decimal("0"), max_digits=20)
     min_spend = DecimalString(required=False, default=Decimal("0"), max_digits=20)
     earn_multiplier = DecimalString(required=False, default=Decimal("1"), max_digits=6, places=3)
@@ -437,6 +447,12 @@ class ProgramFieldsSerializer(StrictInput):
         choices=Program.DowngradePolicy.choices, required=False
     )
     tier_qualifying_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+    tier_cycle_date = serializers.DateField(
+        required=False,
+        allow_null=True,
+        help_text="The day (in the program's time zone) of the next yearly tier review, "
+        "when members may move down; the review moves it on a year. Null: no review.",
+    )
     tiers = TierInputSerializer(many=True, required=False, min_length=1, max_length=20)
     sira_settings = JSONObject(required=False)
     hold_ttl_seconds = serializers.IntegerField(min_value=30, max_value=86400, required=False)
@@ -450,6 +466,19 @@ class ProgramFieldsSerializer(StrictInput):
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise serializers.ValidationError(str(exc)) from exc
         return value
+
+    def validate_tiers(self, value):
+        """A body read back from GET may carry each tier's `rank`: accepted when it is the place
+        the thresholds give the tier (the only thing that decides it), then dropped."""
+        # (A PATCH validates partially: the thresholds' defaults are not filled in yet.)
+        ordered = sorted(value, key=lambda t: (t.get("min_points", 0), t.get("min_spend", 0)))
+        places = {id(tier): place for place, tier in enumerate(ordered)}
+        if any(tier.get("rank", places[id(tier)]) != places[id(tier)] for tier in value):
+            raise serializers.ValidationError(
+                "A tier's rank is its place once ordered by min_points then min_spend; "
+                "change the thresholds to reorder tiers, or leave rank out."
+            )
+        return [{k: v for k, v in tier.items() if k != "rank"} for tier in value]
 
     def validate_budget_limit(self, value):
         if value is not None and value < 0:
@@ -505,6 +534,7 @@ class ProgramSerializer(serializers.Serializer):
     tier_basis = serializers.CharField()
     tier_downgrade_policy = serializers.CharField()
     tier_qualifying_days = serializers.IntegerField()
+    tier_cycle_date = serializers.DateField(allow_null=True)
     tiers = serializers.ListField(child=serializers.DictField())
     sira_settings = serializers.DictField()
     hold_ttl_seconds = serializers.IntegerField()

@@ -91,6 +91,50 @@ def test_update_program_fields(api, own_program):
     assert own_program.earn_rate == Decimal("0.03")
 
 
+def test_tiers_read_back_from_get_can_be_sent_back_in_a_patch(api, own_program):
+    client = api("ops_marketing")
+    url = f"/api/v1/programs/{own_program.pk}"
+    tiers = client.get(url).json()["tiers"]
+    assert [t["rank"] for t in tiers] == list(range(len(tiers)))
+    tiers[-1]["earn_multiplier"] = "3"
+    response = client.patch(url, {"tiers": tiers})
+    assert response.status_code == 200, response.json()
+    assert Decimal(response.json()["tiers"][-1]["earn_multiplier"]) == 3
+    # Thresholds left out default to zero, in a PATCH too.
+    single = client.patch(url, {"tiers": [{"name": "solo", "rank": 0}]})
+    assert single.status_code == 200, single.json()
+    assert [(t["name"], t["rank"]) for t in single.json()["tiers"]] == [("solo", 0)]
+
+
+def test_a_tier_rank_that_its_thresholds_do_not_give_is_400_and_changes_nothing(
+    api, own_program
+):
+    client = api("ops_marketing")
+    url = f"/api/v1/programs/{own_program.pk}"
+    before = client.get(url).json()["tiers"]
+    swapped = [{**t, "rank": len(before) - 1 - t["rank"]} for t in before]
+    response = client.patch(url, {"tiers": swapped})
+    assert response.status_code == 400
+    assert "tiers" in response.json()["errors"]
+    assert client.get(url).json()["tiers"] == before
+
+
+def test_the_tier_review_date_is_read_set_and_cleared(api, own_program):
+    client = api("ops_marketing")
+    url = f"/api/v1/programs/{own_program.pk}"
+    assert client.get(url).json()["tier_cycle_date"] is None
+    response = client.patch(url, {"tier_cycle_date": "2027-01-01"})
+    assert response.status_code == 200, response.json()
+    assert response.json()["tier_cycle_date"] == "2027-01-01"
+    own_program.refresh_from_db()
+    assert own_program.tier_cycle_date.isoformat() == "2027-01-01"
+    for bad in ("2027-02-30", "01/01/2027", 20270101):
+        refused = client.patch(url, {"tier_cycle_date": bad})
+        assert refused.status_code == 400, bad
+        assert "tier_cycle_date" in refused.json()["errors"]
+    assert client.patch(url, {"tier_cycle_date": None}).json()["tier_cycle_date"] is None
+
+
 def test_budget_change_needs_budgets_permission_and_approval_above_threshold(api, make_program):
     program = make_program(merchant_id=OWN, budget_limit=Decimal("100000"))
     url = f"/api/v1/programs/{program.pk}"
