@@ -106,9 +106,7 @@ def test_tiers_read_back_from_get_can_be_sent_back_in_a_patch(api, own_program):
     assert [(t["name"], t["rank"]) for t in single.json()["tiers"]] == [("solo", 0)]
 
 
-def test_a_tier_rank_that_its_thresholds_do_not_give_is_400_and_changes_nothing(
-    api, own_program
-):
+def test_a_tier_rank_that_its_thresholds_do_not_give_is_400_and_changes_nothing(api, own_program):
     client = api("ops_marketing")
     url = f"/api/v1/programs/{own_program.pk}"
     before = client.get(url).json()["tiers"]
