@@ -355,8 +355,8 @@ def main() -> None:
         "--workers",
         "--gunicorn-workers",
         type=int,
-        default=os.cpu_count() + 1,
-        help="server processes (default: one per core and one more, as the Procfile)",
+        default=os.cpu_count(),
+        help="server processes (default: one per core, as the Procfile)",
     )
     parser.add_argument(
         "--threads",
