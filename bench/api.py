@@ -308,6 +308,23 @@ def run_load(args: dict, clients: int, duration: int) -> dict:
     }
 
 
+def connections_per_process(port: int) -> list[int]:
+    """How many established connections each server process holds (`ss`, iproute2), most
+    first. A keep-alive connection stays with the process that accepted it, which serves its
+    connections in turn: an uneven spread is a long tail for the busiest process's clients."""
+    if shutil.which("ss") is None:
+        return []
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    counts: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
 # --- pgbench --------------------------------------------------------------------------------
 
 
@@ -430,8 +447,14 @@ def main() -> None:
 
     def measured(load_args: dict, clients: int) -> dict:
         meter = CpuMeter(server)
+        spread: list[int] = []
+        sample = threading.Timer(
+            opts.duration / 2, lambda: spread.extend(connections_per_process(opts.port))
+        )
+        sample.start()
         result = run_load(load_args, clients, opts.duration)
-        return {**result, **meter.done(result["requests"])}
+        sample.join()
+        return {**result, **meter.done(result["requests"]), "connections": spread}
 
     try:
         run_load(args, opts.clients, 2)  # warm-up: connections, code paths
@@ -457,6 +480,9 @@ def main() -> None:
             f"{'':<34} CPU ms per request: server {r['server_ms']:.2f} + PostgreSQL "
             f"{r['db_ms']:.2f} + client {r['client_ms']:.2f} = {total:.2f}"
         )
+        if r["connections"]:
+            spread = " / ".join(map(str, r["connections"]))
+            print(f"{'':<34} connections per server process (mid-run): {spread}")
 
     print()
     if single:
