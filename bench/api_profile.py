@@ -275,6 +275,8 @@ def main() -> None:
             profiler.disable()
             stats = pstats.Stats(profiler).sort_stats(os.environ.get("PROFILE_SORT", "cumulative"))
             stats.print_stats(opts.cprofile)
+            if os.environ.get("PROFILE_DUMP"):
+                stats.dump_stats(os.environ["PROFILE_DUMP"])
             continue
         if opts.profile:
             from pyinstrument import Profiler
