@@ -54,14 +54,20 @@ def _pem_key(pem: str):
 
 
 @functools.cache
-def _jwks_client(url: str) -> jwt.PyJWKClient:
-    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+def _jwks_client(url: str, lifespan: int) -> jwt.PyJWKClient:
+    # The key set is cached for `lifespan` seconds, and each key is looked up in the set in
+    # use. Not `cache_keys`: it keeps each kid's key for the life of the process, so a key
+    # withdrawn from the set went on verifying tokens until a restart.
+    return jwt.PyJWKClient(url, cache_keys=False, lifespan=lifespan, timeout=5)
 
 
 def _verification_key(token: str):
     if settings.LOYALTY_JWT_JWKS_URL:
         try:
-            return _jwks_client(settings.LOYALTY_JWT_JWKS_URL).get_signing_key_from_jwt(token).key
+            client = _jwks_client(
+                settings.LOYALTY_JWT_JWKS_URL, settings.LOYALTY_JWT_JWKS_LIFESPAN_SECONDS
+            )
+            return client.get_signing_key_from_jwt(token).key
         except jwt.PyJWKClientConnectionError as exc:
             logger.warning("JWKS unreachable: %s", exc)
             raise AuthenticationFailed("The token's signing keys cannot be fetched.") from exc

@@ -211,6 +211,9 @@ SPECTACULAR_SETTINGS = {
 # --- Loyalty domain -----------------------------------------------------------------------
 LOYALTY_JWT_PUBLIC_KEY = env.str("LOYALTY_JWT_PUBLIC_KEY", default="")
 LOYALTY_JWT_JWKS_URL = env.str("LOYALTY_JWT_JWKS_URL", default="")
+# How long a fetched key set is used before it is fetched again: a key withdrawn from the set
+# (a rotation, a compromise) stops verifying tokens within this time.
+LOYALTY_JWT_JWKS_LIFESPAN_SECONDS = env.int("LOYALTY_JWT_JWKS_LIFESPAN_SECONDS", default=300)
 LOYALTY_JWT_ISSUER = env.str("LOYALTY_JWT_ISSUER", default="https://id.molam.local")
 LOYALTY_JWT_AUDIENCE = env.str("LOYALTY_JWT_AUDIENCE", default="molam-loyalty")
 LOYALTY_ENCRYPTION_KEYS = env.str("LOYALTY_ENCRYPTION_KEYS", default="")

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core.management import call_command
 from django.utils import timezone
+from werkzeug import Response
 
 from access.models import MerchantAPIKey
 from access.permissions import API_KEY_DEFAULT_PERMISSIONS
@@ -199,6 +200,39 @@ def test_jwks_url_is_used_to_find_the_key(settings, httpserver, rsa_key, funded)
     assert ApiClient(f"Bearer {token}").get(member_url(funded)).status_code == 200
     unknown_kid = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "nope"})
     assert_401(ApiClient(f"Bearer {unknown_kid}").get(member_url(funded)))
+
+
+def test_a_key_withdrawn_from_the_jwks_stops_verifying_once_the_set_is_fetched_again(
+    settings, httpserver, rsa_key, funded
+):
+    """A rotation (or a compromise) takes a key out of Molam ID's set: tokens it signs must
+    fail once the cached set has lived its lifespan, in every process, with no restart."""
+    replacement = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwk(key, kid):
+        entry = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        return {**entry, "kid": kid, "use": "sig", "alg": "RS256"}
+
+    served = {"keys": [jwk(rsa_key, "old")]}
+    httpserver.expect_request("/rotating.json").respond_with_handler(
+        lambda request: Response(json.dumps(served), content_type="application/json")
+    )
+    settings.LOYALTY_JWT_PUBLIC_KEY = ""
+    settings.LOYALTY_JWT_JWKS_URL = httpserver.url_for("/rotating.json")
+    settings.LOYALTY_JWT_JWKS_LIFESPAN_SECONDS = 1
+
+    def token(key, kid):
+        claims = {"sub": "svc", "roles": ["auditor"], "iss": ISSUER, "aud": AUDIENCE,
+                  "exp": int(time.time()) + 300, "jti": uuid.uuid4().hex}  # fmt: skip
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+    assert ApiClient(f"Bearer {token(rsa_key, 'old')}").get(member_url(funded)).status_code == 200
+    served["keys"] = [jwk(replacement, "new")]
+    time.sleep(1.2)  # the set's lifespan (time.monotonic, which time travel does not move)
+    assert_401(ApiClient(f"Bearer {token(rsa_key, 'old')}").get(member_url(funded)))
+    assert (
+        ApiClient(f"Bearer {token(replacement, 'new')}").get(member_url(funded)).status_code == 200
+    )
 
 
 @pytest.mark.parametrize(
