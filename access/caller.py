@@ -37,6 +37,12 @@ class Caller:
             return f"merchant:{self.merchant_id}"
         return f"{self.credential_type}:{self.actor.id}"
 
+    @property
+    def person_idempotency_scope(self) -> str:
+        """The scope of a write that only its own person may repeat (an approval decision):
+        two people of one merchant sending the same key must each be heard."""
+        return f"{self.credential_type}:{self.actor.id}"
+
     def can_see(self, merchant_id: str) -> bool:
         return self.merchant_id is None or self.merchant_id == merchant_id
 

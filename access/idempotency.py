@@ -553,15 +553,20 @@ def idempotent(handler):
     `request.idempotency_record.prefetched`; the handler checks it is the row it needs.
 
     On PostgreSQL a view may first answer without a claim (`guarded_write(request, guard)`,
-    keeping the key with a KeyGuard), or return None to leave the request to the claim."""
+    keeping the key with a KeyGuard), or return None to leave the request to the claim.
+
+    A view with `idempotency_per_person = True` keeps keys per person rather than per
+    merchant: its write is a person's own act (an approval decision), which another person's
+    request under the same key must not replay."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
         key = idempotency_key(request)
         request.idempotency_key = key
         caller = request.caller
+        per_person = getattr(self, "idempotency_per_person", False)
         asked = {
-            "scope": caller.idempotency_scope,
+            "scope": caller.person_idempotency_scope if per_person else caller.idempotency_scope,
             "key": key,
             "fingerprint": request_fingerprint(request),
             "method": request.method,

@@ -62,6 +62,7 @@ class ApprovalDetailApi(LoyaltyApi):
 
 class ApprovalApproveApi(LoyaltyApi):
     method_permissions = {"post": "approvals:decide"}
+    idempotency_per_person = True  # a decision is its person's: see `idempotent`
 
     @extend_schema(
         operation_id="approvals_approve",
@@ -87,6 +88,7 @@ class ApprovalApproveApi(LoyaltyApi):
 
 class ApprovalRejectApi(LoyaltyApi):
     method_permissions = {"post": "approvals:decide"}
+    idempotency_per_person = True  # a decision is its person's: see `idempotent`
 
     @extend_schema(
         operation_id="approvals_reject",

@@ -86,6 +86,27 @@ def test_full_flow_over_the_api(api, funded):
     assert AuditEntry.objects.filter(entity_type="approval", entity_id=request_id).count() == 4
 
 
+def test_two_people_deciding_with_the_same_key_are_both_heard(api, funded):
+    """Keys are kept per merchant, but a decision is its person's: a second approver sending
+    the key the first used (a console deriving keys from the request id) must not get the
+    first one's answer replayed, with the request still waiting for them."""
+    maker = api("system", sub="ops-maker")
+    request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
+    url = f"/api/v1/approvals/{request_id}/approve"
+    first = api("ops_marketing", sub="ops-2").post(url, {}, key=f"approve-{request_id}")
+    assert first.json()["missing_roles"] == ["finance_ops"]
+    second = api("finance_ops", sub="fin-1").post(url, {}, key=f"approve-{request_id}")
+    assert second.status_code == 200
+    assert "Idempotent-Replayed" not in second.headers
+    assert second.json()["status"] == "executed"
+    assert adjustments() == 1
+    # Each person's own repeat is still a replay.
+    again = api("finance_ops", sub="fin-1").post(url, {}, key=f"approve-{request_id}")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["status"] == "executed"
+    assert adjustments() == 1
+
+
 def test_reject_needs_a_reason_over_the_api(api, funded):
     maker = api("system", sub="ops-maker")
     request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
