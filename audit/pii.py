@@ -45,6 +45,8 @@ FREE_TEXT_KEYS = frozenset(
     {
         "reason", "comment", "note", "notes", "description", "message", "text", "detail",
         "memo", "member_id", "user", "login", "attempted_username",
+        # An approval's target names its member: `balance:<program>:<member_id>`.
+        "target",
     }
 )  # fmt: skip
 

@@ -100,3 +100,22 @@ def test_invalid_ip_is_dropped_not_stored():
     entry.refresh_from_db()
     assert entry.ip is None
     assert audit_verify() == []
+
+
+def test_an_approval_target_naming_a_member_by_phone_is_scrubbed(program):
+    from approvals.services import approval_request_create
+
+    phone = "+221771234567"
+    approval_request_create(
+        operation="balance_adjustment",
+        program=program,
+        target=f"balance:{program.pk}:{phone}",
+        amount=Decimal("20000"),
+        actor=ACTOR,
+        payload={"program_id": str(program.pk), "member_id": phone, "points": "20000",
+                 "reason": "goodwill", "idempotency_key": "adj-1"},
+    )  # fmt: skip
+    entry = AuditEntry.objects.get(action="approval.request")
+    assert "771234567" not in json.dumps(entry.changes)
+    assert entry.changes["after"]["target"].startswith("balance:")
+    assert audit_verify() == []
