@@ -62,6 +62,11 @@ class ApprovalRequest(models.Model):
     target = models.CharField(max_length=200)
     maker_id = models.CharField(max_length=128)
     maker_role = models.CharField(max_length=32)
+    # Where the maker asked from: the executed change is audited in the maker's name, with
+    # the maker's own address, client and credential (not the last approver's).
+    maker_ip = models.GenericIPAddressField(null=True, blank=True)
+    maker_user_agent = models.CharField(max_length=400, blank=True, default="")
+    maker_credential_id = models.CharField(max_length=128, blank=True, default="")
     required_roles = models.JSONField()
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     result = models.JSONField(null=True, blank=True)

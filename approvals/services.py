@@ -23,7 +23,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from access.selectors import person_actor_ids
-from audit.services import audit_record
+from audit.integrity import normalise_ip
+from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX, audit_record
 from loyalty.actors import Actor
 from loyalty.errors import DomainError, NotFound, ValidationFailed
 from loyalty.models import Program
@@ -69,6 +70,9 @@ def approval_request_create(
                 target=target,
                 maker_id=actor.id,
                 maker_role=actor.role,
+                maker_ip=normalise_ip(actor.ip),
+                maker_user_agent=(actor.user_agent or "")[:USER_AGENT_MAX],
+                maker_credential_id=(actor.credential_id or "")[:CREDENTIAL_ID_MAX],
                 required_roles=list(policy.required_roles),
                 expires_at=timezone.now() + timedelta(hours=policy.ttl_hours),
             )
@@ -226,10 +230,15 @@ def _refuse_closed(request: ApprovalRequest) -> None:
 
 
 def _execute(request: ApprovalRequest, *, approver: Actor) -> None:
-    # The change is made in the maker's name (they asked for it); the approvals and this
-    # execution are audited in the approvers' names.
-    maker = Actor(id=request.maker_id, role=request.maker_role, ip=approver.ip,
-                  user_agent=approver.user_agent)  # fmt: skip
+    # The change is made in the maker's name, as the maker asked for it (address, client,
+    # credential); the approvals and this execution are audited in the approvers' names.
+    maker = Actor(
+        id=request.maker_id,
+        role=request.maker_role,
+        ip=request.maker_ip,
+        user_agent=request.maker_user_agent,
+        credential_id=request.maker_credential_id,
+    )
     spec = OPERATIONS[request.operation]
     try:
         with transaction.atomic():  # a savepoint: a refused operation leaves nothing behind

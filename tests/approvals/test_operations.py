@@ -132,3 +132,23 @@ def test_request_uses_the_policy_roles_at_creation(program, member, adjustment):
     approval_approve(request_id=request.pk, actor=FIN_1, roles=FIN)
     request.refresh_from_db()
     assert request.status == "executed"
+
+
+def test_the_executed_change_is_audited_as_the_maker_asked_for_it(program, adjustment):
+    """In the maker's name, from the maker's own address, client and credential: not the
+    maker's name with the last approver's address (two people in one entry)."""
+    from loyalty.actors import Actor
+
+    maker = Actor(id="ops-maker", role="ops_marketing", ip="10.0.0.1",
+                  user_agent="maker-console", credential_id="jwt:maker")  # fmt: skip
+    request = adjustment(maker=maker)
+    approval_approve(request_id=request.pk, roles=OPS, actor=Actor(
+        id="ops-2", role="ops_marketing", ip="10.9.9.9", user_agent="ops-console"))  # fmt: skip
+    approval_approve(request_id=request.pk, roles=FIN, actor=Actor(
+        id="fin-1", role="finance_ops", ip="10.8.8.8", user_agent="fin-console"))  # fmt: skip
+    change = AuditEntry.objects.get(action="transaction.manual_adjust")
+    assert (change.actor_id, change.ip, change.user_agent, change.credential_id) == (
+        "ops-maker", "10.0.0.1", "maker-console", "jwt:maker",
+    )  # fmt: skip
+    executed = AuditEntry.objects.get(action="approval.execute")
+    assert (executed.actor_id, executed.ip) == ("fin-1", "10.8.8.8")
