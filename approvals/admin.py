@@ -22,7 +22,7 @@ from loyalty.admin_actions import run_each
 from loyalty.roles import user_roles
 
 from .models import ApprovalPolicy, ApprovalRequest
-from .registry import policy_errors, policy_get
+from .registry import policy_errors, policy_get, policy_loosening
 from .selectors import approval_refusal
 from .services import (
     approval_approve,
@@ -189,6 +189,8 @@ class DecisionForm(forms.Form):
 
 
 class ApprovalPolicyForm(forms.ModelForm):
+    may_loosen = False  # set per user by ApprovalPolicyAdmin.get_form
+
     class Meta:
         model = ApprovalPolicy
         fields = ["operation", "enabled", "threshold", "required_roles", "ttl_hours"]
@@ -203,6 +205,13 @@ class ApprovalPolicyForm(forms.ModelForm):
             required_roles=list(roles) if isinstance(roles, list) else [],
             ttl_hours=data.get("ttl_hours"),
         )
+        if not errors and not self.may_loosen:
+            errors = policy_loosening(
+                operation=data.get("operation") or self.instance.operation,
+                enabled=data.get("enabled", False),
+                threshold=data.get("threshold"),
+                required_roles=list(roles),
+            )
         for field, problems in errors.items():
             self.add_error(field if field in self.fields else None, problems)
         return data
@@ -223,6 +232,12 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return ["operation"] if obj else []
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        # Finance tightens; loosening (fewer approvals) is a platform administrator's.
+        form.may_loosen = request.user.is_superuser
+        return form
 
     def has_delete_permission(self, request, obj=None):
         return False  # removing the row would silently fall back to settings: edit it instead
@@ -248,6 +263,6 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
             operation=data.get("operation", obj.operation), actor=request_actor(request),
             enabled=data["enabled"],
             threshold=data["threshold"], required_roles=list(data["required_roles"]),
-            ttl_hours=data["ttl_hours"],
+            ttl_hours=data["ttl_hours"], may_loosen=request.user.is_superuser,
         )  # fmt: skip
         obj.pk = saved.pk

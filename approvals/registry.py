@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 
+from access.permissions import ROLE_PERMISSIONS
 from loyalty.actors import Actor
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.models import Program
@@ -85,6 +86,13 @@ def policy_get(operation: str) -> Policy:
     return Policy(operation, row.enabled, row.threshold, tuple(row.required_roles), row.ttl_hours)
 
 
+# The roles whose people decide approvals (`approvals:decide`). Not `system`, which workers
+# and internal services hold: a machine credential approving would be no second person.
+DECIDING_ROLES = tuple(
+    role for role in ROLES if role != "system" and "approvals:decide" in ROLE_PERMISSIONS[role]
+)
+
+
 def policy_errors(
     *, operation: str, threshold: Decimal | None, required_roles: list[str], ttl_hours: int
 ) -> dict[str, list[str]]:
@@ -94,12 +102,41 @@ def policy_errors(
         errors["operation"] = [f"One of {Operation.values}."]
     if threshold is not None and threshold < 0:
         errors["threshold"] = ["Must not be negative."]
-    unknown = [r for r in required_roles if r not in ROLES]
+    unknown = [r for r in required_roles if r not in DECIDING_ROLES]
     if not required_roles or unknown or len(set(required_roles)) != len(required_roles):
-        errors["required_roles"] = [f"Distinct roles among {list(ROLES)}, at least one."]
+        errors["required_roles"] = [
+            f"Distinct roles among {list(DECIDING_ROLES)} (those who decide), at least one."
+        ]
     if ttl_hours is None or ttl_hours < 1:
         errors["ttl_hours"] = ["At least one hour."]
     return errors
+
+
+LOOSENING_NEEDS_PLATFORM_ADMIN = (
+    "Only a platform administrator (superuser) may loosen an approval policy: otherwise one "
+    "person could lift the control that needs two."
+)
+
+
+def policy_loosening(
+    *, operation: str, enabled: bool, threshold: Decimal | None, required_roles: list[str]
+) -> dict[str, list[str]]:
+    """The fields in which a new policy asks for fewer approvals than the one in force:
+    disabling it, a higher threshold (or one where there was none: "always"), a required
+    role dropped. Tightening (and the requests' time to live) is any finance person's."""
+    if operation not in Operation.values:
+        return {}
+    current = policy_get(operation)
+    if not current.enabled:
+        return {}  # nothing is enforced: any new policy asks for at least as much
+    loosened = {}
+    if not enabled:
+        loosened["enabled"] = [LOOSENING_NEEDS_PLATFORM_ADMIN]
+    elif threshold is not None and (current.threshold is None or threshold > current.threshold):
+        loosened["threshold"] = [LOOSENING_NEEDS_PLATFORM_ADMIN]
+    if set(current.required_roles) - set(required_roles):
+        loosened["required_roles"] = [LOOSENING_NEEDS_PLATFORM_ADMIN]
+    return loosened
 
 
 # --- payload validation -------------------------------------------------------------------

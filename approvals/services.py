@@ -38,7 +38,7 @@ from .errors import (
     RoleNotRequired,
 )
 from .models import Approval, ApprovalPolicy, ApprovalRequest
-from .registry import OPERATIONS, policy_errors, policy_get
+from .registry import OPERATIONS, policy_errors, policy_get, policy_loosening
 
 
 def approval_request_create(
@@ -177,12 +177,19 @@ def approval_policy_update(
     threshold: Decimal | None,
     required_roles: list[str],
     ttl_hours: int,
+    may_loosen: bool = False,
 ) -> ApprovalPolicy:
-    """Sets an operation's approval policy (finance); every change is audited."""
+    """Sets an operation's approval policy (finance); every change is audited. Only a caller
+    with `may_loosen` (a platform administrator) may ask for fewer approvals than now."""
     errors = policy_errors(
         operation=operation, threshold=threshold, required_roles=required_roles,
         ttl_hours=ttl_hours,
     )  # fmt: skip
+    if not errors and not may_loosen:
+        errors = policy_loosening(
+            operation=operation, enabled=enabled, threshold=threshold,
+            required_roles=required_roles,
+        )  # fmt: skip
     if errors:
         raise ValidationFailed(errors=errors)
     before = policy_get(operation)

@@ -105,16 +105,33 @@ def test_finance_edits_a_policy_through_the_audited_service(staff):
                             "ttl_hours": "24"})  # fmt: skip
     assert bad.status_code == 200
     assert ApprovalPolicy.objects.count() == 0
+    roles = '["ops_marketing", "finance_ops"]'
     ok = client.post(add, {"operation": "balance_adjustment", "enabled": "on",
-                           "threshold": "500", "required_roles": '["finance_ops"]',
+                           "threshold": "500", "required_roles": roles,
                            "ttl_hours": "24"})  # fmt: skip
     assert ok.status_code == 302
     policy = ApprovalPolicy.objects.get()
-    assert (str(policy.threshold), policy.required_roles) == ("500.00", ["finance_ops"])
+    assert (str(policy.threshold), policy.required_roles) == (
+        "500.00", ["ops_marketing", "finance_ops"],
+    )  # fmt: skip
     entry = AuditEntry.objects.get(action="approval_policy.update")
     assert entry.changes["after"]["threshold"] == "500"
     ops_client, _ = staff("ops", "ops_marketing")
     assert ops_client.post(add, {}).status_code == 403
+
+
+def test_finance_cannot_loosen_a_policy_in_the_console_a_superuser_can(staff, admin_client):
+    """A finance person disabling the adjustment policy, then adjusting alone: refused."""
+    client, _ = staff("fin", "finance_ops")
+    add = reverse("admin:approvals_approvalpolicy_add")
+    disabled = {"operation": "balance_adjustment", "threshold": "10000", "ttl_hours": "72",
+                "required_roles": '["ops_marketing", "finance_ops"]'}  # fmt: skip
+    refused = client.post(add, disabled)  # "enabled" unticked
+    assert refused.status_code == 200
+    assert "platform administrator" in refused.content.decode()
+    assert ApprovalPolicy.objects.count() == 0
+    assert admin_client.post(add, disabled).status_code == 302
+    assert ApprovalPolicy.objects.get().enabled is False
 
 
 def test_console_suspension_waits_for_approval_like_the_api(staff, program):

@@ -100,7 +100,7 @@ def test_policy_defaults_from_settings_and_database_override_is_audited():
     assert policy_get("program_suspend").needs_approval(None) is True
     approval_policy_update(
         operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("500"),
-        required_roles=["finance_ops"], ttl_hours=24,
+        required_roles=["finance_ops"], ttl_hours=24, may_loosen=True,
     )  # fmt: skip
     policy = policy_get("balance_adjustment")
     assert policy.needs_approval(Decimal("501"))
@@ -122,10 +122,44 @@ def test_invalid_policy_is_refused_and_nothing_changes():
     assert not AuditEntry.objects.filter(action="approval_policy.update").exists()
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"enabled": False}, {"threshold": Decimal("10000.01")}, {"required_roles": ["finance_ops"]},
+     {"required_roles": ["ops_marketing", "system"]}],
+    ids=["disable", "raise-threshold", "drop-a-role", "a-machine-role"],
+)  # fmt: skip
+def test_one_finance_person_cannot_loosen_a_policy(change):
+    """Otherwise one person switches off the control that needs two, then acts alone."""
+    policy = {"enabled": True, "threshold": Decimal("10000"),
+              "required_roles": ["ops_marketing", "finance_ops"], "ttl_hours": 72}  # fmt: skip
+    with pytest.raises(ValidationFailed) as refused:
+        approval_policy_update(operation="balance_adjustment", actor=FIN_1, **{**policy, **change})
+    assert set(refused.value.errors) == set(change)
+    assert ApprovalPolicy.objects.count() == 0
+    assert policy_get("balance_adjustment").needs_approval(Decimal("10000.01"))
+    # Tightening is theirs: a lower threshold, a shorter time to live.
+    approval_policy_update(operation="balance_adjustment", actor=FIN_1,
+                           **{**policy, "threshold": Decimal("500"), "ttl_hours": 24})  # fmt: skip
+    assert policy_get("balance_adjustment").needs_approval(Decimal("501"))
+
+
+def test_a_platform_administrator_may_loosen_a_policy_but_not_name_a_machine_role():
+    approval_policy_update(
+        operation="balance_adjustment", actor=FIN_1, enabled=False, threshold=None,
+        required_roles=["finance_ops"], ttl_hours=72, may_loosen=True,
+    )  # fmt: skip
+    assert not policy_get("balance_adjustment").needs_approval(Decimal("1000000"))
+    with pytest.raises(ValidationFailed):
+        approval_policy_update(
+            operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=None,
+            required_roles=["system"], ttl_hours=72, may_loosen=True,
+        )  # fmt: skip
+
+
 def test_request_uses_the_policy_roles_at_creation(program, member, adjustment):
     approval_policy_update(
         operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("100"),
-        required_roles=["finance_ops"], ttl_hours=1,
+        required_roles=["finance_ops"], ttl_hours=1, may_loosen=True,
     )  # fmt: skip
     request = adjustment()
     assert request.required_roles == ["finance_ops"]

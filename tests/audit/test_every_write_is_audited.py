@@ -252,7 +252,7 @@ def s_approval_policy_update(program, make_program):
     with audited("approval_policy"):
         approval_services.approval_policy_update(
             operation="balance_adjustment", actor=FIN, enabled=True, threshold=Decimal("5000"),
-            required_roles=["finance_ops"], ttl_hours=24,
+            required_roles=["ops_marketing", "finance_ops"], ttl_hours=24,
         )  # fmt: skip
 
 
