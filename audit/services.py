@@ -6,6 +6,7 @@ the entry's digest needs only the entry itself (see `audit.integrity`), and seal
 later, in the `audit_seal` job, over transactions that have finished.
 """
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,8 @@ from loyalty.actors import Actor
 from .integrity import GENESIS, audit_key, entry_digester, normalise_ip, scrubbed_json, seal_digest
 from .models import AuditEntry, AuditSeal
 from .pii import pii_scrub
+
+logger = logging.getLogger(__name__)
 
 USER_AGENT_MAX = 400
 CREDENTIAL_ID_MAX = 128
@@ -151,9 +154,17 @@ def audit_seal(*, max_entries: int = SEAL_MAX_ENTRIES) -> AuditSeal | None:
     """Seals the entries of every transaction finished since the last seal; None when there
     is nothing new or a concurrent run sealed first."""
     try:
-        return _seal_atomic(max_entries=max_entries)
+        seal = _seal_atomic(max_entries=max_entries)
     except IntegrityError:
         return None  # another run inserted the same `lo` (or `seq`) first
+    if seal is not None:
+        # Committed. The log leaves the database: a record of the chain's head that a DB
+        # owner deleting the newest seals (and sealing the gap again) cannot rewrite; it is
+        # what `audit_verify --anchor SEQ:DIGEST` checks against.
+        logger.info(
+            "audit.seal seq=%d digest=%s entries=%d", seal.seq, seal.digest, seal.entry_count
+        )
+    return seal
 
 
 @transaction.atomic(durable=True)

@@ -3,6 +3,11 @@
 Checks, in order: every seal's chain link and range, each entry's keyed digest against its
 content (naming the first entry that does not match), each seal's digest over its entries
 (entries removed or inserted), then the digests of the entries not sealed yet.
+
+What the database alone cannot show: the newest seals deleted with what they covered, and the
+gap sealed again (the chain is whole again). Each seal is logged when written
+(`audit.seal seq=... digest=...`); a seal recorded outside the database that way and passed
+as an anchor must still be there with its digest.
 """
 
 from dataclasses import dataclass
@@ -16,15 +21,16 @@ CHUNK = 2000
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # entry_altered | seal_mismatch | seal_chain_broken
+    kind: str  # entry_altered | seal_mismatch | seal_chain_broken | anchor_missing
     message: str
     entry_id: int | None = None
     seal_seq: int | None = None
 
 
-def audit_verify(*, limit: int = 20) -> list[Finding]:
-    """Up to `limit` findings, the first one first; an empty list means the trail is intact."""
-    findings: list[Finding] = []
+def audit_verify(*, limit: int = 20, anchors: tuple[tuple[int, str], ...] = ()) -> list[Finding]:
+    """Up to `limit` findings, the first one first; an empty list means the trail is intact.
+    `anchors`: (seq, digest) of seals recorded outside the database, which must be there."""
+    findings: list[Finding] = _anchor_findings(anchors)
     prev_digest, expected_lo, expected_seq = GENESIS, 0, 1
     for seal in AuditSeal.objects.order_by("seq").iterator(chunk_size=CHUNK):
         if (seal.seq, seal.prev_digest, seal.lo) != (expected_seq, prev_digest, expected_lo):
@@ -66,6 +72,23 @@ def audit_verify(*, limit: int = 20) -> list[Finding]:
         if len(findings) >= limit:
             break
     return findings[:limit]
+
+
+def _anchor_findings(anchors: tuple[tuple[int, str], ...]) -> list[Finding]:
+    findings = []
+    for seq, digest in anchors:
+        held = AuditSeal.objects.filter(seq=seq).values_list("digest", flat=True).first()
+        if held != digest:
+            state = "is missing" if held is None else f"now has digest {held}"
+            findings.append(
+                Finding(
+                    "anchor_missing",
+                    f"seal {seq}, recorded outside the database with digest {digest}, {state}: "
+                    "seals were deleted or rewritten",
+                    seal_seq=seq,
+                )
+            )
+    return findings
 
 
 def _check_entry(entry: AuditEntry, findings: list[Finding]) -> None:

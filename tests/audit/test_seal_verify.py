@@ -3,6 +3,7 @@
 Sealing needs committed data (a seal never covers a running transaction), so these tests
 commit for real (`transaction=True`)."""
 
+import io
 import threading
 
 import pytest
@@ -208,3 +209,40 @@ def test_verify_catches_a_forged_entry_with_a_made_up_digest():
 def _covered(seal: AuditSeal):
     key = "txid" if seal.basis == "txid" else "id"
     return AuditEntry.objects.filter(**{f"{key}__gte": seal.lo, f"{key}__lt": seal.hi})
+
+
+@pytest.mark.postgres
+def test_deleted_newest_seals_sealed_again_show_against_an_anchor_kept_outside(caplog):
+    """A database owner deletes an entry, the seal over it and every seal after, and lets
+    the seal job seal the gap again: the chain is whole, so only a seal recorded outside the
+    database (the seal job's log, or what `audit_verify` printed) can show it."""
+    seals = []
+    with caplog.at_level("INFO", logger="audit.services"):
+        for _ in range(4):
+            with transaction.atomic():
+                record(1)
+            seals += seal_all()  # one seal per entry
+    assert len(seals) == 4
+    newest = seals[-1]
+    assert f"audit.seal seq={newest.seq} digest={newest.digest}" in caplog.text
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert f"--anchor {newest.seq}:{newest.digest}" in out.getvalue()
+
+    removed = AuditEntry.objects.order_by("id")[1]
+    with transaction.atomic(), connection.cursor() as cursor:
+        for table in (AuditEntry._meta.db_table, AuditSeal._meta.db_table):
+            cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        cursor.execute(f"DELETE FROM {AuditEntry._meta.db_table} WHERE id = %s", [removed.pk])  # noqa: S608
+        cursor.execute(f"DELETE FROM {AuditSeal._meta.db_table} WHERE seq >= %s", [2])  # noqa: S608
+        for table in (AuditEntry._meta.db_table, AuditSeal._meta.db_table):
+            cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    seal_all()
+    assert audit_verify() == []  # what the database alone shows
+
+    findings = audit_verify(anchors=((newest.seq, newest.digest),))
+    assert [f.kind for f in findings] == ["anchor_missing"]
+    with pytest.raises(CommandError):
+        call_command(
+            "audit_verify", "--anchor", f"{newest.seq}:{newest.digest}", stderr=io.StringIO()
+        )

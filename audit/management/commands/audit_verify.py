@@ -1,3 +1,5 @@
+import argparse
+
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.models import AuditEntry, AuditSeal
@@ -12,14 +14,29 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--limit", type=int, default=20, help="Findings shown at most.")
+        parser.add_argument(
+            "--anchor",
+            action="append",
+            default=[],
+            type=_anchor,
+            metavar="SEQ:DIGEST",
+            help="A seal recorded outside the database (the seal job logs each one, and this "
+            "command prints the newest): it must still be there with this digest. Repeatable.",
+        )
 
-    def handle(self, *args, limit, **options):
-        findings = audit_verify(limit=limit)
+    def handle(self, *args, limit, anchor, **options):
+        findings = audit_verify(limit=limit, anchors=tuple(anchor))
         entries, seals = AuditEntry.objects.count(), AuditSeal.objects.count()
         if not findings:
             self.stdout.write(
                 self.style.SUCCESS(f"OK: {entries} audit entries, {seals} seals verified.")
             )
+            newest = AuditSeal.objects.order_by("-seq").first()
+            if newest is not None:
+                self.stdout.write(
+                    f"Newest seal: --anchor {newest.seq}:{newest.digest} (keep it outside the "
+                    "database and pass it next time: deleted seals then show)."
+                )
             return
         self.stderr.write(f"FIRST MISMATCH: {findings[0].message}")
         for finding in findings[1:]:
@@ -27,3 +44,10 @@ class Command(BaseCommand):
         raise CommandError(
             f"{len(findings)} finding(s) over {entries} audit entries and {seals} seals."
         )
+
+
+def _anchor(text: str) -> tuple[int, str]:
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise argparse.ArgumentTypeError("SEQ:DIGEST, a seal number and its 64-hex digest")
+    return int(seq), digest.lower()
