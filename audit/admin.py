@@ -9,6 +9,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
+from . import admin_users  # noqa: F401  (staff users and roles, audited)
 from .models import AuditEntry, AuditSeal
 
 

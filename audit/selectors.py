@@ -13,7 +13,7 @@ from .models import AuditEntry
 ENTITY_TYPES = (
     "program", "balance", "transaction", "redemption", "voucher", "campaign", "approval",
     "webhook_endpoint", "user", "approval_policy", "job", "tier_snapshot", "api_key",
-    "staff_identity", "merchant",
+    "staff_identity", "merchant", "group",
 )  # fmt: skip
 
 

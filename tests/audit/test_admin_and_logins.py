@@ -104,3 +104,49 @@ def test_auditor_browses_filters_and_searches(user_in):
 def test_roles_without_audit_view_cannot_open_it(user_in):
     client = login(user_in("ops_marketing"))
     assert client.get(reverse("admin:audit_auditentry_changelist")).status_code == 403
+
+
+def _user_form(client, user) -> dict:
+    """The admin's change form of `user` as the page fills it in."""
+    form = client.get(reverse("admin:auth_user_change", args=[user.pk])).context["adminform"].form
+    data = {}
+    for name, field in form.fields.items():
+        value = form.initial.get(name, field.initial)
+        if value is None or name in ("password", "last_login", "date_joined"):
+            continue
+        if isinstance(value, list | tuple) or hasattr(value, "all"):
+            data[name] = [
+                getattr(v, "pk", v) for v in (value.all() if hasattr(value, "all") else value)
+            ]
+        elif isinstance(value, bool):
+            if value:
+                data[name] = "on"
+        else:
+            data[name] = value
+    data.update({"date_joined_0": "2026-11-28", "date_joined_1": "10:00:00"})
+    return data
+
+
+def test_a_staff_users_roles_changed_in_the_admin_are_audited(user_in):
+    """Groups are roles (who may adjust, change budgets, approve): giving one is a write."""
+    from django.contrib.auth.models import Group
+
+    root = user_in(None, superuser=True)
+    bob = make_user("bob@molam.example", "ops_marketing")
+    client = login(root)
+    data = _user_form(client, bob)
+    data["groups"] = [Group.objects.get(name="finance_ops").pk]
+    response = client.post(reverse("admin:auth_user_change", args=[bob.pk]), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert list(bob.groups.values_list("name", flat=True)) == ["finance_ops"]
+    entry = AuditEntry.objects.get(action="user.update", entity_id=str(bob.pk))
+    assert entry.changes["before"]["groups"] == ["ops_marketing"]
+    assert entry.changes["after"]["groups"] == ["finance_ops"]
+    assert "bob@molam.example" not in str(entry.changes)  # the username is fingerprinted
+    assert (entry.actor_id, entry.ip) == (f"user:{root.pk}", "10.1.2.3")
+
+    password = reverse("admin:auth_user_password_change", args=[bob.pk])
+    changed = client.post(password, {"password1": "a-new-pw-2026!", "password2": "a-new-pw-2026!",
+                                     "usable_password": "true"})  # fmt: skip
+    assert changed.status_code == 302
+    assert AuditEntry.objects.filter(action="user.password_change", entity_id=str(bob.pk)).exists()

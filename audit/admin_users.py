@@ -1,0 +1,102 @@
+"""Staff users and their roles, changed in the admin, audited.
+
+A user's groups are their roles: who may adjust balances, change budgets, approve. Django's
+own user admin writes them with no trace, so it is replaced by one that records each change
+(the state before and after: roles, staff and superuser flags, active, direct permissions;
+a password change as the fact alone, never the hash)."""
+
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from .services import audit_record
+
+User = get_user_model()
+
+
+def _user_state(user) -> dict:
+    return {
+        "username": user.get_username(),  # fingerprinted in the trail (audit.pii)
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "is_superuser": user.is_superuser,
+        "groups": sorted(user.groups.values_list("name", flat=True)),
+        "user_permissions": sorted(
+            f"{app}.{codename}"
+            for app, codename in user.user_permissions.values_list(
+                "content_type__app_label", "codename"
+            )
+        ),
+    }
+
+
+def _actor(request):
+    from access.selectors import staff_actor  # late: imports models while apps load
+
+    return staff_actor(request.user, request)
+
+
+class AuditedUserAdmin(UserAdmin):
+    def save_model(self, request, obj, form, change):
+        # Read before the form's values are saved (the groups are saved after, by
+        # save_related, where the entry is written).
+        request.audit_user_before = (
+            _user_state(User.objects.get(pk=obj.pk)) if change and obj.pk else None
+        )
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        before = getattr(request, "audit_user_before", None)
+        after = _user_state(form.instance)
+        if change and before == after:
+            return  # nothing of what the trail records changed
+        audit_record(
+            actor=_actor(request),
+            action="user.update" if change else "user.create",
+            entity_type="user",
+            entity_id=form.instance.pk,
+            before=before,
+            after=after,
+        )
+
+    def user_change_password(self, request, id, form_url=""):
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            with transaction.atomic():
+                audit_record(
+                    actor=_actor(request),
+                    action="user.password_change",
+                    entity_type="user",
+                    entity_id=id,
+                )
+        return response
+
+
+class AuditedGroupAdmin(GroupAdmin):
+    """A role's admin permissions (loyalty.roles sets them; a change here is audited)."""
+
+    def save_related(self, request, form, formsets, change):
+        before = (
+            sorted(form.instance.permissions.values_list("codename", flat=True)) if change else []
+        )
+        super().save_related(request, form, formsets, change)
+        after = sorted(form.instance.permissions.values_list("codename", flat=True))
+        if change and before == after and "name" not in form.changed_data:
+            return
+        audit_record(
+            actor=_actor(request),
+            action="group.update" if change else "group.create",
+            entity_type="group",
+            entity_id=form.instance.pk,
+            before={"permissions": before} if change else None,
+            after={"name": form.instance.name, "permissions": after},
+        )
+
+
+for model, model_admin in ((User, AuditedUserAdmin), (Group, AuditedGroupAdmin)):
+    if admin.site.is_registered(model):
+        admin.site.unregister(model)
+    admin.site.register(model, model_admin)
