@@ -7,6 +7,7 @@ and are audited there.
 
 import json
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.html import format_html_join
@@ -18,7 +19,7 @@ from access.selectors import staff_actor
 from .actors import Actor
 from .admin_actions import run_each
 from .admin_jobs import JOB_ACTIONS, ROLLBACK_ACTIONS, JobActionsMixin, TierRollbackMixin
-from .errors import DomainError
+from .errors import DomainError, ValidationFailed
 from .models import (
     BudgetShard,
     Campaign,
@@ -45,7 +46,7 @@ from .services import (
 )
 from .services.budget import budget_spent as program_budget_spent
 from .services.budget import with_budget_spent
-from .services.programs import UPDATABLE_FIELDS, program_status_check
+from .services.programs import UPDATABLE_FIELDS, program_status_check, tier_cycle_date_check
 
 
 def request_actor(request) -> Actor:
@@ -126,8 +127,27 @@ class MerchantAdmin(ScopedAdmin):
         return False
 
 
+class ProgramAdminForm(forms.ModelForm):
+    """The service's rules that a form can show against their field rather than as an error
+    page: a tier cycle date being set is the program's local today or later."""
+
+    def clean(self):
+        data = super().clean()
+        try:
+            tier_cycle_date_check(
+                data.get("tier_cycle_date"),
+                zone=data.get("timezone") or self.instance.timezone,
+                stored=self.instance.tier_cycle_date if self.instance.pk else None,
+            )
+        except ValidationFailed as error:
+            for field, problems in error.errors.items():
+                self.add_error(field, problems)
+        return data
+
+
 @admin.register(Program)
 class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
+    form = ProgramAdminForm
     merchant_path = "merchant"
     list_display = ["name", "merchant", "currency", "status", "earn_rate", "budget_limit",
                     "budget_spent", "created_at"]  # fmt: skip

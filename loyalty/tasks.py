@@ -7,12 +7,18 @@ migration `loyalty.0003_beat_schedules`); manual triggers create a job and send 
 from celery import shared_task
 
 from .models import Job
-from .services.jobs import job_run, job_run_scheduled
+from .services.jobs import job_run, job_run_scheduled, jobs_reap_stale
 
 
 @shared_task(name="loyalty.job_run", acks_late=True)
 def job_run_task(job_id: str) -> str:
     return job_run(job_id=job_id).status
+
+
+@shared_task(name="loyalty.jobs_reap_stale")
+def jobs_reap_stale_task() -> int:
+    """Marks failed the jobs whose worker died or whose task was lost; returns how many."""
+    return jobs_reap_stale()
 
 
 def _scheduled(kind: str) -> str | None:

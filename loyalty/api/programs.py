@@ -14,7 +14,7 @@ from ..errors import ValidationFailed
 from ..models import Program
 from ..services import TierInput, program_create, program_set_status, program_update
 from ..services.budget import with_budget_spent
-from ..services.programs import budget_limit_check, program_status_check
+from ..services.programs import budget_limit_check, program_status_check, tier_cycle_date_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (
@@ -135,6 +135,12 @@ class ProgramDetailApi(LoyaltyApi):
             raise PermissionDenied("Changing a program needs the programs:write permission.")
         program = program_get_for_caller(caller=caller, program_id=program_id)
         budget_limit_check(changes.get("budget_limit"), program.currency)
+        # Before the gate too: no approval request for a date the service would refuse.
+        tier_cycle_date_check(
+            changes.get("tier_cycle_date"),
+            zone=changes.get("timezone", program.timezone),
+            stored=program.tier_cycle_date,
+        )
         if budget and changes["budget_limit"] != program.budget_limit:
             old, new = program.budget_limit, changes["budget_limit"]
             pending = approval_gate(

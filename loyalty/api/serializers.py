@@ -451,7 +451,9 @@ class ProgramFieldsSerializer(StrictInput):
         required=False,
         allow_null=True,
         help_text="The day (in the program's time zone) of the next yearly tier review, "
-        "when members may move down; the review moves it on a year. Null: no review.",
+        "when members may move down: today or later there (a past date is a 400, unless it "
+        "is the one the program already has); each review moves it to its first yearly date "
+        "after that day. Null: no review.",
     )
     tiers = TierInputSerializer(many=True, required=False, min_length=1, max_length=20)
     sira_settings = JSONObject(required=False)

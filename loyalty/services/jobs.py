@@ -4,8 +4,11 @@ hold and approval expiry), with its progress, counts and how it ended.
 A job runs in chunks, each chunk its own short transaction that also records the job's
 progress, so a crash loses at most the chunk in flight and a re-run finishes the rest. Two
 active runs of the same kind for the same program and local day cannot exist: `run_key` is
-unique while a job is queued or running (a partial unique index), and a run whose heartbeat
-stopped long ago (a killed worker) is marked failed so the day is not blocked forever.
+unique while a job is queued or running (a partial unique index). A run whose heartbeat stopped
+long ago (a killed worker), or a queued job no worker ever started (its task message was lost),
+is marked failed ("abandoned"): by the next run of its kind and program, whatever its day, and
+by a sweep that beat runs every few minutes (`jobs_reap_stale`), so no job says "running"
+forever.
 """
 
 import logging
@@ -66,7 +69,12 @@ def job_create(
     if kind not in Job.Kind.values:
         raise NotFound(f"Unknown job kind {kind!r}.")
     run_key = job_run_key(kind=kind, program=program)
-    _reap_stale(run_key)
+    # Any day's: a run that died yesterday has another key, and would else stay "running".
+    same = Job.objects.filter(kind=kind)
+    if program is not None:
+        _reap_stale(same.filter(program=program))
+    else:
+        _reap_stale(same.filter(program__isnull=True))
     try:
         with transaction.atomic():
             job = Job.objects.create(
@@ -91,15 +99,48 @@ def job_create(
     return job
 
 
-def _reap_stale(run_key: str) -> None:
-    """Fails an active run of this key whose heartbeat stopped (its worker died)."""
-    cutoff = timezone.now() - _stale_after()
-    for job in Job.objects.select_for_update().filter(run_key=run_key, status__in=ACTIVE):
-        if _last_beat(job) < cutoff:
-            job.status = Job.Status.FAILED
-            job.error = "abandoned: no progress since " + _last_beat(job).isoformat()
-            job.finished_at = timezone.now()
-            job.save(update_fields=["status", "error", "finished_at"])
+@transaction.atomic(durable=True)
+def jobs_reap_stale() -> int:
+    """The sweep beat runs (`loyalty.jobs_reap_stale`): marks failed every queued or running
+    job whose heartbeat (or, never started, whose creation) is older than
+    `LOYALTY_JOB_STALE_SECONDS`; returns how many. A job a live worker is writing (its row
+    locked) is skipped: it is not stale."""
+    # `run_key <> ''` (every job has one) lets PostgreSQL read the partial index of the
+    # active jobs rather than the whole table.
+    active = Job.objects.exclude(run_key="")
+    return _reap_stale(active, skip_locked=True)
+
+
+def _reap_stale(jobs: models.QuerySet, *, skip_locked: bool = False) -> int:
+    """Fails the active ones of `jobs` whose heartbeat stopped (their worker died) or that
+    no worker started (their task was lost), in the caller's transaction. The row lock and
+    the re-read under it keep this exact against `job_run`: a claim or a takeover that wrote
+    a fresh heartbeat first is seen here and left alone, and one that comes after finds the
+    job failed and does nothing."""
+    now = timezone.now()
+    cutoff = now - _stale_after()
+    reaped = 0
+    locked = jobs.select_for_update(skip_locked=skip_locked).filter(status__in=ACTIVE)
+    for job in locked.order_by("created_at", "pk"):
+        beat = _last_beat(job)
+        if beat >= cutoff:
+            continue
+        if job.status == Job.Status.QUEUED:
+            job.error = (
+                f"abandoned: queued at {beat.isoformat()} and never started by a worker "
+                f"within {settings.LOYALTY_JOB_STALE_SECONDS} s (its task was lost)"
+            )
+        else:
+            job.error = (
+                f"abandoned: no progress since {beat.isoformat()}, over "
+                f"{settings.LOYALTY_JOB_STALE_SECONDS} s (its worker died)"
+            )
+        job.status = Job.Status.FAILED
+        job.finished_at = now
+        job.save(update_fields=["status", "error", "finished_at"])
+        logger.warning("job %s (%s, %s) %s", job.pk, job.kind, job.run_key, job.error)
+        reaped += 1
+    return reaped
 
 
 def _last_beat(job: Job):

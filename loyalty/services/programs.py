@@ -1,17 +1,20 @@
 """Programs and their tiers; member freeze. Every write is audited in its own transaction."""
 
+import zoneinfo
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
 from audit.services import audit_record
 from sira.scoring import sira_settings_resolve
 
 from ..actors import Actor
 from ..errors import InvalidState, NotFound, ValidationFailed
-from ..models import MemberBalance, Merchant, Program, Tier
+from ..models import MemberBalance, Merchant, Program, Tier, validate_timezone
 from ..money import CURRENCY_EXPONENTS, is_exact_money, money_quantum
 from .balances import balance_lock
 from .budget import budget_set_limit, budget_shards_create
@@ -67,6 +70,7 @@ def program_create(
     merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
     program = Program(merchant=merchant, name=name, currency=currency, **fields)
     _full_clean(program)
+    tier_cycle_date_check(program.tier_cycle_date, zone=program.timezone)
     program.save()
     tiers = tiers or [TierInput(**t) for t in DEFAULT_TIERS]
     _tiers_replace(program, tiers)
@@ -117,6 +121,29 @@ def budget_limit_check(limit: Decimal | None, currency: str) -> None:
         )
 
 
+def tier_cycle_date_check(value: date | None, *, zone: str, stored: date | None = None) -> None:
+    """A tier cycle date being set is the program's local today or later: the review runs
+    once on it, and a date in the past would review (and may take members down) at the next
+    run, on a day nobody chose. Null (no review) is fine, and so is the date already stored,
+    sent back unchanged (a program read with GET and PATCHed back): the review moves it on."""
+    if value is None or value == stored:
+        return
+    try:
+        validate_timezone(zone)
+    except ValidationError:
+        return  # the time zone's own error is reported by full_clean
+    today = timezone.localdate(timezone=zoneinfo.ZoneInfo(zone))
+    if value < today:
+        raise ValidationFailed(
+            errors={
+                "tier_cycle_date": [
+                    f"Must be today ({today.isoformat()} in {zone}) or later: the day of "
+                    "the next tier review."
+                ]
+            }
+        )
+
+
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
@@ -148,9 +175,11 @@ def program_update(
         raise ValidationFailed(errors={f: ["This field cannot be changed."] for f in unknown})
     program = _program_lock(program_id)
     before = program_snapshot(program)
+    stored_cycle = program.tier_cycle_date
     for field, value in changes.items():
         setattr(program, field, value)
     _full_clean(program)
+    tier_cycle_date_check(program.tier_cycle_date, zone=program.timezone, stored=stored_cycle)
     program.save(update_fields=[*changes, "updated_at"])
     if "budget_limit" in changes:
         budget_set_limit(program=program, limit=program.budget_limit)

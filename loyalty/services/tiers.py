@@ -5,7 +5,8 @@ Thresholds are by points or by spend (`program.tier_basis`). With the default do
 redeeming does not cost a tier) or lifetime spend. With `one_down` or `recalculate` a tier is
 earned in a qualifying window (`tier_qualifying_days`): members still move up daily on their
 window total, and at the tier-cycle date every member is re-assessed on it (one tier down at
-most, or straight to the qualified tier) and the cycle date moves on a year.
+most, or straight to the qualified tier) and the cycle date moves on to its first yearly date
+after that day (one review per run, however late the run).
 
 The job reads a chunk of balances (keyset on id) without locks, finds the members whose tier
 changes, then locks only those rows (in id order, the order every service uses), recomputes
@@ -172,14 +173,14 @@ def tiers_evaluate(*, job: Job, tracker: JobTracker) -> None:
         ladder = tier_ladder(program)
         if len(ladder.names) < 2:
             return
-        cycle = program.tier_cycle_date
+        cycle, today = program.tier_cycle_date, program_local_date(program)
         if (
             program.tier_downgrade_policy != Program.DowngradePolicy.NONE
             and cycle is not None
-            and program_local_date(program) >= cycle
+            and today >= cycle
         ):
             _pass(program, ladder, CYCLE, cycle, job, tracker, actor)
-            _cycle_advance(program=program, cycle=cycle, actor=actor)
+            _cycle_advance(program=program, cycle=cycle, today=today, actor=actor)
         _pass(program, ladder, UPGRADE, None, job, tracker, actor)
 
     each_part(job, tracker, job_programs(job), evaluate)
@@ -271,19 +272,32 @@ def _event(program: Program, balance: MemberBalance, snapshot: TierSnapshot, ver
     )
 
 
-def _next_cycle(cycle: date) -> date:
-    year = cycle.year + 1
-    return cycle.replace(year=year, day=min(cycle.day, calendar.monthrange(year, cycle.month)[1]))
+def _next_cycle(cycle: date, today: date) -> date:
+    """The first yearly date of `cycle` strictly after `today` (a 29 February cycle falls on
+    the 28th in other years): one review per run however late it is, never one per year
+    missed (a date years in the past would otherwise review, and take members one tier down,
+    on each of the following days)."""
+    years = max(1, today.year - cycle.year)
+    while True:
+        year = cycle.year + years
+        anniversary = date(
+            year, cycle.month, min(cycle.day, calendar.monthrange(year, cycle.month)[1])
+        )
+        if anniversary > today:
+            return anniversary
+        years += 1
 
 
 @transaction.atomic(durable=True)
-def _cycle_advance(*, program: Program, cycle: date, actor: Actor) -> None:
-    """Moves the cycle date on a year once every member has been re-assessed."""
+def _cycle_advance(*, program: Program, cycle: date, today: date, actor: Actor) -> None:
+    """Moves the cycle date on to its next yearly date after `today` (the program's local day
+    of the review) once every member has been re-assessed."""
+    next_cycle = _next_cycle(cycle, today)
     moved = Program.objects.filter(pk=program.pk, tier_cycle_date=cycle).update(
-        tier_cycle_date=_next_cycle(cycle), updated_at=timezone.now()
+        tier_cycle_date=next_cycle, updated_at=timezone.now()
     )
     if moved:
-        program.tier_cycle_date = _next_cycle(cycle)
+        program.tier_cycle_date = next_cycle
         audit_record(
             actor=actor,
             action="program.tier_cycle",

@@ -1,9 +1,10 @@
 """Programs and campaigns over HTTP: create, read, update, suspend; budget changes; scope."""
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.utils import timezone
 
 from audit.models import AuditEntry
@@ -14,6 +15,11 @@ from .conftest import OTHER, OWN
 from .test_ledger_api import assert_gated
 
 pytestmark = pytest.mark.django_db
+
+
+def _on(iso: str):
+    return time_machine.travel(datetime.fromisoformat(iso), tick=False)
+
 
 PROGRAM = {
     "merchant_id": OWN, "name": "Eats Rewards", "currency": "XOF", "timezone": "Africa/Dakar",
@@ -117,6 +123,7 @@ def test_a_tier_rank_that_its_thresholds_do_not_give_is_400_and_changes_nothing(
     assert client.get(url).json()["tiers"] == before
 
 
+@_on("2026-06-01T12:00:00+00:00")
 def test_the_tier_review_date_is_read_set_and_cleared(api, own_program):
     client = api("ops_marketing")
     url = f"/api/v1/programs/{own_program.pk}"
@@ -131,6 +138,74 @@ def test_the_tier_review_date_is_read_set_and_cleared(api, own_program):
         assert refused.status_code == 400, bad
         assert "tier_cycle_date" in refused.json()["errors"]
     assert client.patch(url, {"tier_cycle_date": None}).json()["tier_cycle_date"] is None
+
+
+def test_a_tier_review_date_before_the_programs_today_is_400_and_changes_nothing(api, make_program):
+    # 02:00 UTC on 28 November: still the 27th in New York, already the 28th in Dakar.
+    with _on("2026-11-28T02:00:00+00:00"):
+        new_york = make_program(
+            merchant_id=OWN, timezone="America/New_York", tier_cycle_date=date(2027, 1, 1)
+        )
+        dakar = make_program(merchant_id=OWN, name="Dakar")
+        client = api("ops_marketing")
+        for program, past in ((new_york, "2026-11-26"), (dakar, "2026-11-27")):
+            url = f"/api/v1/programs/{program.pk}"
+            before = client.get(url).json()
+            refused = client.patch(url, {"tier_cycle_date": past, "name": "Renamed"})
+            body = refused.json()
+            assert (refused.status_code, body["code"]) == (400, "validation_error"), body
+            assert list(body["errors"]) == ["tier_cycle_date"]
+            assert client.get(url).json() == before
+        assert not AuditEntry.objects.filter(action="program.update").exists()
+
+        # The program's own today, or later, is accepted; null (no review) too.
+        for program, day in (
+            (new_york, "2026-11-27"),
+            (dakar, "2026-11-28"),
+            (dakar, "2030-02-28"),
+        ):
+            response = client.patch(f"/api/v1/programs/{program.pk}", {"tier_cycle_date": day})
+            assert (response.status_code, response.json()["tier_cycle_date"]) == (200, day)
+        cleared = client.patch(f"/api/v1/programs/{dakar.pk}", {"tier_cycle_date": None})
+        assert (cleared.status_code, cleared.json()["tier_cycle_date"]) == (200, None)
+        # A time zone changed in the same PATCH is the one whose today counts.
+        moved = client.patch(
+            f"/api/v1/programs/{dakar.pk}",
+            {"timezone": "America/New_York", "tier_cycle_date": "2026-11-27"},
+        )
+        assert (moved.status_code, moved.json()["tier_cycle_date"]) == (200, "2026-11-27")
+
+        # At creation too.
+        created = client.post("/api/v1/programs", {**PROGRAM, "tier_cycle_date": "2026-11-27"})
+        assert (created.status_code, list(created.json()["errors"])) == (400, ["tier_cycle_date"])
+        today = client.post("/api/v1/programs", {**PROGRAM, "tier_cycle_date": "2026-11-28"})
+        assert (today.status_code, today.json()["tier_cycle_date"]) == (201, "2026-11-28")
+
+
+def test_a_stored_review_date_now_past_can_be_sent_back_unchanged(api, own_program):
+    """A program read with GET and sent back in a PATCH: the date the program already has
+    (passed since, while no review ran) is not a date being set."""
+    Program.objects.filter(pk=own_program.pk).update(tier_cycle_date=date(2024, 1, 1))
+    client = api("ops_marketing")
+    url = f"/api/v1/programs/{own_program.pk}"
+    body = client.get(url).json()
+    fields = {k: body[k] for k in ("name", "earn_rate", "tier_cycle_date", "tiers")}
+    response = client.patch(url, {**fields, "name": "Renamed"})
+    assert response.status_code == 200, response.json()
+    assert response.json()["tier_cycle_date"] == "2024-01-01"
+    assert client.patch(url, {"tier_cycle_date": "2024-01-02"}).status_code == 400
+
+
+def test_a_past_review_date_with_a_gated_budget_change_files_no_approval_request(api, make_program):
+    from approvals.models import ApprovalRequest
+
+    program = make_program(merchant_id=OWN, budget_limit=Decimal("100000"))
+    response = api("system").patch(
+        f"/api/v1/programs/{program.pk}",
+        {"budget_limit": "200001", "tier_cycle_date": "2020-01-01"},
+    )
+    assert (response.status_code, list(response.json()["errors"])) == (400, ["tier_cycle_date"])
+    assert not ApprovalRequest.objects.exists()
 
 
 def test_budget_change_needs_budgets_permission_and_approval_above_threshold(api, make_program):

@@ -1,8 +1,10 @@
 """Each registered operation runs through approval; policies come from the database."""
 
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.test import override_settings
 
 from approvals.models import ApprovalPolicy
@@ -186,3 +188,19 @@ def test_the_executed_change_is_audited_as_the_maker_asked_for_it(program, adjus
     )  # fmt: skip
     executed = AuditEntry.objects.get(action="approval.execute")
     assert (executed.actor_id, executed.ip) == ("fin-1", "10.8.8.8")
+
+
+def test_budget_change_with_a_review_date_passed_before_approval_fails(program):
+    """Filed with the program's today as its tier review date, approved the day after: the
+    date is now in the past, so the change is refused whole, as the API would refuse it."""
+    changes = {"budget_limit": "900000", "tier_cycle_date": "2026-11-28"}
+    with time_machine.travel(datetime.fromisoformat("2026-11-28T20:00:00+00:00"), tick=False):
+        payload = {"program_id": str(program.pk), "changes": changes}
+        request = make(
+            program, "budget_change", payload, f"program:{program.pk}", amount=Decimal("900000")
+        )
+    with time_machine.travel(datetime.fromisoformat("2026-11-29T09:00:00+00:00"), tick=False):
+        request = approve_fully(request)
+    assert (request.status, request.error_code) == ("failed", "validation_error")
+    program = Program.objects.get(pk=program.pk)
+    assert (program.budget_limit, program.tier_cycle_date) == (None, None)

@@ -12,8 +12,15 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from loyalty.actors import system_actor
 from loyalty.models import Campaign, CampaignAward, Job, LedgerEntry, MemberBalance, Redemption
-from loyalty.services.jobs import JobAlreadyRunning, job_create, job_run, job_run_key
+from loyalty.services.jobs import (
+    JobAlreadyRunning,
+    job_create,
+    job_run,
+    job_run_key,
+    jobs_reap_stale,
+)
 from loyalty.verify import ledger_verify
+from tests.api.conftest import OWN
 from tests.conftest import hold
 
 pytestmark = pytest.mark.django_db
@@ -59,6 +66,126 @@ def test_abandoned_run_does_not_block_the_day(program):
     assert dead.status == Job.Status.FAILED
     assert dead.error.startswith("abandoned")
     assert fresh.status == Job.Status.QUEUED
+
+
+def _at(iso: str):
+    return time_machine.travel(datetime.fromisoformat(iso), tick=False)
+
+
+def _dead_run(kind, program, iso: str) -> Job:
+    """A run a worker started at `iso` and died in (it never ends nor beats again)."""
+    with _at(iso):
+        job = job_create(kind=kind, program=program, actor=ACTOR)
+        Job.objects.filter(pk=job.pk).update(
+            status=Job.Status.RUNNING, started_at=timezone.now(),
+            progress={"heartbeat": timezone.now().isoformat()},
+        )  # fmt: skip
+    return job
+
+
+def test_a_dead_run_of_an_earlier_day_is_failed_by_the_next_run(api, make_program):
+    program = make_program(merchant_id=OWN)
+    dead = _dead_run(Job.Kind.POINT_EXPIRY, program, "2026-05-01T01:00:00+00:00")
+    # Another program's and another kind's dead runs are theirs to reap, not this run's.
+    other = _dead_run(Job.Kind.POINT_EXPIRY, make_program(name="O"), "2026-05-01T01:00:00+00:00")
+    tiers = _dead_run(Job.Kind.TIER_EVALUATION, program, "2026-05-01T01:00:00+00:00")
+
+    with _at("2026-05-02T03:00:00+00:00"):
+        fresh = job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+        assert job_run(job_id=fresh.pk).status == Job.Status.SUCCEEDED
+
+    assert fresh.run_key != dead.run_key  # another day: the key alone never met the dead run
+    dead.refresh_from_db()
+    assert dead.status == Job.Status.FAILED
+    assert dead.error.startswith("abandoned: no progress since 2026-05-01T01:00:00")
+    assert dead.finished_at == datetime.fromisoformat("2026-05-02T03:00:00+00:00")
+    body = api("ops_marketing").get(f"/api/v1/jobs/{dead.pk}").json()
+    assert (body["status"], body["error"]) == ("failed", dead.error)
+    assert Job.objects.get(pk=other.pk).status == Job.Status.RUNNING
+    assert Job.objects.get(pk=tiers.pk).status == Job.Status.RUNNING
+
+
+def test_a_live_run_started_before_midnight_is_left_running(program):
+    live = _dead_run(Job.Kind.POINT_EXPIRY, program, "2026-05-01T23:50:00+00:00")
+    with _at("2026-05-02T00:10:00+00:00"):
+        job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+    assert Job.objects.get(pk=live.pk).status == Job.Status.RUNNING
+
+
+def test_the_sweep_fails_dead_and_lost_jobs_and_leaves_live_ones(make_program):
+    from loyalty.tasks import jobs_reap_stale_task
+
+    program, other = make_program(name="P"), make_program(name="O")
+    dead = _dead_run(Job.Kind.TIER_EVALUATION, program, "2026-05-01T01:00:00+00:00")
+    with _at("2026-05-01T01:30:00+00:00"):
+        lost = job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
+        ended = job_create(kind=Job.Kind.TIER_EVALUATION, program=other, actor=ACTOR)
+        job_run(job_id=ended.pk)
+    live = _dead_run(Job.Kind.CAMPAIGN_EXECUTION, program, "2026-05-01T01:45:00+00:00")
+    with _at("2026-05-01T02:20:00+00:00"):
+        waiting = job_create(kind=Job.Kind.POINT_EXPIRY, program=other, actor=ACTOR)
+
+    with _at("2026-05-01T02:35:00+00:00"):  # the limit is an hour (LOYALTY_JOB_STALE_SECONDS)
+        assert jobs_reap_stale_task.delay().get() == 2
+        assert jobs_reap_stale_task.delay().get() == 0  # nothing twice
+
+    by_id = {j.pk: j for j in Job.objects.all()}
+    assert by_id[dead.pk].status == Job.Status.FAILED
+    assert by_id[dead.pk].error.startswith("abandoned: no progress since 2026-05-01T01:00:00")
+    assert by_id[lost.pk].status == Job.Status.FAILED
+    assert by_id[lost.pk].error.startswith("abandoned: queued at 2026-05-01T01:30:00")
+    assert "never started" in by_id[lost.pk].error
+    assert by_id[ended.pk].status == Job.Status.SUCCEEDED
+    assert by_id[live.pk].status == Job.Status.RUNNING
+    assert by_id[waiting.pk].status == Job.Status.QUEUED
+    # The lost task's message, delivered at last, runs nothing.
+    with _at("2026-05-01T02:40:00+00:00"):
+        assert job_run(job_id=lost.pk).status == Job.Status.FAILED
+    assert Job.objects.get(pk=lost.pk).started_at is None
+
+
+def test_a_takeover_before_the_sweep_runs_exactly_once(program, earn):
+    earn(program, "u1", "1500")
+    job = _dead_run(Job.Kind.TIER_EVALUATION, program, "2026-05-01T01:00:00+00:00")
+    with _at("2026-05-01T02:30:00+00:00"):
+        job_run(job_id=job.pk)  # redelivered after the worker died: taken over and run
+        assert jobs_reap_stale() == 0  # ended: nothing to sweep
+    job.refresh_from_db()
+    assert (job.status, job.progress["attempt"]) == (Job.Status.SUCCEEDED, 2)
+    assert MemberBalance.objects.get(member_id="u1").tier_snapshots.count() == 1
+
+
+def test_a_takeover_in_flight_is_not_swept(program, earn, monkeypatch):
+    """The sweep runs while a taken-over job is mid-run: its fresh heartbeat keeps it."""
+    from loyalty.services import tiers
+
+    earn(program, "u1", "1500")
+    job = _dead_run(Job.Kind.TIER_EVALUATION, program, "2026-05-01T01:00:00+00:00")
+    real, swept = tiers._pass, []
+
+    def sweep_then_pass(*args, **kwargs):
+        swept.append(jobs_reap_stale())
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(tiers, "_pass", sweep_then_pass)
+    with _at("2026-05-01T02:30:00+00:00"):
+        job_run(job_id=job.pk)
+    assert swept == [0]
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert MemberBalance.objects.get(member_id="u1").tier == "silver"
+
+
+def test_a_redelivery_after_the_sweep_does_nothing(program, earn):
+    earn(program, "u1", "1500")
+    job = _dead_run(Job.Kind.TIER_EVALUATION, program, "2026-05-01T01:00:00+00:00")
+    with _at("2026-05-01T02:05:00+00:00"):
+        assert jobs_reap_stale() == 1
+        job_run(job_id=job.pk)  # the broker redelivers it after the sweep
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "resumed_at" not in job.progress
+    assert MemberBalance.objects.get(member_id="u1").tier == "basic"  # the next run does it
 
 
 def test_duplicate_delivery_runs_once(program, earn):
@@ -204,6 +331,7 @@ def test_beat_schedules_are_installed_for_registered_tasks():
         "loyalty.campaign_execution": ("0", "*", "UTC"),
         "loyalty.hold_expiry": ("*/5", "*", "UTC"),
         "loyalty.approval_expiry": ("*/5", "*", "UTC"),
+        "loyalty.jobs_reap_stale": ("*/5", "*", "UTC"),
     }
     app.loader.import_default_modules()
     assert set(schedules) <= set(app.tasks)

@@ -8,14 +8,17 @@ import pytest
 import time_machine
 
 from audit.models import AuditEntry
+from loyalty.actors import system_actor
 from loyalty.errors import InvalidState
 from loyalty.models import Job, MemberBalance, OutboxEvent, Program, TierSnapshot
+from loyalty.services import program_update
 from loyalty.services.tiers import tier_rollback
 from loyalty.verify import ledger_verify
 from tests.workers.conftest import member
 
 pytestmark = pytest.mark.django_db
 TIER = Job.Kind.TIER_EVALUATION
+ACTOR = system_actor("test")
 
 
 def test_upgrade_at_exact_threshold_only(program, earn, run_job):
@@ -209,3 +212,58 @@ def test_cycle_rerun_after_crash_does_not_downgrade_twice(make_program, earn, ru
         run_job(TIER, program)
     assert member(program, "vip").tier == "gold"
     assert MemberBalance.objects.get(member_id="vip").tier_snapshots.count() == 2
+
+
+def test_a_cycle_date_years_in_the_past_reviews_once_not_once_a_day(make_program, earn, run_job):
+    """A stored date years behind (set while the policy was `none`, which never reviews) gives
+    one review on the next run, and the date moves past today: not one tier down a day."""
+    with time_machine.travel(datetime.fromisoformat("2023-06-01T12:00:00+00:00"), tick=False):
+        program = make_program(
+            timezone="America/New_York",
+            tier_qualifying_days=365,
+            tier_cycle_date=date(2023, 7, 1),
+        )
+        earn(program, "vip", "25000")
+        run_job(TIER, program)
+    assert member(program, "vip").tier == "platinum"
+    with time_machine.travel(datetime.fromisoformat("2027-01-01T17:00:00+00:00"), tick=False):
+        # The stored date, sent back unchanged, is still accepted (see tests/api).
+        program_update(
+            program_id=program.pk,
+            changes={"tier_downgrade_policy": "one_down", "tier_cycle_date": date(2023, 7, 1)},
+            actor=ACTOR,
+        )
+
+    for day in ("2027-01-02", "2027-01-03", "2027-01-04"):
+        with time_machine.travel(datetime.fromisoformat(f"{day}T12:00:00+00:00"), tick=False):
+            run_job(TIER, program)
+
+    assert member(program, "vip").tier == "gold"  # one tier down, once
+    snapshots = TierSnapshot.objects.filter(balance__member_id="vip", to_tier="gold")
+    assert [s.reason.split(":")[0] for s in snapshots] == ["tier cycle 2023-07-01"]
+    assert OutboxEvent.objects.filter(event_type="loyalty.tier.downgraded").count() == 1
+    program.refresh_from_db()
+    assert program.tier_cycle_date == date(2027, 7, 1)  # the first yearly date after the run
+    moved = AuditEntry.objects.get(action="program.tier_cycle")
+    assert (moved.changes["before"], moved.changes["after"]) == (
+        {"tier_cycle_date": "2023-07-01"},
+        {"tier_cycle_date": "2027-07-01"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("cycle", "today", "expected"),
+    [
+        (date(2027, 1, 1), date(2027, 1, 1), date(2028, 1, 1)),  # on the day: a year on
+        (date(2027, 1, 1), date(2027, 1, 2), date(2028, 1, 1)),
+        (date(2020, 3, 15), date(2027, 3, 14), date(2027, 3, 15)),  # this year's is still ahead
+        (date(2020, 3, 15), date(2027, 3, 15), date(2028, 3, 15)),
+        (date(2020, 12, 31), date(2027, 1, 5), date(2027, 12, 31)),
+        (date(2024, 2, 29), date(2025, 3, 1), date(2026, 2, 28)),  # no 29 Feb: the 28th
+        (date(2020, 2, 29), date(2027, 6, 1), date(2028, 2, 29)),  # and the 29th again
+    ],
+)
+def test_next_cycle_is_the_first_yearly_date_after_today(cycle, today, expected):
+    from loyalty.services.tiers import _next_cycle
+
+    assert _next_cycle(cycle, today) == expected
