@@ -15,6 +15,7 @@ from guardian.shortcuts import get_objects_for_user
 
 from access.approval_gate import approval_gate
 from access.selectors import staff_actor
+from audit.services import audit_record
 
 from .actors import Actor
 from .admin_actions import run_each
@@ -122,6 +123,23 @@ class MerchantAdmin(ScopedAdmin):
     merchant_path = "pk"
     list_display = ["id", "name", "created_at"]
     search_fields = ["id", "name"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["id", "created_at"] if obj else ["created_at"]
+
+    def save_model(self, request, obj, form, change):
+        # In the change form's transaction: the merchant and its audit entry commit together.
+        before = {name: form.initial.get(name) for name in form.changed_data} if change else None
+        super().save_model(request, obj, form, change)
+        audit_record(
+            actor=request_actor(request),
+            action="merchant.update" if change else "merchant.create",
+            entity_type="merchant",
+            entity_id=obj.pk,
+            merchant_id=obj.pk,
+            before=before,
+            after={name: form.cleaned_data.get(name) for name in form.changed_data},
+        )
 
     def has_delete_permission(self, request, obj=None):
         return False

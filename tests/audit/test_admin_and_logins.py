@@ -150,3 +150,21 @@ def test_a_staff_users_roles_changed_in_the_admin_are_audited(user_in):
                                      "usable_password": "true"})  # fmt: skip
     assert changed.status_code == 302
     assert AuditEntry.objects.filter(action="user.password_change", entity_id=str(bob.pk)).exists()
+
+
+def test_a_merchant_created_and_renamed_in_the_admin_is_audited(user_in):
+    from loyalty.models import Merchant
+
+    client = login(user_in(None, superuser=True))
+    add = client.post(reverse("admin:loyalty_merchant_add"), {"id": "m_new", "name": "Shop"})
+    assert add.status_code == 302
+    change = reverse("admin:loyalty_merchant_change", args=["m_new"])
+    assert client.post(change, {"name": "Shop & Co"}).status_code == 302
+    assert Merchant.objects.get(pk="m_new").name == "Shop & Co"
+    created, renamed = AuditEntry.objects.filter(entity_type="merchant").order_by("id")
+    assert (created.action, created.changes["after"]) == (
+        "merchant.create", {"id": "m_new", "name": "Shop"},
+    )  # fmt: skip
+    assert (renamed.action, renamed.changes) == (
+        "merchant.update", {"before": {"name": "Shop"}, "after": {"name": "Shop & Co"}},
+    )  # fmt: skip
