@@ -1,7 +1,7 @@
 import contextlib
 import json
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
@@ -9,12 +9,19 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from .idempotency import replay_response
 from .models import IdempotencyRecord, MerchantAPIKey, StaffIdentity
 from .selectors import staff_actor
-from .services import staff_identity_link
+from .services import API_KEY_UPDATABLE, apikey_create, apikey_update, staff_identity_link
 
 
 @admin.register(MerchantAPIKey)
 class MerchantAPIKeyAdmin(APIKeyModelAdmin):
-    """Keys are shown once, on creation (the library's admin message); only hashes are kept."""
+    """Keys are shown once, on creation (the library's admin message); only hashes are kept.
+
+    Creating, changing and revoking a key go through the audited services (`api_key.create`,
+    `api_key.update`, `api_key.revoke`). A key stays bound to its merchant and keeps the
+    permissions it was created with (to grant others, create a new key and revoke this one);
+    a key is revoked, never deleted, so its audit trail and its requests' actor id
+    (`apikey:<prefix>`) keep naming it.
+    """
 
     list_display = [*APIKeyModelAdmin.list_display, "merchant"]
     list_filter = [*APIKeyModelAdmin.list_filter, "merchant"]
@@ -22,13 +29,43 @@ class MerchantAPIKeyAdmin(APIKeyModelAdmin):
     raw_id_fields = ["merchant"]
 
     def get_readonly_fields(self, request, obj=None):
-        return (*super().get_readonly_fields(request, obj), "created_by")
+        fields = (*super().get_readonly_fields(request, obj), "created_by")
+        if obj is not None:
+            fields = (*fields, "merchant", "permissions")
+        return fields
 
-    # The form runs MerchantAPIKey.clean(), which refuses permissions a key may not hold.
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        # Django wraps this view in transaction.atomic; the services are durable entry points
+        # that own their transaction, so run the view unwrapped.
+        return self._changeform_view(request, object_id, form_url, extra_context)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    # The form runs MerchantAPIKey.clean(), which refuses permissions a key may not hold; the
+    # services check again in their transaction.
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.created_by = str(request.user.pk)
-        super().save_model(request, obj, form, change)
+        actor = staff_actor(request.user, request)
+        if change:
+            changes = {f: form.cleaned_data[f] for f in form.changed_data if f in API_KEY_UPDATABLE}
+            saved = apikey_update(key_id=obj.pk, changes=changes, actor=actor)
+        else:
+            saved, key = apikey_create(
+                merchant_id=form.cleaned_data["merchant"].pk,
+                name=form.cleaned_data["name"],
+                permissions=form.cleaned_data["permissions"],
+                expiry_date=form.cleaned_data.get("expiry_date"),
+                created_by=str(request.user.pk),
+                actor=actor,
+            )
+            messages.warning(
+                request,
+                f"The API key for {saved.name} is: {key}. Please store it somewhere safe: "
+                "you will not be able to see it again.",
+            )
+        for field in MerchantAPIKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(saved, field.attname))
+        obj._state.adding, obj._state.db = False, saved._state.db
 
 
 @admin.register(IdempotencyRecord)

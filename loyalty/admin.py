@@ -2,13 +2,15 @@
 
 The ledger and everything the engine writes (entries, lots, redemptions, vouchers, snapshots,
 jobs, outbox) are read-only here; changes go through services, in their own transactions,
-and are audited there.
+and are audited there. What a role may change or run follows the API's permission map
+(`loyalty.roles.user_permissions`), not the Django model permissions alone.
 """
 
 import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils.html import format_html_join
 from guardian.shortcuts import get_objects_for_user
@@ -37,7 +39,7 @@ from .models import (
     TierSnapshot,
     Voucher,
 )
-from .roles import user_roles
+from .roles import user_has_permission, user_roles
 from .services import (
     balance_set_frozen,
     program_create,
@@ -75,6 +77,16 @@ def _gated(model_admin, request, **gate) -> bool:
     return True
 
 
+def visible_merchants(user):
+    """The merchants a staff user may see: None for all of them (superusers and platform
+    roles), else those a `merchant_admin` holds `loyalty.view_merchant` on (a queryset)."""
+    if user.is_superuser or user_roles(user) - {"merchant_admin"}:
+        return None
+    return get_objects_for_user(
+        user, "loyalty.view_merchant", klass=Merchant, accept_global_perms=False
+    )
+
+
 class ScopedAdmin(admin.ModelAdmin):
     """Staff whose only role is `merchant_admin` see only their merchants' objects."""
 
@@ -82,13 +94,26 @@ class ScopedAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
-        user = request.user
-        if user.is_superuser or user_roles(user) - {"merchant_admin"}:
+        merchants = visible_merchants(request.user)
+        if merchants is None:
             return queryset
-        merchants = get_objects_for_user(
-            user, "loyalty.view_merchant", klass=Merchant, accept_global_perms=False
-        )
         return queryset.filter(**{f"{self.merchant_path}__in": merchants})
+
+
+class ProgramListFilter(admin.RelatedFieldListFilter):
+    """The "By program" filter, offering only the programs the user may see (the scoping of
+    `ScopedAdmin`): the stock filter lists every program, other merchants' included.
+    (`RelatedOnlyFieldListFilter` would scope it too, by a SELECT DISTINCT over the list's
+    rows: the whole ledger.)"""
+
+    def field_choices(self, field, request, model_admin):
+        merchants = visible_merchants(request.user)
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        scope = {} if merchants is None else {"merchant__in": merchants}
+        return field.get_choices(include_blank=False, ordering=ordering, limit_choices_to=scope)
+
+
+PROGRAM_FILTER = ("program", ProgramListFilter)
 
 
 class ReadOnlyAdmin(ScopedAdmin):
@@ -174,10 +199,30 @@ class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
     readonly_fields = ["id", "status", "budget_spent", "tier_table", "created_at", "updated_at"]
     actions = ["suspend", "reactivate", *JOB_ACTIONS]
 
+    def has_add_permission(self, request):
+        # As over the API: creating a program needs `programs:create`.
+        return super().has_add_permission(request) and user_has_permission(
+            request.user, "programs:create"
+        )
+
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ["id", "status"]
-        return [*self.readonly_fields, "merchant", "currency"]
+        locked = self.locked_fields(request)
+        return [
+            *self.readonly_fields, "merchant", "currency",
+            *(f.name for f in Program._meta.fields if f.name in locked),
+        ]  # fmt: skip
+
+    def locked_fields(self, request) -> set[str]:
+        """The program fields this user may not change, by the API's permission map: the
+        budget needs `budgets:write` (finance), every other field `programs:write` (ops)."""
+        locked = set()
+        if not user_has_permission(request.user, "budgets:write"):
+            locked.add("budget_limit")
+        if not user_has_permission(request.user, "programs:write"):
+            locked |= UPDATABLE_FIELDS - {"budget_limit"}
+        return locked
 
     list_select_related = ["merchant"]
 
@@ -201,6 +246,13 @@ class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
         actor = request_actor(request)
         if change:
             changes = {f: form.cleaned_data[f] for f in form.changed_data if f in UPDATABLE_FIELDS}
+            # The form shows these read-only; refuse them here too, whatever was posted.
+            refused = sorted(set(changes) & self.locked_fields(request))
+            if refused:
+                raise PermissionDenied(f"Your role may not change {', '.join(refused)}.")
+            if not changes:  # saved as it was: nothing to change, nothing to audit
+                obj.refresh_from_db()
+                return
             old = Program.objects.values_list("budget_limit", flat=True).get(pk=obj.pk)
             new = changes.get("budget_limit", old)
             # A budget change waits for approval with the rest of the same update, as in the API.
@@ -259,7 +311,7 @@ class ProgramAdmin(JobActionsMixin, ServiceFormAdmin):
 class MemberBalanceAdmin(ReadOnlyAdmin):
     list_display = ["member_id", "program", "points_balance", "locked", "tier", "is_frozen",
                     "churn_risk", "last_activity_at"]  # fmt: skip
-    list_filter = ["tier", "is_frozen", "program"]
+    list_filter = ["tier", "is_frozen", PROGRAM_FILTER]
     search_fields = ["member_id"]
     list_select_related = ["program"]
     exclude = ["encrypted_meta"]
@@ -302,7 +354,7 @@ class MemberBalanceAdmin(ReadOnlyAdmin):
 class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = ["id", "type", "points", "balance_after", "amount", "currency", "reference",
                     "actor_id", "created_at"]  # fmt: skip
-    list_filter = ["type", "program"]
+    list_filter = ["type", PROGRAM_FILTER]
     search_fields = ["balance__member_id", "reference", "idempotency_key"]
     list_select_related = ["balance"]
     show_full_result_count = False
@@ -325,10 +377,11 @@ class RedemptionAdmin(ReadOnlyAdmin):
     list_select_related = ["balance"]
     actions = ["release"]
 
-    def has_change_permission(self, request, obj=None):
-        return obj is None and request.user.has_perm("loyalty.change_redemption")
+    def has_release_permission(self, request) -> bool:
+        # As over the API (`redemptions:write`, held by the system role): not a staff role's.
+        return user_has_permission(request.user, "redemptions:write")
 
-    @admin.action(description="Release the selected pending holds", permissions=["change"])
+    @admin.action(description="Release the selected pending holds", permissions=["release"])
     def release(self, request, queryset):
         actor = request_actor(request)
 
@@ -360,13 +413,13 @@ class TierSnapshotAdmin(TierRollbackMixin, ReadOnlyAdmin):
 @admin.register(Tier)
 class TierAdmin(ReadOnlyAdmin):
     list_display = ["program", "rank", "name", "min_points", "min_spend", "earn_multiplier"]
-    list_filter = ["program"]
+    list_filter = [PROGRAM_FILTER]
 
 
 @admin.register(BudgetShard)
 class BudgetShardAdmin(ReadOnlyAdmin):
     list_display = ["program", "shard", "allocated", "spent"]
-    list_filter = ["program"]
+    list_filter = [PROGRAM_FILTER]
 
 
 @admin.register(Campaign)

@@ -3,10 +3,17 @@
 API callers get their role from a verified credential (see the `access` app); staff users of
 the admin get it from these groups. A `merchant_admin` user sees only the merchants they hold
 the object permission `loyalty.view_merchant` on (django-guardian).
+
+The model permissions below open the admin's pages; what a change or an action needs on them
+is checked against the API's map (`access.permissions`, via `user_permissions`), so a role can
+do no more in the console than over the API (the budget needs `budgets:write`, releasing a
+hold `redemptions:write`, ...).
 """
 
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
+
+from access.permissions import PERMISSIONS, permissions_for_roles
 
 LOYALTY_MODELS = [
     "merchant", "program", "tier", "budgetshard", "memberbalance", "ledgerentry", "pointlot",
@@ -37,7 +44,6 @@ ROLE_ADMIN_PERMISSIONS: dict[str, list[str]] = {
     "finance_ops": [
         *_view(LOYALTY_MODELS),
         "loyalty.change_program", "loyalty.change_memberbalance", "loyalty.change_voucher",
-        "loyalty.change_redemption",
         *APPROVALS_VIEW, "approvals.add_approvalpolicy", "approvals.change_approvalpolicy",
         "audit.view_auditentry",
     ],
@@ -71,3 +77,18 @@ def user_roles(user) -> set[str]:
     if not user.is_authenticated:
         return set()
     return set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+
+
+def user_permissions(user) -> frozenset[str]:
+    """The API's named permissions (access.permissions) a staff user holds through their role
+    groups; a superuser holds them all. The admin checks what a change needs against these, so
+    a role can do in the console exactly what the API lets it do."""
+    if user.is_superuser:
+        return frozenset(PERMISSIONS)
+    return permissions_for_roles(user_roles(user))
+
+
+def user_has_permission(user, permission: str) -> bool:
+    if permission not in PERMISSIONS:
+        raise ValueError(f"unknown permission {permission!r}")
+    return permission in user_permissions(user)

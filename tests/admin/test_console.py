@@ -1,6 +1,7 @@
 """The ops console: every role can open what it may see, nothing the engine wrote is editable,
 merchant admins see only their merchant, and admin writes go through audited services."""
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -99,15 +100,25 @@ def test_auditor_cannot_freeze(client, staff, history):
     assert not balance.is_frozen
 
 
-def test_ops_updates_a_program_budget_through_the_service(client, staff, history, actor):
+def _program_form(client, program) -> tuple[str, dict]:
+    """The program's change form as its page posts it back (read-only fields are not in it)."""
+    url = reverse("admin:loyalty_program_change", args=[program.pk])
+    form = client.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and k in form.fields}
+    if "sira_settings" in data:  # a callable default: the page posts its initial value too
+        data["sira_settings"] = data["initial-sira_settings"] = json.dumps(data["sira_settings"])
+    return url, data
+
+
+def test_finance_updates_a_program_budget_through_the_service(client, staff, history, actor):
+    """The budget is finance's (`budgets:write`, as over the API)."""
     program = Program.objects.get()
     # Adding a limit waits for approval (tests/approvals); a change within the threshold runs.
     program_update(program_id=program.pk, changes={"budget_limit": Decimal("4000")}, actor=actor)
-    client.force_login(staff("ops_marketing"))
-    url = reverse("admin:loyalty_program_change", args=[program.pk])
-    form = client.get(url).context["adminform"].form
-    data = {k: v for k, v in form.initial.items() if v is not None and k != "sira_settings"}
-    data.update({"budget_limit": "5000", "sira_settings": "{}", "name": program.name})
+    client.force_login(staff("finance_ops"))
+    url, data = _program_form(client, program)
+    assert set(data) == {"budget_limit"}  # finance changes nothing else of a program
+    data["budget_limit"] = "5000"
     response = client.post(url, data)
     assert response.status_code == 302, response.context["adminform"].form.errors
     program.refresh_from_db()
@@ -115,7 +126,75 @@ def test_ops_updates_a_program_budget_through_the_service(client, staff, history
     shards = list(program.budget_shards.all())
     assert sum(s.allocated for s in shards) == Decimal("5000")  # the limit, spread over shards
     assert sum(s.spent for s in shards) == Decimal("200")  # what was already awarded
-    assert AuditEntry.objects.filter(action="program.update", entity_id=str(program.pk)).exists()
+    entry = AuditEntry.objects.filter(action="program.update", entity_id=str(program.pk)).last()
+    assert entry.actor_role == "finance_ops"
+
+
+def test_ops_cannot_change_a_program_budget(client, staff, history, actor):
+    """Ops edits the program but not its budget (`budgets:write` is finance's)."""
+    program = Program.objects.get()
+    program_update(program_id=program.pk, changes={"budget_limit": Decimal("4000")}, actor=actor)
+    client.force_login(staff("ops_marketing"))
+    url, data = _program_form(client, program)
+    assert "budget_limit" not in data  # shown read-only
+    assert "earn_rate" in data
+    audits = AuditEntry.objects.count()
+    data["budget_limit"] = "9000"  # posted anyway: ignored
+    response = client.post(url, data)
+    assert response.status_code == 302
+    program.refresh_from_db()
+    assert program.budget_limit == Decimal("4000")
+    assert AuditEntry.objects.count() == audits  # nothing changed, nothing recorded
+    data["earn_rate"] = "0.05"  # what ops may change still saves
+    assert client.post(url, data).status_code == 302
+    program.refresh_from_db()
+    assert (program.earn_rate, program.budget_limit) == (Decimal("0.05"), Decimal("4000"))
+
+
+def test_finance_cannot_change_a_program_earn_rate(client, staff, history):
+    """Program fields need `programs:write` (ops), as over the API."""
+    program = Program.objects.get()
+    client.force_login(staff("finance_ops"))
+    url, data = _program_form(client, program)
+    data.update({"earn_rate": "0.50", "name": "Renamed by finance", "expiry_days": "1"})
+    response = client.post(url, data)
+    assert response.status_code == 302
+    program.refresh_from_db()
+    assert (program.earn_rate, program.name, program.expiry_days) == (
+        Decimal("0.02"), "Test Rewards", 365,
+    )  # fmt: skip
+    assert not AuditEntry.objects.filter(action="program.update").exists()
+
+
+def test_program_save_refuses_a_field_the_role_may_not_change(rf, staff, history):
+    """Behind the read-only fields, the save refuses too (a form that let one through)."""
+    from django.core.exceptions import PermissionDenied
+
+    from loyalty.admin import ProgramAdmin
+
+    program = Program.objects.get()
+    request = rf.post("/")
+    request.user = staff("ops_marketing")
+    model_admin = ProgramAdmin(Program, admin.site)
+
+    class Form:
+        changed_data = ["budget_limit"]
+        cleaned_data = {"budget_limit": Decimal("9000")}
+
+    with pytest.raises(PermissionDenied):
+        model_admin.save_model(request, program, Form(), change=True)
+    program.refresh_from_db()
+    assert program.budget_limit is None
+
+
+@pytest.mark.parametrize(
+    ("role", "may_add"),
+    [("ops_marketing", True), ("finance_ops", False), ("merchant_admin", False)],
+)
+def test_only_ops_creates_programs(client, staff, role, may_add):
+    client.force_login(staff(role))
+    response = client.get(reverse("admin:loyalty_program_add"))
+    assert (response.status_code == 200) is may_add
 
 
 def test_a_stored_answer_shows_as_indented_json(client, admin_user):

@@ -160,22 +160,42 @@ def test_console_freeze_waits_for_approval_when_the_policy_says_so(staff, progra
     assert ApprovalRequest.objects.get().operation == "member_freeze"
 
 
-def test_console_budget_change_waits_for_approval_then_runs_as_stored(staff, program):
-    client, _ = staff("fin-maker", "finance_ops")
+def _budget_and_name_change(client, program):
     url = reverse("admin:loyalty_program_change", args=[program.pk])
     form = client.get(url).context["adminform"].form
     data = {k: v for k, v in form.initial.items() if v is not None and k != "sira_settings"}
     data.update({"budget_limit": "900000", "sira_settings": "{}", "name": "Renamed"})
     client.post(url, data)
-    program.refresh_from_db()
-    assert (program.budget_limit, program.name) == (None, "Test Rewards")
-    request = ApprovalRequest.objects.get(operation="budget_change")
-    assert request.payload["changes"]["name"] == "Renamed"
+
+
+def _approve_by_ops_and_finance(staff, request):
     ops_client, _ = staff("ops2", "ops_marketing")
     act(ops_client, "approve_selected", request, confirm="yes")
     fin_client, _ = staff("fin2", "finance_ops")
     act(fin_client, "approve_selected", request, confirm="yes")
     request.refresh_from_db()
     assert request.status == "executed"
+
+
+def test_console_budget_change_waits_for_approval_then_runs_as_stored(staff, program):
+    # A superuser may change both the budget and the rest of the program in one save.
+    client = logged_in(make_user("root-maker", superuser=True))
+    _budget_and_name_change(client, program)
+    program.refresh_from_db()
+    assert (program.budget_limit, program.name) == (None, "Test Rewards")
+    request = ApprovalRequest.objects.get(operation="budget_change")
+    assert request.payload["changes"]["name"] == "Renamed"
+    _approve_by_ops_and_finance(staff, request)
     program.refresh_from_db()
     assert (program.budget_limit, program.name) == (Decimal("900000"), "Renamed")
+
+
+def test_console_budget_change_by_finance_carries_only_the_budget(staff, program):
+    """Finance changes the budget, not the rest of the program (`programs:write` is ops')."""
+    client, _ = staff("fin-maker", "finance_ops")
+    _budget_and_name_change(client, program)
+    request = ApprovalRequest.objects.get(operation="budget_change")
+    assert set(request.payload["changes"]) == {"budget_limit"}
+    _approve_by_ops_and_finance(staff, request)
+    program.refresh_from_db()
+    assert (program.budget_limit, program.name) == (Decimal("900000"), "Test Rewards")

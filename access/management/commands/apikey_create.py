@@ -1,15 +1,17 @@
 """`manage.py apikey_create --merchant m_123 --name checkout [--permission events:write ...]`
 
-Prints the key once: only its hash is stored.
+Prints the key once: only its hash is stored. Audited (`api_key.create`, actor
+`system:apikey_create`).
 """
 
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from access.models import MerchantAPIKey
 from access.permissions import API_KEY_DEFAULT_PERMISSIONS, API_KEY_PERMISSIONS
-from loyalty.models import Merchant
+from access.services import apikey_create
+from loyalty.actors import Actor
+from loyalty.errors import ValidationFailed
+
+ACTOR = Actor(id="system:apikey_create", role="system", user_agent="manage.py apikey_create")
 
 
 class Command(BaseCommand):
@@ -26,21 +28,17 @@ class Command(BaseCommand):
             f"Grantable: {', '.join(sorted(API_KEY_PERMISSIONS))}.",
         )
 
-    @transaction.atomic
     def handle(self, *args, merchant, name, permissions, **options):
-        merchant_obj, _ = Merchant.objects.get_or_create(id=merchant)
-        api_key = MerchantAPIKey(
-            merchant=merchant_obj,
-            name=name,
-            permissions=sorted(set(permissions or API_KEY_DEFAULT_PERMISSIONS)),
-            created_by="manage.py",
-        )
         try:
-            api_key.full_clean(exclude=["id", "hashed_key", "prefix"])
-        except ValidationError as exc:
-            raise CommandError(str(exc.message_dict)) from exc
-        key = MerchantAPIKey.objects.assign_key(api_key)
-        api_key.save()
+            api_key, key = apikey_create(
+                merchant_id=merchant,
+                name=name,
+                permissions=permissions or list(API_KEY_DEFAULT_PERMISSIONS),
+                created_by="manage.py",
+                actor=ACTOR,
+            )
+        except ValidationFailed as exc:
+            raise CommandError(str(exc.errors)) from exc
         self.stderr.write(
             f"Created key {api_key.prefix} for merchant {merchant} with permissions "
             f"{', '.join(api_key.permissions)}. It is shown once; store it now."

@@ -13,7 +13,7 @@ from guardian.shortcuts import assign_perm
 
 from access.models import MerchantAPIKey, StaffIdentity
 from access.permissions import API_KEY_DEFAULT_PERMISSIONS
-from access.services import staff_identity_link
+from access.services import apikey_create, apikey_update, staff_identity_link
 from loyalty.actors import system_actor
 from loyalty.models import Merchant, Program
 from loyalty.roles import ROLES, roles_install
@@ -107,15 +107,17 @@ class Command(BaseCommand):
         )  # fmt: skip
 
     def _api_key(self) -> str:
-        MerchantAPIKey.objects.filter(merchant_id=MERCHANT_ID, name="demo").update(revoked=True)
-        api_key = MerchantAPIKey(
+        actor = system_actor("demo")
+        old = MerchantAPIKey.objects.filter(merchant_id=MERCHANT_ID, name="demo", revoked=False)
+        for key_id in old.values_list("pk", flat=True):
+            apikey_update(key_id=key_id, changes={"revoked": True}, actor=actor)
+        _, key = apikey_create(
             merchant_id=MERCHANT_ID,
             name="demo",
-            permissions=sorted(API_KEY_DEFAULT_PERMISSIONS),
+            permissions=list(API_KEY_DEFAULT_PERMISSIONS),
             created_by="loyalty_demo",
+            actor=actor,
         )
-        key = MerchantAPIKey.objects.assign_key(api_key)
-        api_key.save()
         return key
 
     def _users(self, groups) -> list[tuple[str, str, str, str]]:
