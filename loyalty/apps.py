@@ -1,6 +1,22 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _roles_refresh(sender, using="default", **kwargs):
+    """After each app's migrations (and their permissions) are in: the staff role groups get
+    exactly the permissions `loyalty.roles` gives them, so a deployment's `migrate` (the
+    Procfile's release step) brings a changed role up to date, not only the demo."""
+    from django.contrib.auth.models import Permission
+
+    from .roles import roles_install
+
+    if using == "default" and Permission.objects.exists():
+        roles_install()
 
 
 class LoyaltyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "loyalty"
+
+    def ready(self):
+        post_migrate.connect(_roles_refresh, dispatch_uid="loyalty_roles_refresh")
