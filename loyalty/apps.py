@@ -6,11 +6,15 @@ def _roles_refresh(sender, using="default", **kwargs):
     """After each app's migrations (and their permissions) are in: the staff role groups get
     exactly the permissions `loyalty.roles` gives them, so a deployment's `migrate` (the
     Procfile's release step) brings a changed role up to date, not only the demo."""
+    from django.apps import apps
     from django.contrib.auth.models import Permission
 
     from .roles import roles_install
 
-    if using == "default" and Permission.objects.exists():
+    # Once per migrate: the signal comes for every app, and the last app's comes after every
+    # app's permissions exist (auth's handler for it ran first).
+    last = list(apps.get_app_configs())[-1]
+    if sender is last and using == "default" and Permission.objects.exists():
         roles_install()
 
 
