@@ -135,9 +135,19 @@ def _reap_stale(jobs: models.QuerySet, *, skip_locked: bool = False) -> int:
                 f"abandoned: no progress since {beat.isoformat()}, over "
                 f"{settings.LOYALTY_JOB_STALE_SECONDS} s (its worker died)"
             )
+        before = job.status
         job.status = Job.Status.FAILED
         job.finished_at = now
         job.save(update_fields=["status", "error", "finished_at"])
+        audit_record(
+            actor=system_actor("job_reaper"),
+            action="job.abandon",
+            entity_type="job",
+            entity_id=job.pk,
+            merchant_id=job.merchant_id,
+            before={"status": before},
+            after={"status": job.status, "error": job.error},
+        )
         logger.warning("job %s (%s, %s) %s", job.pk, job.kind, job.run_key, job.error)
         reaped += 1
     return reaped

@@ -200,6 +200,19 @@ def s_job_create(program, make_program):
         job_create(kind="tier_evaluation", actor=OPS, program=program)
 
 
+def s_jobs_reap_stale(program, make_program):
+    from datetime import timedelta
+
+    from django.conf import settings
+
+    from loyalty.services.jobs import job_create, jobs_reap_stale
+
+    job_create(kind="tier_evaluation", actor=OPS, program=program)
+    later = timedelta(seconds=settings.LOYALTY_JOB_STALE_SECONDS + 1)
+    with time_machine.travel(timezone.now() + later), audited("job"):
+        assert jobs_reap_stale() == 1
+
+
 def s_tier_rollback(program, make_program):
     from loyalty.services.tiers import tier_rollback
 
