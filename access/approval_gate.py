@@ -18,6 +18,7 @@ validated payload (a second pending one for the same operation and target is ref
 It returns None when no approval is needed.
 """
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -35,13 +36,19 @@ def approval_gate(
     payload: dict,
     actor: Actor,
     amount: Decimal | None = None,
+    done: Callable[[], bool] | None = None,
 ) -> Any | None:
     """None when the operation may run now; otherwise the pending approval request.
 
     `payload` is the validated input the operation would run with (JSON-safe); `target`
-    names what it acts on (one pending request per operation and target).
+    names what it acts on (one pending request per operation and target). `done`, for an
+    operation with an idempotency key of its own, tells whether that key already did its
+    work (a request executed, sent again): such a repeat needs no approval, and the
+    operation run now answers it from what the key did, without doing anything again.
     """
-    if not policy_get(operation).needs_approval(amount):
+    if not approval_needed(operation, amount):
+        return None
+    if done is not None and done():
         return None
     return approval_request_create(
         operation=operation,
@@ -51,6 +58,11 @@ def approval_gate(
         actor=actor,
         amount=amount,
     )
+
+
+def approval_needed(operation: str, amount: Decimal | None = None) -> bool:
+    """Whether the operation, for `amount`, waits for approval (the gate's first question)."""
+    return policy_get(operation).needs_approval(amount)
 
 
 def approval_pending_body(request) -> dict:

@@ -51,6 +51,49 @@ def never_deleted(name: str) -> pgtrigger.Protect:
     return pgtrigger.Protect(name=name, operation=pgtrigger.Delete)
 
 
+# The one DELETE of a balance the database lets through: by the transaction that inserted the
+# row, before it commits, while the row is still as inserted and no ledger entry names it. A
+# batch creates its new members' balances in its own transaction before any item runs, and
+# takes back those of members none of whose items wrote an entry (a refused item must leave
+# no member behind, as the same event alone would not: loyalty/services/batch.py). Such a
+# row was never seen by another transaction (uncommitted), so nothing can name it; once
+# committed it is never deleted again.
+#
+# "Inserted by this transaction": a row a statement can see either was committed by another
+# transaction or was written by this one (or one of its savepoints), and `pg_xact_status`
+# tells the two apart ("in progress" is only this transaction's own, for a visible row). The
+# row's 32-bit xmin is widened to the 64-bit id that function takes from this transaction's
+# own id: its ids (savepoints' included) are this transaction's id or later, by less than
+# 2^31. A row this transaction updated also carries its xmin: the other conditions (as
+# inserted: no points, nothing locked or earned, not frozen, no flags; no entry) keep every
+# balance that has a history.
+_BALANCE_DELETE_FUNC = """
+IF OLD.points_balance = 0 AND OLD.locked = 0 AND OLD.lifetime_earned = 0
+    AND OLD.lifetime_redeemed = 0 AND OLD.purchase_count = 0 AND NOT OLD.is_frozen
+    AND OLD.fraud_flags = '[]'::jsonb
+    AND NOT EXISTS (SELECT FROM loyalty_ledgerentry e WHERE e.balance_id = OLD.id) THEN
+    own_xid := pg_current_xact_id()::text::bigint;
+    row_xid := own_xid + (OLD.xmin::text::bigint - own_xid % 4294967296 + 6442450944)
+        % 4294967296 - 2147483648;
+    IF row_xid >= own_xid AND pg_xact_status(row_xid::text::xid8) = 'in progress' THEN
+        RETURN OLD;
+    END IF;
+END IF;
+RAISE EXCEPTION 'pgtrigger: Cannot delete rows from % table', TG_TABLE_NAME;
+"""
+
+
+def balance_never_deleted() -> pgtrigger.Trigger:
+    """`never_deleted` for balances, but for the one DELETE above (_BALANCE_DELETE_FUNC)."""
+    return pgtrigger.Trigger(
+        name="balance_never_deleted",
+        operation=pgtrigger.Delete,
+        when=pgtrigger.Before,
+        declare=[("own_xid", "bigint"), ("row_xid", "bigint")],
+        func=_BALANCE_DELETE_FUNC,
+    )
+
+
 class Merchant(models.Model):
     """A merchant of the payments platform; its id is the platform's own (e.g. `m_123`).
     Never deleted (refused by a trigger)."""
@@ -204,7 +247,7 @@ class BudgetShard(models.Model):
 
 class MemberBalance(models.Model):
     """A member of a program and their balance; the row every write of that member locks.
-    Never deleted (refused by a trigger)."""
+    Never deleted once committed (refused by a trigger; see _BALANCE_DELETE_FUNC)."""
 
     # No index of its own: `balance_unique_member` (program, member_id) serves program lookups.
     program = models.ForeignKey(
@@ -249,7 +292,7 @@ class MemberBalance(models.Model):
             models.Index(fields=["program", "tier"]),
             models.Index(fields=["program", "id"], name="balance_program_walk"),
         ]
-        triggers = [never_deleted("balance_never_deleted")]
+        triggers = [balance_never_deleted()]
 
     def __str__(self) -> str:
         return f"{self.member_id} @ {self.program_id}"

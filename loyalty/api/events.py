@@ -14,7 +14,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 
-from access.approval_gate import approval_gate, approval_pending_body
+from access.approval_gate import approval_gate, approval_needed, approval_pending_body
 from access.idempotency import (
     KEY_PATTERN,
     KEY_RULE,
@@ -29,16 +29,25 @@ from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, program_lookup, scope_queryset
 from loyalty_project.collector import with_collector_paused
 
-from ..errors import DomainError, NotFound, PermissionMissing, ValidationFailed
+from ..errors import (
+    DomainError,
+    IdempotencyKeyReused,
+    NotFound,
+    PermissionMissing,
+    ValidationFailed,
+)
 from ..models import Program
 from ..services import EventInput
 from ..services.batch import MAX_BATCH, events_ingest_batch
 from ..services.budget import BudgetRetry
 from ..services.ingestion import (
     EVENT_TYPES,
+    IngestResult,
     event_ingest,
     event_ingest_prefaced,
     ingest_prefaceable,
+    replay_answer,
+    stored_entry_id,
 )
 from . import fields as f
 from .base import LoyaltyApi
@@ -190,14 +199,14 @@ def ingest_body(result, formatted: dict | None = None) -> dict:
 def adjustment_gate(*, program: Program, event: EventInput, caller):
     """The permission and approval gate of a manual_adjust event (every path: events, batch,
     adjustments). `events:write`, which a checkout integration holds, does not let it adjust
-    balances: that takes `members:adjust`, as `POST .../adjustments` does."""
-    if event.type != "manual_adjust":
+    balances: that takes `members:adjust`, as `POST .../adjustments` does.
+
+    An adjustment whose key already wrote an entry (one executed through approval, sent
+    again) opens no new approval request: it goes on to the ingestion, which answers it from
+    that entry (its replay, or `idempotency_key_reused` for another body) and writes nothing.
+    """
+    if not _adjustment_permitted(event, caller):
         return None
-    if not caller.has("members:adjust"):
-        raise PermissionMissing(
-            "A manual_adjust event needs the members:adjust permission.",
-            permission="members:adjust",
-        )
     return approval_gate(
         operation="balance_adjustment",
         program=program,
@@ -211,6 +220,28 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
             "reason": event.reason,
             "idempotency_key": event.idempotency_key,
         },
+        done=lambda: stored_entry_id(program, event.idempotency_key) is not None,
+    )
+
+
+def _adjustment_permitted(event: EventInput, caller) -> bool:
+    """Whether the event is a manual_adjust (False: not one); PermissionMissing for a
+    caller who may not adjust balances."""
+    if event.type != "manual_adjust":
+        return False
+    if not caller.has("members:adjust"):
+        raise PermissionMissing(
+            "A manual_adjust event needs the members:adjust permission.",
+            permission="members:adjust",
+        )
+    return True
+
+
+def _adjustment_needs_approval(event: EventInput, caller) -> bool:
+    """Whether `adjustment_gate` would ask the approval policy for this event, and it says
+    yes (PermissionMissing as the gate raises it)."""
+    return _adjustment_permitted(event, caller) and approval_needed(
+        "balance_adjustment", event.points
     )
 
 
@@ -363,12 +394,32 @@ class EventsBatchApi(LoyaltyApi):
                 pk__in=list(wanted.values())
             )
         }
+        # Each item answers what POST /events would, one by one in order. A key is taken by
+        # the entry it writes (the service answers its repeats) or, for an adjustment that
+        # waits for approval, by the pending request: a later item with that key is answered
+        # from the request (202, the same body; idempotency_key_reused for another body),
+        # never sent to the gate again (409 approval_pending_exists) nor to the service.
+        # A gated adjustment repeating a key sent to the service waits for that item's
+        # outcome (`_gated_repeat`). A key already stored is answered by the service: the
+        # gate opens no request for it (`adjustment_gate`).
         todo: list[tuple[int, Program, EventInput]] = []
+        sent = _FirstOfKey(todo)
+        gated: dict[tuple, tuple[int, EventInput]] = {}  # key: its request's item, event
+        waiting: list[tuple[int, Program, EventInput, int]] = []
         for index, program_id, event in parsed:
             program = programs.get(program_id.int)
             try:
                 if program is None:
                     raise NotFound("No such program.", program_id=str(program_id))
+                if gated or event.type == "manual_adjust":  # (a batch of earnings: neither)
+                    key = (program_id.int, event.idempotency_key)
+                    if key in gated:
+                        results[index] = _pending_repeat(index, event, gated[key], results)
+                        continue
+                    first = sent.get(key) if event.type == "manual_adjust" else None
+                    if first is not None and _adjustment_needs_approval(event, caller):
+                        waiting.append((index, program, event, first))
+                        continue
                 pending = adjustment_gate(program=program, event=event, caller=caller)
             except DomainError as error:
                 results[index] = _error_item(index, error)
@@ -379,23 +430,36 @@ class EventsBatchApi(LoyaltyApi):
                     "status": 202,
                     "body": approval_pending_body(pending),
                 }
+                gated[(program_id.int, event.idempotency_key)] = (index, event)
             else:
                 todo.append((index, program, event))
+        created: dict = {}  # a batch's entries share their time: its wire text once
+        outcomes: list = []
         if todo:
-            created: dict = {}  # a batch's entries share their time: its wire text once
             outcomes = events_ingest_batch(
                 items=[(program, event) for _, program, event in todo], actor=caller.actor
             )
             for (index, _, _), outcome in zip(todo, outcomes, strict=True):
-                if isinstance(outcome, DomainError):
-                    results[index] = _error_item(index, outcome)
-                else:
-                    results[index] = {
-                        "index": index,
-                        "status": 201,
-                        "replayed": outcome.replayed,
-                        "body": ingest_body(outcome, created),
-                    }
+                results[index] = _ingested_item(index, outcome, created)
+        for index, program, event, first in waiting:
+            key = (program.pk.int, event.idempotency_key)
+            try:
+                if key in gated:
+                    results[index] = _pending_repeat(index, event, gated[key], results)
+                    continue
+                outcome = _gated_repeat(program, event, outcomes[first], caller)
+            except DomainError as error:
+                results[index] = _error_item(index, error)
+                continue
+            if isinstance(outcome, IngestResult):
+                results[index] = _ingested_item(index, outcome, created)
+            else:
+                results[index] = {
+                    "index": index,
+                    "status": 202,
+                    "body": approval_pending_body(outcome),
+                }
+                gated[key] = (index, event)
         return EncodedResponse({"results": results}, status=200)
 
 
@@ -433,6 +497,65 @@ def _json_bytes(data) -> bytes:
         ).encode()
     # As DRF's renderer: JSON that is also a strict JavaScript subset.
     return encoded.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+
+
+def _ingested_item(index: int, outcome, created: dict) -> dict:
+    if isinstance(outcome, DomainError):
+        return _error_item(index, outcome)
+    return {
+        "index": index,
+        "status": 201,
+        "replayed": outcome.replayed,
+        "body": ingest_body(outcome, created),
+    }
+
+
+class _FirstOfKey:
+    """{(program key, idempotency key): the place in `todo` of its first item}, indexed only
+    when asked: only an adjustment asks, so a batch of earnings pays nothing for it."""
+
+    def __init__(self, todo: list) -> None:
+        self.todo = todo
+        self.places: dict[tuple, int] = {}
+        self.indexed = 0
+
+    def get(self, key: tuple) -> int | None:
+        todo, places = self.todo, self.places
+        for place in range(self.indexed, len(todo)):
+            _, program, event = todo[place]
+            places.setdefault((program.pk.int, event.idempotency_key), place)
+        self.indexed = len(todo)
+        return places.get(key)
+
+
+def _pending_repeat(index: int, event: EventInput, first: tuple, results: list) -> dict:
+    """The answer to a repeat of a key whose first item (`first`: its index and event) an
+    approval request answered (202): as POST /events replays its stored answer, the same
+    202 for the same event, `idempotency_key_reused` for another."""
+    first_index, first_event = first
+    if event.fingerprint() != first_event.fingerprint():
+        raise IdempotencyKeyReused(
+            "This idempotency key was already used for a different event.",
+            idempotency_key=event.idempotency_key,
+        )
+    return {**results[first_index], "index": index, "replayed": True}
+
+
+def _gated_repeat(program: Program, event: EventInput, first, caller):
+    """The outcome of an adjustment that waits for approval and repeats the key of an item
+    sent to the service, whose outcome is `first`: that item's entry answers it (its replay,
+    or `idempotency_key_reused`); if that item was refused the key is still free, as one by
+    one, and this one goes to the gate (the pending request), or to the service should the
+    gate let it through (its key stored meanwhile, by a later item: answered from there)."""
+    if isinstance(first, IngestResult):
+        return replay_answer(first.entry, event)
+    pending = adjustment_gate(program=program, event=event, caller=caller)
+    if pending is not None:
+        return pending
+    [outcome] = events_ingest_batch(items=[(program, event)], actor=caller.actor)
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
 
 
 def _error_item(index: int, error: DomainError) -> dict:

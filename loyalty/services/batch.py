@@ -22,36 +22,52 @@ Two paths give the same results, item by item, as calling `event_ingest` once pe
   with any left for the second pass, go item by item, where that key is answered as a
   replay.
 
-Two passes (set-based): concurrent batches of one program share a few members, and a batch
-that waited for all of its balances would wait for the whole of another batch. So the missing
-balances are created first, in a statement of their own; then a first transaction locks the
-balances that are free (SKIP LOCKED), runs and commits the items of those members; a second
-transaction runs the items left, waiting for their balances in order. Left for the second pass:
-every item of a member whose balance was busy, and every item of a member one of whose items
-carries a key that an earlier left item carries (else it would take the key first), until none
-is added; the items of one member thus stay in one pass, in their order, and each item's answer
-is the one `event_ingest` gives: a key committed by the first pass and repeated in the second
-is answered from the stored entry (a replay, or `idempotency_key_reused`). The one difference:
-the budget pays the first pass's items before the second's, so near its end the item refused
-(or cut to what is left) may be an earlier item of a busy member where, one by one, it would
-have been a later item of another. The second pass's entries also come after (ids, created_at)
-the first's.
+New members: a batch creates the missing balances of its members before any item runs (one
+statement), where one by one each event creates its own and a refused event's transaction
+rolls it back. So each transaction that runs items creates its members' missing balances
+itself, first thing (`_balances_insert`), and before it commits takes back those of members
+none of whose items wrote an entry (`_balances_unused_delete`): a refused item (budget
+exhausted, a key reused, insufficient points) leaves no member behind, as one by one. Such a
+row was never visible to another transaction; a concurrent event of that member waits for it
+in its own insert (ON CONFLICT) and, once the batch commits, finds no row and creates its
+own. The database lets only the transaction that inserted a balance delete it, untouched and
+named by no entry (migration 0008); every balance committed stays forever. Where every member
+exists, or every new member is paid, this costs nothing more than the one INSERT, which finds
+every balance and writes nothing.
 
-Deadlock freedom: the balance INSERT holds nothing while it may wait. The first pass never
-waits for a balance. Each pass then takes one free budget shard of each of its programs (SKIP
-LOCKED: it never waits, as `budget_charge`'s fast path), so concurrent batches of one program do
-not queue for its shards; the second pass takes its balances, before any shard, in (program id,
-balance id) order, the order the workers' chunks use too. When a charge does not fit in the
-shard held (near the limit), or a program has no free shard, the pass is rolled back whole and
-runs again taking every shard of its programs in (program, shard) order. Every other writer
-takes a balance before shards, and whoever waits for shards already holds all the balances it
-needs and takes shards only in (program, shard) order, so no wait cycle can form. (A pass may
-also wait on the unique key index, as the batch always could, only for a concurrent writer of
-one of its keys for another member: a key of the same member is that member's balance's, which
-the first pass leaves and the second waits for before it looks the keys up. Its entries are
-written in (program, key) order, so two batches wait for each other's keys in that one order,
-never in a cycle; were a deadlock to choose a pass all the same, it is rolled back and its
-items go item by item, as after a key conflict.)
+Two passes (set-based): concurrent batches of one program share a few members, and a batch that
+waited for all of its balances would wait for the whole of another batch. So a first transaction
+creates the missing balances, locks the balances that are free (SKIP LOCKED), runs and commits
+the items of those members; a second transaction runs the items left, waiting for their balances
+in order (creating again the balances the first took back: its new members left). Left for the
+second pass: every item of a member whose balance was busy, and every item of a member one of
+whose items carries a key that an earlier left item carries (else it would take the key first),
+until none is added; the items of one member thus stay in one pass, in their order, and each
+item's answer is the one `event_ingest` gives: a key committed by the first pass and repeated in
+the second is answered from the stored entry (a replay, or `idempotency_key_reused`). The one
+difference: the budget pays the first pass's items before the second's, so near its end the item
+refused (or cut to what is left) may be an earlier item of a busy member where, one by one, it
+would have been a later item of another. The second pass's entries also come after (ids,
+created_at) the first's.
+
+Deadlock freedom: a pass's balance INSERT comes first and, while it may wait, holds only the new
+rows it inserted before, all earlier in the one (program, member) order of every batch's insert;
+whoever waits for one of those rows is inserting it too (a batch, in that order; a single event,
+before it takes anything else), so no wait cycle can pass through them. The first pass then
+never waits for a balance. Each pass then takes one free budget shard of each of its programs
+(SKIP LOCKED: it never waits, as `budget_charge`'s fast path), so concurrent batches of one
+program do not queue for its shards; the second pass takes its balances, before any shard, in
+(program id, balance id) order, the order the workers' chunks use too. When a charge does not
+fit in the shard held (near the limit), or a program has no free shard, the pass is rolled back
+whole and runs again taking every shard of its programs in (program, shard) order. Every other
+writer takes a balance before shards, and whoever waits for shards already holds all the
+balances it needs and takes shards only in (program, shard) order, so no wait cycle can form. (A
+pass may also wait on the unique key index, as the batch always could, only for a concurrent
+writer of one of its keys for another member: a key of the same member is that member's
+balance's, which the first pass leaves and the second waits for before it looks the keys up. Its
+entries are written in (program, key) order, so two batches wait for each other's keys in that
+one order, never in a cycle; were a deadlock to choose a pass all the same, it is rolled back
+and its items go item by item, as after a key conflict.)
 """
 
 import ipaddress
@@ -60,7 +76,7 @@ import operator
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from decimal import Decimal
 
 import orjson
@@ -127,15 +143,16 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
     if connection.vendor == "postgresql" and all(items[i][1].type in EARN_TYPES for i in todo):
         programs = {items[i][0].id.int: items[i][0] for i in todo}
         tiers = _tiers(programs)  # read once for both passes
-        _balances_create(
-            programs, {(items[i][0].id.int, items[i][1].member_id) for i in todo}, tiers
-        )
         # Two passes: the members whose balance is free now, without waiting; then the rest,
         # waiting for their balances in order (the module docstring says why this is safe).
+        # Each pass creates the missing balances of its members itself ("New members").
         pending = todo
+        create = {(items[i][0].id.int, items[i][1].member_id) for i in todo}
         for wait in (False, True):
             try:
-                pending = _ingest_set_pass(items, pending, results, actor, tiers, wait=wait)
+                pending, removed = _ingest_set_pass(
+                    items, pending, results, actor, tiers, create=create, wait=wait
+                )
             except (IntegrityError, OperationalError, psycopg.Error) as exc:
                 if not (_is_key_conflict(exc) or _is_deadlock(exc)):
                     raise
@@ -147,24 +164,40 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
                 break
             if not pending:
                 return results  # type: ignore[return-value]
+            # The first pass took back the balances it created for the members it left: the
+            # second creates them again (every other member of it has a committed balance).
+            create = {(items[i][0].id.int, items[i][1].member_id) for i in pending} & removed
         todo = pending
     _ingest_each(items, todo, results, actor)
     return results  # type: ignore[return-value]
 
 
 def _ingest_set_pass(
-    items: Items, todo: list[int], results: list, actor: Actor, tiers: dict, *, wait: bool
-) -> list[int]:
-    """One transaction of the set-based path over `todo`; returns the items it left (busy
-    members', when not `wait`)."""
+    items: Items,
+    todo: list[int],
+    results: list,
+    actor: Actor,
+    tiers: dict,
+    *,
+    create: set,
+    wait: bool,
+) -> tuple[list[int], set]:
+    """One transaction of the set-based path over `todo`, creating the missing balances of
+    the members of `create`; returns the items it left (busy members', when not `wait`) and
+    the members whose balances it created and took back."""
     try:
-        return _ingest_set(items, todo, results, actor, tiers, all_shards=False, wait=wait)
+        return _ingest_set(
+            items, todo, results, actor, tiers, create=create, all_shards=False, wait=wait
+        )
     except _ShardsShort:
         # One shard per program could not pay for the batch, or every shard of a program was
-        # busy: rolled back whole; again, with every shard in order.
+        # busy: rolled back whole (the balances it created too); again, with every shard in
+        # order.
         for index in todo:
             results[index] = None
-        return _ingest_set(items, todo, results, actor, tiers, all_shards=True, wait=wait)
+        return _ingest_set(
+            items, todo, results, actor, tiers, create=create, all_shards=True, wait=wait
+        )
 
 
 def _is_key_conflict(exc: Exception) -> bool:
@@ -256,20 +289,41 @@ def _ingest_set(
     actor: Actor,
     tiers: dict,
     *,
+    create: set,
     all_shards: bool,
     wait: bool,
-) -> list[int]:
-    """Runs the items of `todo` whose balances it locks; returns the others: busy members'
-    when not `wait`, and any whose balance is missing (they go item by item)."""
+) -> tuple[list[int], set]:
+    """Runs the items of `todo` whose balances it locks; returns the others (busy members'
+    when not `wait`, and any whose balance is missing: they go item by item), and the members
+    of `create` whose balances it created and took back (none of their items wrote an entry).
+    """
     programs = {items[i][0].id.int: items[i][0] for i in todo}
     members = {(items[i][0].id.int, items[i][1].member_id) for i in todo}
+    # First, before any lock: the members' missing balances, in this transaction ("New
+    # members" in the module docstring).
+    created = _balances_insert(programs, create, tiers) if create else {}
     balances = _balances_lock(programs, members, tiers, wait=wait)
     left = _left_for_later(items, todo, members - balances.keys())
     if left:
         later = set(left)
         todo = [i for i in todo if i not in later]
-        if not todo:
-            return left
+    written = (
+        _ingest_locked(items, todo, results, actor, programs, balances, all_shards) if todo else ()
+    )
+    return left, _balances_unused_delete(created, written)
+
+
+def _ingest_locked(
+    items: Items,
+    todo: list[int],
+    results: list,
+    actor: Actor,
+    programs: dict,
+    balances: dict,
+    all_shards: bool,
+) -> Container[int]:
+    """The items of `todo`, whose balances `_ingest_set` holds; returns the ids of the
+    balances that got an entry."""
     if all_shards:
         budgets = {
             pid: _Budget(programs[pid], shards, whole=True)
@@ -322,7 +376,7 @@ def _ingest_set(
         results[index] = IngestResult(entry=entry)
     if new:
         _write(new, list(touched.values()), list(flags_changed.values()), budgets, actor, now)
-    return left
+    return touched.keys()
 
 
 def _left_for_later(items: Items, todo: list[int], busy: set) -> list[int]:
@@ -457,6 +511,8 @@ def _balance_insert_sql() -> tuple[str, list]:
         " WHERE NOT EXISTS (SELECT FROM loyalty_memberbalance x"
         "  WHERE x.program_id = v.program_id AND x.member_id = v.member_id)"
         " ORDER BY v.n ON CONFLICT (program_id, member_id) DO NOTHING"
+        # The rows this statement inserted, which the transaction takes back if unused.
+        " RETURNING id, program_id, member_id"
     )
     return sql, [v for _, v in values]
 
@@ -481,15 +537,19 @@ def _members_arrays(programs: dict, members: set) -> tuple[list[str], list]:
     return _keyed_arrays(programs, sorted(members, key=lambda m: (text[m[0]], m[1])))
 
 
-def _balances_create(programs: dict, members: set, tiers: dict) -> None:
-    """Creates the batch's missing balances before the passes, in autocommit: the INSERT is a
-    transaction of its own. It may wait for a concurrent transaction's uncommitted row of the
-    same member, but holding nothing else it can be in no wait cycle; the passes then find
-    every balance (balances are never deleted) and create none. Where every balance exists,
-    it writes nothing and commits nothing."""
-    # Created in one sorted order by every batch, so two batches creating the same new members
-    # wait for each other in that order, never in a cycle. New members start in the lowest
-    # tier (`entry_tier`: "basic" for a program without tiers).
+def _balances_insert(programs: dict, members: set, tiers: dict) -> dict[int, tuple]:
+    """Creates the missing balances of `members` ((program key, member id)) in the caller's
+    transaction, first thing in it; returns the rows it inserted, {balance id: member}.
+
+    It may wait for a concurrent transaction's uncommitted row of the same member (ON
+    CONFLICT settles it once that one ends: a row it committed is that member's balance; a
+    row it took back, or rolled back, leaves this insert to create its own). While it waits
+    it holds only the rows it inserted before, earlier in the one (program, member) order
+    every batch inserts in, on both paths: two batches creating the same new members wait for
+    each other in that order, never in a cycle; and a single event waiting for one of these
+    rows holds nothing a batch waits for (it creates its balance first, before any other
+    member's row, a shard or a key). Where every balance exists, it writes nothing."""
+    # New members start in the lowest tier (`entry_tier`: "basic" for a program without tiers).
     arrays, ordered_programs = _members_arrays(programs, members)
     insert_sql, defaults = _balance_insert_sql()
     entry_tiers = _array_of(
@@ -497,6 +557,38 @@ def _balances_create(programs: dict, members: set, tiers: dict) -> None:
     )
     with connection.cursor() as cursor:
         cursor.execute(insert_sql, [entry_tiers, *defaults, *arrays])
+        rows = cursor.fetchall()
+    return {pk: (program_id.int, member_id) for pk, program_id, member_id in rows}
+
+
+def _balances_unused_delete(created: dict[int, tuple], written) -> set[tuple]:
+    """Takes back, before its transaction commits, the balances it created (`created`, {id:
+    member}) that got no entry (not in `written`, the ids of those that did); returns their
+    members. No statement when there are none: every member existed, or every new one was
+    paid.
+
+    Why a new member's balance is created in the transaction that runs its items, and taken
+    back there: one by one, a refused event writes nothing, its balance included (its
+    transaction rolls back); a batch creates every missing balance before any item runs, so
+    the balance of a member whose every item was refused (budget exhausted, a key reused,
+    insufficient points) would otherwise stay, a member who answers on reads and joins
+    campaigns. Created and taken back in one transaction, such a row is never seen by
+    another (uncommitted): a concurrent event of that member waits on it in its own insert
+    and, once this commits, finds no row and creates its own. The database refuses any other
+    DELETE of a balance (loyalty.models._BALANCE_DELETE_FUNC), and this one names only rows
+    this transaction inserted, with no entry."""
+    unused = [pk for pk in created if pk not in written]
+    if not unused:
+        return set()
+    table = MemberBalance._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {table} WHERE id IN ({', '.join(['%s'] * len(unused))})"  # noqa: S608
+            " AND NOT EXISTS (SELECT 1 FROM loyalty_ledgerentry e"
+            f" WHERE e.balance_id = {table}.id)",
+            unused,
+        )
+    return {created[pk] for pk in unused}
 
 
 def _balances_lock(programs: dict, members: set, tiers: dict, *, wait: bool) -> dict:
@@ -962,8 +1054,8 @@ def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> 
 def _refunds_of_unknown_members_refused(items: Items, todo: list[int], results: list) -> list:
     """Answers `original_not_found` to the refunds of members who have no balance and no
     other item in the batch: their purchase cannot exist. One by one such a refund writes
-    nothing; here `_lock_in_order` would create the member's balance for the whole batch,
-    leaving a member the refusal never made (a balance is never deleted). Returns the rest."""
+    nothing; here `_lock_in_order` would create the member's balance only for
+    `_ingest_items` to take it back, a statement each. Returns the rest."""
     refunds_only: dict[tuple, list[int]] = {}
     others = set()
     for index in todo:
@@ -996,7 +1088,7 @@ def _refunds_of_unknown_members_refused(items: Items, todo: list[int], results: 
 
 @transaction.atomic(durable=True)
 def _ingest_items(items: Items, todo: list[int], results: list, actor: Actor) -> None:
-    _lock_in_order([items[i] for i in todo])
+    created = _lock_in_order([items[i] for i in todo])
     for index in todo:
         program, event = items[index]
         try:
@@ -1010,16 +1102,27 @@ def _ingest_items(items: Items, todo: list[int], results: list, actor: Actor) ->
             if replay is None:
                 raise
             results[index] = replay
+    if created:  # new members: take back the balances of those who got no entry
+        written = set()
+        for index in todo:
+            result = results[index]
+            if isinstance(result, IngestResult) and not result.replayed:
+                written.add(result.entry.balance_id)
+        _balances_unused_delete(created, written)
 
 
-def _lock_in_order(items: Items) -> None:
+def _lock_in_order(items: Items) -> dict[int, tuple]:
+    """Creates the members' missing balances (returns them, {id: member}, for
+    `_balances_unused_delete`), then locks every balance and budget shard of the batch."""
     members = sorted({(str(program.pk), event.member_id) for program, event in items})
     programs = {str(program.pk): program for program, _ in items}
-    entry_tiers = {p: entry_tier(program) for p, program in programs.items()}
-    MemberBalance.objects.bulk_create(
-        [MemberBalance(program=programs[p], member_id=m, tier=entry_tiers[p]) for p, m in members],
-        ignore_conflicts=True,
-    )
+    if connection.vendor == "postgresql":
+        # As the set-based path creates them, in the same (program, member) order.
+        by_key = {program.id.int: program for program in programs.values()}
+        wanted = {(program.id.int, event.member_id) for program, event in items}
+        created = _balances_insert(by_key, wanted, _tiers(by_key))
+    else:
+        created = _balances_create_one_writer(programs, members)
     for program_id in sorted(programs):
         member_ids = sorted(m for p, m in members if p == program_id)
         list(
@@ -1035,3 +1138,31 @@ def _lock_in_order(items: Items) -> None:
             .order_by("shard")
             .values_list("pk", flat=True)
         )
+    return created
+
+
+def _balances_create_one_writer(programs: dict, members: list) -> dict[int, tuple]:
+    """`_lock_in_order`'s balance creation on SQLite (one writer at a time): the members
+    without a balance, created; returns them, {id: member}."""
+    existing = set(
+        MemberBalance.objects.filter(
+            program_id__in=[program.pk for program in programs.values()],
+            member_id__in={member_id for _, member_id in members},
+        ).values_list("program_id", "member_id")
+    )
+    missing = [(p, m) for p, m in members if (programs[p].pk, m) not in existing]
+    if not missing:
+        return {}
+    entry_tiers = {p: entry_tier(programs[p]) for p in {p for p, _ in missing}}
+    MemberBalance.objects.bulk_create(
+        [MemberBalance(program=programs[p], member_id=m, tier=entry_tiers[p]) for p, m in missing]
+    )
+    wanted = {(programs[p].pk, m): (programs[p].id.int, m) for p, m in missing}
+    return {
+        pk: wanted[(program_id, member_id)]
+        for pk, program_id, member_id in MemberBalance.objects.filter(
+            program_id__in={key[0] for key in wanted},
+            member_id__in={key[1] for key in wanted},
+        ).values_list("pk", "program_id", "member_id")
+        if (program_id, member_id) in wanted
+    }

@@ -147,12 +147,11 @@ def assert_same_rows(single, batch):
     rows_single, rows_batch = program_rows(single), program_rows(batch)
     for name in rows_single:
         assert rows_batch[name] == rows_single[name], name
-    # A member whose only item was refused keeps an empty balance row on the batch path (the
-    # batch creates its members' rows before it locks them); nothing else.
-    extra = MemberBalance.objects.filter(program=batch).exclude(
-        member_id__in=list(rows_batch["balances"])
+    # The same members, too: a member whose every item was refused has no balance on either
+    # path (the batch takes back the balances it created for such members).
+    assert set(MemberBalance.objects.filter(program=batch).values_list("member_id", flat=True)) == (
+        set(MemberBalance.objects.filter(program=single).values_list("member_id", flat=True))
     )
-    assert all(b.points_balance == 0 and b.purchase_count == 0 for b in extra)
     assert ledger_verify() == []
     assert audit_verify() == []
 
@@ -279,6 +278,7 @@ def test_the_budget_runs_out_at_one_item_and_the_rest_change_nothing(make_progra
     assert results[3].context == {"remaining_budget": "0.00", "currency": "XOF"}
     assert LedgerEntry.objects.filter(program=program).count() == 3
     assert not LedgerEntry.objects.filter(balance__member_id__in=["u3", "u4"]).exists()
+    assert not MemberBalance.objects.filter(member_id__in=["u3", "u4"]).exists()
     assert OutboxEvent.objects.filter(program=program).count() == 3
     assert AuditEntry.objects.filter(entity_type="transaction").count() == 3
     shards = BudgetShard.objects.filter(program=program)
@@ -529,9 +529,9 @@ def test_a_batch_of_earnings_takes_the_same_few_statements_whatever_its_size(
     """Set-based: the statements do not grow with the items (one per table, not per event)."""
     program = make_program(budget_limit=D("1000000"), sira_settings={})
     items = [(program, purchase(f"u{i % 40}", key=f"k{i}")) for i in range(200)]
-    # Tiers and balance insert (before the passes); balance lock, shards, stored keys, the id
-    # draw, balance and shard UPDATEs, in a savepoint here (inside the test's transaction);
-    # plus 4 COPYs, not counted. 10 statements; no second pass.
+    # Tiers; balance insert, balance lock, shards, stored keys, the id draw, balance and shard
+    # UPDATEs, in a savepoint here (inside the test's transaction); plus 4 COPYs, not counted.
+    # 10 statements; no second pass, and no balance to take back (every new member is paid).
     with django_assert_max_num_queries(10):
         results = events_ingest_batch(items=items, actor=actor)
     assert all(isinstance(r, IngestResult) for r in results)

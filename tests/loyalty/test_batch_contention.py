@@ -216,6 +216,35 @@ def test_a_member_repeating_a_busy_members_earlier_key_waits_with_it(program, ac
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_a_new_member_left_for_the_second_pass_and_refused_there_is_not_left_behind(program, actor):
+    """New `y` repeats busy `busy`'s earlier key: `y` waits for the second pass, so the first
+    takes back the balance it created for `y`; the second creates it again, `y`'s item is the
+    key's reuse there, and that balance goes too. New `x`, also left, is paid in the second
+    pass and keeps its balance."""
+    event_ingest(program=program, event=purchase("busy", "before"), actor=actor)
+    items = [
+        (program, purchase("busy", "k")),
+        (program, purchase("y", "k")),
+        (program, purchase("x", "k")),
+        (program, purchase("x", "x1")),
+        (program, purchase("free", "f1")),
+    ]
+
+    def while_held(results):
+        assert _until(lambda: _member_entries(program, "free") == {"free": 1})
+        assert not MemberBalance.objects.filter(program=program, member_id__in=["x", "y"])
+
+    outcomes = _with_busy_member(program, actor, items, "busy", while_held)
+    assert [outcomes[i].entry.points for i in (0, 3, 4)] == [D("200")] * 3
+    assert isinstance(outcomes[1], IdempotencyKeyReused)
+    assert isinstance(outcomes[2], IdempotencyKeyReused)
+    members = MemberBalance.objects.filter(program=program).values_list("member_id", flat=True)
+    assert sorted(members) == ["busy", "free", "x"]
+    assert ledger_verify() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_batches_with_shared_members_apply_each_key_once_within_the_budget(
     make_program, actor
 ):

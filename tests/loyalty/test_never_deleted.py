@@ -5,7 +5,7 @@ entries, lots and outbox events that name them carry no foreign key constraint t
 import pytest
 from django.db import ProgrammingError, connection, transaction
 
-from loyalty.models import LedgerEntry, Merchant, OutboxEvent, PointLot, Program
+from loyalty.models import LedgerEntry, MemberBalance, Merchant, OutboxEvent, PointLot, Program
 
 from .conftest import balance_of
 
@@ -54,3 +54,50 @@ def test_what_an_earning_writes_names_a_program_and_merchant_that_stay(program, 
     assert entry.program.pk == program.pk
     assert lot.entry.pk == entry.pk
     assert lot.balance.pk == entry.balance.pk
+
+
+# The one DELETE let through: by the transaction that inserted the balance, before it commits,
+# while the row is as inserted and no entry names it (a batch taking back the balance of a
+# member whose items were all refused).
+
+
+def delete_balance(pk) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM loyalty_memberbalance WHERE id = %s", [pk])
+
+
+def test_the_transaction_that_inserted_a_balance_may_take_it_back_untouched(program):
+    # Here inside the test's transaction, in savepoints: their ids are this transaction's.
+    with transaction.atomic():
+        balance = MemberBalance.objects.create(program=program, member_id="new")
+        with transaction.atomic():
+            delete_balance(balance.pk)
+    assert not MemberBalance.objects.filter(pk=balance.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_balance_cannot_be_deleted_even_with_no_history(program):
+    empty = MemberBalance.objects.create(program=program, member_id="empty")  # committed
+    refused("DELETE FROM loyalty_memberbalance WHERE id = %s", [empty.pk])
+    with transaction.atomic():
+        # Frozen by this transaction (which the row's xmin now names): no longer as inserted.
+        MemberBalance.objects.filter(pk=empty.pk).update(is_frozen=True)
+        refused("DELETE FROM loyalty_memberbalance WHERE id = %s", [empty.pk])
+    assert MemberBalance.objects.filter(pk=empty.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_balance_this_transaction_inserted_and_wrote_to_cannot_be_deleted(program, actor):
+    from loyalty.services.ingestion import ingest_in_transaction
+    from tests.factories import PurchaseFactory
+
+    with transaction.atomic():
+        ingest_in_transaction(program=program, event=PurchaseFactory(member_id="paid"), actor=actor)
+        paid = MemberBalance.objects.get(program=program, member_id="paid")
+        refused("DELETE FROM loyalty_memberbalance WHERE id = %s", [paid.pk])  # an entry
+        marked = MemberBalance.objects.create(program=program, member_id="marked")
+        MemberBalance.objects.filter(pk=marked.pk).update(fraud_flags=[{"code": "x"}])
+        refused("DELETE FROM loyalty_memberbalance WHERE id = %s", [marked.pk])  # changed
+        fresh = MemberBalance.objects.create(program=program, member_id="fresh")
+        delete_balance(fresh.pk)
+    assert set(MemberBalance.objects.values_list("member_id", flat=True)) == {"paid", "marked"}

@@ -21,6 +21,7 @@ from .service import (
     ingest_in_transaction,
     ingest_prefaceable,
     replay_answer,
+    stored_entry_id,
 )
 from .statement import earn_lot_values, earn_outbox_values
 
@@ -46,4 +47,5 @@ __all__ = [
     "ingest_in_transaction",
     "ingest_prefaceable",
     "replay_answer",
+    "stored_entry_id",
 ]

@@ -87,18 +87,25 @@ def ingest_prefaceable(event: EventInput) -> bool:
 def event_replay(program: Program, event: EventInput) -> IngestResult | None:
     # Every new event asks this and almost always hears "no": a plain SQL probe of the unique
     # index costs a fraction of the ORM query; the entry is loaded only for a repeat.
+    found = stored_entry_id(program, event.idempotency_key)
+    if found is None:
+        return None
+    return replay_answer(LedgerEntry.objects.get(pk=found), event)
+
+
+def stored_entry_id(program: Program, idempotency_key: str) -> int | None:
+    """The id of the entry the key wrote in the program, if any (entries are never deleted:
+    once stored, a key stays stored)."""
     with connection.cursor() as cursor:
         cursor.execute(
             # `<> ''` repeats the partial unique index's predicate, so that a prepared
             # (generic) plan may still use that index.
             "SELECT id FROM loyalty_ledgerentry WHERE program_id = %s"
             " AND idempotency_key = %s AND idempotency_key <> ''",
-            [db_id(program.pk), event.idempotency_key],
+            [db_id(program.pk), idempotency_key],
         )
         found = cursor.fetchone()
-    if found is None:
-        return None
-    return replay_answer(LedgerEntry.objects.get(pk=found[0]), event)
+    return None if found is None else found[0]
 
 
 def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:

@@ -1,0 +1,126 @@
+"""A manual_adjust that waits for approval, repeated in a batch, answers what POST
+/api/v1/events answers one by one: the same 202 for the same key (one pending request, not a
+409 for the second), the replay of the entry once the request was executed (not a new pending
+request), `idempotency_key_reused` for another event under a key already taken."""
+
+import pytest
+
+from access.models import IdempotencyRecord
+from approvals.models import ApprovalRequest
+from loyalty.models import LedgerEntry
+
+from .test_api import adjustments, big_adjust
+
+pytestmark = pytest.mark.django_db
+
+
+def batch(client, *items):
+    response = client.post("/api/v1/events/batch", {"events": list(items)})
+    assert response.status_code == 200
+    return response.json()["results"]
+
+
+def keyed(body, key):
+    return {**body, "idempotency_key": key}
+
+
+def execute(api, request_id) -> dict:
+    api("ops_marketing", sub="ops-2").post(f"/api/v1/approvals/{request_id}/approve", {})
+    response = api("finance_ops", sub="fin-1").post(f"/api/v1/approvals/{request_id}/approve", {})
+    assert response.json()["status"] == "executed"
+    return response.json()
+
+
+def test_a_gated_adjustment_repeated_in_a_batch_gets_the_same_202_as_one_by_one(api, funded):
+    maker = api("system", sub="ops-maker")
+    # One by one: the repeat replays the first answer.
+    first = maker.post("/api/v1/events", big_adjust(funded), key="one-k")
+    again = maker.post("/api/v1/events", big_adjust(funded), key="one-k")
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert ApprovalRequest.objects.count() == 1
+
+    adjust = big_adjust(funded, member="u_2")
+    results = batch(
+        maker,
+        keyed(adjust, "b-k"),
+        keyed(adjust, "b-k"),
+        keyed({**adjust, "points": "20000"}, "b-k"),  # the key, another event
+        keyed({**adjust, "type": "referral"}, "b-k"),  # not gated: still the key's reuse
+    )
+    assert [r["status"] for r in results] == [202, 202, 422, 422]
+    assert results[1] == {**results[0], "index": 1, "replayed": True}
+    assert [r["error"]["code"] for r in results[2:]] == ["idempotency_key_reused"] * 2
+    assert ApprovalRequest.objects.count() == 2  # one for the batch's key
+    assert not LedgerEntry.objects.filter(idempotency_key="b-k").exists()  # the request's
+
+
+def test_an_executed_adjustment_sent_again_in_a_batch_is_its_replay(api, funded):
+    maker = api("system", sub="ops-maker")
+    request_id = maker.post("/api/v1/events", big_adjust(funded), key="adj-k").json()[
+        "approval_request_id"
+    ]
+    execute(api, request_id)
+    assert adjustments() == 1
+    entry = LedgerEntry.objects.get(idempotency_key="adj-k")
+
+    [item] = batch(maker, keyed(big_adjust(funded), "adj-k"))
+    assert (item["status"], item["replayed"]) == (201, True)
+    assert item["body"]["transaction_id"] == str(entry.pk)
+    assert ApprovalRequest.objects.count() == 1  # no new request
+    # One by one, once the request's own record of the key is gone (kept 24 hours): the same
+    # replay, not a new request either.
+    IdempotencyRecord.objects.filter(key="adj-k").delete()
+    single = maker.post("/api/v1/events", big_adjust(funded), key="adj-k")
+    assert single.status_code == 201
+    assert single["Idempotent-Replayed"] == "true"
+    assert single.json() == item["body"]
+    # Another event under that key, both ways: the key's reuse.
+    other = big_adjust(funded, points="-10000.02")
+    [reused] = batch(maker, keyed(other, "adj-k"))
+    assert (reused["status"], reused["error"]["code"]) == (422, "idempotency_key_reused")
+    single = maker.post("/api/v1/events", other, key="adj-k")
+    assert (single.status_code, single.json()["code"]) == (422, "idempotency_key_reused")
+    assert ApprovalRequest.objects.count() == 1
+    assert adjustments() == 1
+
+
+def test_an_executed_adjustment_of_the_adjustments_endpoint_is_replayed_once_forgotten(api, funded):
+    maker = api("system", sub="ops-maker")
+    url = f"/api/v1/programs/{funded.pk}/members/u_1/adjustments"
+    body = {"points": "10000.01", "reason": "goodwill"}
+    request_id = maker.post(url, body, key="ep-k").json()["approval_request_id"]
+    executed = execute(api, request_id)
+    IdempotencyRecord.objects.filter(key="ep-k").delete()
+    again = maker.post(url, body, key="ep-k")
+    assert again.status_code == 201
+    assert again.json()["transaction_id"] == executed["result"]["transaction_id"]
+    assert ApprovalRequest.objects.count() == 1
+    assert adjustments() == 1
+
+
+def test_a_gated_adjustment_repeating_a_key_of_an_earlier_item_of_the_batch(api, funded):
+    """The earlier item was written: its key is taken, the adjustment is its reuse (no
+    request). The earlier item was refused: its key is free, the adjustment waits for
+    approval, as one by one."""
+    maker = api("system", sub="ops-maker")
+    purchase = {
+        "program_id": str(funded.pk), "member_id": "u_3", "type": "purchase",
+        "amount": "10000", "currency": "XOF", "reference": "order-1",
+    }  # fmt: skip
+    results = batch(
+        maker,
+        keyed(purchase, "k-1"),
+        keyed(big_adjust(funded, member="u_4"), "k-1"),
+        keyed({**purchase, "currency": "USD"}, "k-2"),  # refused: the program's is XOF
+        keyed(big_adjust(funded, member="u_5"), "k-2"),
+        keyed(big_adjust(funded, member="u_5"), "k-2"),
+    )
+    assert [r["status"] for r in results] == [201, 422, 422, 202, 202]
+    assert results[1]["error"]["code"] == "idempotency_key_reused"
+    assert results[2]["error"]["code"] == "currency_mismatch"
+    assert results[4] == {**results[3], "index": 4, "replayed": True}
+    assert list(ApprovalRequest.objects.values_list("target", flat=True)) == [
+        f"balance:{funded.pk}:u_5"
+    ]
