@@ -15,7 +15,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('loyalty', '0007_budget_retry_function'),
+        ('loyalty', '0008_stale_job_sweep_schedule'),
     ]
 
     operations = [
