@@ -1,5 +1,6 @@
 """Who is calling the API: the verified credential's actor, roles, permissions and scope."""
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -40,8 +41,13 @@ class Caller:
     @property
     def person_idempotency_scope(self) -> str:
         """The scope of a write that only its own person may repeat (an approval decision):
-        two people of one merchant sending the same key must each be heard."""
-        return f"{self.credential_type}:{self.actor.id}"
+        two people of one merchant sending the same key must each be heard. Within the
+        merchant's scope (one person's token for another merchant must not replay this
+        one's answers); the person hashed, to fit the column (150)."""
+        if self.merchant_id is None:
+            return self.idempotency_scope  # platform staff: already per person
+        person = f"{self.credential_type}:{self.actor.id}".encode()
+        return f"{self.idempotency_scope}|p:{hashlib.sha256(person).hexdigest()[:32]}"
 
     def can_see(self, merchant_id: str) -> bool:
         return self.merchant_id is None or self.merchant_id == merchant_id

@@ -134,7 +134,9 @@ def policy_loosening(
         loosened["enabled"] = [LOOSENING_NEEDS_PLATFORM_ADMIN]
     elif threshold is not None and (current.threshold is None or threshold > current.threshold):
         loosened["threshold"] = [LOOSENING_NEEDS_PLATFORM_ADMIN]
-    if set(current.required_roles) - set(required_roles):
+    # `system` was once accepted as a required role and no longer is: dropping it is no
+    # loosening (no person held it), or such a policy could never be edited by finance.
+    if set(current.required_roles) - set(required_roles) - {"system"}:
         loosened["required_roles"] = [LOOSENING_NEEDS_PLATFORM_ADMIN]
     return loosened
 

@@ -107,6 +107,16 @@ def test_two_people_deciding_with_the_same_key_are_both_heard(api, funded):
     assert adjustments() == 1
 
 
+def test_a_persons_decision_key_replays_nothing_to_their_token_for_another_merchant(api, funded):
+    maker = api("system", sub="ops-maker")
+    request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
+    url = f"/api/v1/approvals/{request_id}/approve"
+    assert api("ops_marketing", sub="ops-2").post(url, {}, key="k1").status_code == 200
+    elsewhere = api("ops_marketing", sub="ops-2", merchant_id=OTHER)
+    assert elsewhere.post(url, {}, key="k1").status_code == 404
+    assert elsewhere.post(url, {}, key="k2").status_code == 404
+
+
 def test_reject_needs_a_reason_over_the_api(api, funded):
     maker = api("system", sub="ops-maker")
     request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]

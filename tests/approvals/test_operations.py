@@ -158,6 +158,20 @@ def test_a_platform_administrator_may_loosen_a_policy_but_not_name_a_machine_rol
         )  # fmt: skip
 
 
+def test_finance_may_tighten_a_policy_that_names_the_old_system_role():
+    """`system` was once accepted as a required role: dropping it loosens nothing (no person
+    held it), so finance can still edit such a policy."""
+    ApprovalPolicy.objects.create(
+        operation="balance_adjustment", enabled=True, threshold=Decimal("10000"), ttl_hours=72,
+        required_roles=["ops_marketing", "finance_ops", "system"],
+    )  # fmt: skip
+    approval_policy_update(
+        operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("5000"),
+        required_roles=["ops_marketing", "finance_ops"], ttl_hours=72,
+    )  # fmt: skip
+    assert policy_get("balance_adjustment").required_roles == ("ops_marketing", "finance_ops")
+
+
 def test_request_uses_the_policy_roles_at_creation(program, member, adjustment):
     approval_policy_update(
         operation="balance_adjustment", actor=FIN_1, enabled=True, threshold=Decimal("100"),
