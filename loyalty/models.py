@@ -64,11 +64,14 @@ def never_deleted(name: str) -> pgtrigger.Protect:
 # tells the two apart ("in progress" is only this transaction's own, for a visible row). The
 # row's 32-bit xmin is widened to the 64-bit id that function takes from this transaction's
 # own id: its ids (savepoints' included) are this transaction's id or later, by less than
-# 2^31. A row this transaction updated also carries its xmin: the other conditions (as
-# inserted: no points, nothing locked or earned, not frozen, no flags; no entry) keep every
-# balance that has a history.
+# 2^31. A row this transaction updated also carries its xmin, and a frozen row's 32-bit
+# xmin can widen to a running transaction's id after wraparound: so the row must also be one
+# of the ids the deleting transaction listed as inserted (`loyalty.balances_inserted`, set
+# local to it by the batch from its INSERT's RETURNING), and still as inserted (no points,
+# nothing locked or earned, not frozen, no flags; no entry).
 _BALANCE_DELETE_FUNC = """
-IF OLD.points_balance = 0 AND OLD.locked = 0 AND OLD.lifetime_earned = 0
+IF OLD.id::text = ANY(string_to_array(current_setting('loyalty.balances_inserted', true), ','))
+    AND OLD.points_balance = 0 AND OLD.locked = 0 AND OLD.lifetime_earned = 0
     AND OLD.lifetime_redeemed = 0 AND OLD.purchase_count = 0 AND NOT OLD.is_frozen
     AND OLD.fraud_flags = '[]'::jsonb
     AND NOT EXISTS (SELECT FROM loyalty_ledgerentry e WHERE e.balance_id = OLD.id) THEN

@@ -582,6 +582,14 @@ def _balances_unused_delete(created: dict[int, tuple], written) -> set[tuple]:
         return set()
     table = MemberBalance._meta.db_table
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # The ids this transaction's INSERT returned, for this transaction only: the
+            # trigger lets a balance be deleted only when it is one of them (a row's xmin
+            # alone also matched a committed row this transaction had updated).
+            cursor.execute(
+                "SELECT set_config('loyalty.balances_inserted', %s, true)",
+                [",".join(map(str, unused))],
+            )
         cursor.execute(
             f"DELETE FROM {table} WHERE id IN ({', '.join(['%s'] * len(unused))})"  # noqa: S608
             " AND NOT EXISTS (SELECT 1 FROM loyalty_ledgerentry e"

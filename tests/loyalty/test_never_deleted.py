@@ -62,8 +62,30 @@ def test_what_an_earning_writes_names_a_program_and_merchant_that_stay(program, 
 
 
 def delete_balance(pk) -> None:
+    """As the batch does it: the id listed as inserted by this transaction, then deleted."""
     with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('loyalty.balances_inserted', %s, true)", [str(pk)])
         cursor.execute("DELETE FROM loyalty_memberbalance WHERE id = %s", [pk])
+
+
+def test_a_balance_inserted_here_but_not_listed_as_inserted_cannot_be_deleted(program):
+    with transaction.atomic():
+        balance = MemberBalance.objects.create(program=program, member_id="new")
+        refused("DELETE FROM loyalty_memberbalance WHERE id = %s", [balance.pk])
+    assert MemberBalance.objects.filter(pk=balance.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_balance_this_transaction_updated_cannot_be_deleted(program):
+    """An UPDATE gives the row this transaction's xmin: that alone must not make it
+    deletable (here a committed member with a tier and spend, but no points or entry)."""
+    member = MemberBalance.objects.create(
+        program=program, member_id="committed", tier="gold", lifetime_spend=1234
+    )
+    with transaction.atomic():
+        MemberBalance.objects.filter(pk=member.pk).update(tier="gold")
+        refused("DELETE FROM loyalty_memberbalance WHERE id = %s", [member.pk])
+    assert MemberBalance.objects.filter(pk=member.pk).exists()
 
 
 def test_the_transaction_that_inserted_a_balance_may_take_it_back_untouched(program):
