@@ -19,6 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Q
 from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -220,6 +221,11 @@ def job_run(*, job_id) -> Job:
     tracker = JobTracker(job)
     try:
         runner(job=job, tracker=tracker)
+    except JobSuperseded:
+        logger.warning("job %s (%s) stopped: failed as abandoned or taken over meanwhile",
+                       job.pk, job.kind)  # fmt: skip
+        job.refresh_from_db()
+        return job
     except Exception as exc:
         # The chunks that committed stay committed (and counted); the next run does the rest.
         logger.exception("job %s (%s) failed", job.pk, job.kind)
@@ -237,12 +243,23 @@ def job_attempt(job: Job) -> int:
 
 
 def _job_end(job: Job, tracker: "JobTracker", *, status: str, error: str) -> None:
-    job.status = status
-    job.error = error[:4000]
-    job.finished_at = timezone.now()
-    job.counts = tracker.counts
-    job.progress = {**tracker.progress, "heartbeat": job.finished_at.isoformat()}
-    job.save(update_fields=["status", "error", "finished_at", "counts", "progress"])
+    finished_at = timezone.now()
+    ended = tracker.own_row().update(
+        status=status,
+        error=error[:4000],
+        finished_at=finished_at,
+        counts=tracker.counts,
+        progress={**tracker.progress, "heartbeat": finished_at.isoformat()},
+    )
+    if not ended:  # failed as abandoned, or taken over, meanwhile: that stands
+        logger.warning("job %s (%s) ended %s, but it is no longer this run's", job.pk,
+                       job.kind, status)  # fmt: skip
+    job.refresh_from_db()
+
+
+class JobSuperseded(Exception):
+    """This run's job was failed as abandoned or taken over by another worker meanwhile:
+    the chunk in hand rolls back and the run stops."""
 
 
 class JobTracker:
@@ -258,11 +275,22 @@ class JobTracker:
         for name, value in counts.items():
             self.counts[name] = self.counts.get(name, 0) + int(value)
 
+    def own_row(self):
+        """The job's row while this run still owns it: running, at this run's attempt (a
+        takeover raises the attempt; the sweep fails a job whose heartbeat stopped)."""
+        attempt = job_attempt(self.job)
+        same_attempt = Q(progress__attempt=attempt)
+        if attempt == 1:
+            same_attempt |= ~Q(progress__has_key="attempt")
+        return Job.objects.filter(same_attempt, pk=self.job.pk, status=Job.Status.RUNNING)
+
     def save(self, **progress: Any) -> None:
-        """Call inside the chunk's transaction, after its writes."""
+        """Call inside the chunk's transaction, after its writes. JobSuperseded when the run
+        no longer owns its job: the chunk then rolls back, and the run stops."""
         self.progress.update(progress)
         self.progress["heartbeat"] = timezone.now().isoformat()
-        Job.objects.filter(pk=self.job.pk).update(counts=self.counts, progress=self.progress)
+        if not self.own_row().update(counts=self.counts, progress=self.progress):
+            raise JobSuperseded(str(self.job.pk))
 
 
 def job_programs(job: Job, *, statuses: Iterable[str] = (Program.Status.ACTIVE,)):

@@ -410,3 +410,57 @@ def test_unreachable_broker_fails_the_job_instead_of_blocking_the_day(
     assert job.status == Job.Status.FAILED
     assert job.error == "not queued: redis is down"
     job_create(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)  # the day is free
+
+
+def test_a_run_whose_job_was_failed_as_abandoned_meanwhile_stops_and_leaves_it_failed(
+    make_program, monkeypatch
+):
+    """A worker alive but silent past the limit: the sweep fails its job (and a new run may
+    start). Its next chunk must not commit, nor its end turn the job back to succeeded."""
+    from django.db import transaction
+
+    from loyalty.services import jobs as jobs_module
+
+    program = make_program(name="P")
+    written = []
+
+    def slow_runner(*, job, tracker):
+        with transaction.atomic():
+            written.append(MemberBalance.objects.create(program=program, member_id="first").pk)
+            tracker.save(done=1)
+        # Meanwhile the sweep (or a new run's job_create) failed the job.
+        Job.objects.filter(pk=job.pk).update(status=Job.Status.FAILED, error="abandoned: test")
+        with transaction.atomic():
+            written.append(MemberBalance.objects.create(program=program, member_id="second").pk)
+            tracker.save(done=2)
+
+    monkeypatch.setattr(jobs_module, "_runners", lambda: {Job.Kind.TIER_EVALUATION: slow_runner})
+    job = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+    ran = job_run(job_id=job.pk)
+    assert (ran.status, ran.error) == (Job.Status.FAILED, "abandoned: test")
+    assert ran.progress["done"] == 1  # the second chunk's progress never landed
+    members = set(MemberBalance.objects.filter(program=program).values_list("member_id", flat=True))
+    assert members == {"first"}  # ... nor its writes
+
+
+def test_a_run_taken_over_by_another_worker_stops_at_its_next_chunk(make_program, monkeypatch):
+    from django.db import transaction
+
+    from loyalty.services import jobs as jobs_module
+
+    program = make_program(name="P")
+
+    def runner(*, job, tracker):
+        tracker.save(done=1)
+        # Another worker took the job over (a redelivery after a missed heartbeat).
+        Job.objects.filter(pk=job.pk).update(progress={**tracker.progress, "attempt": 2})
+        with transaction.atomic():
+            MemberBalance.objects.create(program=program, member_id="late")
+            tracker.save(done=2)
+
+    monkeypatch.setattr(jobs_module, "_runners", lambda: {Job.Kind.TIER_EVALUATION: runner})
+    job = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+    ran = job_run(job_id=job.pk)
+    assert ran.status == Job.Status.RUNNING  # the taker's to end
+    assert ran.progress["attempt"] == 2
+    assert not MemberBalance.objects.filter(member_id="late").exists()
