@@ -312,6 +312,8 @@ def each_part(job: Job, tracker: "JobTracker", parts: Iterable, run: Callable[[A
     for part in parts:
         try:
             run(part)
+        except JobSuperseded:
+            raise  # not this part's failure: the run no longer owns its job
         except Exception as exc:
             if job.program_id is not None:
                 raise
