@@ -23,6 +23,20 @@ class MerchantAPIKeyAdmin(APIKeyModelAdmin):
     (`apikey:<prefix>`) keep naming it.
     """
 
+    # Django's own change log would keep `obj.pk`, which is "<prefix>.<hash>": the audit trail
+    # records these changes by prefix, so the key's hash is kept nowhere else.
+    def log_addition(self, request, obj, message):
+        return None
+
+    def log_change(self, request, obj, message):
+        return None
+
+    def log_deletion(self, request, obj, object_repr):
+        return None
+
+    def log_deletions(self, request, queryset):
+        return None
+
     list_display = [*APIKeyModelAdmin.list_display, "merchant"]
     list_filter = [*APIKeyModelAdmin.list_filter, "merchant"]
     search_fields = [*APIKeyModelAdmin.search_fields, "merchant__id"]

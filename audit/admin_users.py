@@ -63,9 +63,10 @@ class AuditedUserAdmin(UserAdmin):
         )
 
     def user_change_password(self, request, id, form_url=""):
-        response = super().user_change_password(request, id, form_url)
-        if request.method == "POST" and response.status_code == 302:
-            with transaction.atomic():
+        # One transaction: the new password and its audit entry commit together.
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if request.method == "POST" and response.status_code == 302:
                 audit_record(
                     actor=_actor(request),
                     action="user.password_change",
@@ -74,26 +75,66 @@ class AuditedUserAdmin(UserAdmin):
                 )
         return response
 
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, User.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        # Django's delete views run in a transaction: the entries commit with the deletion.
+        for user in queryset:
+            audit_record(
+                actor=_actor(request),
+                action="user.delete",
+                entity_type="user",
+                entity_id=user.pk,
+                before=_user_state(user),
+            )
+        super().delete_queryset(request, queryset)
+
+
+def _group_state(group, name: str | None = None) -> dict:
+    return {
+        "name": name if name is not None else group.name,
+        "permissions": sorted(
+            f"{app}.{codename}"
+            for app, codename in group.permissions.values_list(
+                "content_type__app_label", "codename"
+            )
+        ),
+    }
+
 
 class AuditedGroupAdmin(GroupAdmin):
-    """A role's admin permissions (loyalty.roles sets them; a change here is audited)."""
+    """A role's admin permissions (loyalty.roles sets them; `migrate` sets them back): a
+    change here, or a deletion (which takes the role from every member), is audited."""
 
     def save_related(self, request, form, formsets, change):
-        before = (
-            sorted(form.instance.permissions.values_list("codename", flat=True)) if change else []
-        )
+        before = _group_state(form.instance, form.initial.get("name")) if change else None
         super().save_related(request, form, formsets, change)
-        after = sorted(form.instance.permissions.values_list("codename", flat=True))
-        if change and before == after and "name" not in form.changed_data:
+        after = _group_state(form.instance)
+        if change and before == after:
             return
         audit_record(
             actor=_actor(request),
             action="group.update" if change else "group.create",
             entity_type="group",
             entity_id=form.instance.pk,
-            before={"permissions": before} if change else None,
-            after={"name": form.instance.name, "permissions": after},
+            before=before,
+            after=after,
         )
+
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, Group.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        for group in queryset:
+            audit_record(
+                actor=_actor(request),
+                action="group.delete",
+                entity_type="group",
+                entity_id=group.pk,
+                before={**_group_state(group), "members": group.user_set.count()},
+            )
+        super().delete_queryset(request, queryset)
 
 
 for model, model_admin in ((User, AuditedUserAdmin), (Group, AuditedGroupAdmin)):

@@ -85,7 +85,9 @@ def user_permissions(user) -> frozenset[str]:
     a role can do in the console exactly what the API lets it do."""
     if user.is_superuser:
         return frozenset(PERMISSIONS)
-    return permissions_for_roles(user_roles(user))
+    # `system` is the role of workers and internal services, which hold every permission: a
+    # person put in that group gets none of them in the console.
+    return permissions_for_roles(user_roles(user) - {"system"})
 
 
 def user_has_permission(user, permission: str) -> bool:

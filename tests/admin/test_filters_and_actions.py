@@ -87,9 +87,12 @@ def _release(client, redemption):
     )
 
 
-@pytest.mark.parametrize("role", ["finance_ops", "ops_marketing", "auditor", "merchant_admin"])
+@pytest.mark.parametrize(
+    "role", ["finance_ops", "ops_marketing", "auditor", "merchant_admin", "system"]
+)
 def test_staff_roles_cannot_release_holds(client, pending, role):
-    """Releasing a hold needs `redemptions:write`, which no staff role holds over the API."""
+    """Releasing a hold needs `redemptions:write`, which no staff role holds over the API
+    (`system`, the workers' role, grants a person nothing in the console)."""
     user = make_user(f"{role}-user", role)
     if role == "merchant_admin":
         assign_perm("loyalty.view_merchant", user, pending.balance.program.merchant)

@@ -20,3 +20,16 @@ def test_migrate_installs_and_refreshes_the_role_groups():
         for p in Group.objects.get(name="finance_ops").permissions.select_related("content_type")
     }
     assert finance == set(ROLE_ADMIN_PERMISSIONS["finance_ops"])
+
+
+def test_a_partial_migrate_before_auth_exists_installs_nothing_and_does_not_fail():
+    """`migrate contenttypes` on an empty database: the signal's migration state has no auth
+    models yet (its tables do not exist), so the role install waits for a later migrate."""
+    from django.apps import apps
+    from django.db.migrations.state import ProjectState
+
+    from loyalty.apps import _roles_refresh
+
+    Group.objects.all().delete()
+    _roles_refresh(sender=list(apps.get_app_configs())[-1], apps=ProjectState().apps)
+    assert not Group.objects.exists()

@@ -44,6 +44,10 @@ def test_admin_creates_a_key_shown_once(admin_client, funded):
     assert key not in (api_key.hashed_key, api_key.id)
     reply = ApiClient(f"Api-Key {key}").get(f"/api/v1/programs/{funded.pk}/members/u_1")
     assert reply.status_code == 200
+    # Django's change log ("Recent actions") would keep the pk, which holds the hash.
+    from django.contrib.admin.models import LogEntry
+
+    assert not LogEntry.objects.filter(object_id__contains=api_key.hashed_key).exists()
 
 
 def test_admin_refuses_a_permission_a_key_cannot_hold(admin_client):

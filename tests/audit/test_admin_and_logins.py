@@ -168,3 +168,26 @@ def test_a_merchant_created_and_renamed_in_the_admin_is_audited(user_in):
     assert (renamed.action, renamed.changes) == (
         "merchant.update", {"before": {"name": "Shop"}, "after": {"name": "Shop & Co"}},
     )  # fmt: skip
+
+
+def test_deleting_a_staff_user_or_a_role_group_is_audited(user_in):
+    """Deleting the finance_ops group takes the role from every member: a write like any."""
+    from django.contrib.auth.models import Group
+
+    client = login(user_in(None, superuser=True))
+    bob = make_user("bob@molam.example", "finance_ops")
+    group = Group.objects.get(name="finance_ops")
+    delete = reverse("admin:auth_group_delete", args=[group.pk])
+    assert client.post(delete, {"post": "yes"}).status_code == 302
+    gone = AuditEntry.objects.get(action="group.delete", entity_id=str(group.pk))
+    assert gone.changes["before"]["name"] == "finance_ops"
+    assert gone.changes["before"]["members"] == 1
+    assert "loyalty.view_ledgerentry" in gone.changes["before"]["permissions"]
+
+    bob.groups.add(Group.objects.get(name="ops_marketing"))
+    assert (
+        client.post(reverse("admin:auth_user_delete", args=[bob.pk]), {"post": "yes"}).status_code
+        == 302
+    )
+    entry = AuditEntry.objects.get(action="user.delete", entity_id=str(bob.pk))
+    assert entry.changes["before"]["groups"] == ["ops_marketing"]
