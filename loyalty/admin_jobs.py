@@ -15,18 +15,15 @@ a job, `members:adjust` to roll back a tier change, from the user's role groups.
 
 from django.contrib import admin
 
-from access.permissions import permissions_for_roles
-
 from .admin_actions import run_each
 from .models import Job
-from .roles import user_roles
+from .roles import user_has_permission
 from .services.jobs import job_enqueue
 from .services.tiers import tier_rollback
 
 
 def _allowed(request, permission: str) -> bool:
-    user = request.user
-    return user.is_superuser or permission in permissions_for_roles(user_roles(user))
+    return user_has_permission(request.user, permission)
 
 
 def _actor(request):

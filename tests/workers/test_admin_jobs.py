@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def staff(rf):
     def make(role):
-        user = make_user(role, role)
+        user = make_user(f"{role}-staff", role)
         request = rf.post("/admin/")
         request.user = user
         request.session = SessionStore()
@@ -36,6 +36,9 @@ def test_only_job_runners_see_the_trigger_actions(staff):
     snapshot_admin = TierSnapshotAdmin(TierSnapshot, admin.site)
     assert "rollback_tier_changes" in snapshot_admin.get_actions(staff("finance_ops"))
     assert "rollback_tier_changes" not in snapshot_admin.get_actions(staff("merchant_admin"))
+    # `system` is the workers' role: a person in that group gets none of its permissions.
+    assert "run_tier_evaluation" not in program_admin.get_actions(staff("system"))
+    assert "rollback_tier_changes" not in snapshot_admin.get_actions(staff("system"))
 
 
 def test_trigger_and_rollback_actions(staff, program, earn, django_capture_on_commit_callbacks):
