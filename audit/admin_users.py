@@ -11,6 +11,8 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from access.selectors import staff_actor
+
 from .services import audit_record
 
 User = get_user_model()
@@ -23,18 +25,17 @@ def _user_state(user) -> dict:
         "is_staff": user.is_staff,
         "is_superuser": user.is_superuser,
         "groups": sorted(user.groups.values_list("name", flat=True)),
-        "user_permissions": sorted(
-            f"{app}.{codename}"
-            for app, codename in user.user_permissions.values_list(
-                "content_type__app_label", "codename"
-            )
-        ),
+        "user_permissions": _permission_names(user.user_permissions),
     }
 
 
-def _actor(request):
-    from access.selectors import staff_actor  # late: imports models while apps load
+def _permission_names(permissions) -> list[str]:
+    """`app.codename` of each permission, sorted (a codename alone is ambiguous)."""
+    rows = permissions.values_list("content_type__app_label", "codename")
+    return sorted(f"{app}.{codename}" for app, codename in rows)
 
+
+def _actor(request):
     return staff_actor(request.user, request)
 
 
@@ -94,12 +95,7 @@ class AuditedUserAdmin(UserAdmin):
 def _group_state(group, name: str | None = None) -> dict:
     return {
         "name": name if name is not None else group.name,
-        "permissions": sorted(
-            f"{app}.{codename}"
-            for app, codename in group.permissions.values_list(
-                "content_type__app_label", "codename"
-            )
-        ),
+        "permissions": _permission_names(group.permissions),
     }
 
 
