@@ -31,7 +31,8 @@ def budget_spent(*, program: Program) -> Decimal:
     total = getattr(program, "spent_total", None)
     if total is None:
         total = BudgetShard.objects.filter(program=program).aggregate(s=Sum("spent"))["s"]
-    return total if total is not None else ZERO
+    # Quantized to the column's two places: SQLite returns a SUM unquantized ("0" for "0.00").
+    return ZERO if total is None else total.quantize(ZERO)
 
 
 def with_budget_spent(programs):
