@@ -98,14 +98,21 @@ def _number_text(value: int | Decimal) -> str:
 
 def _canonical(value, depth: int = 0):
     """Numbers (parsed as int or Decimal) as exact normalized text (`_number_text`): 100 ==
-    100.00, and 100.000000000000000001 differs (never rounded through float). A body nested
-    deeper than MAX_BODY_DEPTH is refused (400)."""
-    if type(value) is dict and _PLAIN_TYPES.issuperset(map(type, value.values())):
+    100.00, and 100.000000000000000001 differs (never rounded through float); written as
+    {"#": text}, which no object of the body can read as. A body nested deeper than
+    MAX_BODY_DEPTH is refused (400)."""
+    if (
+        type(value) is dict
+        and _PLAIN_TYPES.issuperset(map(type, value.values()))
+        and not any(key[:1] == "#" for key in value)
+    ):
         return value  # most events: texts only (a copy cost ~2 us an event)
     if isinstance(value, dict | list) and depth >= MAX_BODY_DEPTH:
         raise ParseError(f"JSON nested more than {MAX_BODY_DEPTH} levels.")
     if isinstance(value, dict):
-        return {k: _canonical(v, depth + 1) for k, v in value.items()}
+        # A key starting with "#" gets one more: no object of the body can then read as a
+        # number's {"#": text}, nor as another object ("#" -> "##", "##" -> "###").
+        return {f"#{k}" if k[:1] == "#" else k: _canonical(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_canonical(v, depth + 1) for v in value]
     if isinstance(value, int | Decimal) and not isinstance(value, bool):

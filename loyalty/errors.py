@@ -96,6 +96,11 @@ class RefundExceedsOriginal(DomainError):
     title = "The refunds exceed the original purchase amount"
 
 
+class LedgerLimitExceeded(DomainError):
+    code = "ledger_limit_exceeded"
+    title = "The points or totals would pass what the ledger can hold (10^18)"
+
+
 class IdempotencyKeyReused(DomainError):
     code = "idempotency_key_reused"
     title = "The idempotency key was already used for a different request"

@@ -45,6 +45,7 @@ from ..services.ingestion import (
     IngestResult,
     event_ingest,
     event_ingest_prefaced,
+    event_validate,
     ingest_prefaceable,
     replay_answer,
     stored_entry_id,
@@ -207,6 +208,9 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
     """
     if not _adjustment_permitted(event, caller):
         return None
+    # What the service would refuse (a suspended program, another currency, ...) is refused
+    # now: no approval request for an adjustment that could never run.
+    event_validate(program, event)
     return approval_gate(
         operation="balance_adjustment",
         program=program,

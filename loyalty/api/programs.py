@@ -14,7 +14,7 @@ from ..errors import ValidationFailed
 from ..models import Program
 from ..services import TierInput, program_create, program_set_status, program_update
 from ..services.budget import with_budget_spent
-from ..services.programs import budget_limit_check, program_status_check, tier_cycle_date_check
+from ..services.programs import budget_limit_check, program_status_check, program_update_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (
@@ -28,8 +28,7 @@ from .serializers import (
 )
 
 
-def _tiers(data: dict) -> list[TierInput] | None:
-    tiers = data.pop("tiers", None)
+def _tiers(tiers: list[dict] | None) -> list[TierInput] | None:
     return None if tiers is None else [TierInput(**t) for t in tiers]
 
 
@@ -86,7 +85,7 @@ class ProgramsApi(LoyaltyApi):
             raise ValidationFailed(errors={"merchant_id": ["This field is required."]})
         merchant_check(caller, merchant_id)
         budget_limit_check(data.get("budget_limit"), data["currency"])
-        tiers = _tiers(data)
+        tiers = _tiers(data.pop("tiers", None))
         program = program_create(
             merchant_id=merchant_id,
             name=data.pop("name"),
@@ -134,13 +133,10 @@ class ProgramDetailApi(LoyaltyApi):
         if set(changes) - {"budget_limit"} and not caller.has("programs:write"):
             raise PermissionDenied("Changing a program needs the programs:write permission.")
         program = program_get_for_caller(caller=caller, program_id=program_id)
-        budget_limit_check(changes.get("budget_limit"), program.currency)
-        # Before the gate too: no approval request for a date the service would refuse.
-        tier_cycle_date_check(
-            changes.get("tier_cycle_date"),
-            zone=changes.get("timezone", program.timezone),
-            stored=program.tier_cycle_date,
-        )
+        fields = {name: value for name, value in changes.items() if name != "tiers"}
+        tiers = _tiers(changes.get("tiers"))
+        # Before the gate: no approval request for changes the service would refuse.
+        program_update_check(program=program, changes=fields, tiers=tiers)
         if budget and changes["budget_limit"] != program.budget_limit:
             old, new = program.budget_limit, changes["budget_limit"]
             pending = approval_gate(
@@ -153,8 +149,7 @@ class ProgramDetailApi(LoyaltyApi):
             )
             if pending is not None:
                 return Response(approval_pending_body(pending), status=202)
-        tiers = _tiers(changes)
-        program_update(program_id=program.pk, changes=changes, tiers=tiers, actor=caller.actor)
+        program_update(program_id=program.pk, changes=fields, tiers=tiers, actor=caller.actor)
         return Response(program_body(_reload(program.pk)))
 
 

@@ -1,5 +1,6 @@
 """Programs and their tiers; member freeze. Every write is audited in its own transaction."""
 
+import copy
 import zoneinfo
 from dataclasses import dataclass
 from datetime import date
@@ -144,13 +145,19 @@ def tier_cycle_date_check(value: date | None, *, zone: str, stored: date | None 
         )
 
 
-def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
+def _tiers_ordered(tiers: list[TierInput]) -> list[TierInput]:
+    """The tiers from the lowest, or ValidationFailed for a set a program cannot have."""
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
         raise ValidationFailed(errors={"tiers": ["Tier names must be unique."]})
     ordered = sorted(tiers, key=lambda t: (t.min_points, t.min_spend))
     if ordered[0].min_points != 0 or ordered[0].min_spend != 0:
         raise ValidationFailed(errors={"tiers": ["The first tier must start at zero."]})
+    return ordered
+
+
+def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
+    ordered = _tiers_ordered(tiers)
     Tier.objects.filter(program=program).delete()
     Tier.objects.bulk_create(
         Tier(
@@ -165,21 +172,37 @@ def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
     )
 
 
-@transaction.atomic(durable=True)
-def program_update(
-    *, program_id, changes: dict, actor: Actor, tiers: list[TierInput] | None = None
-) -> Program:
-    """Applies `changes` to the program; a new budget limit is re-spread over the shards."""
+def program_update_check(
+    *, program: Program, changes: dict, tiers: list[TierInput] | None = None
+) -> None:
+    """Raises what `program_update` would refuse of `changes` to `program`, writing nothing
+    and leaving `program` as it was. Callers that gate a change behind an approval ask this
+    first, so no request is filed for a change the service would refuse."""
+    _changes_apply(copy.copy(program), changes)
+    if tiers:
+        _tiers_ordered(tiers)
+
+
+def _changes_apply(program: Program, changes: dict) -> None:
+    """`changes` set on `program` in memory, checked as a whole (ValidationFailed)."""
     unknown = set(changes) - UPDATABLE_FIELDS
     if unknown:
         raise ValidationFailed(errors={f: ["This field cannot be changed."] for f in unknown})
-    program = _program_lock(program_id)
-    before = program_snapshot(program)
     stored_cycle = program.tier_cycle_date
     for field, value in changes.items():
         setattr(program, field, value)
     _full_clean(program)
     tier_cycle_date_check(program.tier_cycle_date, zone=program.timezone, stored=stored_cycle)
+
+
+@transaction.atomic(durable=True)
+def program_update(
+    *, program_id, changes: dict, actor: Actor, tiers: list[TierInput] | None = None
+) -> Program:
+    """Applies `changes` to the program; a new budget limit is re-spread over the shards."""
+    program = _program_lock(program_id)
+    before = program_snapshot(program)
+    _changes_apply(program, changes)
     program.save(update_fields=[*changes, "updated_at"])
     if "budget_limit" in changes:
         budget_set_limit(program=program, limit=program.budget_limit)

@@ -441,3 +441,14 @@ def test_the_claim_statement_turns_off_the_flush_wait_of_its_own_transaction(fun
         wrapper.in_atomic_block = True
     assert record.prefetched == funded
     assert _synchronous_commit() == "off"
+
+
+def test_another_body_that_writes_a_number_as_an_object_is_not_a_replay(api, funded):
+    client = api("system", merchant_id=None)
+    base = {"program_id": str(funded.pk), "member_id": "u_1", "type": "purchase",
+            "amount": "100", "currency": "XOF"}  # fmt: skip
+    first = client.post("/api/v1/events", {**base, "metadata": {"table": 7}}, key="k-fp")
+    assert first.status_code == 201
+    again = client.post("/api/v1/events", {**base, "metadata": {"table": {"#": "7"}}}, key="k-fp")
+    assert (again.status_code, again.json()["code"]) == (422, "idempotency_key_reused")
+    assert "Idempotent-Replayed" not in again.headers
