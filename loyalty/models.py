@@ -13,6 +13,7 @@ import pgtrigger
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from .money import MONEY_PLACES, currency_choices
 
@@ -500,6 +501,24 @@ class Voucher(models.Model):
 
     def __str__(self) -> str:
         return self.code
+
+    @property
+    def current_status(self) -> str:
+        """The status as of now: an active voucher past its date is expired, whether or not
+        the hold-expiry job has swept it yet (redeeming it is refused either way)."""
+        if self.status == self.Status.ACTIVE and self.expires_at <= timezone.now():
+            return self.Status.EXPIRED
+        return self.status
+
+    @classmethod
+    def current_status_q(cls, status: str) -> Q:
+        """A filter on `current_status`: the vouchers whose status as of now is `status`."""
+        now = timezone.now()
+        if status == cls.Status.ACTIVE:
+            return Q(status=status, expires_at__gt=now)
+        if status == cls.Status.EXPIRED:
+            return Q(status=status) | Q(status=cls.Status.ACTIVE, expires_at__lte=now)
+        return Q(status=status)
 
 
 class Redemption(models.Model):

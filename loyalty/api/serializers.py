@@ -141,7 +141,7 @@ def voucher_body(voucher: Voucher) -> dict:
         "value": str(voucher.value),
         "currency": voucher.currency,
         "expires_at": iso(voucher.expires_at),
-        "status": voucher.status,
+        "status": voucher.current_status,
         "program_id": str(voucher.program_id),
         "member_id": voucher.balance.member_id,
         "redeemed_at": iso(voucher.redeemed_at),

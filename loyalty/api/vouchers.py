@@ -33,7 +33,7 @@ class VouchersApi(LoyaltyApi):
         if "member_id" in filters:
             vouchers = vouchers.filter(balance__member_id=filters["member_id"])
         if "status" in filters:
-            vouchers = vouchers.filter(status=filters["status"])
+            vouchers = vouchers.filter(Voucher.current_status_q(filters["status"]))
         return paginated(self, request, vouchers, voucher_body, ordering="-created_at")
 
 

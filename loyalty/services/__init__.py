@@ -15,6 +15,7 @@ from .redemptions import (
     redemption_release,
     redemptions_expire_due,
     voucher_redeem,
+    vouchers_expire_due,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "redemption_release",
     "redemptions_expire_due",
     "voucher_redeem",
+    "vouchers_expire_due",
 ]

@@ -325,15 +325,18 @@ def each_part(job: Job, tracker: "JobTracker", parts: Iterable, run: Callable[[A
 
 
 def _hold_expiry(*, job: Job, tracker: JobTracker) -> None:
-    from .redemptions import redemptions_expire_due
+    """Holds past their time-to-live are released, and vouchers past their date expired."""
+    from .redemptions import redemptions_expire_due, vouchers_expire_due
 
     actor = system_actor(job.kind)
-    while True:
-        expired = redemptions_expire_due(actor=actor, limit=500)
-        tracker.add(expired=expired)
-        tracker.save()
-        if expired < 500:
-            return
+    sweeps = {"expired": redemptions_expire_due, "vouchers_expired": vouchers_expire_due}
+    for counter, sweep in sweeps.items():
+        while True:
+            done = sweep(actor=actor, limit=500)
+            tracker.add(**{counter: done})
+            tracker.save()
+            if done < 500:
+                break
 
 
 def _approval_expiry(*, job: Job, tracker: JobTracker) -> None:

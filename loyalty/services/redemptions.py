@@ -295,6 +295,43 @@ def redemptions_expire_due(*, actor: Actor, limit: int = 1000) -> int:
     return sum(redemption_expire(redemption_id=pk, actor=actor) for pk in list(due))
 
 
+def vouchers_expire_due(*, actor: Actor, limit: int = 1000) -> int:
+    """Marks expired up to `limit` active vouchers past their date, in one transaction: each
+    audited, with a `loyalty.voucher.expired` event. A redemption racing it cannot win: it
+    needs the voucher active and not yet past its date (`voucher_redeem`)."""
+    with transaction.atomic(durable=True):
+        now = timezone.now()
+        due = list(
+            Voucher.objects.select_for_update(of=("self",), skip_locked=True)
+            .select_related("program")
+            .filter(status=Voucher.Status.ACTIVE, expires_at__lte=now)
+            .order_by("expires_at")[:limit]
+        )
+        Voucher.objects.filter(pk__in=[v.pk for v in due]).update(status=Voucher.Status.EXPIRED)
+        for voucher in due:
+            audit_record(
+                actor=actor,
+                action="voucher.expire",
+                entity_type="voucher",
+                entity_id=voucher.pk,
+                merchant_id=voucher.program.merchant_id,
+                before={"status": voucher.status},
+                after={"status": Voucher.Status.EXPIRED},
+            )
+            outbox_publish(
+                program=voucher.program,
+                event_type="loyalty.voucher.expired",
+                payload={
+                    "voucher_id": str(voucher.pk),
+                    "code_last4": voucher.code[-4:],
+                    "value": str(voucher.value),
+                    "currency": voucher.currency,
+                    "expired_at": voucher.expires_at.isoformat(),
+                },
+            )
+    return len(due)
+
+
 def _audit(actor: Actor, action: str, redemption: Redemption, program: Program) -> None:
     audit_record(
         actor=actor,

@@ -1,9 +1,11 @@
 """A merchant admin's list filters offer only their own merchant's programs, and the console's
 actions need the API permission the same operation needs (access.permissions)."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.urls import reverse
 from guardian.shortcuts import assign_perm
 
@@ -109,3 +111,24 @@ def test_a_superuser_releases_a_hold(client, pending, admin_user):
     client.force_login(admin_user)
     assert _release(client, pending).status_code == 302
     assert Redemption.objects.get(pk=pending.pk).status == Redemption.Status.CANCELLED
+
+
+def test_a_voucher_past_its_date_is_listed_as_expired_before_the_sweep(
+    client, program, actor, admin_user
+):
+    event_ingest(program=program, event=PurchaseFactory(member_id="u_1"), actor=actor)
+    voucher = hold(program, "50", actor, capture=True).voucher
+    client.force_login(admin_user)
+    url = reverse("admin:loyalty_voucher_changelist")
+
+    def listed(status):
+        page = client.get(url, {"status": status})
+        assert page.status_code == 200
+        return [v.code for v in page.context["cl"].result_list]
+
+    assert listed("active") == [voucher.code]
+    with time_machine.travel(voucher.expires_at + timedelta(seconds=1)):
+        client.force_login(admin_user)
+        assert listed("active") == []
+        assert listed("expired") == [voucher.code]
+        assert b"Expired" in client.get(url).content

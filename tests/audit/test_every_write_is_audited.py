@@ -171,6 +171,12 @@ def s_voucher_redeem(program, make_program):
         loyalty_services.voucher_redeem(voucher=voucher, actor=OPS)
 
 
+def s_vouchers_expire_due(program, make_program):
+    voucher = Redemption.objects.get(pk=_hold(program, capture=True).pk).voucher
+    with time_machine.travel(voucher.expires_at + timedelta(seconds=1)), audited("voucher"):
+        assert loyalty_services.vouchers_expire_due(actor=system_actor("hold_expiry")) == 1
+
+
 def _campaign(program):
     from loyalty.services.campaigns_admin import campaign_create
 

@@ -11,7 +11,16 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from loyalty.actors import system_actor
-from loyalty.models import Campaign, CampaignAward, Job, LedgerEntry, MemberBalance, Redemption
+from loyalty.models import (
+    Campaign,
+    CampaignAward,
+    Job,
+    LedgerEntry,
+    MemberBalance,
+    OutboxEvent,
+    Redemption,
+    Voucher,
+)
 from loyalty.services.jobs import (
     JobAlreadyRunning,
     job_create,
@@ -464,3 +473,33 @@ def test_a_run_taken_over_by_another_worker_stops_at_its_next_chunk(make_program
     assert ran.status == Job.Status.RUNNING  # the taker's to end
     assert ran.progress["attempt"] == 2
     assert not MemberBalance.objects.filter(member_id="late").exists()
+
+
+def test_hold_expiry_job_expires_vouchers_past_their_date(program, earn, run_job, actor, api):
+    earn(program, "u1", "500")
+    voucher = hold(program, "100", actor, member_id="u1", capture=True).voucher
+    later = hold(program, "100", actor, key="h2", member_id="u1", capture=True).voucher
+    Voucher.objects.filter(pk=later.pk).update(expires_at=voucher.expires_at + timedelta(days=30))
+    listed = f"/api/v1/vouchers?program_id={program.pk}&status="
+    with time_machine.travel(voucher.expires_at + timedelta(seconds=1)):
+        client = api("system", merchant_id=None)  # a token of that day
+        # Past its date, before the sweep: shown expired, listed with the expired ones.
+        assert client.get(f"/api/v1/vouchers/{voucher.code}").json()["status"] == "expired"
+        assert [v["code"] for v in client.get(listed + "expired").json()["results"]] == [
+            voucher.code
+        ]
+        assert [v["code"] for v in client.get(listed + "active").json()["results"]] == [later.code]
+        job = run_job(Job.Kind.HOLD_EXPIRY)
+        assert job.status == Job.Status.SUCCEEDED
+        assert job.counts["vouchers_expired"] == 1
+        voucher.refresh_from_db()
+        assert voucher.status == Voucher.Status.EXPIRED
+        later.refresh_from_db()
+        assert later.status == Voucher.Status.ACTIVE
+        expired = OutboxEvent.objects.get(event_type="loyalty.voucher.expired")
+        assert expired.payload["voucher_id"] == str(voucher.pk)
+        audited = AuditEntry.objects.filter(action="voucher.expire", entity_id=str(voucher.pk))
+        assert audited.exists()
+        redeem = client.post(f"/api/v1/vouchers/{voucher.code}/redeem")
+        assert (redeem.status_code, redeem.json()["code"]) == (422, "voucher_not_redeemable")
+        assert run_job(Job.Kind.HOLD_EXPIRY).counts["vouchers_expired"] == 0
