@@ -16,6 +16,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from access.approval_gate import approval_gate, approval_needed, approval_pending_body
 from access.idempotency import (
+    HEADER,
     KEY_PATTERN,
     KEY_RULE,
     STORED_STATUSES,
@@ -61,6 +62,10 @@ from .serializers import (
 )
 
 CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+# An event's key is its ledger key; `POST .../adjustments` keys its entries with this prefix
+# (`adjustment_ledger_key`), which events may not use, or the two would answer each other.
+ADJUSTMENT_KEY_PREFIX = "adjustment:"
+RESERVED_KEY_RULE = f"Keys starting with {ADJUSTMENT_KEY_PREFIX!r} are reserved for adjustments."
 
 
 def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID, EventInput]:
@@ -90,7 +95,11 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
         raw_key = data.get("idempotency_key")
         if not isinstance(raw_key, str) or not KEY_PATTERN.fullmatch(raw_key):
             errors["idempotency_key"] = [KEY_RULE]
+        elif raw_key.startswith(ADJUSTMENT_KEY_PREFIX):
+            errors["idempotency_key"] = [RESERVED_KEY_RULE]
         idempotency_key = raw_key
+    elif idempotency_key.startswith(ADJUSTMENT_KEY_PREFIX):
+        errors[HEADER] = [RESERVED_KEY_RULE]
     if errors:
         raise ValidationFailed("The event is invalid.", errors=errors)
     program_id = values.pop("program_id")

@@ -13,7 +13,7 @@ from access.scoping import balance_get_for_caller
 from ..models import LedgerEntry, MemberBalance, TierSnapshot
 from ..services import EventInput, balance_set_frozen, event_ingest
 from .base import LoyaltyApi, paginated, validated
-from .events import adjustment_gate, ingest_body
+from .events import ADJUSTMENT_KEY_PREFIX, adjustment_gate, ingest_body
 from .serializers import (
     AdjustmentInputSerializer,
     ApprovalPendingSerializer,
@@ -99,10 +99,10 @@ def adjustment_ledger_key(key: str) -> str:
     allows as many characters as the column holds) is replaced by its digest, of fixed length;
     shorter keys keep the ledger key they always had, so repeats of earlier adjustments still
     find their entry."""
-    ledger_key = f"adjustment:{key}"
+    ledger_key = f"{ADJUSTMENT_KEY_PREFIX}{key}"
     if len(ledger_key) <= _LEDGER_KEY_LENGTH:
         return ledger_key
-    return f"adjustment:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return f"{ADJUSTMENT_KEY_PREFIX}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class MemberAdjustmentsApi(LoyaltyApi):

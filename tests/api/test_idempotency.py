@@ -452,3 +452,28 @@ def test_another_body_that_writes_a_number_as_an_object_is_not_a_replay(api, fun
     again = client.post("/api/v1/events", {**base, "metadata": {"table": {"#": "7"}}}, key="k-fp")
     assert (again.status_code, again.json()["code"]) == (422, "idempotency_key_reused")
     assert "Idempotent-Replayed" not in again.headers
+
+
+def test_an_event_key_cannot_take_an_adjustments_ledger_key(api, funded):
+    """POST .../adjustments keys its entry `adjustment:<key>`: an event sent under such a key
+    would otherwise answer, or refuse, the staff's adjustment with that key."""
+    client = api("system", merchant_id=None)
+    adjust = {"program_id": str(funded.pk), "member_id": "u_1", "type": "manual_adjust",
+              "points": "25", "reason": "goodwill"}  # fmt: skip
+    single = client.post("/api/v1/events", adjust, key="adjustment:fix-1")
+    assert (single.status_code, single.json()["code"]) == (400, "validation_error")
+    assert "Idempotency-Key" in single.json()["errors"]
+    batch = client.post(
+        "/api/v1/events/batch", {"events": [{**adjust, "idempotency_key": "adjustment:fix-1"}]}
+    )
+    item = batch.json()["results"][0]
+    assert (item["status"], list(item["error"]["errors"])) == (400, ["idempotency_key"])
+
+    staff = client.post(
+        f"/api/v1/programs/{funded.pk}/members/u_1/adjustments",
+        {"points": "25", "reason": "goodwill"},
+        key="fix-1",
+    )
+    assert staff.status_code == 201
+    assert "Idempotent-Replayed" not in staff.headers
+    assert LedgerEntry.objects.filter(idempotency_key="adjustment:fix-1").count() == 1
