@@ -318,17 +318,7 @@ def vouchers_expire_due(*, actor: Actor, limit: int = 1000) -> int:
                 before={"status": voucher.status},
                 after={"status": Voucher.Status.EXPIRED},
             )
-            outbox_publish(
-                program=voucher.program,
-                event_type="loyalty.voucher.expired",
-                payload={
-                    "voucher_id": str(voucher.pk),
-                    "code_last4": voucher.code[-4:],
-                    "value": str(voucher.value),
-                    "currency": voucher.currency,
-                    "expired_at": voucher.expires_at.isoformat(),
-                },
-            )
+            _voucher_publish(voucher, "loyalty.voucher.expired")
     return len(due)
 
 
@@ -370,14 +360,20 @@ def voucher_redeem(*, voucher: Voucher, actor: Actor) -> Voucher:
         merchant_id=voucher.program.merchant_id,
         after={"status": voucher.status},
     )
+    _voucher_publish(voucher, "loyalty.voucher.redeemed")
+    return voucher
+
+
+def _voucher_publish(voucher: Voucher, event_type: str) -> None:
+    """A voucher's business event: never its whole code (a bearer secret until redeemed)."""
     outbox_publish(
         program=voucher.program,
-        event_type="loyalty.voucher.redeemed",
+        event_type=event_type,
         payload={
             "voucher_id": str(voucher.pk),
             "code_last4": voucher.code[-4:],
             "value": str(voucher.value),
             "currency": voucher.currency,
+            "expires_at": voucher.expires_at.isoformat(),
         },
     )
-    return voucher
