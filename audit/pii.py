@@ -52,8 +52,13 @@ FREE_TEXT_KEYS = frozenset(
 
 REMOVED = "[removed]"
 EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-# 8+ digits, optionally with a leading + and separators, not glued to other word characters.
-PHONE_RE = re.compile(r"(?<![\w.])\+?\d(?:[\s().-]?\d){7,}(?![\w])")
+# 8+ digits, optionally with a leading + and separators ("+33 (0)6 12 34 56 78"), not glued to
+# letters, digits or a dot around them: an underscore may come before ("tel_221771234567", a
+# member id), a letter may not ("0f8fad5b-70867728950e", a reference, stays). UUIDs (the
+# program's id in an approval target) are matched first and left as they are.
+_PHONE = r"(?<![^\W_])(?<!\.)\+?\d(?:[\s().-]{0,2}\d){7,}(?![\w])"
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+PHONE_RE = re.compile(rf"(?P<uuid>{_UUID})|{_PHONE}")
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -104,11 +109,12 @@ def _scrub_text(text: str, *, key: bytes, free_text: bool) -> str:
     if "@" in text:
         text = EMAIL_RE.sub(lambda m: pii_fingerprint(m.group(0), key=key), text)
     if free_text:
-        text = PHONE_RE.sub(lambda m: _phone(m.group(0), key=key), text)
+        text = PHONE_RE.sub(lambda m: _phone(m, key=key), text)
     return text
 
 
-def _phone(found: str, *, key: bytes) -> str:
-    if DATE_RE.fullmatch(found):  # an ISO date, not a phone number
+def _phone(match: re.Match, *, key: bytes) -> str:
+    found = match.group(0)
+    if match.group("uuid") or DATE_RE.fullmatch(found):  # an id or an ISO date
         return found
     return pii_fingerprint(re.sub(r"\D", "", found), key=key)

@@ -2,7 +2,8 @@
 
 Checks, in order: every seal's chain link and range, each entry's keyed digest against its
 content (naming the first entry that does not match), each seal's digest over its entries
-(entries removed or inserted), then the digests of the entries not sealed yet.
+(entries removed or inserted), then the digests of the entries no seal covers, then that no
+two entries are one (a genuine entry copied in).
 
 What the database alone cannot show: the newest seals deleted with what they covered, and the
 gap sealed again (the chain is whole again). Each seal is logged when written
@@ -11,6 +12,8 @@ as an anchor must still be there with its digest.
 """
 
 from dataclasses import dataclass
+
+from django.db.models import Count, Min, Q
 
 from .integrity import GENESIS, entry_digest_of, seal_digest
 from .models import AuditEntry, AuditSeal
@@ -21,7 +24,7 @@ CHUNK = 2000
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # entry_altered | seal_mismatch | seal_chain_broken | anchor_missing
+    kind: str  # entry_altered | entry_copied | seal_mismatch | seal_chain_broken | anchor_missing
     message: str
     entry_id: int | None = None
     seal_seq: int | None = None
@@ -65,13 +68,42 @@ def audit_verify(*, limit: int = 20, anchors: tuple[tuple[int, str], ...] = ()) 
         if len(findings) >= limit:
             return findings[:limit]
         prev_digest, expected_lo, expected_seq = seal.digest, seal.hi, seal.seq + 1
+    # Every entry no seal covers: those not sealed yet, and any outside the sealed ranges
+    # (a txid moved below zero would otherwise be in no range at all).
     key = "txid" if seal_basis() == AuditSeal.Basis.TXID else "id"
-    tail = AuditEntry.objects.filter(**{f"{key}__gte": expected_lo}).order_by("id")
-    for entry in tail.iterator(chunk_size=CHUNK):
+    unsealed = Q(**{f"{key}__gte": expected_lo}) | Q(**{f"{key}__lt": 0})
+    for entry in AuditEntry.objects.filter(unsealed).order_by("id").iterator(chunk_size=CHUNK):
         _check_entry(entry, findings)
         if len(findings) >= limit:
-            break
+            return findings[:limit]
+    findings.extend(_copies())
     return findings[:limit]
+
+
+def _copies() -> list[Finding]:
+    """Entries that repeat another's digest: a genuine entry copied in (the digest does not
+    cover the row's id, so a copy verifies by itself, and a seal made after it covers it).
+    No two genuine entries share one: each names its entity, action and time to the
+    microsecond."""
+    repeated = (
+        AuditEntry.objects.values("digest")
+        .annotate(copies=Count("id"), first=Min("id"))
+        .filter(copies__gt=1)
+        .order_by("first")
+    )
+    findings = []
+    for row in repeated:
+        same = AuditEntry.objects.filter(digest=row["digest"]).order_by("id")
+        ids = list(same.values_list("id", flat=True))
+        findings.append(
+            Finding(
+                "entry_copied",
+                f"audit entries {', '.join(map(str, ids))} are the same entry (one digest): all "
+                f"but entry {ids[0]} were copied in",
+                entry_id=ids[1],
+            )
+        )
+    return findings
 
 
 def _anchor_findings(anchors: tuple[tuple[int, str], ...]) -> list[Finding]:

@@ -1,6 +1,7 @@
 """audit_record: PII never stored in clear, digests that survive the database round trip."""
 
 import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -8,7 +9,7 @@ import pytest
 
 from audit.integrity import audit_key
 from audit.models import AuditEntry
-from audit.pii import pii_fingerprint
+from audit.pii import pii_fingerprint, pii_scrub
 from audit.services import audit_record
 from audit.verify import audit_verify
 from loyalty.actors import Actor
@@ -119,3 +120,20 @@ def test_an_approval_target_naming_a_member_by_phone_is_scrubbed(program):
     assert "771234567" not in json.dumps(entry.changes)
     assert entry.changes["after"]["target"].startswith("balance:")
     assert audit_verify() == []
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("tel_221771234567", "221771234567"),
+        ("+33 (0)6 12 34 56 78", "33061234"),
+        ("balance:12345678-1234-4123-8123-123456789012:+221771234567", "221771234567"),
+    ],
+)
+def test_a_phone_number_in_an_identifier_is_scrubbed_and_an_id_beside_it_kept(text, phone):
+    scrubbed = pii_scrub({"target": text, "member_id": text}, key=b"k")
+    for value in scrubbed.values():
+        assert "pii:" in value
+        assert phone not in re.sub(r"\D", "", value)
+    target = pii_scrub({"target": "balance:5bffd619-d2d1-4494-8721-f085c5b364f5:u_1"}, key=b"k")
+    assert target["target"] == "balance:5bffd619-d2d1-4494-8721-f085c5b364f5:u_1"

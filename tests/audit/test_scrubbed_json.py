@@ -49,7 +49,7 @@ def full_scrub_text(text: str, *, free_text: bool) -> str:
     text = text.replace("\x00", "")
     text = EMAIL_RE.sub(lambda m: pii_fingerprint(m.group(0), key=KEY), text)
     if free_text:
-        text = PHONE_RE.sub(lambda m: _phone(m.group(0), key=KEY), text)
+        text = PHONE_RE.sub(lambda m: _phone(m, key=KEY), text)
     return text
 
 

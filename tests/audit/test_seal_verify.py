@@ -246,3 +246,39 @@ def test_deleted_newest_seals_sealed_again_show_against_an_anchor_kept_outside(c
         call_command(
             "audit_verify", "--anchor", f"{newest.seq}:{newest.digest}", stderr=io.StringIO()
         )
+
+
+@pytest.mark.postgres
+def test_verify_checks_an_entry_moved_out_of_every_sealed_range():
+    """A txid below zero is in no seal's range: its entry is checked like an unsealed one."""
+    with transaction.atomic():
+        (entry,) = record(1)
+    seal_all()
+    table = AuditEntry._meta.db_table
+    behind_the_triggers_back(
+        f"UPDATE {table} SET txid = -1, actor_id = 'someone-else' WHERE id = %s",  # noqa: S608
+        [entry.pk],
+    )
+    kinds = {(f.kind, f.entry_id) for f in audit_verify()}
+    assert ("entry_altered", entry.pk) in kinds
+
+
+def test_verify_names_a_genuine_entry_copied_in_even_once_sealed():
+    with transaction.atomic():
+        (entry,) = record(1)
+    seal_all()
+    columns = (
+        "entity_type, entity_id, action, merchant_id, actor_id, actor_role, ip, user_agent,"
+        " credential_id, changes, created_at, digest"
+    )
+    table = AuditEntry._meta.db_table
+    with connection.cursor() as cursor:  # an INSERT: no trigger stands in the way
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table} WHERE id = %s",  # noqa: S608
+            [entry.pk],
+        )
+    seal_all()  # the copy is sealed as if it were genuine
+    copy = AuditEntry.objects.exclude(pk=entry.pk).get()
+    findings = audit_verify()
+    assert [(f.kind, f.entry_id) for f in findings] == [("entry_copied", copy.pk)]
+    assert f"entries {entry.pk}, {copy.pk}" in findings[0].message
