@@ -25,7 +25,7 @@ from django.utils import timezone
 from access.selectors import person_actor_ids
 from audit.integrity import normalise_ip
 from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX, audit_record
-from loyalty.actors import Actor
+from loyalty.actors import Actor, system_actor
 from loyalty.errors import DomainError, NotFound, ValidationFailed
 from loyalty.models import Program
 
@@ -61,6 +61,16 @@ def approval_request_create(
         # its audit entry commit together, and a refusal by the unique index leaves the
         # caller's transaction usable.
         with transaction.atomic():
+            # One past its expiry can never run: it gives way now rather than at the expiry
+            # job's next run (or never, with beat down).
+            overdue = ApprovalRequest.objects.select_for_update().filter(
+                operation=operation,
+                target=target,
+                status=ApprovalRequest.Status.PENDING,
+                expires_at__lte=timezone.now(),
+            )
+            for stale in overdue:
+                _expire(stale, system_actor("approval_expiry"))
             request = ApprovalRequest.objects.create(
                 operation=operation,
                 payload=clean,
@@ -160,12 +170,17 @@ def approval_expire(*, request_id, actor: Actor) -> bool:
     request = _lock(request_id)
     if request.status != ApprovalRequest.Status.PENDING or request.expires_at > timezone.now():
         return False
+    _expire(request, actor)
+    return True
+
+
+def _expire(request: ApprovalRequest, actor: Actor) -> None:
+    """Records a pending request, locked by the caller and past its expiry, as expired."""
     request.status = ApprovalRequest.Status.EXPIRED
     request.decided_by = actor.id
     request.decided_at = timezone.now()
     request.save(update_fields=["status", "decided_by", "decided_at"])
     _audit(actor, "approval.expire", request, after={"status": request.status})
-    return True
 
 
 @transaction.atomic(durable=True)

@@ -203,3 +203,13 @@ def test_operation_whose_preconditions_changed_fails_cleanly_and_records_why(pro
     assert balance(program) == Decimal("15000")
     assert request.approvals.count() == 2  # the decisions stay recorded
     assert actions(request)[-1] == "approval.fail"
+
+
+def test_a_request_past_its_expiry_gives_way_to_a_new_one_for_the_same_target(adjustment):
+    first = adjustment(points="20000", key="adj-1")
+    with time_machine.travel(first.expires_at + timedelta(minutes=1)):
+        second = adjustment(points="20000", key="adj-2")
+    first.refresh_from_db()
+    assert first.status == ApprovalRequest.Status.EXPIRED
+    assert second.status == ApprovalRequest.Status.PENDING
+    assert AuditEntry.objects.filter(action="approval.expire", entity_id=str(first.pk)).exists()
