@@ -83,23 +83,36 @@ def _expire_chunk(
         b.pk: b
         for b in MemberBalance.objects.select_for_update().filter(pk__in=balance_ids).order_by("pk")
     }
-    due = PointLot.objects.filter(
-        balance_id__in=balance_ids, remaining__gt=0, expires_at__lte=now
-    ).order_by("balance_id", "expires_at", "id")
+    # Every open lot, in the order a capture spends them (`lots_consume`: oldest first).
+    open_lots = PointLot.objects.filter(balance_id__in=balance_ids, remaining__gt=0).order_by(
+        "balance_id", "id"
+    )
     lots_by_member: dict[int, list[PointLot]] = defaultdict(list)
-    for lot in due:
+    for lot in open_lots:
         lots_by_member[lot.balance_id].append(lot)
 
     actor = system_actor(job.kind)
     changed_lots: list[PointLot] = []
     expired: dict[int, tuple[Decimal, list[dict]]] = {}
+    waiting = 0
     for balance_id, lots in lots_by_member.items():
         balance = balances[balance_id]
-        # Points held by pending redemptions are not the job's to take.
-        room = max(balance.points_balance - balance.locked, ZERO)
-        taken_total, taken = ZERO, []
+        # Points held by pending redemptions are not the job's to take: the lots their
+        # capture will spend are set aside first, and only what is left of a due lot expires
+        # (else the capture would then spend points that were not due).
+        held, free = balance.locked, {}
         for lot in lots:
-            take = min(lot.remaining, room - taken_total)
+            set_aside = min(lot.remaining, held)
+            held -= set_aside
+            free[lot.pk] = lot.remaining - set_aside
+        room = max(balance.points_balance - balance.locked, ZERO)
+        due = sorted(
+            (lot for lot in lots if lot.expires_at is not None and lot.expires_at <= now),
+            key=lambda lot: (lot.expires_at, lot.pk),
+        )
+        taken_total, taken = ZERO, []
+        for lot in due:
+            take = min(free[lot.pk], room - taken_total)
             if take <= 0:
                 continue
             lot.remaining -= take
@@ -108,6 +121,8 @@ def _expire_chunk(
             changed_lots.append(lot)
         if taken_total > 0:
             expired[balance_id] = (taken_total, taken)
+        if any(lot.remaining > 0 for lot in due):
+            waiting += 1  # due points kept for a pending redemption: a later run takes them
 
     bulk_set(PointLot, changed_lots, ["remaining"])
     entries = []
@@ -170,8 +185,7 @@ def _expire_chunk(
         members_expired=len(expired),
         lots_touched=len(changed_lots),
         points_expired_cents=int(sum((p for p, _ in expired.values()), ZERO) * 100),
-        # Due points kept because they are held by a pending redemption: a later run takes them.
-        members_waiting_on_holds=sum(1 for lots in lots_by_member.values() if _still_due(lots)),
+        members_waiting_on_holds=waiting,
     )
     tracker.save(program_id=str(program.pk), phase="expire", last_balance_id=balance_ids[-1])
 
@@ -187,10 +201,6 @@ def _entry_key(job: Job, balance_id: int) -> str:
     attempt = job_attempt(job)
     suffix = f":{attempt}" if attempt > 1 else ""
     return f"expiry:{job.pk}:{balance_id}{suffix}"
-
-
-def _still_due(lots: list[PointLot]) -> bool:
-    return any(lot.remaining > 0 for lot in lots)
 
 
 def _warn_program(program: Program, tracker: JobTracker) -> None:

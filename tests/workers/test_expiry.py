@@ -10,7 +10,7 @@ import time_machine
 from audit.models import AuditEntry
 from loyalty.actors import system_actor
 from loyalty.models import Job, LedgerEntry, OutboxEvent, PointLot, Program
-from loyalty.services import redemption_release
+from loyalty.services import redemption_capture, redemption_release
 from loyalty.services.jobs import job_create, job_run
 from loyalty.verify import ledger_verify
 from tests.conftest import hold
@@ -251,4 +251,26 @@ def test_taken_over_job_over_every_program_expires_lots_due_since(make_program, 
     assert _expiries(b) == [(Decimal("-100.00"), f"expiry:{job.pk}:{b.pk}:2")]
     assert (a.points_balance, b.points_balance) == (Decimal("0.00"), Decimal("0.00"))
     assert set(PointLot.objects.values_list("remaining", flat=True)) == {Decimal("0.00")}
+    assert ledger_verify() == []
+
+
+def test_points_a_pending_hold_will_spend_are_not_expired_from_under_it(
+    program, earn, run_job, actor
+):
+    """A capture spends the oldest lots: with a due lot held, expiry takes what is not held,
+    so the capture does not then spend points that were never due."""
+    with time_machine.travel(datetime.fromisoformat("2025-01-01T10:00:00+00:00"), tick=False):
+        earn(program, "u1", "100")  # due 365 days later
+    with time_machine.travel(datetime.fromisoformat("2025-06-01T10:00:00+00:00"), tick=False):
+        earn(program, "u1", "100")  # not due yet
+    with time_machine.travel(datetime.fromisoformat("2026-01-01T09:58:00+00:00"), tick=False):
+        redemption = hold(program, "60", actor, member_id="u1")
+    with time_machine.travel(datetime.fromisoformat("2026-01-01T10:01:00+00:00"), tick=False):
+        job = run_job(Job.Kind.POINT_EXPIRY, program)
+        assert job.counts["points_expired_cents"] == 4000
+        assert job.counts["members_waiting_on_holds"] == 1
+        redemption_capture(redemption_id=redemption.pk, actor=actor)
+    balance = member(program, "u1")
+    # 100 due: 60 of them redeemed, 40 expired; the second lot's 100 untouched.
+    assert balance.points_balance == Decimal("100.00")
     assert ledger_verify() == []
