@@ -631,6 +631,8 @@ class Campaign(models.Model):
     created_by = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When it first ran: its segment is the one as of then (campaigns.campaign_members).
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

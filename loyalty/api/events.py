@@ -62,10 +62,15 @@ from .serializers import (
 )
 
 CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
-# An event's key is its ledger key; `POST .../adjustments` keys its entries with this prefix
-# (`adjustment_ledger_key`), which events may not use, or the two would answer each other.
+# An event's key is its ledger key. The engine keys its own entries with these prefixes
+# (`POST .../adjustments`, campaign awards, expiry, redemption captures): an event may not
+# take one, or it would answer (or block) the engine's entry of that key.
 ADJUSTMENT_KEY_PREFIX = "adjustment:"
-RESERVED_KEY_RULE = f"Keys starting with {ADJUSTMENT_KEY_PREFIX!r} are reserved for adjustments."
+RESERVED_KEY_PREFIXES = (ADJUSTMENT_KEY_PREFIX, "campaign:", "expiry:", "redemption:")
+RESERVED_KEY_RULE = (
+    f"Keys starting with {', '.join(RESERVED_KEY_PREFIXES)} are reserved for the engine's own "
+    "ledger entries."
+)
 
 
 def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID, EventInput]:
@@ -95,10 +100,10 @@ def event_parse(data, *, idempotency_key: str | None = None) -> tuple[uuid.UUID,
         raw_key = data.get("idempotency_key")
         if not isinstance(raw_key, str) or not KEY_PATTERN.fullmatch(raw_key):
             errors["idempotency_key"] = [KEY_RULE]
-        elif raw_key.startswith(ADJUSTMENT_KEY_PREFIX):
+        elif raw_key.startswith(RESERVED_KEY_PREFIXES):
             errors["idempotency_key"] = [RESERVED_KEY_RULE]
         idempotency_key = raw_key
-    elif idempotency_key.startswith(ADJUSTMENT_KEY_PREFIX):
+    elif idempotency_key.startswith(RESERVED_KEY_PREFIXES):
         errors[HEADER] = [RESERVED_KEY_RULE]
     if errors:
         raise ValidationFailed("The event is invalid.", errors=errors)

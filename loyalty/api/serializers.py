@@ -222,6 +222,7 @@ def campaign_body(campaign: Campaign) -> dict:
         "created_by": campaign.created_by,
         "created_at": iso(campaign.created_at),
         "updated_at": iso(campaign.updated_at),
+        "started_at": iso(campaign.started_at),
         "finished_at": iso(campaign.finished_at),
     }
 
@@ -591,6 +592,9 @@ class CampaignSerializer(serializers.Serializer):
     created_by = serializers.CharField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(
+        allow_null=True, help_text="When it first ran: its segment is the one as of then."
+    )
     finished_at = serializers.DateTimeField(allow_null=True)
 
 

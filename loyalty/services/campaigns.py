@@ -39,7 +39,7 @@ from ..models import (
     PointLot,
     Program,
 )
-from ..money import ZERO
+from ..money import ZERO, fits_ledger
 from .balances import (
     REFUND_DEBT_FLAG,
     fraud_flag_remove,
@@ -74,12 +74,18 @@ def segment_q(segment: str, *, now) -> Q:
     raise ValidationFailed(errors={"segment": [f"Unknown segment {segment!r}."]})
 
 
-def campaign_members(campaign: Campaign, *, now=None):
-    """The segment's members who have no award row for this campaign yet."""
+def campaign_members(campaign: Campaign):
+    """The segment's members who have no award row for this campaign yet.
+
+    The segment is the one when the campaign started (`started_at`): members who had joined
+    by then, inactive as of then. Read at the time of each run instead, a long run (or the
+    next hourly one) would find more members falling into it (or joining) and never
+    complete, paying them as they came."""
+    as_of = campaign.started_at or timezone.now()
     awarded = CampaignAward.objects.filter(campaign=campaign, balance=OuterRef("pk"))
     return (
-        MemberBalance.objects.filter(program_id=campaign.program_id)
-        .filter(segment_q(campaign.segment, now=now or timezone.now()))
+        MemberBalance.objects.filter(program_id=campaign.program_id, created_at__lte=as_of)
+        .filter(segment_q(campaign.segment, now=as_of))
         .exclude(Exists(awarded))
     )
 
@@ -137,9 +143,12 @@ def _campaign_start(*, campaign_id, actor: Actor) -> Campaign | None:
         Campaign.Status.RUNNING,
     ):
         return None
+    if campaign.status == Campaign.Status.SCHEDULED and campaign.scheduled_at > timezone.now():
+        return None  # not due: postponed since the job listed it, say
     if campaign.status == Campaign.Status.SCHEDULED:
         campaign.status = Campaign.Status.RUNNING
-        campaign.save(update_fields=["status", "updated_at"])
+        campaign.started_at = timezone.now()
+        campaign.save(update_fields=["status", "started_at", "updated_at"])
         _audit_campaign(actor, campaign, "campaign.start", before="scheduled")
     return campaign
 
@@ -191,6 +200,11 @@ def _plan(
         award.earned_today = balance.earned_today if balance.earned_day == today else ZERO
         if balance.is_frozen:
             award.error = "account_frozen"
+        elif not all(
+            map(fits_ledger, (balance.points_balance + campaign.bonus_points,
+                              balance.lifetime_earned + campaign.bonus_points))
+        ):  # fmt: skip
+            award.error = "ledger_limit_exceeded"
         elif program.fraud_detection_enabled and has_blocking_flag(balance):
             award.error = "fraud_review"
         else:
@@ -241,11 +255,8 @@ def _award_chunk(
             "balance_id", flat=True
         )
     )
-    still_in = set(
-        MemberBalance.objects.filter(pk__in=balance_ids)
-        .filter(segment_q(campaign.segment, now=now))
-        .values_list("pk", flat=True)
-    )
+    members = campaign_members(campaign).filter(pk__in=balance_ids)
+    still_in = set(members.values_list("pk", flat=True))
     plan = _plan(campaign, program, (b for b in locked if b.pk not in done and b.pk in still_in),
                  today)  # fmt: skip
     awarded = [a for a in plan if not a.error]

@@ -16,6 +16,9 @@ from ..money import is_exact_points
 SETTABLE_STATUSES = {Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.CANCELLED}
 EDITABLE_STATUSES = {Campaign.Status.DRAFT, Campaign.Status.SCHEDULED}
 UPDATABLE_FIELDS = {"name", "segment", "bonus_points", "scheduled_at", "status"}
+# A bonus is paid to up to 2,000 members a chunk, charged to the budget at the point value as
+# one sum: kept far below what the ledger's columns hold (10^18).
+MAX_BONUS_POINTS = Decimal(10) ** 9
 
 
 def campaign_snapshot(campaign: Campaign) -> dict:
@@ -35,6 +38,8 @@ def _validate(fields: dict) -> None:
         not isinstance(points, Decimal) or points <= 0 or not is_exact_points(points)
     ):
         errors["bonus_points"] = ["Positive points with at most 2 decimal places."]
+    elif "bonus_points" in fields and points > MAX_BONUS_POINTS:
+        errors["bonus_points"] = [f"At most {MAX_BONUS_POINTS:,} points a member."]
     if "segment" in fields and fields["segment"] not in Campaign.Segment.values:
         errors["segment"] = [f"One of {Campaign.Segment.values}."]
     if "status" in fields and fields["status"] not in SETTABLE_STATUSES:

@@ -477,3 +477,12 @@ def test_an_event_key_cannot_take_an_adjustments_ledger_key(api, funded):
     assert staff.status_code == 201
     assert "Idempotent-Replayed" not in staff.headers
     assert LedgerEntry.objects.filter(idempotency_key="adjustment:fix-1").count() == 1
+
+
+@pytest.mark.parametrize("prefix", ["campaign:", "expiry:", "redemption:"])
+def test_an_event_key_cannot_take_a_key_the_engine_writes(api, funded, prefix):
+    client = api("system", merchant_id=None)
+    body = {"program_id": str(funded.pk), "member_id": "u_1", "type": "referral",
+            "points": "1", "reason": "r"}  # fmt: skip
+    response = client.post("/api/v1/events", body, key=f"{prefix}{funded.pk}:u_1")
+    assert (response.status_code, response.json()["code"]) == (400, "validation_error")

@@ -209,3 +209,90 @@ def test_two_concurrent_runs_award_each_member_once(make_program, earn, monkeypa
     assert CampaignAward.objects.count() == 20
     assert all(b.points_balance == Decimal("35.00") for b in MemberBalance.objects.all())
     assert ledger_verify() == []
+
+
+def test_a_campaign_postponed_after_the_job_listed_it_is_not_run(program, earn, run_job, actor):
+    from loyalty.services import campaigns as campaigns_module
+    from loyalty.services.campaigns_admin import campaign_update
+
+    earn(program, "a", "10")
+    first = make_campaign(program, "all", "5", scheduled_at=timezone.now() - timedelta(minutes=2))
+    second = make_campaign(program, "all", "50")
+    award_chunk = campaigns_module._award_chunk
+
+    def postponing_meanwhile(**kwargs):
+        if kwargs["campaign"].pk == first.pk:  # while the job works on the first one
+            later = timezone.now() + timedelta(days=7)
+            campaign_update(campaign_id=second.pk, changes={"scheduled_at": later}, actor=actor)
+        return award_chunk(**kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(campaigns_module, "_award_chunk", postponing_meanwhile)
+        run_job(CAMPAIGNS, program)
+    second.refresh_from_db()
+    assert second.status == Campaign.Status.SCHEDULED
+    assert awarded(second) == set()
+    assert member(program, "a").points_balance == Decimal("15.00")
+
+
+def test_the_segment_is_the_one_when_the_campaign_started(program, buy, run_job):
+    """A win-back campaign pays who was inactive when it started, and completes: members
+    going inactive (or joining) during its run, or after, are not paid by it."""
+    t0 = datetime.fromisoformat("2026-03-01T12:00:00+00:00")
+    with time_machine.travel(t0 - timedelta(days=40), tick=False):
+        buy(program, "old", "1000")
+    with time_machine.travel(t0 - timedelta(days=30) + timedelta(minutes=30), tick=False):
+        buy(program, "recent", "1000")  # inactive half an hour into the run
+    with time_machine.travel(t0, tick=False) as clock:
+        campaign = make_campaign(program, "inactive", "100", scheduled_at=t0)
+        from loyalty.services import campaigns as campaigns_module
+
+        award_chunk = campaigns_module._award_chunk
+
+        def slow(**kwargs):
+            award_chunk(**kwargs)
+            clock.shift(timedelta(hours=1))
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(campaigns_module, "_award_chunk", slow)
+            run_job(CAMPAIGNS, program)
+        campaign.refresh_from_db()
+        assert campaign.status == Campaign.Status.COMPLETED
+        assert campaign.started_at == t0
+        clock.shift(timedelta(days=1))
+        buy(program, "newcomer", "1000")
+        run_job(CAMPAIGNS, program)
+    assert awarded(campaign) == {"old"}
+    assert ledger_verify() == []
+
+
+def test_a_member_the_bonus_would_take_past_the_ledger_limit_is_a_failed_award(
+    program, run_job, actor
+):
+    from loyalty.services import event_ingest
+    from tests.factories import PointsEventFactory
+
+    rich = PointsEventFactory(type="manual_adjust", member_id="rich", points=Decimal("9" * 18))
+    event_ingest(program=program, event=rich, actor=actor)
+    event_ingest(program=program, event=PointsEventFactory(member_id="poor"), actor=actor)
+    campaign = make_campaign(program, "all", "900000000")
+    job = run_job(CAMPAIGNS, program)
+    campaign.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert campaign.status == Campaign.Status.COMPLETED
+    assert (campaign.awarded_count, campaign.failed_count) == (1, 1)
+    assert CampaignAward.objects.get(balance__member_id="rich").error_code == (
+        "ledger_limit_exceeded"
+    )
+    assert ledger_verify() == []
+
+
+def test_a_bonus_past_the_limit_is_refused_at_creation(api, make_program):
+    from tests.api.conftest import OWN
+
+    program = make_program(merchant_id=OWN)
+    body = {"program_id": str(program.pk), "name": "huge", "segment": "all",
+            "bonus_points": "1000000000.01", "scheduled_at": "2030-01-01T00:00:00Z"}  # fmt: skip
+    response = api("system").post("/api/v1/campaigns", body)
+    assert response.status_code == 400
+    assert "bonus_points" in response.json()["errors"]
