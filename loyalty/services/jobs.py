@@ -217,8 +217,11 @@ def job_run(*, job_id) -> Job:
     if not claimed:
         logger.info("job %s not run: it is %s", job_id, job.status)
         return job
-    runner = _runners()[job.kind]
+    runner = _runners().get(job.kind)
     tracker = JobTracker(job)
+    if runner is None:  # a kind this version cannot run (churn_update comes with SIRA's batch)
+        _job_end(job, tracker, status=Job.Status.FAILED, error=f"no runner for {job.kind}")
+        return job
     try:
         runner(job=job, tracker=tracker)
     except JobSuperseded:

@@ -1,6 +1,7 @@
 """Programs and their tiers; member freeze. Every write is audited in its own transaction."""
 
 import copy
+import itertools
 import zoneinfo
 from dataclasses import dataclass
 from datetime import date
@@ -145,19 +146,46 @@ def tier_cycle_date_check(value: date | None, *, zone: str, stored: date | None 
         )
 
 
-def _tiers_ordered(tiers: list[TierInput]) -> list[TierInput]:
-    """The tiers from the lowest, or ValidationFailed for a set a program cannot have."""
+def _tiers_ordered(tiers: list[TierInput], basis: str) -> list[TierInput]:
+    """The tiers from the lowest, or ValidationFailed for a set a program of `basis` cannot
+    have: each tier's threshold on the basis (points or spend) must be above the one below
+    it, or the tier job would put every member who reaches one on the highest of them (with
+    spend thresholds all 0, every member would be the top tier)."""
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
         raise ValidationFailed(errors={"tiers": ["Tier names must be unique."]})
-    ordered = sorted(tiers, key=lambda t: (t.min_points, t.min_spend))
+    field = "min_spend" if basis == Program.TierBasis.SPEND else "min_points"
+    other = "min_points" if field == "min_spend" else "min_spend"
+    ordered = sorted(tiers, key=lambda t: (getattr(t, field), getattr(t, other)))
     if ordered[0].min_points != 0 or ordered[0].min_spend != 0:
         raise ValidationFailed(errors={"tiers": ["The first tier must start at zero."]})
+    thresholds = [getattr(t, field) for t in ordered]
+    if any(upper <= lower for lower, upper in itertools.pairwise(thresholds)):
+        raise ValidationFailed(
+            errors={
+                "tiers": [
+                    f"Each tier's {field} must be above the tier's below it: the program's "
+                    f"tiers are by {basis}."
+                ]
+            }
+        )
     return ordered
 
 
+def _stored_tiers_fit(program: Program) -> None:
+    """The program's tiers, as stored, checked against its (new) basis."""
+    stored = Tier.objects.filter(program=program).order_by("rank")
+    tiers = [TierInput(t.name, t.min_points, t.min_spend, t.earn_multiplier) for t in stored]
+    if tiers and [t.name for t in _tiers_ordered(tiers, program.tier_basis)] != [
+        t.name for t in tiers
+    ]:
+        raise ValidationFailed(
+            errors={"tiers": [f"The tiers do not rise by {program.tier_basis}: send new ones."]}
+        )
+
+
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
-    ordered = _tiers_ordered(tiers)
+    ordered = _tiers_ordered(tiers, program.tier_basis)
     Tier.objects.filter(program=program).delete()
     Tier.objects.bulk_create(
         Tier(
@@ -178,9 +206,12 @@ def program_update_check(
     """Raises what `program_update` would refuse of `changes` to `program`, writing nothing
     and leaving `program` as it was. Callers that gate a change behind an approval ask this
     first, so no request is filed for a change the service would refuse."""
-    _changes_apply(copy.copy(program), changes)
+    candidate = copy.copy(program)
+    _changes_apply(candidate, changes)
     if tiers:
-        _tiers_ordered(tiers)
+        _tiers_ordered(tiers, candidate.tier_basis)
+    elif "tier_basis" in changes:
+        _stored_tiers_fit(candidate)
 
 
 def _changes_apply(program: Program, changes: dict) -> None:
@@ -208,6 +239,8 @@ def program_update(
         budget_set_limit(program=program, limit=program.budget_limit)
     if tiers:
         _tiers_replace(program, tiers)
+    elif "tier_basis" in changes:
+        _stored_tiers_fit(program)
     audit_record(
         actor=actor,
         action="program.update",

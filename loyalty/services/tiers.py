@@ -55,8 +55,14 @@ class Ladder:
         return self.names.index(name) if name in self.names else -1
 
     def qualified(self, metric: Decimal) -> int:
-        best = 0
+        """The highest rank whose threshold `metric` reaches. A tier whose threshold is not
+        above every lower tier's is out of reach (programs can no longer be given such tiers,
+        `_tiers_ordered`; one set up before is not read as "everyone qualifies")."""
+        best, highest = 0, None
         for rank, threshold in enumerate(self.thresholds):
+            if highest is not None and threshold <= highest:
+                continue
+            highest = threshold
             if metric >= threshold:
                 best = rank
         return best
@@ -151,6 +157,7 @@ def _changes(
         ).values_list("balance_id", flat=True)
     )
     one_down = program.tier_downgrade_policy == Program.DowngradePolicy.ONE_DOWN
+    pins = _rollback_pins(balance_ids)
     for pk, tier in rows:
         if pk in done:  # re-assessed in this cycle already (a re-run after a crash)
             continue
@@ -160,6 +167,8 @@ def _changes(
         target = min(current, max(qualified, current - 1)) if one_down else qualified
         if target == current or target < 0:
             continue
+        if target > current and pk in pins and metric <= pins[pk]:
+            continue  # an upgrade rolled back stays so until more is earned (as in UPGRADE)
         reason = f"{_cycle_reason(cycle)}: {basis} {metric} in {program.tier_qualifying_days} days"
         changes.append(Change(pk, tier, ladder.names[target], metric, reason, target > current))
     return changes
@@ -197,7 +206,8 @@ def _pass(program, ladder, mode, cycle, job, tracker, actor) -> None:
         if not ids:
             return
         changed = [c.balance_id for c in _changes(program, ladder, ids, mode, cycle)]
-        tracker.add(evaluated=len(ids))
+        # Every member is evaluated by the upgrade pass; the cycle's review counts apart.
+        tracker.add(**{"evaluated" if mode == UPGRADE else "cycle_reviewed": len(ids)})
         progress = {"program_id": str(program.pk), "phase": mode, "last_balance_id": ids[-1]}
         if changed:
             _apply(program, ladder, changed, mode, cycle, job, tracker, actor, progress)

@@ -503,3 +503,11 @@ def test_hold_expiry_job_expires_vouchers_past_their_date(program, earn, run_job
         redeem = client.post(f"/api/v1/vouchers/{voucher.code}/redeem")
         assert (redeem.status_code, redeem.json()["code"]) == (422, "voucher_not_redeemable")
         assert run_job(Job.Kind.HOLD_EXPIRY).counts["vouchers_expired"] == 0
+
+
+def test_a_job_of_a_kind_with_no_runner_fails_at_once_rather_than_staying_running(program):
+    job = job_create(kind=Job.Kind.CHURN_UPDATE, program=program, actor=ACTOR)
+    job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert "no runner" in job.error

@@ -267,3 +267,61 @@ def test_next_cycle_is_the_first_yearly_date_after_today(cycle, today, expected)
     from loyalty.services.tiers import _next_cycle
 
     assert _next_cycle(cycle, today) == expected
+
+
+def test_tiers_must_rise_on_the_programs_basis(make_program, api):
+    from loyalty.errors import ValidationFailed
+    from loyalty.models import Tier
+    from tests.api.conftest import OWN
+
+    with pytest.raises(ValidationFailed) as refused:  # the default tiers have no spend
+        make_program(tier_basis=Program.TierBasis.SPEND)
+    assert "min_spend" in refused.value.errors["tiers"][0]
+
+    program = make_program(merchant_id=OWN)  # by points, the default tiers
+    client = api("system")
+    response = client.patch(f"/api/v1/programs/{program.pk}", {"tier_basis": "spend"})
+    assert (response.status_code, list(response.json()["errors"])) == (400, ["tiers"])
+    tiers = [{"name": "basic", "min_points": "0"},
+             {"name": "gold", "min_points": "100", "min_spend": "50000"}]  # fmt: skip
+    response = client.patch(
+        f"/api/v1/programs/{program.pk}", {"tier_basis": "spend", "tiers": tiers}
+    )
+    assert response.status_code == 200
+    assert list(Tier.objects.filter(program=program).values_list("name", flat=True)) == [
+        "basic", "gold",
+    ]  # fmt: skip
+
+
+def test_tiers_set_up_before_without_thresholds_on_the_basis_make_nobody_top(
+    make_program, buy, run_job
+):
+    from loyalty.models import Tier
+
+    program = make_program()
+    Program.objects.filter(pk=program.pk).update(tier_basis=Program.TierBasis.SPEND)
+    assert set(Tier.objects.filter(program=program).values_list("min_spend", flat=True)) == {0}
+    buy(program, "small", "100")
+    run_job(TIER, program)
+    assert member(program, "small").tier == "basic"
+
+
+def test_the_cycle_review_keeps_a_rolled_back_member_where_the_rollback_put_them(
+    make_program, earn, run_job, actor
+):
+    with time_machine.travel(datetime.fromisoformat("2026-03-01T12:00:00+00:00"), tick=False):
+        program = make_program(
+            tier_downgrade_policy=Program.DowngradePolicy.RECALCULATE,
+            tier_qualifying_days=365,
+            tier_cycle_date=date(2026, 6, 1),
+        )
+        earn(program, "u1", "1200")
+        earn(program, "u2", "10")
+        run_job(TIER, program)
+        assert member(program, "u1").tier == "silver"
+        tier_rollback(snapshot_id=TierSnapshot.objects.get().pk, actor=actor, reason="fraud")
+    with time_machine.travel(datetime.fromisoformat("2026-06-01T12:00:00+00:00"), tick=False):
+        job = run_job(TIER, program)  # the cycle review, with no new points
+    assert member(program, "u1").tier == "basic"
+    assert (job.counts["evaluated"], job.counts["cycle_reviewed"]) == (2, 2)
+    assert ledger_verify() == []
