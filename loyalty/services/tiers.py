@@ -335,7 +335,11 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
         raise InvalidState("A rollback cannot itself be rolled back.", snapshot_id=snapshot_id)
     if snapshot.rolled_back_at is not None:
         raise InvalidState("This tier change was already rolled back.", snapshot_id=snapshot_id)
-    if balance.tier != snapshot.to_tier:
+    latest = (
+        TierSnapshot.objects.filter(balance=balance).order_by("-id").values_list("id", flat=True)
+    )
+    if balance.tier != snapshot.to_tier or latest.first() != snapshot.pk:
+        # An older change that happens to end on today's tier is not what put them there.
         raise InvalidState(
             "The member's tier changed since; roll back the latest change first.",
             current_tier=balance.tier,

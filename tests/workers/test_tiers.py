@@ -325,3 +325,19 @@ def test_the_cycle_review_keeps_a_rolled_back_member_where_the_rollback_put_them
     assert member(program, "u1").tier == "basic"
     assert (job.counts["evaluated"], job.counts["cycle_reviewed"]) == (2, 2)
     assert ledger_verify() == []
+
+
+def test_an_older_change_ending_on_todays_tier_cannot_be_rolled_back(program, earn, run_job, actor):
+    """basic -> silver, then silver -> gold, then gold -> silver: the member is on silver
+    again, but by the last change; rolling back the first would send them to basic."""
+    earn(program, "u1", "1200")
+    run_job(TIER, program)  # basic -> silver
+    first = TierSnapshot.objects.get()
+    earn(program, "u1", "5000")
+    run_job(TIER, program)  # silver -> gold
+    gold = TierSnapshot.objects.latest("id")
+    tier_rollback(snapshot_id=gold.pk, actor=actor)  # gold -> silver
+    assert member(program, "u1").tier == "silver"
+    with pytest.raises(InvalidState):
+        tier_rollback(snapshot_id=first.pk, actor=actor)
+    assert member(program, "u1").tier == "silver"
