@@ -101,6 +101,12 @@ class LedgerLimitExceeded(DomainError):
     title = "The points or totals would pass what the ledger can hold (10^18)"
 
 
+class QueueUnavailable(DomainError):
+    code = "queue_unavailable"
+    http_status = 503
+    title = "The job queue is unreachable: the job was not started"
+
+
 class IdempotencyKeyReused(DomainError):
     code = "idempotency_key_reused"
     title = "The idempotency key was already used for a different request"

@@ -28,7 +28,7 @@ from audit.models import AuditEntry
 from audit.services import audit_entries_build, audit_record
 
 from ..actors import Actor, system_actor
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NotFound, QueueUnavailable
 from ..models import Job, Program
 from .balances import program_local_date, serial_sequence
 
@@ -179,7 +179,8 @@ def job_enqueue(
                 status=Job.Status.FAILED, error=f"not queued: {exc}"[:4000],
                 finished_at=timezone.now(),
             )  # fmt: skip
-            raise
+            logger.exception("job %s not queued", job_id)
+            raise QueueUnavailable(job_id=job_id) from exc
 
     # job_create has committed; on_commit still defers the send when a caller wraps us.
     transaction.on_commit(send)

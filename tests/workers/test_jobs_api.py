@@ -110,3 +110,28 @@ def test_tier_rollback_api(api, own, earn, run_job):
     assert again.status_code == 409
     assert again.json()["code"] == "invalid_state"
     assert member(own, "u1").points_balance == Decimal("1500.00")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trigger_with_the_queue_unreachable_is_a_503_and_leaves_the_day_free(
+    api, own, monkeypatch
+):
+    """The broker refusing the task (kombu's error, as when Redis is down) is answered 503
+    `queue_unavailable`, not 500; the job is failed, so a retry may start another."""
+    from kombu.exceptions import OperationalError
+
+    from loyalty.tasks import job_run_task
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(job_run_task, "delay", unreachable)
+    client = api("ops_marketing")
+    response = client.post("/api/v1/workers/point-expiry", {"program_id": str(own.pk)})
+    assert (response.status_code, response.json()["code"]) == (503, "queue_unavailable")
+    job = Job.objects.get(kind="point_expiry")
+    assert job.status == Job.Status.FAILED
+    assert job.error.startswith("not queued")
+    monkeypatch.undo()
+    retry = client.post("/api/v1/workers/point-expiry", {"program_id": str(own.pk)})
+    assert retry.status_code == 202
