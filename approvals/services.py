@@ -38,7 +38,7 @@ from .errors import (
     RoleNotRequired,
 )
 from .models import Approval, ApprovalPolicy, ApprovalRequest
-from .registry import OPERATIONS, policy_errors, policy_get, policy_loosening
+from .registry import OPERATIONS, policy_default, policy_errors, policy_get, policy_loosening
 
 
 def approval_request_create(
@@ -200,15 +200,28 @@ def approval_policy_update(
         operation=operation, threshold=threshold, required_roles=required_roles,
         ttl_hours=ttl_hours,
     )  # fmt: skip
-    if not errors and not may_loosen:
+    if errors:
+        raise ValidationFailed(errors=errors)
+    # Locked before it is compared: two changes at once are each judged against the other's
+    # outcome, so neither can loosen what the other just tightened.
+    current = policy_default(operation)  # what a row created now holds: the settings'
+    policy, created = ApprovalPolicy.objects.select_for_update().get_or_create(
+        operation=operation,
+        defaults={
+            "enabled": current.enabled,
+            "threshold": current.threshold,
+            "required_roles": list(current.required_roles),
+            "ttl_hours": current.ttl_hours,
+        },
+    )
+    if not may_loosen:
         errors = policy_loosening(
             operation=operation, enabled=enabled, threshold=threshold,
             required_roles=required_roles,
         )  # fmt: skip
     if errors:
         raise ValidationFailed(errors=errors)
-    before = policy_get(operation)
-    policy, _ = ApprovalPolicy.objects.select_for_update().get_or_create(operation=operation)
+    before = current if created else policy_get(operation)
     policy.enabled = enabled
     policy.threshold = threshold
     policy.required_roles = list(required_roles)
