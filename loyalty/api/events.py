@@ -418,25 +418,32 @@ class EventsBatchApi(LoyaltyApi):
         # from the request (202, the same body; idempotency_key_reused for another body),
         # never sent to the gate again (409 approval_pending_exists) nor to the service.
         # A gated adjustment repeating a key sent to the service waits for that item's
-        # outcome (`_gated_repeat`). A key already stored is answered by the service: the
-        # gate opens no request for it (`adjustment_gate`).
+        # outcome (`_gated_repeat`), and so does every later item with that key: the waiting
+        # item may yet take it (a pending request) before them. A key already stored is
+        # answered by the service: the gate opens no request for it (`adjustment_gate`).
         todo: list[tuple[int, Program, EventInput]] = []
         sent = _FirstOfKey(todo)
         gated: dict[tuple, tuple[int, EventInput]] = {}  # key: its request's item, event
         waiting: list[tuple[int, Program, EventInput, int]] = []
+        waits: dict[tuple, int] = {}  # key of a waiting item: the place of its first in todo
         for index, program_id, event in parsed:
             program = programs.get(program_id.int)
             try:
                 if program is None:
                     raise NotFound("No such program.", program_id=str(program_id))
-                if gated or event.type == "manual_adjust":  # (a batch of earnings: neither)
+                # (A batch of earnings: none of these.)
+                if gated or waits or event.type == "manual_adjust":
                     key = (program_id.int, event.idempotency_key)
                     if key in gated:
                         results[index] = _pending_repeat(index, event, gated[key], results)
                         continue
+                    if key in waits:
+                        waiting.append((index, program, event, waits[key]))
+                        continue
                     first = sent.get(key) if event.type == "manual_adjust" else None
                     if first is not None and _adjustment_needs_approval(event, caller):
                         waiting.append((index, program, event, first))
+                        waits[key] = first
                         continue
                 pending = adjustment_gate(program=program, event=event, caller=caller)
             except DomainError as error:

@@ -124,3 +124,18 @@ def test_a_gated_adjustment_repeating_a_key_of_an_earlier_item_of_the_batch(api,
     assert list(ApprovalRequest.objects.values_list("target", flat=True)) == [
         f"balance:{funded.pk}:u_5"
     ]
+
+
+def test_items_after_a_waiting_adjustment_wait_for_it_too(api, funded):
+    """An adjustment needing approval repeats the key of an earlier item that was refused:
+    the key is free, so it opens the request, and a later item under that key is answered
+    from the request, as one by one, not written first."""
+
+    def adjust(points):
+        return keyed({**big_adjust(funded), "points": points}, "K")
+
+    results = batch(api("system"), adjust("-9000"), adjust("20000"), adjust("5"))
+    got = [(r["status"], r.get("error", {}).get("code")) for r in results]
+    assert got == [(422, "insufficient_points"), (202, None), (422, "idempotency_key_reused")]
+    assert not LedgerEntry.objects.filter(program=funded, idempotency_key="K").exists()
+    assert ApprovalRequest.objects.count() == 1
