@@ -76,6 +76,7 @@ import operator
 import os
 import re
 import uuid
+from collections import Counter
 from collections.abc import Callable, Container
 from decimal import Decimal
 
@@ -1066,12 +1067,17 @@ def _refunds_of_unknown_members_refused(items: Items, todo: list[int], results: 
     `_ingest_items` to take it back, a statement each. Returns the rest."""
     refunds_only: dict[tuple, list[int]] = {}
     others = set()
+    keys = Counter((items[index][0].pk, items[index][1].idempotency_key) for index in todo)
     for index in todo:
         program, event = items[index]
         member = (program.pk, event.member_id)
         if event.type == "refund":
             refunds_only.setdefault(member, []).append(index)
         else:
+            others.add(member)
+        if keys[(program.pk, event.idempotency_key)] > 1:
+            # Another item of the batch may write this key first: this refund is then that
+            # key's repeat (a replay, or idempotency_key_reused), as one by one.
             others.add(member)
     for member in others:
         refunds_only.pop(member, None)

@@ -697,3 +697,28 @@ def test_no_init_signal_listens_to_the_models_the_batch_builds_without_init():
     for model in (LedgerEntry, MemberBalance):
         assert not pre_init.has_listeners(model)
         assert not post_init.has_listeners(model)
+
+
+def test_a_refund_of_an_unknown_member_repeating_an_earlier_items_key_is_its_reuse(
+    make_program, actor
+):
+    """One by one, the refund finds the key the purchase just wrote: idempotency_key_reused,
+    not original_not_found (its member has no balance, which the batch checks first)."""
+
+    def events():
+        return [
+            PurchaseFactory(member_id="a", idempotency_key="K", reference="order-1"),
+            RefundFactory(
+                member_id="ghost", amount=Decimal("100"), original_reference="order-9",
+                idempotency_key="K",
+            ),
+        ]  # fmt: skip
+
+    single, batch = make_program(name="single"), make_program(name="batch")
+    event_ingest(program=single, event=events()[0], actor=actor)
+    with pytest.raises(IdempotencyKeyReused):
+        event_ingest(program=single, event=events()[1], actor=actor)
+    outcomes = events_ingest_batch(items=[(batch, e) for e in events()], actor=actor)
+    assert isinstance(outcomes[1], IdempotencyKeyReused)
+    assert not MemberBalance.objects.filter(program=batch, member_id="ghost").exists()
+    assert ledger_verify() == []
