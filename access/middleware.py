@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
-from django.http import JsonResponse
+from django.http import HttpResponseBadRequest, JsonResponse
 from django_prometheus.middleware import PrometheusAfterMiddleware, PrometheusBeforeMiddleware
 
 from .problems import PROBLEM_CONTENT_TYPE, problem
@@ -33,6 +33,21 @@ class RequestSizeLimitMiddleware:
                     instance=request.path,
                 )
                 return JsonResponse(body, status=413, content_type=PROBLEM_CONTENT_TYPE)
+        return self.get_response(request)
+
+
+class NulInUrlRefused:
+    """A NUL character in the path or a query parameter of a console page is a 400: PostgreSQL
+    refuses it in a text value, and the admin's filters and object URLs would pass it to a
+    query and answer 500. (The API checks its own parameters.)"""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        query = request.META.get("QUERY_STRING", "")
+        if not is_api(request) and ("\x00" in request.path or "%00" in query):
+            return HttpResponseBadRequest("NUL characters are not allowed in URLs.")
         return self.get_response(request)
 
 

@@ -49,7 +49,12 @@ from .services import (
 )
 from .services.budget import budget_spent as program_budget_spent
 from .services.budget import with_budget_spent
-from .services.programs import UPDATABLE_FIELDS, program_status_check, tier_cycle_date_check
+from .services.programs import (
+    UPDATABLE_FIELDS,
+    program_create_check,
+    program_status_check,
+    program_update_check,
+)
 
 
 def request_actor(request) -> Actor:
@@ -171,20 +176,24 @@ class MerchantAdmin(ScopedAdmin):
 
 
 class ProgramAdminForm(forms.ModelForm):
-    """The service's rules that a form can show against their field rather than as an error
-    page: a tier cycle date being set is the program's local today or later."""
+    """Runs the service's own checks of the create or update (`program_create_check`,
+    `program_update_check`), so what it would refuse shows against the form's fields rather
+    than as an error page, and before a budget change is filed for approval."""
 
     def clean(self):
         data = super().clean()
+        if self.errors:
+            return data  # the fields' own errors first; the checks need their values
         try:
-            tier_cycle_date_check(
-                data.get("tier_cycle_date"),
-                zone=data.get("timezone") or self.instance.timezone,
-                stored=self.instance.tier_cycle_date if self.instance.pk else None,
-            )
+            if not self.instance._state.adding:  # (a new program has its UUID already)
+                changes = {f: data[f] for f in self.changed_data if f in UPDATABLE_FIELDS}
+                program_update_check(program=self.instance, changes=changes)
+            else:
+                fields = {f: data[f] for f in UPDATABLE_FIELDS - {"name"} if f in data}
+                program_create_check(name=data["name"], currency=data["currency"], **fields)
         except ValidationFailed as error:
             for field, problems in error.errors.items():
-                self.add_error(field, problems)
+                self.add_error(field if field in self.fields else None, problems)
         return data
 
 

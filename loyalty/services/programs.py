@@ -64,18 +64,11 @@ def program_create(
     **fields,
 ) -> Program:
     """Creates a program (and its merchant on first use), its tiers and budget shards."""
-    if currency not in CURRENCY_EXPONENTS:
-        raise ValidationFailed(errors={"currency": [f"Unsupported currency {currency!r}."]})
-    unknown = set(fields) - UPDATABLE_FIELDS
-    if unknown:
-        raise ValidationFailed(errors={f: ["Unknown field."] for f in unknown})
+    program = program_create_check(name=name, currency=currency, tiers=tiers, **fields)
     merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
-    program = Program(merchant=merchant, name=name, currency=currency, **fields)
-    _full_clean(program)
-    tier_cycle_date_check(program.tier_cycle_date, zone=program.timezone)
+    program.merchant = merchant
     program.save()
-    tiers = tiers or [TierInput(**t) for t in DEFAULT_TIERS]
-    _tiers_replace(program, tiers)
+    _tiers_replace(program, tiers or default_tiers())
     budget_shards_create(program=program)
     audit_record(
         actor=actor,
@@ -86,6 +79,27 @@ def program_create(
         after=program_snapshot(program),
     )
     return program
+
+
+def program_create_check(
+    *, name: str, currency: str, tiers: list[TierInput] | None = None, **fields
+) -> Program:
+    """The program `program_create` would make, in memory (no merchant yet), or what it
+    would refuse (ValidationFailed): forms ask first, to show it against their fields."""
+    if currency not in CURRENCY_EXPONENTS:
+        raise ValidationFailed(errors={"currency": [f"Unsupported currency {currency!r}."]})
+    unknown = set(fields) - UPDATABLE_FIELDS
+    if unknown:
+        raise ValidationFailed(errors={f: ["Unknown field."] for f in unknown})
+    program = Program(name=name, currency=currency, **fields)
+    _full_clean(program)
+    tier_cycle_date_check(program.tier_cycle_date, zone=program.timezone)
+    _tiers_ordered(tiers or default_tiers(), program.tier_basis)
+    return program
+
+
+def default_tiers() -> list[TierInput]:
+    return [TierInput(**t) for t in DEFAULT_TIERS]
 
 
 def _full_clean(program: Program) -> None:

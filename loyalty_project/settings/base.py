@@ -49,6 +49,7 @@ MIDDLEWARE = [
     "access.middleware.PrometheusBeforeOutsideApi",
     "django.middleware.security.SecurityMiddleware",
     "access.middleware.RequestSizeLimitMiddleware",
+    "access.middleware.NulInUrlRefused",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "access.middleware.SessionOutsideApi",
     "django.middleware.common.CommonMiddleware",
