@@ -52,11 +52,11 @@ FREE_TEXT_KEYS = frozenset(
 
 REMOVED = "[removed]"
 EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-# 8+ digits, optionally with a leading + and separators ("+33 (0)6 12 34 56 78"), not glued to
+# 8+ digits, optionally with a leading + and one separator between digits, not glued to
 # letters, digits or a dot around them: an underscore may come before ("tel_221771234567", a
 # member id), a letter may not ("0f8fad5b-70867728950e", a reference, stays). UUIDs (the
 # program's id in an approval target) are matched first and left as they are.
-_PHONE = r"(?<![^\W_])(?<!\.)\+?\d(?:[\s().-]{0,2}\d){7,}(?![\w])"
+_PHONE = r"(?<![^\W_])(?<!\.)\+?\d(?:[\s().-]?\d){7,}(?![\w])"
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 PHONE_RE = re.compile(rf"(?P<uuid>{_UUID})|{_PHONE}")
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")

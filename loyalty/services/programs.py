@@ -224,7 +224,7 @@ def program_update_check(
     _changes_apply(candidate, changes)
     if tiers:
         _tiers_ordered(tiers, candidate.tier_basis)
-    elif "tier_basis" in changes:
+    elif candidate.tier_basis != program.tier_basis:
         _stored_tiers_fit(candidate)
 
 
@@ -247,13 +247,14 @@ def program_update(
     """Applies `changes` to the program; a new budget limit is re-spread over the shards."""
     program = _program_lock(program_id)
     before = program_snapshot(program)
+    basis = program.tier_basis
     _changes_apply(program, changes)
     program.save(update_fields=[*changes, "updated_at"])
     if "budget_limit" in changes:
         budget_set_limit(program=program, limit=program.budget_limit)
     if tiers:
         _tiers_replace(program, tiers)
-    elif "tier_basis" in changes:
+    elif program.tier_basis != basis:  # (sent back unchanged: nothing to check again)
         _stored_tiers_fit(program)
     audit_record(
         actor=actor,

@@ -341,3 +341,18 @@ def test_an_older_change_ending_on_todays_tier_cannot_be_rolled_back(program, ea
     with pytest.raises(InvalidState):
         tier_rollback(snapshot_id=first.pk, actor=actor)
     assert member(program, "u1").tier == "silver"
+
+
+def test_a_tier_basis_sent_back_unchanged_does_not_recheck_tiers_set_up_before(api, make_program):
+    """A program set up before tiers had to rise on the basis (spend, with point-only tiers),
+    read with GET and PATCHed back with a new name: saved as before."""
+    from tests.api.conftest import OWN
+
+    program = make_program(merchant_id=OWN)
+    Program.objects.filter(pk=program.pk).update(tier_basis=Program.TierBasis.SPEND)
+    client = api("ops_marketing")
+    url = f"/api/v1/programs/{program.pk}"
+    body = client.get(url).json()
+    response = client.patch(url, {"name": "Renamed", "tier_basis": body["tier_basis"]})
+    assert response.status_code == 200, response.json().get("errors")
+    assert Program.objects.get(pk=program.pk).name == "Renamed"
