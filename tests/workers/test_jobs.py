@@ -406,13 +406,14 @@ def test_unreachable_broker_fails_the_job_instead_of_blocking_the_day(
     program, monkeypatch, django_capture_on_commit_callbacks
 ):
     from loyalty import tasks
+    from loyalty.errors import QueueUnavailable
     from loyalty.services.jobs import job_enqueue
 
     def broker_down(*args, **kwargs):
         raise ConnectionRefusedError("redis is down")
 
     monkeypatch.setattr(tasks.job_run_task, "delay", broker_down)
-    with pytest.raises(ConnectionRefusedError), django_capture_on_commit_callbacks(execute=True):
+    with pytest.raises(QueueUnavailable), django_capture_on_commit_callbacks(execute=True):
         job_enqueue(kind=Job.Kind.POINT_EXPIRY, program=program, actor=ACTOR)
 
     job = Job.objects.get()
