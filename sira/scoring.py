@@ -48,6 +48,20 @@ DEFAULT_SIRA_SETTINGS: dict[str, object] = {
 }
 
 DECIMAL_SETTINGS = {k for k, v in DEFAULT_SIRA_SETTINGS.items() if isinstance(v, Decimal)}
+# The range of each kind of value: a rate added to the earn multiplier, a share (a churn risk,
+# an engagement score, a confidence), points added to an award (at most 2 places), an amount
+# of the program's currency, days. Past them an award could not be computed or stored, and
+# every purchase of the program would fail.
+POINTS_SETTINGS = {"first_daily_purchase_points", "stagnation_points"}
+SHARE_SETTINGS = {
+    "churn_high_risk", "churn_medium_risk", "engagement_score",
+    "confidence_base", "confidence_step", "confidence_max",
+}  # fmt: skip
+AMOUNT_SETTINGS = {"high_value_amount", "ltv_spend", "stagnation_spend"}
+MAX_RATE = D("10")
+MAX_POINTS = D("1000000000")
+MAX_AMOUNT = D("1000000000000000")
+MAX_FREQUENCY_DAYS = 3650
 
 
 def sira_settings_resolve(overrides: dict | None) -> dict:
@@ -57,22 +71,43 @@ def sira_settings_resolve(overrides: dict | None) -> dict:
         if key not in DEFAULT_SIRA_SETTINGS:
             raise ValueError(f"unknown SIRA setting {key!r}")
         if key in DECIMAL_SETTINGS:
-            try:
-                value = D(str(value))
-            except ArithmeticError as exc:  # decimal.InvalidOperation is not a ValueError
-                raise ValueError(f"SIRA setting {key!r} must be a number") from exc
-            if not value.is_finite() or value < 0:
-                raise ValueError(f"SIRA setting {key!r} must be a finite number, not negative")
+            value = _setting_decimal(key, value)
         elif key == "enabled":
-            value = bool(value)
+            if not isinstance(value, bool):
+                raise ValueError("SIRA setting 'enabled' must be true or false")
         elif key == "frequency_days":
-            value = int(value)
+            if type(value) is not int or not 0 <= value <= MAX_FREQUENCY_DAYS:
+                raise ValueError(
+                    f"SIRA setting 'frequency_days' must be whole days, 0 to {MAX_FREQUENCY_DAYS}"
+                )
         elif key == "promoted_modules" and (
             not isinstance(value, list) or not all(isinstance(m, str) for m in value)
         ):
             raise ValueError("promoted_modules must be a list of module names")
         settings[key] = value
     return settings
+
+
+def _setting_decimal(key: str, value) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError(f"SIRA setting {key!r} must be a number")
+    try:
+        number = D(str(value))
+    except ArithmeticError as exc:  # decimal.InvalidOperation is not a ValueError
+        raise ValueError(f"SIRA setting {key!r} must be a number") from exc
+    if key in SHARE_SETTINGS:
+        top = ONE
+    elif key in POINTS_SETTINGS:
+        top = MAX_POINTS
+    elif key in AMOUNT_SETTINGS:
+        top = MAX_AMOUNT
+    else:
+        top = MAX_RATE
+    if not number.is_finite() or not ZERO <= number <= top:
+        raise ValueError(f"SIRA setting {key!r} must be from 0 to {top}")
+    if key in POINTS_SETTINGS and number != number.quantize(D("0.01")):
+        raise ValueError(f"SIRA setting {key!r} takes points with at most 2 decimal places")
+    return number
 
 
 @dataclass(frozen=True)

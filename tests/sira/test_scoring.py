@@ -173,11 +173,40 @@ def test_defaults_are_the_seed_thresholds():
         {"high_value_amount": "NaN"},
         {"promoted_modules": "eats"},
         {"frequency_days": "soon"},
+        # Past what an award can be computed or stored with: every purchase would fail.
+        {"frequency_days": 1000000000},
+        {"frequency_days": 1.9},
+        {"frequency_days": True},
+        {"first_daily_purchase_points": "1e30"},
+        {"first_daily_purchase_points": "0.001"},
+        {"high_value_bonus": "1e999999"},
+        {"confidence_base": "1e30", "confidence_max": "1e30"},
+        {"confidence_max": "7"},
+        {"churn_high_risk": "1.5"},
+        {"high_value_amount": "1e18"},
+        {"ltv_bonus": True},
+        # Not a boolean: "false" would be read as true.
+        {"enabled": "false"},
+        {"enabled": 0},
     ],
 )
 def test_invalid_overrides_raise_value_error(overrides):
-    with pytest.raises(ValueError, match=r"SIRA setting|promoted_modules|invalid literal"):
+    with pytest.raises(ValueError, match=r"SIRA setting|promoted_modules"):
         sira_settings_resolve(overrides)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "setting",
+    [{"frequency_days": 1000000000}, {"first_daily_purchase_points": "1e30"},
+     {"enabled": "false"}],
+)  # fmt: skip
+def test_a_setting_that_would_break_purchases_is_refused_when_saved(make_program, setting):
+    from loyalty.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as refused:
+        make_program(sira_settings=setting)
+    assert "sira_settings" in refused.value.errors
 
 
 def test_overrides_accept_numbers_and_strings_as_decimals():
