@@ -44,7 +44,7 @@ class ApprovalListApi(LoyaltyApi):
         caller = request.caller
         ids = person_actor_ids(caller.actor.id)
         return paginated(self, request, queryset, lambda r: approval_request_body(r, caller, ids),
-                         ordering="-created_at")  # fmt: skip
+                         ordering=("-created_at", "-id"))  # fmt: skip
 
 
 class ApprovalDetailApi(LoyaltyApi):

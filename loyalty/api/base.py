@@ -81,7 +81,8 @@ class InvalidCursor(DomainError):
 
 
 class CursorPage(CursorPagination):
-    """Opaque cursors over a unique, monotonic ordering: stable while rows are added.
+    """Opaque cursors over an ordering made unique by its last field: stable while rows are
+    added.
 
     A cursor this API did not write is refused (400 `invalid_cursor`): one that does not
     decode, and one whose position is not a value of the ordering's field (DRF's own check
@@ -147,7 +148,11 @@ def _cursor_decodes(encoded: str) -> bool:
     return set(tokens) <= {"o", "r", "p"} and all(len(v) == 1 for v in tokens.values())
 
 
-def paginated(view, request, queryset, to_body, *, ordering: str = "-id"):
+def paginated(view, request, queryset, to_body, *, ordering: str | tuple[str, ...] = "-id"):
+    """A page of `queryset` in `ordering`, whose first field is the cursor's position. When
+    that field is not unique (`created_at`), a unique one must follow (`id`): the cursor
+    steps past rows sharing a position by counting them, which holds only if they always
+    come back in the same order."""
     paginator = CursorPage()
     paginator.ordering = ordering
     page = paginator.paginate_queryset(queryset, request, view=view)

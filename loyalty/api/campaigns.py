@@ -37,7 +37,7 @@ class CampaignsApi(LoyaltyApi):
             campaigns = campaigns.filter(program_id=filters["program_id"])
         if "status" in filters:
             campaigns = campaigns.filter(status=filters["status"])
-        return paginated(self, request, campaigns, campaign_body, ordering="-created_at")
+        return paginated(self, request, campaigns, campaign_body, ordering=("-created_at", "-id"))
 
     @extend_schema(
         operation_id="campaigns_create",

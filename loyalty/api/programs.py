@@ -67,7 +67,7 @@ class ProgramsApi(LoyaltyApi):
             programs = programs.filter(status=filters["status"])
         if "merchant_id" in filters:
             programs = programs.filter(merchant_id=filters["merchant_id"])
-        return paginated(self, request, programs, program_body, ordering="-created_at")
+        return paginated(self, request, programs, program_body, ordering=("-created_at", "-id"))
 
     @extend_schema(
         operation_id="programs_create",

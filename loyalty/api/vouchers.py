@@ -34,7 +34,7 @@ class VouchersApi(LoyaltyApi):
             vouchers = vouchers.filter(balance__member_id=filters["member_id"])
         if "status" in filters:
             vouchers = vouchers.filter(Voucher.current_status_q(filters["status"]))
-        return paginated(self, request, vouchers, voucher_body, ordering="-created_at")
+        return paginated(self, request, vouchers, voucher_body, ordering=("-created_at", "-id"))
 
 
 class VoucherDetailApi(LoyaltyApi):

@@ -357,3 +357,47 @@ def test_campaigns_of_another_merchant_are_404(api, make_program):
     assert client.post("/api/v1/campaigns", campaign_body(other)).status_code == 404
     assert client.get("/api/v1/campaigns").json()["results"] == []
     assert Campaign.objects.get().name == "Win-back"
+
+
+@pytest.mark.parametrize("listed", ["campaigns", "programs", "vouchers"])
+def test_pages_of_rows_sharing_a_created_at_neither_skip_nor_repeat(api, make_program, listed):
+    """Imports and batches create rows with one timestamp: the cursor steps past them by
+    count, which needs them in the same order on every page."""
+    from datetime import UTC, datetime
+
+    from loyalty.models import Campaign, Program, Voucher
+    from tests.api.conftest import OWN
+    from tests.conftest import hold
+
+    model = {"campaigns": Campaign, "programs": Program, "vouchers": Voucher}[listed]
+    program = make_program(merchant_id=OWN)
+    client = api("system")
+    if listed == "campaigns":
+        for n in range(30):
+            client.post("/api/v1/campaigns", {"program_id": str(program.pk), "name": f"c{n}",
+                        "segment": "all", "bonus_points": "10",
+                        "scheduled_at": "2099-01-01T00:00:00Z"})  # fmt: skip
+    elif listed == "programs":
+        for n in range(29):
+            make_program(merchant_id=OWN, name=f"p{n}")
+    else:
+        from loyalty.actors import Actor
+        from loyalty.services import event_ingest
+        from tests.factories import PointsEventFactory
+
+        actor = Actor(id="ops", role="system")
+        grant = PointsEventFactory(member_id="u_1", points=Decimal(3000))
+        event_ingest(program=program, event=grant, actor=actor)
+        for n in range(30):
+            hold(program, "10", actor, key=f"v{n}", capture=True)
+    model.objects.update(created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    expected = {str(pk) for pk in model.objects.values_list("pk", flat=True)}
+    seen, url = [], f"/api/v1/{listed}?limit=7"
+    while url:
+        body = client.get(url).json()
+        seen += [item.get("id") or item.get("code") for item in body["results"]]
+        url = body["next"]
+    if listed == "vouchers":
+        expected = set(Voucher.objects.values_list("code", flat=True))
+    assert len(seen) == len(set(seen)), "an item was listed twice"
+    assert set(seen) == expected, "an item was never listed"
