@@ -99,6 +99,7 @@ PROBLEM_SCHEMA = {
 ALWAYS = {
     "401": "No or bad credential.",
     "403": "The credential lacks the permission.",
+    "406": "The `Accept` header asks for something other than JSON.",
     "413": "Request body too large.",
 }
 READS = {**ALWAYS, "400": "Invalid query parameters.", "404": "Unknown or out of scope."}
@@ -106,6 +107,7 @@ WRITES = {
     **READS,
     "400": "Validation failed (per-field `errors`) or `Idempotency-Key` missing.",
     "409": "Conflict (`idempotency_in_progress`, `invalid_state`...).",
+    "415": "The body is not JSON (`Content-Type`).",
     "422": "Refused by a business rule (`idempotency_key_reused`, `insufficient_points`...).",
 }
 

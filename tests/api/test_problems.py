@@ -163,3 +163,14 @@ def test_surrogate_pairs_are_fine(api, funded):
     response = client.post("/api/v1/events", body, key="s2")
     assert response.status_code == 201
     assert LedgerEntry.objects.get(balance__member_id="u_emoji").metadata == {"note": "\U0001f600"}
+
+
+def test_415_and_406_are_answered_and_documented(api, funded):
+    client = api("system")
+    refused = client.post("/api/v1/redemptions", "a=b", content_type="text/plain")
+    assert_problem(refused, 415, "unsupported_media_type")
+    xml = client.get("/api/v1/programs", headers={"Accept": "application/xml"})
+    assert xml.status_code == 406
+    spec = client.get("/api/schema/?format=json").json()
+    assert "415" in spec["paths"]["/api/v1/redemptions"]["post"]["responses"]
+    assert "406" in spec["paths"]["/api/v1/programs"]["get"]["responses"]
