@@ -2,13 +2,15 @@
 
 import binascii
 import functools
-from base64 import b64decode
+import hashlib
+from base64 import b64decode, b64encode
 from datetime import UTC, datetime
 from urllib import parse
 
 from django.core.exceptions import ValidationError
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from access.permissions import HasPermission
@@ -95,7 +97,22 @@ class CursorPage(CursorPagination):
 
     def paginate_queryset(self, queryset, request, view=None):
         self._model = queryset.model
+        self._list = _list_token(request, self.cursor_query_param, self.page_size_query_param)
         return super().paginate_queryset(queryset, request, view=view)
+
+    def encode_cursor(self, cursor):
+        """DRF's cursor, plus the list it belongs to (`l`: its path and filters), so that it
+        is refused on another list or with other filters rather than cut that list at a
+        position of this one."""
+        tokens = {"l": self._list}
+        if cursor.offset != 0:
+            tokens["o"] = str(cursor.offset)
+        if cursor.reverse:
+            tokens["r"] = "1"
+        if cursor.position is not None:
+            tokens["p"] = cursor.position
+        encoded = b64encode(parse.urlencode(tokens).encode("ascii")).decode("ascii")
+        return replace_query_param(self.base_url, self.cursor_query_param, encoded)
 
     def get_page_size(self, request):
         limit = request.query_params.get(self.page_size_query_param)
@@ -111,6 +128,11 @@ class CursorPage(CursorPagination):
             # DRF's decoding skips what is not base64 and what is not one of its fields: most
             # junk would read as the first page.
             raise InvalidCursor("The cursor does not decode; use `next` or `previous`.")
+        if encoded is not None and _cursor_list(encoded) not in (None, self._list):
+            raise InvalidCursor(
+                "The cursor belongs to another list, or to other filters; use `next` or "
+                "`previous` of this one."
+            )
         try:
             cursor = super().decode_cursor(request)
         except NotFound as exc:
@@ -145,7 +167,26 @@ def _cursor_decodes(encoded: str) -> bool:
     except (binascii.Error, ValueError):  # not ASCII, not base64
         return False
     tokens = parse.parse_qs(text, keep_blank_values=True)
-    return set(tokens) <= {"o", "r", "p"} and all(len(v) == 1 for v in tokens.values())
+    return set(tokens) <= {"l", "o", "r", "p"} and all(len(v) == 1 for v in tokens.values())
+
+
+def _cursor_list(encoded: str) -> str | None:
+    """The list a cursor was written for (None: one written before cursors named it)."""
+    text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
+    return parse.parse_qs(text, keep_blank_values=True).get("l", [None])[0]
+
+
+def _list_token(request, *skipped: str) -> str:
+    """The list a request pages through: its path and its filters (the query but the cursor
+    and the page size), as a short digest."""
+    filters = sorted(
+        (name, value)
+        for name, values in request.query_params.lists()
+        if name not in skipped
+        for value in values
+    )
+    text = f"{request.path}?{parse.urlencode(filters)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def paginated(view, request, queryset, to_body, *, ordering: str | tuple[str, ...] = "-id"):

@@ -287,3 +287,25 @@ def test_tier_history_and_unknown_member(api, funded):
     assert history.json()["results"] == []
     missing = client.get(f"/api/v1/programs/{funded.pk}/members/nobody")
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
+
+
+def test_a_cursor_is_refused_on_another_list_or_with_other_filters(api, funded):
+    from loyalty.actors import Actor
+    from loyalty.services import event_ingest
+    from tests.factories import PointsEventFactory
+
+    from .conftest import OWN
+
+    for _ in range(3):
+        event = PointsEventFactory(member_id="u_1")
+        event_ingest(program=funded, event=event, actor=Actor(id="ops", role="system"))
+    client = api("system", merchant_id=OWN)
+    history = f"/api/v1/programs/{funded.pk}/members/u_1/transactions"
+    following = client.get(f"{history}?type=referral&limit=1").json()["next"]
+    cursor = following.split("cursor=")[1].split("&")[0]
+    assert client.get(f"{history}?type=referral&limit=1&cursor={cursor}").status_code == 200
+    for elsewhere in (f"{history}?type=purchase&cursor={cursor}",
+                      f"/api/v1/programs/{funded.pk}/members/u_1/tier-history?cursor={cursor}",
+                      f"/api/v1/vouchers?cursor={cursor}"):  # fmt: skip
+        response = client.get(elsewhere)
+        assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
