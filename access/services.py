@@ -74,6 +74,12 @@ def apikey_create(
 ) -> tuple[MerchantAPIKey, str]:
     """Creates a merchant's API key (and the merchant on first use); returns it with its
     secret, which is shown once and stored only hashed. Audited (`api_key.create`)."""
+    id_field = Merchant._meta.pk
+    if not merchant_id or not merchant_id.strip() or len(merchant_id) > id_field.max_length:
+        # get_or_create validates nothing: an empty id would be a merchant, a long one a crash.
+        raise ValidationFailed(
+            errors={"merchant": [f"A merchant id of 1 to {id_field.max_length} characters."]}
+        )
     merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
     api_key = MerchantAPIKey(
         merchant=merchant,

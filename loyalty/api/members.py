@@ -147,6 +147,10 @@ class _FreezeApi(LoyaltyApi):
         balance = balance_get_for_caller(
             caller=request.caller, program_id=program_id, member_id=member_id
         )
+        if balance.is_frozen == frozen:
+            # Already so: nothing to change, to approve or to audit (as a program suspended
+            # again). The service checks again under its lock.
+            return Response(balance_body(balance))
         if frozen:
             pending = approval_gate(
                 operation="member_freeze",

@@ -104,6 +104,8 @@ def campaign_update(*, campaign_id, changes: dict, actor: Actor) -> Campaign:
         raise NotFound("No such campaign.")
     if campaign.status not in EDITABLE_STATUSES:
         raise InvalidState(f"The campaign is {campaign.status}.", status=campaign.status)
+    if campaign.program.status == Program.Status.CLOSED:  # as campaign_create refuses it
+        raise ProgramInactive(status=campaign.program.status)
     before = campaign_snapshot(campaign)
     for field, value in changes.items():
         setattr(campaign, field, value)

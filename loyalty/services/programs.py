@@ -312,6 +312,8 @@ def balance_set_frozen(
     if balance is None:
         raise NotFound("No such member in this program.", member_id=member_id)
     before = balance.is_frozen
+    if before == frozen:
+        return balance  # already so: nothing written, nothing audited
     balance.is_frozen = frozen
     balance.save(update_fields=["is_frozen", "updated_at"])
     audit_record(
