@@ -101,6 +101,17 @@ def _hold_atomic(
 ) -> Redemption:
     if program.status != Program.Status.ACTIVE:
         raise ProgramInactive(status=program.status)
+    value = money_floor(points * program.point_value, program.currency)
+    if value <= 0 or not fits_ledger(value):
+        # The voucher would be worth nothing (or more than can be stored): no points spent.
+        raise ValidationFailed(
+            errors={
+                "points": [
+                    f"{points} points make a voucher of {value} {program.currency} at the "
+                    f"program's point value ({program.point_value}): not a voucher to issue."
+                ]
+            }
+        )
     balance = balance_lock(program=program, member_id=member_id)
     if balance is None:
         raise NotFound("No such member in this program.", member_id=member_id)

@@ -200,7 +200,7 @@ def test_a_repeat_asking_for_the_capture_of_a_key_whose_hold_was_not_is_a_reuse(
     [
         ("USD", "0.013", "333.33", "4.33"),  # 4.33329 floored to the cent
         ("XOF", "0.5", "333.33", "166"),  # 166.665 floored to the franc
-        ("XOF", "3", "0.01", "0"),  # 0.03 XOF is nothing
+        ("XOF", "3", "0.34", "1"),  # 1.02 XOF floored to the franc
     ],
 )
 def test_voucher_value_is_points_times_point_value_floored_to_the_currency(
@@ -323,3 +323,19 @@ def test_capture_refused_once_the_program_is_inactive_but_release_still_unlocks(
     assert redemption_release(redemption_id=redemption.pk, actor=actor).status == "cancelled"
     assert balance_of(funded).locked == D("0.00")
     assert ledger_verify() == []
+
+
+def test_a_hold_for_a_voucher_worth_nothing_is_refused_and_spends_nothing(make_program, actor):
+    from loyalty.errors import ValidationFailed
+    from loyalty.models import MemberBalance
+    from loyalty.services import event_ingest
+    from tests.factories import PointsEventFactory
+
+    program = make_program(point_value=Decimal("0.001"))  # XOF: 100 points are 0.1 XOF
+    event_ingest(program=program, event=PointsEventFactory(member_id="u_1"), actor=actor)
+    with pytest.raises(ValidationFailed) as refused:
+        hold(program, "100", actor, capture=True)
+    assert "points" in refused.value.errors
+    balance = MemberBalance.objects.get(program=program, member_id="u_1")
+    assert (balance.points_balance, balance.locked) == (Decimal("100.00"), Decimal("0.00"))
+    assert not Voucher.objects.exists()
