@@ -64,17 +64,11 @@ class AuditedUserAdmin(UserAdmin):
         )
 
     def user_change_password(self, request, id, form_url=""):
-        # One transaction: the new password and its audit entry commit together.
-        with transaction.atomic():
-            response = super().user_change_password(request, id, form_url)
-            if request.method == "POST" and response.status_code == 302:
-                audit_record(
-                    actor=_actor(request),
-                    action="user.password_change",
-                    entity_type="user",
-                    entity_id=id,
-                )
-        return response
+        return _password_change_audited(
+            request, id, lambda: super(AuditedUserAdmin, self).user_change_password(
+                request, id, form_url
+            )
+        )  # fmt: skip
 
     def delete_model(self, request, obj):
         self.delete_queryset(request, User.objects.filter(pk=obj.pk))
@@ -144,18 +138,26 @@ def _audited_own_password_change(change):
     as the user admin's password form is: the site's view writes no trace of its own."""
 
     def password_change(request, extra_context=None):
-        with transaction.atomic():
-            response = change(request, extra_context)
-            if request.method == "POST" and response.status_code == 302:
-                audit_record(
-                    actor=_actor(request),
-                    action="user.password_change",
-                    entity_type="user",
-                    entity_id=request.user.pk,
-                )
-        return response
+        return _password_change_audited(
+            request, request.user.pk, lambda: change(request, extra_context)
+        )
 
     return password_change
+
+
+def _password_change_audited(request, user_id, change):
+    """Runs a password form's view (`change()`); a password it saved (a redirect after POST)
+    is audited as the fact alone, in one transaction with the new password."""
+    with transaction.atomic():
+        response = change()
+        if request.method == "POST" and response.status_code == 302:
+            audit_record(
+                actor=_actor(request),
+                action="user.password_change",
+                entity_type="user",
+                entity_id=user_id,
+            )
+    return response
 
 
 # Before the URLconf reads the site's views (this module loads with the admin's autodiscovery).

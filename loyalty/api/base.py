@@ -124,11 +124,13 @@ class CursorPage(CursorPagination):
 
     def decode_cursor(self, request):
         encoded = request.query_params.get(self.cursor_query_param)
-        if encoded is not None and not _cursor_decodes(encoded):
+        tokens = None if encoded is None else _cursor_tokens(encoded)
+        if encoded is not None and tokens is None:
             # DRF's decoding skips what is not base64 and what is not one of its fields: most
             # junk would read as the first page.
             raise InvalidCursor("The cursor does not decode; use `next` or `previous`.")
-        if encoded is not None and _cursor_list(encoded) not in (None, self._list):
+        # (A cursor written before cursors named their list has no `l`.)
+        if tokens and tokens.get("l", [self._list])[0] != self._list:
             raise InvalidCursor(
                 "The cursor belongs to another list, or to other filters; use `next` or "
                 "`previous` of this one."
@@ -160,20 +162,17 @@ class CursorPage(CursorPagination):
         return value is not None
 
 
-def _cursor_decodes(encoded: str) -> bool:
-    """Strict base64 of a query string of DRF's cursor fields, each at most once."""
+def _cursor_tokens(encoded: str) -> dict[str, list[str]] | None:
+    """The fields of a cursor this API writes (strict base64 of a query string of DRF's
+    fields and `l`, each at most once), or None for anything else."""
     try:
         text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
     except (binascii.Error, ValueError):  # not ASCII, not base64
-        return False
+        return None
     tokens = parse.parse_qs(text, keep_blank_values=True)
-    return set(tokens) <= {"l", "o", "r", "p"} and all(len(v) == 1 for v in tokens.values())
-
-
-def _cursor_list(encoded: str) -> str | None:
-    """The list a cursor was written for (None: one written before cursors named it)."""
-    text = b64decode(encoded.encode("ascii"), validate=True).decode("ascii")
-    return parse.parse_qs(text, keep_blank_values=True).get("l", [None])[0]
+    if set(tokens) <= {"l", "o", "r", "p"} and all(len(v) == 1 for v in tokens.values()):
+        return tokens
+    return None
 
 
 def _list_token(request, *skipped: str) -> str:

@@ -14,7 +14,7 @@ from ..errors import ValidationFailed
 from ..models import Program
 from ..services import TierInput, program_create, program_set_status, program_update
 from ..services.budget import with_budget_spent
-from ..services.programs import budget_limit_check, program_status_check, program_update_check
+from ..services.programs import program_status_check, program_update_check
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (
@@ -84,7 +84,6 @@ class ProgramsApi(LoyaltyApi):
         if merchant_id is None:
             raise ValidationFailed(errors={"merchant_id": ["This field is required."]})
         merchant_check(caller, merchant_id)
-        budget_limit_check(data.get("budget_limit"), data["currency"])
         tiers = _tiers(data.pop("tiers", None))
         program = program_create(
             merchant_id=merchant_id,

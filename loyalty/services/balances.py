@@ -11,7 +11,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
 from ..models import LedgerEntry, MemberBalance, PointLot, Program, Tier
-from ..money import ZERO
+from ..money import ZERO, fits_ledger
 
 REFUND_DEBT_FLAG = "refund_debt"
 # Flags that stop earning and redemptions while the program has fraud detection on.
@@ -220,6 +220,18 @@ def lot_create(*, balance: MemberBalance, entry: LedgerEntry, points: Decimal) -
         earned_at=entry.created_at,
         expires_at=lot_expiry(balance.program, entry.created_at),
     )
+
+
+def totals_fit(
+    balance: MemberBalance, points: Decimal, *, point_value: Decimal, spend: Decimal = ZERO
+) -> bool:
+    """Whether `points` given to (or, negative, taken from) the member, their cost at
+    `point_value` and `spend` added to the member's spend keep every figure within what the
+    ledger's NUMERIC(20,2) columns hold. Checked before any change: past them, the database
+    refuses the row, and in a batch or a job chunk every row with it."""
+    earned = balance.lifetime_earned + points if points > 0 else balance.lifetime_earned
+    totals = (points, points * point_value, balance.points_balance + points, earned)
+    return all(map(fits_ledger, totals)) and fits_ledger(balance.lifetime_spend + spend)
 
 
 def lots_consume(

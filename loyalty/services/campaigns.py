@@ -39,13 +39,14 @@ from ..models import (
     PointLot,
     Program,
 )
-from ..money import ZERO, fits_ledger
+from ..money import ZERO
 from .balances import (
     REFUND_DEBT_FLAG,
     fraud_flag_remove,
     has_blocking_flag,
     lot_expiry,
     program_local_date,
+    totals_fit,
 )
 from .budget import budget_charge
 from .ingestion import EventInput, balance_snapshot
@@ -200,10 +201,7 @@ def _plan(
         award.earned_today = balance.earned_today if balance.earned_day == today else ZERO
         if balance.is_frozen:
             award.error = "account_frozen"
-        elif not all(
-            map(fits_ledger, (balance.points_balance + campaign.bonus_points,
-                              balance.lifetime_earned + campaign.bonus_points))
-        ):  # fmt: skip
+        elif not totals_fit(balance, campaign.bonus_points, point_value=program.point_value):
             award.error = "ledger_limit_exceeded"
         elif program.fraud_detection_enabled and has_blocking_flag(balance):
             award.error = "fraud_review"

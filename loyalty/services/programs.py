@@ -216,28 +216,27 @@ def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
 
 def program_update_check(
     *, program: Program, changes: dict, tiers: list[TierInput] | None = None
-) -> None:
+) -> Program:
     """Raises what `program_update` would refuse of `changes` to `program`, writing nothing
-    and leaving `program` as it was. Callers that gate a change behind an approval ask this
-    first, so no request is filed for a change the service would refuse."""
-    candidate = copy.copy(program)
-    _changes_apply(candidate, changes)
-    if tiers:
-        _tiers_ordered(tiers, candidate.tier_basis)
-    elif candidate.tier_basis != program.tier_basis:
-        _stored_tiers_fit(candidate)
-
-
-def _changes_apply(program: Program, changes: dict) -> None:
-    """`changes` set on `program` in memory, checked as a whole (ValidationFailed)."""
+    and leaving `program` as it was; else returns a copy with the changes, as the model's
+    fields clean them (a budget sent as text read as a Decimal). Callers that gate a change
+    behind an approval ask this first, so no request is filed for a change the service
+    would refuse."""
     unknown = set(changes) - UPDATABLE_FIELDS
     if unknown:
         raise ValidationFailed(errors={f: ["This field cannot be changed."] for f in unknown})
-    stored_cycle = program.tier_cycle_date
+    candidate = copy.copy(program)
     for field, value in changes.items():
-        setattr(program, field, value)
-    _full_clean(program)
-    tier_cycle_date_check(program.tier_cycle_date, zone=program.timezone, stored=stored_cycle)
+        setattr(candidate, field, value)
+    _full_clean(candidate)
+    tier_cycle_date_check(
+        candidate.tier_cycle_date, zone=candidate.timezone, stored=program.tier_cycle_date
+    )
+    if tiers:
+        _tiers_ordered(tiers, candidate.tier_basis)
+    elif candidate.tier_basis != program.tier_basis:  # (sent back unchanged: not checked)
+        _stored_tiers_fit(candidate)
+    return candidate
 
 
 @transaction.atomic(durable=True)
@@ -247,15 +246,14 @@ def program_update(
     """Applies `changes` to the program; a new budget limit is re-spread over the shards."""
     program = _program_lock(program_id)
     before = program_snapshot(program)
-    basis = program.tier_basis
-    _changes_apply(program, changes)
+    checked = program_update_check(program=program, changes=changes, tiers=tiers)
+    for field in changes:  # the values as checked and cleaned, on the locked row
+        setattr(program, field, getattr(checked, field))
     program.save(update_fields=[*changes, "updated_at"])
     if "budget_limit" in changes:
         budget_set_limit(program=program, limit=program.budget_limit)
     if tiers:
         _tiers_replace(program, tiers)
-    elif program.tier_basis != basis:  # (sent back unchanged: nothing to check again)
-        _stored_tiers_fit(program)
     audit_record(
         actor=actor,
         action="program.update",

@@ -31,6 +31,7 @@ from ..models import LedgerEntry, MemberBalance, Program, Redemption, Voucher
 from ..money import fits_ledger, is_exact_points, money_floor
 from .balances import balance_lock, has_blocking_flag, lots_consume
 from .ingestion import balance_snapshot
+from .jobs import audit_many
 from .outbox import outbox_publish
 
 VOUCHER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I look-alikes
@@ -319,17 +320,16 @@ def vouchers_expire_due(*, actor: Actor, limit: int = 1000) -> int:
             .order_by("expires_at")[:limit]
         )
         Voucher.objects.filter(pk__in=[v.pk for v in due]).update(status=Voucher.Status.EXPIRED)
+        by_merchant: dict[str, list] = {}
         for voucher in due:
-            audit_record(
-                actor=actor,
-                action="voucher.expire",
-                entity_type="voucher",
-                entity_id=voucher.pk,
-                merchant_id=voucher.program.merchant_id,
-                before={"status": voucher.status},
-                after={"status": Voucher.Status.EXPIRED},
-            )
+            by_merchant.setdefault(voucher.program.merchant_id, []).append(voucher)
             _voucher_publish(voucher, "loyalty.voucher.expired")
+        for merchant_id, vouchers in by_merchant.items():  # one audit insert per merchant
+            audit_many(
+                actor=actor, action="voucher.expire", entity_type="voucher",
+                merchant_id=merchant_id,
+                rows=[(v.pk, {"status": Voucher.Status.EXPIRED}) for v in vouchers],
+            )  # fmt: skip
     return len(due)
 
 

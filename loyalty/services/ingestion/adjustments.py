@@ -5,8 +5,7 @@ from django.utils import timezone
 from ...actors import Actor
 from ...errors import InsufficientPoints, LedgerLimitExceeded
 from ...models import LedgerEntry, MemberBalance, Program
-from ...money import fits_ledger
-from ..balances import REFUND_DEBT_FLAG, fraud_flag_remove, lots_settle
+from ..balances import REFUND_DEBT_FLAG, fraud_flag_remove, lots_settle, totals_fit
 from ..budget import budget_charge
 from ..outbox import outbox_publish
 from .entries import _entry_write, _event_payload
@@ -25,10 +24,7 @@ def _adjust(
     was charged after it was raised); and a later refund of the purchase they came from gives
     its whole cost back anyway. Only a refund, which names its award, gives budget back."""
     points = event.points
-    totals = [balance.points_balance + points, points * program.point_value]
-    if points > 0:
-        totals.append(balance.lifetime_earned + points)
-    if not all(map(fits_ledger, totals)):
+    if not totals_fit(balance, points, point_value=program.point_value):
         raise LedgerLimitExceeded(member_id=balance.member_id)
     if points > 0:
         budget_charge(program=program, points=points, allow_partial=False)

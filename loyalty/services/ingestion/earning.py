@@ -13,13 +13,14 @@ from sira.scoring import MemberFacts, sira_score_purchase, sira_settings_resolve
 from ...actors import Actor
 from ...errors import AccountFrozen, FraudReview, LedgerLimitExceeded
 from ...models import LedgerEntry, MemberBalance, Program
-from ...money import ZERO, fits_ledger, points_floor
+from ...money import ZERO, points_floor
 from ..balances import (
     REFUND_DEBT_FLAG,
     fraud_flag_remove,
     has_blocking_flag,
     lots_settle,
     program_local_date,
+    totals_fit,
 )
 from ..budget import budget_charge
 from ..outbox import outbox_publish
@@ -107,7 +108,9 @@ def earn_apply(
         uncapped = event.points
         breakdown = {"base_points": str(uncapped)}
 
-    _limits_check(program, balance, event, uncapped)
+    spend = event.amount if event.type == "purchase" else ZERO
+    if not totals_fit(balance, uncapped, point_value=program.point_value, spend=spend):
+        raise LedgerLimitExceeded(member_id=balance.member_id)  # (capped points are fewer)
     points, capped_by = uncapped, None
     if program.max_earn_per_day is not None:
         allowance = max(program.max_earn_per_day - earned_today, ZERO)
@@ -149,24 +152,6 @@ def earn_apply(
         # `breakdown`, which is the answer's: this is the ledger's record alone.
         details={"breakdown": breakdown, "sira": sira, "point_value": _plain(program.point_value)},
     )
-
-
-def _limits_check(
-    program: Program, balance: MemberBalance, event: EventInput, points: Decimal
-) -> None:
-    """Refuses an event whose points (at most `points`), their cost or the member's totals
-    after it would not fit the ledger's columns: before any change, as every refusal, and
-    before the batch writes its rows (one row the database refused would fail them all)."""
-    totals = [
-        points,
-        points * program.point_value,
-        balance.points_balance + points,
-        balance.lifetime_earned + points,
-    ]
-    if event.type == "purchase":
-        totals.append(balance.lifetime_spend + event.amount)
-    if not all(map(fits_ledger, totals)):
-        raise LedgerLimitExceeded(member_id=balance.member_id)
 
 
 def _plain(value: Decimal) -> str:
