@@ -104,7 +104,7 @@ def _canonical(value, depth: int = 0):
     if (
         type(value) is dict
         and _PLAIN_TYPES.issuperset(map(type, value.values()))
-        and not any(key[:1] == "#" for key in value)
+        and "#" not in "".join(value)  # no key starts with "#" (a cheap superset test)
     ):
         return value  # most events: texts only (a copy cost ~2 us an event)
     if isinstance(value, dict | list) and depth >= MAX_BODY_DEPTH:
