@@ -8,7 +8,7 @@ What a merchant integration sees: `POST /api/v1/events` (one purchase per reques
 `Idempotency-Key`, a JWT bearer token (RS256, verified once per process, `exp` checked on
 every use), through the web
 server (`--server`, `--workers` processes x `--threads` threads, persistent database
-connections) on 127.0.0.1. The load comes from `--clients` concurrent keep-alive connections
+connections) on 127.0.0.1. The load comes from `--clients` concurrent connections
 (threads spread over a few client processes). Members are spread over `--programs` programs
 of one merchant, each with a budget and a daily cap (both large enough never to refuse); a
 batch holds events of one program (a batch takes one free budget shard of its program). Each
@@ -61,8 +61,16 @@ def django_setup() -> None:
 
 
 def server_command(server: str, port: int, workers: int, threads: int) -> list[str]:
-    """The production web server's command line (Procfile's, on loopback)."""
+    """The production web server's command line (the Procfile's, on loopback, without the
+    request log). granian and gunicorn, the earlier web servers, are kept for comparison
+    (`pip install granian gunicorn`)."""
     bin_dir = ROOT / ".venv" / "bin"
+    if server == "uwsgi":
+        return [
+            str(bin_dir / "uwsgi"), "--ini", str(ROOT / "deploy" / "uwsgi.ini"),
+            "--http-socket", f"127.0.0.1:{port}",
+            "--processes", str(workers), "--threads", str(threads), "--disable-logging",
+        ]  # fmt: skip
     if server == "granian":
         return [
             str(bin_dir / "granian"), "loyalty_project.wsgi:application",
@@ -364,22 +372,22 @@ def main() -> None:
     parser.add_argument("--programs", type=int, default=4)
     parser.add_argument(
         "--server",
-        choices=["granian", "gunicorn"],
-        default="granian",
-        help="the web server: granian as the Procfile runs it, or gunicorn (the previous one)",
+        choices=["uwsgi", "granian", "gunicorn"],
+        default="uwsgi",
+        help="the web server: uWSGI as the Procfile runs it, or an earlier one for comparison",
     )
     parser.add_argument(
         "--workers",
         "--gunicorn-workers",
         type=int,
-        default=os.cpu_count(),
-        help="server processes (default: one per core, as the Procfile)",
+        default=os.cpu_count() + 1,
+        help="server processes (default: one more than the cores, as the Procfile)",
     )
     parser.add_argument(
         "--threads",
         "--gunicorn-threads",
         type=int,
-        help="threads per process: granian's blocking threads (default 1, as the Procfile), "
+        help="threads per process (default 1, as the Procfile; granian's blocking threads), "
         "gunicorn's gthread threads (default 4; 1 runs sync workers)",
     )
     parser.add_argument("--port", type=int, default=8931)
@@ -397,7 +405,7 @@ def main() -> None:
     parser.add_argument("--skip-batch", action="store_true")
     opts = parser.parse_args()
     if opts.threads is None:
-        opts.threads = 1 if opts.server == "granian" else 4
+        opts.threads = 4 if opts.server == "gunicorn" else 1
 
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):

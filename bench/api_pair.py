@@ -1,7 +1,7 @@
 """Two web servers side by side under the same load: CPU per single-event request of each.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/loyalty_bench_api \\
-        .venv/bin/python bench/api_pair.py granian:4x1 gunicorn:4x4 --duration 15
+        .venv/bin/python bench/api_pair.py uwsgi:3x1 granian:2x1 --duration 15
 
 On a machine others share, events/s and even CPU per request move with the load from one
 minute to the next, so comparing two runs taken one after the other says little. Here both

@@ -10,7 +10,7 @@ _REQUEST_KEYS = {"REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "
 
 
 def without_process_environment(app: Callable, process_environ=None) -> Callable:
-    """`app` seeing only its request's keys. granian (like wsgiref) copies the whole process
+    """`app` seeing only its request's keys. Some servers (granian, wsgiref) copy the whole process
     environment into every request's environ, so DATABASE_URL, the keys and a proxy's
     credentials (HTTP_PROXY) would show in `request.META`, and in anything that logs or
     reports it. A key named like a request's (HTTP_PROXY is also the `Proxy:` header's) is

@@ -1,5 +1,5 @@
 """The Procfile's `web` process serves the app: the health check, the API's problem answers
-and the admin's static files (whitenoise), through the production web server (granian)."""
+and the admin's static files (whitenoise), through the production web server (uWSGI)."""
 
 import http.client
 import os
@@ -54,13 +54,14 @@ def web_server(tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the web process did not start: {proc.stderr.read()!r}")
                 time.sleep(0.2)
-        yield port
+        yield port, proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, headers=None):
@@ -74,13 +75,16 @@ def _request(port: int, method: str, path: str, body: bytes | None = None, heade
 
 
 def test_the_procfile_web_process_serves_the_app(web_server):
-    assert "granian" in _web_command()
-    status, _, body = _request(web_server, "GET", "/healthz")
+    port, _ = web_server
+    assert "uwsgi" in _web_command()
+    status, headers, body = _request(port, "GET", "/healthz")
     assert (status, body) == (200, b'{"status": "ok"}')
+    # One request per connection: the next goes to whichever process is idle.
+    assert headers["Connection"] == "close"
 
-    # An API write without a credential: the problem answer, over a kept-alive connection.
+    # An API write without a credential: the problem answer.
     status, headers, body = _request(
-        web_server,
+        port,
         "POST",
         "/api/v1/events",
         body=b"{}",
@@ -90,7 +94,31 @@ def test_the_procfile_web_process_serves_the_app(web_server):
     assert headers["Content-Type"] == "application/problem+json"
     assert b'"code":"not_authenticated"' in body.replace(b" ", b"")
 
-    status, headers, body = _request(web_server, "GET", "/static/admin/css/base.css")
+    status, headers, body = _request(port, "GET", "/static/admin/css/base.css")
     assert status == 200
     assert headers["Content-Type"].startswith("text/css")
     assert len(body) > 1000
+
+
+def test_sigterm_stops_the_web_process(web_server):
+    """A deployment stops the web process with SIGTERM (to its process group), which uWSGI by
+    default takes as "reload": here it finishes the requests it has and exits."""
+    port, proc = web_server
+    assert _request(port, "GET", "/healthz")[0] == 200
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)  # the shell the Procfile line runs in
+    deadline = time.monotonic() + 15
+    while True:  # the server's master and workers, gone: the group is empty
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the web process is still running"
+        time.sleep(0.1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    # Shut down, not reloaded (a reload re-runs the interpreter, which then fails to start).
+    log = proc.stderr.read().decode()
+    assert "graceful shutdown triggered" in log
+    assert "reloading" not in log
+    assert "Traceback" not in log
