@@ -93,10 +93,11 @@ from audit.pii import FREE_TEXT_KEYS, PII_KEYS, REMOVED_KEYS, pii_scrub
 from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX
 
 from ..actors import Actor
-from ..errors import BudgetExhausted, DomainError, OriginalNotFound
+from ..errors import BudgetExhausted, DomainError, LedgerLimitExceeded, OriginalNotFound
 from ..models import BudgetShard, LedgerEntry, MemberBalance, OutboxEvent, PointLot, Program
 from ..money import ZERO, points_affordable, points_cost
 from .balances import balance_defaults, entry_tier, lot_expiry, serial_sequence
+from .budget import SPENT_MAX
 from .ingestion import (
     EARN_FIELDS,
     EARN_TYPES,
@@ -240,6 +241,9 @@ class _Budget:
         self.remaining = (
             sum((s.allocated - s.spent for s in shards), ZERO) if self.limited else None
         )
+        # What the held shards' `spent` can still take (NUMERIC(20,2)): binds only without a
+        # limit, which otherwise keeps every shard under its allocation.
+        self.room = sum((SPENT_MAX - s.spent for s in shards), ZERO)
         self.cost = ZERO
 
     def charge(self, points: Decimal) -> Decimal:
@@ -254,23 +258,25 @@ class _Budget:
                     remaining_budget=str(self.remaining), currency=program.currency
                 )
             cost = points_cost(points, point_value=program.point_value, currency=program.currency)
+        if not self.limited and self.cost + cost > self.room:
+            if not self.whole:
+                raise _ShardsShort
+            raise LedgerLimitExceeded(program_id=str(program.pk))
         if self.limited:
             self.remaining -= cost
         self.cost += cost
         return points
 
     def changed_shards(self) -> list[BudgetShard]:
-        """The shards whose `spent` grows: without a limit the first one takes it all;
-        with one, each takes what fits under its allocation, in shard order (the cost never
-        exceeds the sum of what is left, checked charge by charge)."""
+        """The shards whose `spent` grows: each takes what fits under its allocation (without
+        a limit, under SPENT_MAX: the first one takes it all but at that edge), in shard order
+        (the cost never exceeds the sum of what is left, checked charge by charge)."""
         if self.cost <= 0 or not self.shards:
             return []
-        if not self.limited:
-            self.shards[0].spent += self.cost
-            return [self.shards[0]]
         changed, left = [], self.cost
         for shard in self.shards:
-            take = min(shard.allocated - shard.spent, left)
+            ceiling = shard.allocated if self.limited else SPENT_MAX
+            take = min(ceiling - shard.spent, left)
             if take > 0:
                 shard.spent += take
                 left -= take

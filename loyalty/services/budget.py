@@ -11,10 +11,16 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Sum
 
-from ..errors import BudgetExhausted
+from ..errors import BudgetExhausted, LedgerLimitExceeded
 from ..models import BudgetShard, LedgerEntry, Program
-from ..money import ZERO, money_floor, points_affordable, points_cost
+from ..money import LEDGER_LIMIT, ZERO, money_floor, points_affordable, points_cost
 from .balances import db_id
+
+# The most a shard's `spent` (NUMERIC(20,2)) can hold. A budget without a limit still counts
+# its spending: a charge goes to a shard with room for it, and past the room of every shard
+# it is refused (ledger_limit_exceeded) rather than failing on the column.
+SPENT_MAX = LEDGER_LIMIT - Decimal("0.01")
+_UNLIMITED_WITH_ROOM = "allocated IS NULL AND spent <= %s"
 
 
 def budget_shards_create(*, program: Program) -> None:
@@ -78,15 +84,16 @@ def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = Tr
     """
     cost = points_cost(points, point_value=program.point_value, currency=program.currency)
     if program.budget_limit is None:
-        # No limit: spending is only counted; any free shard will do. The candidates are
-        # filtered on nothing a charge changes, so no stray lock: no savepoint needed.
+        # No limit: spending is only counted; any free shard with room will do. In a
+        # savepoint: a shard a concurrent charge filled is locked, then turned away by the
+        # re-check of the room, and that lock must not stay held (see `_add_to_one_shard`).
         # `allocated IS NULL` still holds unless a limit was set after `program` was read:
         # then the limited path below decides.
-        unlimited = "allocated IS NULL"
-        if _add_to_one_shard(program, cost, condition=unlimited, savepoint=False):
+        room = SPENT_MAX - cost
+        if _add_to_one_shard(program, cost, condition=_UNLIMITED_WITH_ROOM, param=room):
             return points
         # Every shard busy: wait for one (in a savepoint, should a new limit reject it).
-        if _add_to_one_shard(program, cost, condition=unlimited, wait=True):
+        if _add_to_one_shard(program, cost, condition=_UNLIMITED_WITH_ROOM, param=room, wait=True):
             return points
     elif _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
         return points
@@ -123,7 +130,7 @@ def budget_charge_statement(*, program: Program, points: Decimal) -> tuple[str, 
     retry with `budget_charge` (BudgetRetry), as a shard may have been locked out of order."""
     cost = points_cost(points, point_value=program.point_value, currency=program.currency)
     if program.budget_limit is None:
-        condition, extra = "allocated IS NULL", []
+        condition, extra = _UNLIMITED_WITH_ROOM, [SPENT_MAX - cost]
     else:
         condition, extra = "allocated >= spent + %s", [cost]
     return _ADD_TO_ONE_SHARD_CTE_SQL.format(condition=condition), [
@@ -167,9 +174,12 @@ def _add_to_one_shard(
 
 def _charge_across_shards(*, program: Program, points: Decimal, allow_partial: bool) -> Decimal:
     shards = _lock_all(program)
-    if shards[0].allocated is None:  # the limit was lifted after `program` was read
+    if shards[0].allocated is None:  # no limit (lifted after `program` was read, or no room)
         cost = points_cost(points, point_value=program.point_value, currency=program.currency)
-        BudgetShard.objects.filter(pk=shards[0].pk).update(spent=F("spent") + cost)
+        with_room = next((s for s in shards if s.spent + cost <= SPENT_MAX), None)
+        if with_room is None:
+            raise LedgerLimitExceeded(program_id=str(program.pk))
+        BudgetShard.objects.filter(pk=with_room.pk).update(spent=F("spent") + cost)
         return points
     remaining = sum((s.allocated - s.spent for s in shards), ZERO)
     affordable = min(points, points_affordable(remaining, point_value=program.point_value))

@@ -28,7 +28,7 @@ from django.utils import timezone
 from audit.services import audit_record
 
 from ..actors import Actor, system_actor
-from ..errors import BudgetExhausted, ValidationFailed
+from ..errors import BudgetExhausted, LedgerLimitExceeded, ValidationFailed
 from ..models import (
     Campaign,
     CampaignAward,
@@ -218,10 +218,13 @@ def _plan(
     if wanted <= 0:
         return plan
     # One charge for the whole chunk: the budget shards are locked once, after the balances.
+    refusal = "budget_exhausted"
     try:
         affordable = budget_charge(program=program, points=wanted, allow_partial=True)
     except BudgetExhausted:
         affordable = ZERO
+    except LedgerLimitExceeded:  # the budget's spending total is full (no limit set)
+        affordable, refusal = ZERO, "ledger_limit_exceeded"
     for award in plan:  # in balance id order: the budget runs out at the same member every run
         if award.error:
             continue
@@ -229,7 +232,7 @@ def _plan(
             award.points, award.capped_by = affordable, "budget"
         affordable -= award.points
         if award.points <= 0:
-            award.error = "budget_exhausted"
+            award.error = refusal
     return plan
 
 

@@ -296,3 +296,26 @@ def test_a_bonus_past_the_limit_is_refused_at_creation(api, make_program):
     response = api("system").post("/api/v1/campaigns", body)
     assert response.status_code == 400
     assert "bonus_points" in response.json()["errors"]
+
+
+@pytest.mark.postgres  # SQLite cannot store amounts this close to 10^18
+def test_a_chunk_the_budget_cannot_count_fails_its_awards(program, run_job, actor):
+    """A budget without a limit whose every shard's spending total is full: the chunk's charge
+    is refused (ledger_limit_exceeded) and so are its awards, with nothing written."""
+    from loyalty.models import BudgetShard
+    from loyalty.services import event_ingest
+    from loyalty.services.budget import SPENT_MAX
+    from tests.factories import PointsEventFactory
+
+    for member_id in ("m1", "m2"):
+        event_ingest(program=program, event=PointsEventFactory(member_id=member_id), actor=actor)
+    BudgetShard.objects.filter(program=program).update(spent=SPENT_MAX - 1)
+    campaign = make_campaign(program, "all", "1000")
+    job = run_job(CAMPAIGNS, program)
+    campaign.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert (campaign.awarded_count, campaign.failed_count) == (0, 2)
+    assert set(CampaignAward.objects.values_list("error_code", flat=True)) == {
+        "ledger_limit_exceeded"
+    }
+    assert ledger_verify() == []
