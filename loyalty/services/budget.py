@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Sum
+from django.db.models import Sum
 
 from ..errors import BudgetExhausted, LedgerLimitExceeded
 from ..models import BudgetShard, LedgerEntry, Program
@@ -87,13 +87,13 @@ def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = Tr
         # No limit: spending is only counted; any free shard with room will do. In a
         # savepoint: a shard a concurrent charge filled is locked, then turned away by the
         # re-check of the room, and that lock must not stay held (see `_add_to_one_shard`).
-        # `allocated IS NULL` still holds unless a limit was set after `program` was read:
-        # then the limited path below decides.
-        room = SPENT_MAX - cost
-        if _add_to_one_shard(program, cost, condition=_UNLIMITED_WITH_ROOM, param=room):
-            return points
-        # Every shard busy: wait for one (in a savepoint, should a new limit reject it).
-        if _add_to_one_shard(program, cost, condition=_UNLIMITED_WITH_ROOM, param=room, wait=True):
+        # Every shard busy or short of room: the shards in order below, never one by one in
+        # random order (a wait for a shard then turned away would hold it while waiting for
+        # the next: a deadlock with `_lock_all`). `allocated IS NULL` still holds unless a
+        # limit was set after `program` was read: then the limited path below decides.
+        if _add_to_one_shard(
+            program, cost, condition=_UNLIMITED_WITH_ROOM, param=SPENT_MAX - cost
+        ):
             return points
     elif _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
         return points
@@ -146,11 +146,9 @@ def _add_to_one_shard(
     *,
     condition: str = "TRUE",
     param: Decimal | None = None,
-    wait: bool = False,
-    savepoint: bool = True,
 ) -> bool:
     """Adds `delta` to `spent` of one random shard of the program meeting `condition`, in one
-    statement; without `wait`, only a shard no one holds (SKIP LOCKED). False when no
+    statement; only a shard no one holds (SKIP LOCKED): it never waits. False when no
     candidate was free.
 
     It runs in a savepoint that is rolled back when nothing was paid. In READ COMMITTED, a
@@ -161,25 +159,24 @@ def _add_to_one_shard(
     """
     lock = ""
     if connection.features.has_select_for_update:  # not SQLite: one writer at a time anyway
-        lock = "FOR UPDATE" if wait else "FOR UPDATE SKIP LOCKED"
+        lock = "FOR UPDATE SKIP LOCKED"
     sql = _ADD_TO_ONE_SHARD_SQL.format(condition=condition, lock=lock)
     params = [delta, db_id(program.pk)] + ([] if param is None else [param])
-    with transaction.atomic(savepoint=savepoint), connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         paid = cursor.rowcount
-        if not paid and savepoint:
+        if not paid:
             transaction.set_rollback(True)
     return bool(paid)
 
 
 def _charge_across_shards(*, program: Program, points: Decimal, allow_partial: bool) -> Decimal:
     shards = _lock_all(program)
-    if shards[0].allocated is None:  # no limit (lifted after `program` was read, or no room)
+    if shards[0].allocated is None:  # no limit: every shard busy or short of room for it all
         cost = points_cost(points, point_value=program.point_value, currency=program.currency)
-        with_room = next((s for s in shards if s.spent + cost <= SPENT_MAX), None)
-        if with_room is None:
+        if cost > sum((SPENT_MAX - s.spent for s in shards), ZERO):
             raise LedgerLimitExceeded(program_id=str(program.pk))
-        BudgetShard.objects.filter(pk=with_room.pk).update(spent=F("spent") + cost)
+        _consolidate(shards, delta=cost, remaining=None, currency=program.currency)
         return points
     remaining = sum((s.allocated - s.spent for s in shards), ZERO)
     affordable = min(points, points_affordable(remaining, point_value=program.point_value))
@@ -197,12 +194,13 @@ def _lock_all(program: Program) -> list[BudgetShard]:
 def _consolidate(
     shards: list[BudgetShard], *, delta: Decimal, remaining: Decimal | None, currency: str
 ) -> None:
-    """Moves all spending (plus `delta`) to the first shard and re-spreads what is left of the
-    limit evenly, so the one-shard fast path works again after a slow-path charge."""
-    spent_total = max(sum((s.spent for s in shards), ZERO) + delta, ZERO)
+    """Moves all spending (plus `delta`) to the first shard (to the first ones, each up to
+    SPENT_MAX, past what one can hold) and re-spreads what is left of the limit evenly, so
+    the one-shard fast path works again after a slow-path charge."""
+    left = max(sum((s.spent for s in shards), ZERO) + delta, ZERO)
     for shard in shards:
-        shard.spent = ZERO
-    shards[0].spent = spent_total
+        shard.spent = min(left, SPENT_MAX)
+        left -= shard.spent
     if remaining is not None:
         _rebalance(shards, remaining=max(remaining, ZERO), currency=currency)
     BudgetShard.objects.bulk_update(shards, ["allocated", "spent"])

@@ -83,3 +83,115 @@ def test_a_batch_uses_the_room_left_and_refuses_past_it(program, actor):
     assert spent_total(program) == before + 200
     assert max(BudgetShard.objects.values_list("spent", flat=True)) <= SPENT_MAX
     assert ledger_verify() == []
+
+
+def test_an_award_no_one_shard_has_room_for_is_paid_across_shards_as_in_a_batch(program, award):
+    """Every shard has room for 60: an award of 100 fits in none alone, in two together. The
+    single path pays it, as the batch does (the shards in order), and the campaign chunk."""
+    BudgetShard.objects.filter(program=program).update(spent=SPENT_MAX - 60)
+    before = spent_total(program)
+    assert award(program, "100", member_id="s").entry.points == Decimal(100)
+    assert spent_total(program) == before + 100
+    assert max(BudgetShard.objects.values_list("spent", flat=True)) == SPENT_MAX
+    assert ledger_verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_credit_on_the_slow_path_never_piles_past_what_a_shard_holds(program, purchase, refund):
+    """A budget without a limit that spent 8 x 10^18 in all (half of each shard): a refund
+    whose credit takes the slow path (every shard held by another transaction, e.g. a batch)
+    spreads the spending over the shards in order rather than summing it into one."""
+    import threading
+
+    from django.db import transaction
+
+    from tests.parallel import join_all, start_thread, wait_for_lock_waiters
+
+    purchase(program, member_id="u", reference="o-1")
+    BudgetShard.objects.filter(program=program).update(spent=Decimal("5E17"))
+    before = spent_total(program)
+    release = threading.Event()
+    results: dict = {}
+
+    def hold_every_shard():
+        with transaction.atomic():
+            list(BudgetShard.objects.select_for_update().filter(program=program))
+            release.wait(10)
+        return "released"
+
+    holder = start_thread(results, "holder", hold_every_shard)
+    wait_for_shards_held(program)
+    refunding = start_thread(
+        results, "refund", lambda: refund(program, "o-1", member_id="u").entry.points
+    )
+    wait_for_lock_waiters(1)  # the refund's credit, waiting for the shards in order
+    release.set()
+    join_all([holder, refunding])
+    assert spent_total(program) == before + results["refund"]  # a refund's points are < 0
+    assert max(BudgetShard.objects.values_list("spent", flat=True)) == SPENT_MAX
+    assert ledger_verify() == []
+
+
+def wait_for_shards_held(program) -> None:
+    """Until no shard of `program` can be locked without waiting."""
+    import time
+
+    from django.db import transaction
+
+    deadline = time.monotonic() + 10
+    while True:
+        with transaction.atomic():
+            free = BudgetShard.objects.select_for_update(skip_locked=True).filter(program=program)
+            if not free.exists():
+                return
+        assert time.monotonic() < deadline, "the shards were never held"
+        time.sleep(0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_charge_short_of_room_waits_in_shard_order_no_deadlock(settings, make_program):
+    """Two shards: one held by a charge in flight, the other filled by a charge that commits.
+    A charge that finds no free shard with room waits for the shards in order, as a limit
+    change (`budget_set_limit`) does: neither deadlocks, both finish."""
+    import psycopg
+    from django.db import connection, transaction
+
+    from loyalty.services.budget import budget_set_limit
+    from tests.parallel import join_all, start_thread, wait_for_lock_waiters
+
+    settings.LOYALTY_BUDGET_SHARDS = 2
+    db = connection.settings_dict
+    for attempt in range(3):
+        program = make_program(name=f"p{attempt}")
+        BudgetShard.objects.filter(program=program).update(spent=SPENT_MAX - 100)
+        first, second = BudgetShard.objects.filter(program=program).order_by("shard")
+        busy = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
+        filling = psycopg.connect(
+            host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"]
+        )
+        busy.execute("UPDATE loyalty_budgetshard SET spent = spent + 1 WHERE id = %s", [first.pk])
+        filling.execute(
+            "UPDATE loyalty_budgetshard SET spent = %s WHERE id = %s", [SPENT_MAX, second.pk]
+        )
+        results: dict = {}
+
+        def charge(program=program):
+            with transaction.atomic():
+                return budget_charge(program=program, points=Decimal(50))
+
+        def limit_change(program=program):
+            with transaction.atomic():
+                budget_set_limit(program=program, limit=None)
+            return "done"
+
+        charging = start_thread(results, "charge", charge)
+        wait_for_lock_waiters(1)
+        changing = start_thread(results, "limit", limit_change)
+        wait_for_lock_waiters(2)
+        busy.commit()
+        filling.commit()
+        join_all([charging, changing])
+        busy.close()
+        filling.close()
+        assert results == {"charge": Decimal(50), "limit": "done"}
+        assert spent_total(program) == 2 * SPENT_MAX - 100 + 1 + 50

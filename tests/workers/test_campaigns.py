@@ -320,3 +320,23 @@ def test_a_chunk_the_budget_cannot_count_fails_its_awards(program, run_job, acto
         "ledger_limit_exceeded"
     }
     assert ledger_verify() == []
+
+
+@pytest.mark.postgres  # SQLite cannot store amounts this close to 10^18
+def test_a_chunk_no_one_shard_has_room_for_is_paid_across_shards(program, run_job, actor):
+    """Every shard has room for 1,500: a chunk of 2 x 1,000 fits in none alone, in the shards
+    together, and both awards are paid."""
+    from loyalty.models import BudgetShard
+    from loyalty.services import event_ingest
+    from loyalty.services.budget import SPENT_MAX
+    from tests.factories import PointsEventFactory
+
+    for member_id in ("m1", "m2"):
+        event_ingest(program=program, event=PointsEventFactory(member_id=member_id), actor=actor)
+    BudgetShard.objects.filter(program=program).update(spent=SPENT_MAX - 1500)
+    campaign = make_campaign(program, "all", "1000")
+    run_job(CAMPAIGNS, program)
+    campaign.refresh_from_db()
+    assert (campaign.awarded_count, campaign.failed_count) == (2, 0)
+    assert max(BudgetShard.objects.values_list("spent", flat=True)) == SPENT_MAX
+    assert ledger_verify() == []
