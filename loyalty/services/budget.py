@@ -91,9 +91,7 @@ def budget_charge(*, program: Program, points: Decimal, allow_partial: bool = Tr
         # random order (a wait for a shard then turned away would hold it while waiting for
         # the next: a deadlock with `_lock_all`). `allocated IS NULL` still holds unless a
         # limit was set after `program` was read: then the limited path below decides.
-        if _add_to_one_shard(
-            program, cost, condition=_UNLIMITED_WITH_ROOM, param=SPENT_MAX - cost
-        ):
+        if _add_to_one_shard(program, cost, condition=_UNLIMITED_WITH_ROOM, param=SPENT_MAX - cost):
             return points
     elif _add_to_one_shard(program, cost, condition="allocated >= spent + %s", param=cost):
         return points
