@@ -19,6 +19,17 @@ class RequestSizeLimitMiddleware:
 
     def __call__(self, request):
         if request.path.startswith("/api/"):
+            if "HTTP_TRANSFER_ENCODING" in request.META and not request.META.get("CONTENT_LENGTH"):
+                # A chunked body: Django reads no body without a length, so the request would
+                # be taken as empty (and past the size limit unchecked).
+                body = problem(
+                    status_code=411,
+                    code="length_required",
+                    title="Length required",
+                    detail="Send the body with a Content-Length header, not chunked.",
+                    instance=request.path,
+                )
+                return JsonResponse(body, status=411, content_type=PROBLEM_CONTENT_TYPE)
             try:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:

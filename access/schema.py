@@ -58,6 +58,7 @@ COMMON_ERRORS = {
     401: problem("No or bad credential."),
     403: problem("The credential lacks the permission."),
     404: problem("Unknown, or outside the caller's merchant."),
+    411: problem("A chunked body: send it with a Content-Length."),
     413: problem("Request body too large."),
 }
 WRITE_ERRORS = {
@@ -100,6 +101,7 @@ ALWAYS = {
     "401": "No or bad credential.",
     "403": "The credential lacks the permission.",
     "406": "The `Accept` header asks for something other than JSON.",
+    "411": "A chunked body: send it with a Content-Length.",
     "413": "Request body too large.",
 }
 READS = {**ALWAYS, "400": "Invalid query parameters.", "404": "Unknown or out of scope."}

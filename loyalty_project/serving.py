@@ -20,6 +20,11 @@ def without_process_environment(app: Callable, process_environ=None) -> Callable
     process_keys = frozenset(process)
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if "REQUEST_METHOD" not in environ:
+            # What uWSGI hands over for a request line it could not parse (garbage, TLS on
+            # the plain port): Django would fail on it with a 500 and a logged traceback.
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"Bad Request"]
         for key in process_keys.intersection(environ):
             if key not in request_shaped or environ[key] == process[key]:
                 del environ[key]

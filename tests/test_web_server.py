@@ -122,3 +122,81 @@ def test_sigterm_stops_the_web_process(web_server):
     assert "graceful shutdown triggered" in log
     assert "reloading" not in log
     assert "Traceback" not in log
+
+
+def _raw(port: int, data: bytes, *, pause: float = 0.0, rest: bytes = b"") -> bytes:
+    """Sends `data` (then `rest` after `pause` seconds) on a socket of its own; the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=40) as sock:
+        sock.sendall(data)
+        if rest:
+            time.sleep(pause)
+            sock.sendall(rest)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def _post_head(path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Idempotency-Key: k1\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_what_the_server_takes_from_clients(web_server):
+    """Bodies over the limit, a chunked body, a request line that is not HTTP and a slow
+    client each get an answer (never a reset, a hang or a 500), and the request log keeps
+    query strings out (member ids travel there)."""
+    port, proc = web_server
+    big = 3 * 1024 * 1024  # over LOYALTY_API_MAX_BODY_BYTES (2 MiB)
+    answer = _raw(port, _post_head("/api/v1/events/batch", big) + b"x" * big)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"payload_too_large" in answer
+
+    chunked = (
+        b"POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Idempotency-Key: k2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
+    answer = _raw(port, chunked)
+    assert answer.startswith(b"HTTP/1.1 411")
+    assert b"length_required" in answer
+
+    assert _raw(port, b"GARBAGE\r\n\r\n").split(b" ", 2)[1] == b"400"
+
+    # A client that pauses 5 s inside its body: answered as any request (401: no credential).
+    body = b'{"program_id": "p"}'
+    answer = _raw(port, _post_head("/api/v1/events", len(body)) + body[:5], pause=5, rest=body[5:])
+    assert answer.startswith(b"HTTP/1.1 401")
+
+    _request(port, "GET", "/api/v1/vouchers?member_id=alice@example.com")
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)
+    log = proc.stderr.read().decode()
+    assert "GET /api/v1/vouchers" in log
+    assert "alice" not in log
+    assert "Traceback" not in log
+
+
+def test_sigterm_lets_a_request_in_flight_finish(web_server, tmp_path):
+    """Procfile runners send SIGTERM to the whole process group: a worker in the middle of a
+    request (here, its readiness check waiting for the database, which the test holds
+    locked) finishes it and answers before exiting."""
+    import sqlite3
+    import threading
+
+    port, proc = web_server
+    lock = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    answers: list[bytes] = []
+    request = b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    client = threading.Thread(target=lambda: answers.append(_raw(port, request)))
+    client.start()
+    time.sleep(1)  # the worker waits for the database
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(1)
+    lock.execute("ROLLBACK")
+    lock.close()
+    client.join(30)
+    assert answers
+    assert answers[0].split(b" ", 2)[1] == b"200"
