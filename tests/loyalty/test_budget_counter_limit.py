@@ -195,3 +195,47 @@ def test_a_charge_short_of_room_waits_in_shard_order_no_deadlock(settings, make_
         filling.close()
         assert results == {"charge": Decimal(50), "limit": "done"}
         assert spent_total(program) == 2 * SPENT_MAX - 100 + 1 + 50
+
+
+@pytest.mark.django_db(transaction=True)
+def test_awards_while_the_limit_is_set_and_lifted_neither_deadlock_nor_miscount(
+    settings, make_program, actor
+):
+    """Ops set and lift a program's budget limit while awards run: a limit change locks every
+    shard in order, an award that finds none free goes to them in the same order, so nothing
+    deadlocks, every award is paid (the limit is far above them) and counted once."""
+    import threading
+
+    from loyalty.services import event_ingest, program_update
+    from tests.parallel import run_parallel, start_thread
+
+    settings.LOYALTY_BUDGET_SHARDS = 4
+    program = make_program()
+    stop = threading.Event()
+    changes: dict = {}
+
+    def change_the_limit():
+        count = 0
+        while not stop.is_set():
+            limit = None if count % 2 else Decimal("1000000000")
+            program_update(program_id=program.pk, changes={"budget_limit": limit}, actor=actor)
+            count += 1
+        return count
+
+    changer = start_thread(changes, "changes", change_the_limit)
+
+    def award_many(worker: int):
+        for i in range(15):
+            event = PointsEventFactory(member_id=f"w{worker}-{i}", points=Decimal(10))
+            event_ingest(program=program, event=event, actor=actor)
+        return "ok"
+
+    try:
+        results = run_parallel(8, award_many)
+    finally:
+        stop.set()
+        changer.join(60)
+    assert results == ["ok"] * 8
+    assert changes["changes"] > 1  # (an exception there would not compare)
+    assert spent_total(program) == Decimal(8 * 15 * 10)
+    assert ledger_verify() == []
