@@ -63,7 +63,7 @@ def django_setup() -> None:
 def server_command(server: str, port: int, workers: int, threads: int) -> list[str]:
     """The production web server's command line (the Procfile's, on loopback, without the
     request log). granian and gunicorn, the earlier web servers, are kept for comparison
-    (`pip install granian gunicorn`)."""
+    (both in requirements-dev.txt)."""
     bin_dir = ROOT / ".venv" / "bin"
     if server == "uwsgi":
         return [
