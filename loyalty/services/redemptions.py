@@ -158,7 +158,13 @@ def _lock_redemption(redemption_id) -> tuple[Redemption, MemberBalance]:
     balance_id = found.first()
     if balance_id is None:
         raise NotFound("No such redemption.")
-    balance = MemberBalance.objects.select_for_update().select_related("program").get(pk=balance_id)
+    # OF self: the balance row only. The program is read with it, not locked: locking it
+    # would queue every capture and release of the program, and every insert naming it.
+    balance = (
+        MemberBalance.objects.select_for_update(of=("self",))
+        .select_related("program")
+        .get(pk=balance_id)
+    )
     redemption = Redemption.objects.select_for_update().get(pk=redemption_id)
     return redemption, balance
 

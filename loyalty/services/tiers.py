@@ -329,7 +329,11 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
     if balance_id is None:
         raise NotFound("No such tier snapshot.", snapshot_id=snapshot_id)
     # Lock order: the member's balance row, then the snapshot.
-    balance = MemberBalance.objects.select_for_update().select_related("program").get(pk=balance_id)
+    balance = (
+        MemberBalance.objects.select_for_update(of=("self",))  # not the program row
+        .select_related("program")
+        .get(pk=balance_id)
+    )
     snapshot = TierSnapshot.objects.select_for_update().get(pk=snapshot_id)
     if snapshot.rollback_of_id is not None:
         raise InvalidState("A rollback cannot itself be rolled back.", snapshot_id=snapshot_id)
