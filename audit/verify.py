@@ -76,11 +76,11 @@ def audit_verify(*, limit: int = 20, anchors: tuple[tuple[int, str], ...] = ()) 
         _check_entry(entry, findings)
         if len(findings) >= limit:
             return findings[:limit]
-    findings.extend(_copies())
+    findings.extend(_copies(limit - len(findings)))
     return findings[:limit]
 
 
-def _copies() -> list[Finding]:
+def _copies(limit: int) -> list[Finding]:
     """Entries that repeat another's digest: a genuine entry copied in (the digest does not
     cover the row's id, so a copy verifies by itself, and a seal made after it covers it).
     No two genuine entries share one: each names its entity, action and time to the
@@ -89,7 +89,7 @@ def _copies() -> list[Finding]:
         AuditEntry.objects.values("digest")
         .annotate(copies=Count("id"), first=Min("id"))
         .filter(copies__gt=1)
-        .order_by("first")
+        .order_by("first")[:limit]  # a query each below: no more than are reported
     )
     findings = []
     for row in repeated:

@@ -27,12 +27,12 @@ from ..errors import (
     ValidationFailed,
     VoucherNotRedeemable,
 )
-from ..models import LedgerEntry, MemberBalance, Program, Redemption, Voucher
+from ..models import LedgerEntry, MemberBalance, OutboxEvent, Program, Redemption, Voucher
 from ..money import fits_ledger, is_exact_points, money_floor
 from .balances import balance_lock, has_blocking_flag, lots_consume
 from .ingestion import balance_snapshot
 from .jobs import audit_many
-from .outbox import outbox_publish
+from .outbox import outbox_event, outbox_publish
 
 VOUCHER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I look-alikes
 
@@ -326,10 +326,12 @@ def vouchers_expire_due(*, actor: Actor, limit: int = 1000) -> int:
             .order_by("expires_at")[:limit]
         )
         Voucher.objects.filter(pk__in=[v.pk for v in due]).update(status=Voucher.Status.EXPIRED)
+        OutboxEvent.objects.bulk_create(
+            [_voucher_event(v, "loyalty.voucher.expired") for v in due]
+        )  # one insert, as the audit entries below
         by_merchant: dict[str, list] = {}
         for voucher in due:
             by_merchant.setdefault(voucher.program.merchant_id, []).append(voucher)
-            _voucher_publish(voucher, "loyalty.voucher.expired")
         for merchant_id, vouchers in by_merchant.items():  # one audit insert per merchant
             audit_many(
                 actor=actor, action="voucher.expire", entity_type="voucher",
@@ -377,13 +379,14 @@ def voucher_redeem(*, voucher: Voucher, actor: Actor) -> Voucher:
         merchant_id=voucher.program.merchant_id,
         after={"status": voucher.status},
     )
-    _voucher_publish(voucher, "loyalty.voucher.redeemed")
+    _voucher_event(voucher, "loyalty.voucher.redeemed").save(force_insert=True)
     return voucher
 
 
-def _voucher_publish(voucher: Voucher, event_type: str) -> None:
-    """A voucher's business event: never its whole code (a bearer secret until redeemed)."""
-    outbox_publish(
+def _voucher_event(voucher: Voucher, event_type: str) -> OutboxEvent:
+    """A voucher's business event, not saved: never its whole code (a bearer secret until
+    redeemed)."""
+    return outbox_event(
         program=voucher.program,
         event_type=event_type,
         payload={

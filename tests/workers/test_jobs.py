@@ -506,6 +506,30 @@ def test_hold_expiry_job_expires_vouchers_past_their_date(program, earn, run_job
         assert run_job(Job.Kind.HOLD_EXPIRY).counts["vouchers_expired"] == 0
 
 
+def test_expiring_many_vouchers_costs_the_statements_of_one(program, earn, actor):
+    """The sweep writes its vouchers' statuses, events and audit entries an insert each,
+    however many vouchers: 1 or 6 cost the same statements."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from loyalty.services import vouchers_expire_due
+
+    earn(program, "u1", "5000")
+    codes = [
+        hold(program, "10", actor, key=f"h{i}", member_id="u1", capture=True).voucher.code
+        for i in range(7)
+    ]
+    past = timezone.now() - timedelta(seconds=1)
+    counts = []
+    for batch in (codes[:1], codes[1:]):
+        Voucher.objects.filter(code__in=batch).update(expires_at=past)
+        with CaptureQueriesContext(connection) as captured:
+            assert vouchers_expire_due(actor=ACTOR) == len(batch)
+        counts.append(len(captured.captured_queries))
+    assert counts[0] == counts[1]
+    assert OutboxEvent.objects.filter(event_type="loyalty.voucher.expired").count() == 7
+
+
 def test_a_job_of_a_kind_with_no_runner_fails_at_once_rather_than_staying_running(program):
     job = job_create(kind=Job.Kind.CHURN_UPDATE, program=program, actor=ACTOR)
     job_run(job_id=job.pk)
