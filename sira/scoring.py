@@ -5,6 +5,7 @@ value through `Program.sira_settings`. Thresholds are amounts in the program's c
 The score is a pure function of the member's state and the purchase, so it needs no query.
 """
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -88,13 +89,25 @@ def sira_settings_resolve(overrides: dict | None) -> dict:
     return settings
 
 
+# A setting's number as the wire format writes decimals: ASCII digits, an optional fraction;
+# no sign (none may be negative), exponent, padding nor another script's digits, all of
+# which Decimal() would take.
+_SETTING_NUMBER = re.compile(r"[0-9]{1,20}(\.[0-9]{1,8})?")
+
+
 def _setting_decimal(key: str, value) -> Decimal:
-    if isinstance(value, bool):
-        raise ValueError(f"SIRA setting {key!r} must be a number")
-    try:
-        number = D(str(value))
-    except ArithmeticError as exc:  # decimal.InvalidOperation is not a ValueError
-        raise ValueError(f"SIRA setting {key!r} must be a number") from exc
+    # A JSON number arrives as an int or a float (its shortest repr: 0.05 -> "0.05").
+    if type(value) in (int, float):
+        text = repr(value)
+    elif isinstance(value, Decimal):  # from Python callers
+        text = format(value, "f") if value.is_finite() else "-"
+    else:
+        text = value
+    if not isinstance(text, str) or not _SETTING_NUMBER.fullmatch(text):
+        raise ValueError(
+            f'SIRA setting {key!r} must be a decimal like "0.05" (ASCII digits, no exponent)'
+        )
+    number = D(text)
     if key in SHARE_SETTINGS:
         top = ONE
     elif key in POINTS_SETTINGS:

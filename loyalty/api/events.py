@@ -395,6 +395,14 @@ class EventsBatchApi(LoyaltyApi):
         raw = request.data.get("events") if isinstance(request.data, dict) else None
         if not isinstance(raw, list) or not raw or len(raw) > MAX_BATCH:
             raise ValidationFailed(errors={"events": [f"A list of 1 to {MAX_BATCH} events."]})
+        # The envelope holds `events` only, as StrictInput bodies hold their own fields (a
+        # misspelled option must not pass unnoticed); an event's own extra members are
+        # ignored, as `POST /events` ignores them.
+        unknown = [name for name in request.data if name != "events"]
+        if unknown:
+            raise ValidationFailed(
+                errors={str(name): ["Not a field of this request."] for name in unknown}
+            )
         results: list[dict | None] = [None] * len(raw)
         parsed: list[tuple[int, uuid.UUID, EventInput]] = []
         for index, item in enumerate(raw):

@@ -17,7 +17,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 # [0-9], not \d: \d matches any script's digits, which Decimal() reads (Arabic-Indic "10": 10).
-DECIMAL_PATTERN = re.compile(r"^-?[0-9]{1,20}(\.[0-9]{1,8})?$")
+# Matched whole (fullmatch): `$` would let a trailing newline through.
+DECIMAL_PATTERN = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,8})?")
 # Printable text: no control characters (PostgreSQL refuses NUL; the rest is never wanted).
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # Member ids travel in URL paths too, so no "/".
@@ -37,10 +38,11 @@ def parse_decimal(value, *, max_digits: int = 20, places: int = 2) -> Decimal:
         if not value.is_finite():
             raise ValueError("A finite decimal is required.")
         value = format(value, "f")
-    if not isinstance(value, str) or not DECIMAL_PATTERN.match(value.strip()):
+    # Strict: no padding ("12 ", "12\n"), which Decimal() itself would accept.
+    if not isinstance(value, str) or not DECIMAL_PATTERN.fullmatch(value):
         raise ValueError('A decimal string is required, e.g. "12.50".')
     try:
-        number = Decimal(value.strip())
+        number = Decimal(value)
     except InvalidOperation as exc:
         raise ValueError("A decimal string is required.") from exc
     exponent = number.as_tuple().exponent
@@ -56,10 +58,16 @@ def parse_decimal(value, *, max_digits: int = 20, places: int = 2) -> Decimal:
 def parse_aware_datetime(value) -> datetime:
     """An ISO 8601 datetime with its UTC offset ("2026-11-27T10:00:00Z"); naive is refused."""
     # ASCII only: dateparse's fallback pattern uses \d, which matches any script's digits.
-    if not isinstance(value, str) or len(value) > 40 or not value.isascii():
+    # No padding either: dateparse's pattern ends in `$`, which lets a trailing newline by.
+    if (
+        not isinstance(value, str)
+        or len(value) > 40
+        or not value.isascii()
+        or value != value.strip()
+    ):
         raise ValueError("An ISO 8601 datetime with a UTC offset is required.")
     try:
-        parsed = parse_datetime(value.strip())
+        parsed = parse_datetime(value)
     except ValueError as exc:
         raise ValueError("Not a valid datetime.") from exc
     if parsed is None:

@@ -10,7 +10,12 @@ from access.scoping import program_get_for_caller, redemption_get_for_caller
 from ..models import Redemption
 from ..services import redemption_capture, redemption_hold, redemption_release
 from .base import LoyaltyApi, validated
-from .serializers import RedemptionInputSerializer, RedemptionSerializer, redemption_body
+from .serializers import (
+    EmptyInputSerializer,
+    RedemptionInputSerializer,
+    RedemptionSerializer,
+    redemption_body,
+)
 
 
 def _reload(redemption_id) -> Redemption:
@@ -55,6 +60,7 @@ class RedemptionCaptureApi(LoyaltyApi):
     )
     @idempotent
     def post(self, request, redemption_id):
+        validated(EmptyInputSerializer, request.data)
         redemption = redemption_get_for_caller(caller=request.caller, redemption_id=redemption_id)
         redemption_capture(redemption_id=redemption.pk, actor=request.caller.actor)
         return Response(redemption_body(_reload(redemption.pk)))
@@ -72,6 +78,7 @@ class RedemptionReleaseApi(LoyaltyApi):
     )
     @idempotent
     def post(self, request, redemption_id):
+        validated(EmptyInputSerializer, request.data)
         redemption = redemption_get_for_caller(caller=request.caller, redemption_id=redemption_id)
         redemption_release(redemption_id=redemption.pk, actor=request.caller.actor)
         return Response(redemption_body(_reload(redemption.pk)))

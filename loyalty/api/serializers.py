@@ -393,6 +393,12 @@ class AdjustmentInputSerializer(StrictInput):
     reason = Text(max_length=500)
 
 
+class EmptyInputSerializer(StrictInput):
+    """The body of an action that takes no input (capture, release, redeem): none, or `{}`.
+    Anything else is a 400, not ignored: a `voucher_value` or `points` sent to a capture
+    must not look as if it had been applied."""
+
+
 class ReasonInputSerializer(StrictInput):
     reason = Text(max_length=500, required=False, allow_blank=True, default="")
 

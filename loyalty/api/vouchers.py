@@ -11,7 +11,12 @@ from ..models import Voucher
 from ..services import voucher_redeem
 from .base import LoyaltyApi, paginated, validated
 from .members import PAGE_PARAMS
-from .serializers import VoucherFilterSerializer, VoucherSerializer, voucher_body
+from .serializers import (
+    EmptyInputSerializer,
+    VoucherFilterSerializer,
+    VoucherSerializer,
+    voucher_body,
+)
 
 
 class VouchersApi(LoyaltyApi):
@@ -61,6 +66,7 @@ class VoucherRedeemApi(LoyaltyApi):
     )
     @idempotent
     def post(self, request, code):
+        validated(EmptyInputSerializer, request.data)
         voucher = voucher_get_for_caller(caller=request.caller, code=code)
         voucher = voucher_redeem(voucher=voucher, actor=request.caller.actor)
         return Response(voucher_body(voucher))
