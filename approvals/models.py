@@ -60,6 +60,10 @@ class ApprovalRequest(models.Model):
     merchant_id = models.CharField(max_length=64)
     # What the operation acts on: one pending request per (operation, target).
     target = models.CharField(max_length=200)
+    # The ledger idempotency key the operation writes (an adjustment's), held while the
+    # request is pending: ingestion refuses any other event with that key in the program
+    # (`loyalty.services.ingestion.key_holds`), so the approved adjustment can still take it.
+    ledger_key = models.CharField(max_length=255, blank=True, default="")
     maker_id = models.CharField(max_length=128)
     maker_role = models.CharField(max_length=32)
     # Where the maker asked from: the executed change is audited in the maker's name, with
@@ -85,6 +89,12 @@ class ApprovalRequest(models.Model):
                 fields=["operation", "target"],
                 condition=Q(status="pending"),
                 name="approval_one_pending_per_target",
+            ),
+            # Also the index ingestion probes (program, key) with.
+            models.UniqueConstraint(
+                fields=["program", "ledger_key"],
+                condition=Q(status="pending") & ~Q(ledger_key=""),
+                name="approval_one_pending_per_ledger_key",
             ),
             models.CheckConstraint(
                 condition=Q(status__in=["pending", "executed", "failed", "rejected", "expired"]),

@@ -26,7 +26,7 @@ from access.selectors import person_actor_ids
 from audit.integrity import normalise_ip
 from audit.services import CREDENTIAL_ID_MAX, USER_AGENT_MAX, audit_record
 from loyalty.actors import Actor, system_actor
-from loyalty.errors import DomainError, NotFound, ValidationFailed
+from loyalty.errors import DomainError, IdempotencyKeyReused, NotFound, ValidationFailed
 from loyalty.models import Program
 
 from .errors import (
@@ -37,7 +37,7 @@ from .errors import (
     MakerCannotApprove,
     RoleNotRequired,
 )
-from .models import Approval, ApprovalPolicy, ApprovalRequest
+from .models import Approval, ApprovalPolicy, ApprovalRequest, Operation
 from .registry import OPERATIONS, policy_default, policy_errors, policy_get, policy_loosening
 
 
@@ -56,6 +56,8 @@ def approval_request_create(
         raise ValidationFailed(errors={"operation": [f"One of {sorted(OPERATIONS)}."]})
     clean = OPERATIONS[operation].validate(payload)
     policy = policy_get(operation)
+    # The ledger key an adjustment will write, held while the request is pending.
+    ledger_key = clean["idempotency_key"] if operation == Operation.BALANCE_ADJUSTMENT else ""
     try:
         # Its own atomic block (a savepoint inside the caller's transaction): the request and
         # its audit entry commit together, and a refusal by the unique index leaves the
@@ -78,6 +80,7 @@ def approval_request_create(
                 program=program,
                 merchant_id=program.merchant_id,
                 target=target,
+                ledger_key=ledger_key,
                 maker_id=actor.id,
                 maker_role=actor.role,
                 maker_ip=normalise_ip(actor.ip),
@@ -88,13 +91,23 @@ def approval_request_create(
             )
             _audit(actor, "approval.request", request, after=_state(request))
     except IntegrityError as exc:
+        pending = ApprovalRequest.objects.filter(status=ApprovalRequest.Status.PENDING)
         existing = (
-            ApprovalRequest.objects.filter(
-                operation=operation, target=target, status=ApprovalRequest.Status.PENDING
-            )
-            .values_list("pk", flat=True)
-            .first()
+            pending.filter(operation=operation, target=target).values_list("pk", flat=True).first()
         )
+        holder = None
+        if existing is None and ledger_key:
+            holder = (
+                pending.filter(program=program, ledger_key=ledger_key)
+                .values_list("pk", flat=True)
+                .first()
+            )
+        if holder is not None:  # another member's adjustment waits to write that key
+            raise IdempotencyKeyReused(
+                "This idempotency key is held by a pending approval request.",
+                idempotency_key=ledger_key,
+                approval_request_id=str(holder),
+            ) from exc
         raise ApprovalPendingExists(
             f"Request {existing} for {operation} on {target} is already pending.",
             approval_request_id=str(existing) if existing else None,
@@ -277,6 +290,11 @@ def _execute(request: ApprovalRequest, *, approver: Actor) -> None:
     spec = OPERATIONS[request.operation]
     try:
         with transaction.atomic():  # a savepoint: a refused operation leaves nothing behind
+            # No longer pending while it runs: the ledger key it holds is its own to write
+            # (ingestion refuses a key a pending request holds). A refusal rolls this back.
+            ApprovalRequest.objects.filter(pk=request.pk).update(
+                status=ApprovalRequest.Status.EXECUTED
+            )
             result = spec.run(request.payload, maker)
     except DomainError as error:
         request.status = ApprovalRequest.Status.FAILED

@@ -111,6 +111,7 @@ from .ingestion import (
     ingest_in_transaction,
     replay_answer,
 )
+from .ingestion.key_holds import key_held
 from .jobs import bulk_set
 
 MAX_BATCH = 1000
@@ -341,9 +342,9 @@ def _ingest_locked(
             pid: _Budget(programs[pid], [shard], whole=False)
             for pid, shard in _one_shard_each(programs).items()
         }
-    stored = _stored_entries(
-        programs, {(items[i][0].id.int, items[i][1].idempotency_key) for i in todo}
-    )
+    keys = {(items[i][0].id.int, items[i][1].idempotency_key) for i in todo}
+    stored = _stored_entries(programs, keys)
+    held = _held_keys(programs, keys - stored.keys())
     # One time for the whole batch (one transaction): the rules' "now", and every row's
     # created_at, so a program's lot expiry is computed once.
     now = timezone.now()
@@ -363,6 +364,8 @@ def _ingest_locked(
                 # would give one by one.
                 results[index] = replay_answer(first, event)
                 continue
+            if key in held:
+                raise key_held(held[key], event.idempotency_key)
             balance = balances[(key[0], event.member_id)]
             earning = earn_apply(
                 program=program,
@@ -678,6 +681,25 @@ _STORED_SQL = (
     # The partial unique index's predicate, so a generic plan may still use that index.
     " WHERE e.idempotency_key <> ''"
 )
+
+
+# The approvals app's table: see ingestion.key_holds.
+_HELD_SQL = (
+    "SELECT r.program_id, r.ledger_key, r.id FROM approvals_approvalrequest r"  # noqa: S608
+    f" JOIN ({_keyed_sql('ledger_key')}) AS k"
+    " ON r.program_id = k.program_id AND r.ledger_key = k.ledger_key"
+    " WHERE r.status = 'pending' AND r.ledger_key <> ''"
+)
+
+
+def _held_keys(programs: dict, keys: set) -> dict:
+    """{(program key, key): the pending approval request holding it}, in one query."""
+    if not keys:
+        return {}
+    arrays, _ = _keyed_arrays(programs, list(keys))
+    with connection.cursor() as cursor:
+        cursor.execute(_HELD_SQL, arrays)
+        return {(program_id.int, key): holder for program_id, key, holder in cursor.fetchall()}
 
 
 def _stored_entries(programs: dict, keys: set) -> dict:

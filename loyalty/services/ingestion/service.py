@@ -17,6 +17,7 @@ from .adjustments import _adjust
 from .earning import _earn
 from .entries import entry_audit_after
 from .inputs import EARN_TYPES, EventInput, IngestResult, event_validate
+from .key_holds import key_held, key_holder
 from .pipeline import keep_open, queued_pipeline
 from .refunds import _refund
 from .statement import _earn_in_one_statement, _event_lock, budget_retry_on_refusal
@@ -235,6 +236,10 @@ def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) 
     replay = event_replay(program, event)
     if replay:
         return replay
+    if connection.vendor != "postgresql":  # (PostgreSQL's lock statement asked)
+        holder = key_holder(program.pk, event.idempotency_key)
+        if holder is not None:
+            raise key_held(holder, event.idempotency_key)
     if event.type == "refund":
         entry = _refund(program, balance, event, actor)
     elif event.type == "manual_adjust":

@@ -32,23 +32,26 @@ from ..budget import BudgetRetry, budget_charge, budget_charge_statement
 from .earning import earn_apply
 from .entries import _event_payload, entry_audit_after, entry_build
 from .inputs import EventInput, event_validate
+from .key_holds import held_sql, key_held
 
-# The balance lock of `balance_lock`, plus the two things every event needs next, in the same
-# round trip: the entry a repeat of the key already wrote (a probe of the partial unique index;
-# `<> ''` repeats its predicate so a generic plan may use it), and the id of the entry this
+# The balance lock of `balance_lock`, plus what every event needs next, in the same round
+# trip: the entry a repeat of the key already wrote (a probe of the partial unique index;
+# `<> ''` repeats its predicate so a generic plan may use it), the pending approval request
+# holding the key, if any (`key_holds`), and the id of the entry this
 # event will write, so the entry, its lot, outbox and audit rows can all name it in the one
 # statement that writes them. The probe reads the statement's snapshot, taken before the lock
 # was granted: a repeat committed by a request we waited for is not seen here. An earning's
 # insert then fails on the key and `event_ingest` answers it as a replay; a refund or an
 # adjustment asks again after the lock (`ingest_in_transaction`).
+_EVENT_LOCK_COLUMNS = (
+    ", (SELECT e.id FROM loyalty_ledgerentry e WHERE e.program_id = b.program_id"  # noqa: S608
+    "   AND e.idempotency_key = %s AND e.idempotency_key <> '') AS replay_id,"
+    f" ({held_sql('b.program_id')}) AS held_by,"
+    " nextval(%s::regclass) AS entry_id"
+)
 _EVENT_LOCK_SQL = (
-    _BALANCE_LOCK_SQL.replace(  # noqa: S608 (fixed text: the model's columns)
-        " FROM loyalty_memberbalance b",
-        ", (SELECT e.id FROM loyalty_ledgerentry e WHERE e.program_id = b.program_id"
-        "   AND e.idempotency_key = %s AND e.idempotency_key <> '') AS replay_id,"
-        " nextval(%s::regclass) AS entry_id"
-        " FROM loyalty_memberbalance b",
-        1,
+    _BALANCE_LOCK_SQL.replace(
+        " FROM loyalty_memberbalance b", _EVENT_LOCK_COLUMNS + " FROM loyalty_memberbalance b", 1
     )
     + " FOR UPDATE OF b"
 )
@@ -67,7 +70,8 @@ def _event_lock(
     sequence = serial_sequence(LedgerEntry)
     program_pk = program.pk if preface is None else preface.program_pk
     sql = _EVENT_LOCK_SQL
-    params = [event.idempotency_key, sequence, db_id(program_pk), event.member_id]
+    key = event.idempotency_key
+    params = [key, key, sequence, db_id(program_pk), event.member_id]
     if preface is not None:
         sql, params = preface.lock_statement(sql, params)
         preface.send()
@@ -84,7 +88,9 @@ def _event_lock(
             preface.refuse()
     balance = balance_from_row(cursor.db, row)
     # The columns after the balance's: see _EVENT_LOCK_SQL.
-    balance.tier_multiplier, replay_id, entry_id = row[_BALANCE_WIDTH:]
+    balance.tier_multiplier, replay_id, held_by, entry_id = row[_BALANCE_WIDTH:]
+    if replay_id is None and held_by is not None:
+        raise key_held(held_by, key)
     balance.program = program  # saves a query wherever the program's settings are read
     return balance, replay_id, entry_id
 
