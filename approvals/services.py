@@ -20,6 +20,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from access.selectors import person_actor_ids
@@ -65,9 +66,10 @@ def approval_request_create(
         with transaction.atomic():
             # One past its expiry can never run: it gives way now rather than at the expiry
             # job's next run (or never, with beat down).
+            # So does one holding the ledger key this one needs.
             overdue = ApprovalRequest.objects.select_for_update().filter(
-                operation=operation,
-                target=target,
+                Q(operation=operation, target=target)
+                | (Q(program=program, ledger_key=ledger_key) if ledger_key else Q(pk__in=[])),
                 status=ApprovalRequest.Status.PENDING,
                 expires_at__lte=timezone.now(),
             )

@@ -5,6 +5,7 @@ value through `Program.sira_settings`. Thresholds are amounts in the program's c
 The score is a pure function of the member's state and the purchase, so it needs no query.
 """
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -92,13 +93,16 @@ def sira_settings_resolve(overrides: dict | None) -> dict:
 # A setting's number as the wire format writes decimals: ASCII digits, an optional fraction;
 # no sign (none may be negative), exponent, padding nor another script's digits, all of
 # which Decimal() would take.
-_SETTING_NUMBER = re.compile(r"[0-9]{1,20}(\.[0-9]{1,8})?")
+_SETTING_NUMBER = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
 
 
 def _setting_decimal(key: str, value) -> Decimal:
-    # A JSON number arrives as an int or a float (its shortest repr: 0.05 -> "0.05").
-    if type(value) in (int, float):
-        text = repr(value)
+    # A JSON number arrives as an int or a float, written out in full (0.00005, whose repr
+    # is "5e-05"); a float's shortest repr is the number it was sent as.
+    if type(value) is int:
+        text = str(value)
+    elif type(value) is float:
+        text = format(D(repr(value)), "f") if math.isfinite(value) else "-"
     elif isinstance(value, Decimal):  # from Python callers
         text = format(value, "f") if value.is_finite() else "-"
     else:

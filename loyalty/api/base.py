@@ -16,6 +16,8 @@ from rest_framework.views import APIView
 from access.permissions import HasPermission
 from loyalty.errors import DomainError
 
+from .serializers import EmptyInputSerializer
+
 
 def _instances(classes) -> list:
     """One instance of each class (built once per list of classes)."""
@@ -74,6 +76,11 @@ def validated(serializer_cls, data, **kwargs) -> dict:
     serializer = serializer_cls(data=data, **kwargs)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
+
+
+def no_input(request) -> None:
+    """Refuses a body on an action that takes none: no body, `{}` or `null` (400 otherwise)."""
+    validated(EmptyInputSerializer, {} if request.data is None else request.data)
 
 
 class InvalidCursor(DomainError):

@@ -9,9 +9,8 @@ from access.scoping import program_get_for_caller, redemption_get_for_caller
 
 from ..models import Redemption
 from ..services import redemption_capture, redemption_hold, redemption_release
-from .base import LoyaltyApi, validated
+from .base import LoyaltyApi, no_input, validated
 from .serializers import (
-    EmptyInputSerializer,
     RedemptionInputSerializer,
     RedemptionSerializer,
     redemption_body,
@@ -60,7 +59,7 @@ class RedemptionCaptureApi(LoyaltyApi):
     )
     @idempotent
     def post(self, request, redemption_id):
-        validated(EmptyInputSerializer, request.data)
+        no_input(request)
         redemption = redemption_get_for_caller(caller=request.caller, redemption_id=redemption_id)
         redemption_capture(redemption_id=redemption.pk, actor=request.caller.actor)
         return Response(redemption_body(_reload(redemption.pk)))
@@ -78,7 +77,7 @@ class RedemptionReleaseApi(LoyaltyApi):
     )
     @idempotent
     def post(self, request, redemption_id):
-        validated(EmptyInputSerializer, request.data)
+        no_input(request)
         redemption = redemption_get_for_caller(caller=request.caller, redemption_id=redemption_id)
         redemption_release(redemption_id=redemption.pk, actor=request.caller.actor)
         return Response(redemption_body(_reload(redemption.pk)))

@@ -394,7 +394,8 @@ class AdjustmentInputSerializer(StrictInput):
 
 
 class EmptyInputSerializer(StrictInput):
-    """The body of an action that takes no input (capture, release, redeem): none, or `{}`.
+    """The body of an action that takes no input (capture, release, redeem): none, `{}` (or
+    `null`, read as `{}`).
     Anything else is a 400, not ignored: a `voucher_value` or `points` sent to a capture
     must not look as if it had been applied."""
 

@@ -9,10 +9,9 @@ from access.scoping import scope_queryset, voucher_get_for_caller
 
 from ..models import Voucher
 from ..services import voucher_redeem
-from .base import LoyaltyApi, paginated, validated
+from .base import LoyaltyApi, no_input, paginated, validated
 from .members import PAGE_PARAMS
 from .serializers import (
-    EmptyInputSerializer,
     VoucherFilterSerializer,
     VoucherSerializer,
     voucher_body,
@@ -66,7 +65,7 @@ class VoucherRedeemApi(LoyaltyApi):
     )
     @idempotent
     def post(self, request, code):
-        validated(EmptyInputSerializer, request.data)
+        no_input(request)
         voucher = voucher_get_for_caller(caller=request.caller, code=code)
         voucher = voucher_redeem(voucher=voucher, actor=request.caller.actor)
         return Response(voucher_body(voucher))

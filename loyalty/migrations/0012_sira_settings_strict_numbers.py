@@ -3,23 +3,34 @@ settings stored before in another form ("1e1", " 10", another script's digits, "
 rewritten to that form, with the same value, so that the programs holding them keep scoring
 (`sira_settings_resolve` would refuse them at every purchase)."""
 
+import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 from django.db import migrations
 
-PLAIN = re.compile(r"[0-9]{1,20}(\.[0-9]{1,8})?")
+PLAIN = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
+PLACES = Decimal("1e-20")
 
 
 def plain(value):
-    if not isinstance(value, str) or PLAIN.fullmatch(value):
+    """A stored text (or a number past 20 places) as a plain decimal of the same value, to
+    20 places, when it is one; anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        number = Decimal(repr(value))
+        if PLAIN.fullmatch(format(number, "f")):
+            return value  # read as it is (`sira.scoring._setting_decimal`)
+    elif not isinstance(value, str) or PLAIN.fullmatch(value):
         return value
-    try:
-        number = Decimal(value.strip())
-    except InvalidOperation:
-        return value
+    else:
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            return value
     if not number.is_finite() or number < 0:
         return value
+    if number.as_tuple().exponent < -20:
+        number = number.quantize(PLACES, rounding=ROUND_DOWN)
     text = format(abs(number).normalize(), "f")  # abs: "-0" is 0
     return text if PLAIN.fullmatch(text) else value
 

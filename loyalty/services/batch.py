@@ -688,7 +688,7 @@ _HELD_SQL = (
     "SELECT r.program_id, r.ledger_key, r.id FROM approvals_approvalrequest r"  # noqa: S608
     f" JOIN ({_keyed_sql('ledger_key')}) AS k"
     " ON r.program_id = k.program_id AND r.ledger_key = k.ledger_key"
-    " WHERE r.status = 'pending' AND r.ledger_key <> ''"
+    " WHERE r.status = 'pending' AND r.ledger_key <> '' AND r.expires_at > now()"
 )
 
 

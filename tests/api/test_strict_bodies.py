@@ -56,7 +56,7 @@ def test_plain_decimals_and_times_are_still_read(api, funded):
 
 @pytest.mark.parametrize(
     "value",
-    ["1e1", "\u0661\u0660", "-0", " 10", "10\n", "1e-9", "+5", "0x10", 1e-9, True, None, [1]],
+    ["1e1", "\u0661\u0660", "-0", " 10", "10\n", "1e-9", "+5", "0x10", -1, True, None, [1]],
 )
 def test_a_sira_number_in_another_form_is_400_and_not_stored(api, funded, value):
     before = Program.objects.get(pk=funded.pk).sira_settings
@@ -68,7 +68,7 @@ def test_a_sira_number_in_another_form_is_400_and_not_stored(api, funded, value)
     assert Program.objects.get(pk=funded.pk).sira_settings == before
 
 
-@pytest.mark.parametrize("value", ["750", "750.25", 750, 0.05])
+@pytest.mark.parametrize("value", ["750", "750.25", 750, 0.05, 0.00005, "0.123456789"])
 def test_a_sira_number_in_plain_form_is_stored_and_scores(api, funded, value):
     client = api("ops_marketing")
     response = client.patch(
@@ -101,7 +101,7 @@ def test_capture_and_release_take_no_body(api, pending_hold, body):
     assert pending_hold.status == Redemption.Status.PENDING
 
 
-@pytest.mark.parametrize("body", ["", {}])
+@pytest.mark.parametrize("body", ["", {}, "null"])
 def test_capture_takes_no_body_or_an_empty_object(api, pending_hold, body):
     response = api("system").post(f"/api/v1/redemptions/{pending_hold.pk}/capture", body)
     assert response.status_code == 200, response.json()
@@ -128,12 +128,13 @@ def test_settings_stored_in_another_form_are_rewritten_with_the_same_value(funde
         "high_value_amount": "1e3", "ltv_spend": "\u0661\u0660", "churn_high_bonus": "-0",
         "first_daily_purchase_points": " 10", "frequency_bonus": "0.005",
         "promoted_modules": ["eats"], "enabled": True, "frequency_days": 3,
+        "churn_medium_bonus": 5e-05, "engagement_bonus": 1e-25, "cross_module_bonus": "1e-25",
     }  # fmt: skip
     Program.objects.filter(pk=funded.pk).update(sira_settings=stored)
     migration.sira_numbers_plain(apps, None)
     settings = Program.objects.get(pk=funded.pk).sira_settings
     assert settings == {
         **stored, "high_value_amount": "1000", "ltv_spend": "10", "churn_high_bonus": "0",
-        "first_daily_purchase_points": "10",
+        "first_daily_purchase_points": "10", "engagement_bonus": "0", "cross_module_bonus": "0",
     }  # fmt: skip
     sira_settings_resolve(settings)  # every purchase of the program reads them

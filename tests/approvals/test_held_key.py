@@ -3,9 +3,12 @@ on any path (a batch item, a single event whose request record is gone, another 
 adjustment), so the adjustment two people approved is written when they do. Once the request
 is closed without running (rejected), the key is free again."""
 
+from datetime import timedelta
 from decimal import Decimal
+from uuid import UUID
 
 import pytest
+from django.utils import timezone
 
 from access.models import IdempotencyRecord
 from approvals.models import ApprovalRequest
@@ -107,3 +110,25 @@ def test_requests_pending_before_the_upgrade_hold_their_keys(api, funded):
     ]
     [item] = batch(maker, keyed(purchase(funded), "old-2"))
     assert item["status"] == 422
+
+
+def test_a_request_past_its_expiry_holds_nothing(api, funded):
+    maker = api("system", sub="ops-maker")
+    assert batch(maker, keyed(big_adjust(funded), "O"))[0]["status"] == 202
+    ApprovalRequest.objects.update(expires_at=timezone.now() - timedelta(hours=1))
+    # Not closed yet (the expiry job's), but it can never run: the key is free.
+    [item] = batch(maker, keyed(purchase(funded, member="u_5"), "O"))
+    assert item["status"] == 201
+    [other] = batch(maker, keyed(big_adjust(funded, member="u_9"), "O-2"))
+    assert other["status"] == 202
+
+
+def test_another_members_adjustment_takes_the_key_of_an_overdue_request(api, funded):
+    maker = api("system", sub="ops-maker")
+    [first] = batch(maker, keyed(big_adjust(funded), "O"))
+    ApprovalRequest.objects.update(expires_at=timezone.now() - timedelta(hours=1))
+    [second] = batch(maker, keyed(big_adjust(funded, member="u_9"), "O"))
+    assert second["status"] == 202
+    statuses = dict(ApprovalRequest.objects.values_list("pk", "status"))
+    assert statuses[UUID(first["body"]["approval_request_id"])] == "expired"
+    assert statuses[UUID(second["body"]["approval_request_id"])] == "pending"

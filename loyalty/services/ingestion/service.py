@@ -11,7 +11,7 @@ from audit.services import audit_record
 from ...actors import Actor
 from ...errors import IdempotencyKeyReused
 from ...models import LedgerEntry, Program
-from ..balances import balance_lock, db_id
+from ..balances import balance_lock
 from ..budget import BudgetRetry
 from .adjustments import _adjust
 from .earning import _earn
@@ -20,7 +20,12 @@ from .inputs import EARN_TYPES, EventInput, IngestResult, event_validate
 from .key_holds import key_held, key_holder
 from .pipeline import keep_open, queued_pipeline
 from .refunds import _refund
-from .statement import _earn_in_one_statement, _event_lock, budget_retry_on_refusal
+from .statement import (
+    _earn_in_one_statement,
+    _event_lock,
+    budget_retry_on_refusal,
+    entry_id_stored,
+)
 
 
 def event_ingest(
@@ -97,16 +102,7 @@ def event_replay(program: Program, event: EventInput) -> IngestResult | None:
 def stored_entry_id(program: Program, idempotency_key: str) -> int | None:
     """The id of the entry the key wrote in the program, if any (entries are never deleted:
     once stored, a key stays stored)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            # `<> ''` repeats the partial unique index's predicate, so that a prepared
-            # (generic) plan may still use that index.
-            "SELECT id FROM loyalty_ledgerentry WHERE program_id = %s"
-            " AND idempotency_key = %s AND idempotency_key <> ''",
-            [db_id(program.pk), idempotency_key],
-        )
-        found = cursor.fetchone()
-    return None if found is None else found[0]
+    return entry_id_stored(program.pk, idempotency_key)
 
 
 def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:

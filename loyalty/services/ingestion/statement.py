@@ -57,6 +57,20 @@ _EVENT_LOCK_SQL = (
 )
 
 
+def entry_id_stored(program_pk, idempotency_key: str) -> int | None:
+    """The id of the entry the key wrote in the program, if any."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # `<> ''` repeats the partial unique index's predicate, so that a prepared
+            # (generic) plan may still use that index.
+            "SELECT id FROM loyalty_ledgerentry WHERE program_id = %s"
+            " AND idempotency_key = %s AND idempotency_key <> ''",
+            [db_id(program_pk), idempotency_key],
+        )
+        found = cursor.fetchone()
+    return None if found is None else found[0]
+
+
 def _event_lock(
     cursor, program: Program | None, event: EventInput, preface=None
 ) -> tuple[MemberBalance, int | None, int]:
@@ -71,7 +85,7 @@ def _event_lock(
     program_pk = program.pk if preface is None else preface.program_pk
     sql = _EVENT_LOCK_SQL
     key = event.idempotency_key
-    params = [key, key, sequence, db_id(program_pk), event.member_id]
+    params = [key, key, timezone.now(), sequence, db_id(program_pk), event.member_id]
     if preface is not None:
         sql, params = preface.lock_statement(sql, params)
         preface.send()
@@ -90,7 +104,11 @@ def _event_lock(
     # The columns after the balance's: see _EVENT_LOCK_SQL.
     balance.tier_multiplier, replay_id, held_by, entry_id = row[_BALANCE_WIDTH:]
     if replay_id is None and held_by is not None:
-        raise key_held(held_by, key)
+        # Both probes read the snapshot from before the lock: the holder may have been
+        # approved and written the key meanwhile, its entry the answer then.
+        replay_id = entry_id_stored(program_pk, key)
+        if replay_id is None:
+            raise key_held(held_by, key)
     balance.program = program  # saves a query wherever the program's settings are read
     return balance, replay_id, entry_id
 
