@@ -29,7 +29,7 @@ from audit.services import audit_entries_build, audit_record
 
 from ..actors import Actor, system_actor
 from ..errors import Conflict, NotFound, QueueUnavailable
-from ..models import Job, Program
+from ..models import Job, Program, Redemption
 from .balances import program_local_date, serial_sequence
 
 logger = logging.getLogger(__name__)
@@ -328,32 +328,48 @@ def each_part(job: Job, tracker: "JobTracker", parts: Iterable, run: Callable[[A
         raise PartsFailed(f"{len(failed)} failed: " + "; ".join(failed.values())[:2000])
 
 
+SWEEP_CHUNK = 500
+
+
+def _sweep(tracker: JobTracker, counter: str, sweep, actor, *, still_due=None) -> None:
+    """Runs `sweep` a chunk at a time, saving progress after each, until a chunk comes back
+    short and, with `still_due`, nothing is left due: a short chunk alone does not mean done
+    when a row it found was settled meanwhile (its sweep counts only what it closed itself).
+    A sweep that skips locked rows goes without `still_due`, or a row locked for long would
+    keep the job going round."""
+    while True:
+        done = sweep(actor=actor, limit=SWEEP_CHUNK)
+        tracker.add(**{counter: done})
+        tracker.save()
+        if done < SWEEP_CHUNK and (still_due is None or not still_due()):
+            return
+
+
 def _hold_expiry(*, job: Job, tracker: JobTracker) -> None:
     """Holds past their time-to-live are released, and vouchers past their date expired."""
     from .redemptions import redemptions_expire_due, vouchers_expire_due
 
     actor = system_actor(job.kind)
-    sweeps = {"expired": redemptions_expire_due, "vouchers_expired": vouchers_expire_due}
-    for counter, sweep in sweeps.items():
-        while True:
-            done = sweep(actor=actor, limit=500)
-            tracker.add(**{counter: done})
-            tracker.save()
-            if done < 500:
-                break
+
+    def holds_due() -> bool:
+        return Redemption.objects.filter(
+            status=Redemption.Status.PENDING, expires_at__lte=timezone.now()
+        ).exists()
+
+    _sweep(tracker, "expired", redemptions_expire_due, actor, still_due=holds_due)
+    _sweep(tracker, "vouchers_expired", vouchers_expire_due, actor)  # skips locked vouchers
 
 
 def _approval_expiry(*, job: Job, tracker: JobTracker) -> None:
-    # The approvals app may not provide this yet: a missing service is a no-op, not a crash.
-    try:
-        from approvals.services import approvals_expire
-    except ImportError:
-        logger.info("approval expiry skipped: approvals.services.approvals_expire is absent")
-        tracker.save(skipped="approvals_expire is not available")
-        return
-    result = approvals_expire(actor=system_actor(job.kind))
-    tracker.add(expired=result if isinstance(result, int) else len(result or []))
-    tracker.save()
+    from approvals.models import ApprovalRequest
+    from approvals.services import approvals_expire
+
+    def requests_due() -> bool:
+        return ApprovalRequest.objects.filter(
+            status=ApprovalRequest.Status.PENDING, expires_at__lte=timezone.now()
+        ).exists()
+
+    _sweep(tracker, "expired", approvals_expire, system_actor(job.kind), still_due=requests_due)
 
 
 def _runners() -> dict[str, Callable[..., None]]:

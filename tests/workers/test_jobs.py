@@ -536,3 +536,47 @@ def test_a_job_of_a_kind_with_no_runner_fails_at_once_rather_than_staying_runnin
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "no runner" in job.error
+
+
+def test_approval_expiry_job_goes_on_past_one_chunk(program, run_job, monkeypatch):
+    from approvals.models import ApprovalRequest
+    from loyalty.services import jobs
+
+    monkeypatch.setattr(jobs, "SWEEP_CHUNK", 3)
+    past = timezone.now() - timedelta(hours=1)
+    ApprovalRequest.objects.bulk_create(
+        ApprovalRequest(
+            operation="balance_adjustment", payload={}, program=program,
+            merchant_id=program.merchant_id, target=f"t{i}", maker_id="x",
+            maker_role="ops_marketing", required_roles=["finance_ops"], expires_at=past,
+        )
+        for i in range(7)
+    )  # fmt: skip
+    job = run_job(Job.Kind.APPROVAL_EXPIRY)
+    assert job.status == Job.Status.SUCCEEDED
+    assert job.counts["expired"] == 7
+    assert not ApprovalRequest.objects.filter(status="pending").exists()
+
+
+def test_hold_expiry_job_goes_on_when_a_due_hold_was_settled_meanwhile(
+    program, earn, run_job, actor, monkeypatch
+):
+    from loyalty.services import jobs, redemptions
+
+    monkeypatch.setattr(jobs, "SWEEP_CHUNK", 3)
+    earn(program, "u1", "100")
+    holds = [hold(program, "1", actor, member_id="u1", key=f"h{i}") for i in range(5)]
+    real = redemptions.redemption_expire
+
+    def released_just_before(*, redemption_id, actor):
+        if redemption_id == holds[0].pk:  # the member's client releases it first
+            redemptions.redemption_release(redemption_id=redemption_id, actor=actor)
+        return real(redemption_id=redemption_id, actor=actor)
+
+    monkeypatch.setattr(redemptions, "redemption_expire", released_just_before)
+    with time_machine.travel(timezone.now() + timedelta(seconds=program.hold_ttl_seconds + 1)):
+        job = run_job(Job.Kind.HOLD_EXPIRY)
+    assert job.counts["expired"] == 4  # a first chunk of 2 expired (of 3) did not end it
+    assert not Redemption.objects.filter(status=Redemption.Status.PENDING).exists()
+    assert MemberBalance.objects.get(member_id="u1").locked == Decimal("0.00")
+    assert ledger_verify() == []
