@@ -393,7 +393,9 @@ class LedgerEntry(models.Model):
         indexes = [
             models.Index(fields=["balance", "-id"]),
             models.Index(fields=["program", "reference"]),
-            models.Index(fields=["program", "type", "created_at"]),
+            # `created_at` has a BRIN index on PostgreSQL (migration 0013), for time ranges
+            # (reports); no btree on (program, type, created_at): every writer of a program
+            # inserted at its one rightmost leaf, a hot spot for a busy program.
             # `col = x` implies `col IS NOT NULL`: lookups and the foreign key checks use these.
             models.Index(
                 fields=["original_entry"],
