@@ -111,7 +111,7 @@ from .ingestion import (
     ingest_in_transaction,
     replay_answer,
 )
-from .ingestion.key_holds import key_held
+from .ingestion.key_holds import key_held, key_holder
 from .jobs import bulk_set
 
 MAX_BATCH = 1000
@@ -1121,8 +1121,13 @@ def _refunds_of_unknown_members_refused(items: Items, todo: list[int], results: 
     for member, indexes in refunds_only.items():
         if member not in known:
             for index in indexes:
-                results[index] = OriginalNotFound(
-                    original_reference=items[index][1].original_reference
+                program, event = items[index]
+                # One by one, a key a pending approval request holds is refused first.
+                holder = key_holder(program.pk, event.idempotency_key)
+                results[index] = (
+                    key_held(holder, event.idempotency_key)
+                    if holder is not None
+                    else OriginalNotFound(original_reference=event.original_reference)
                 )
                 refused.add(index)
     return [index for index in todo if index not in refused]

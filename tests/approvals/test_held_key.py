@@ -132,3 +132,23 @@ def test_another_members_adjustment_takes_the_key_of_an_overdue_request(api, fun
     statuses = dict(ApprovalRequest.objects.values_list("pk", "status"))
     assert statuses[UUID(first["body"]["approval_request_id"])] == "expired"
     assert statuses[UUID(second["body"]["approval_request_id"])] == "pending"
+
+
+def test_a_refund_of_an_unknown_member_under_a_held_key_is_the_keys_refusal(make_program):
+    from approvals.services import approval_request_create
+    from loyalty.errors import IdempotencyKeyReused
+    from loyalty.services.batch import events_ingest_batch
+    from tests.approvals.conftest import OPS_MAKER
+    from tests.factories import RefundFactory
+
+    program = make_program()
+    request = approval_request_create(
+        operation="balance_adjustment", program=program, target=f"balance:{program.pk}:x",
+        payload={"program_id": str(program.pk), "member_id": "x", "points": "20000",
+                 "reason": "r", "idempotency_key": "HELD"},
+        actor=OPS_MAKER, amount=Decimal("20000"),
+    )  # fmt: skip
+    refund = RefundFactory(member_id="ghost", original_reference="o9", idempotency_key="HELD")
+    [answer] = events_ingest_batch(items=[(program, refund)], actor=OPS_MAKER)
+    assert isinstance(answer, IdempotencyKeyReused)  # as one by one, not original_not_found
+    assert answer.context["approval_request_id"] == str(request.pk)
