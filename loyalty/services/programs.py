@@ -198,8 +198,25 @@ def _stored_tiers_fit(program: Program) -> None:
         )
 
 
+def _tiers_in_use_kept(program: Program, tiers: list[TierInput]) -> None:
+    """Refuses new tiers that drop (or rename) a tier members are on: they would sit on a
+    tier the program no longer has, earning at no multiplier, until the tier job moved them
+    as if upgraded. Move them first (or keep the tier's name)."""
+    kept = {t.name for t in tiers}
+    dropped = set(Tier.objects.filter(program=program).values_list("name", flat=True)) - kept
+    in_use = sorted(
+        MemberBalance.objects.filter(program=program, tier__in=dropped)
+        .values_list("tier", flat=True)
+        .distinct()
+    )
+    if in_use:
+        message = f"Members are on {', '.join(in_use)}: keep it (by name), or move them first."
+        raise ValidationFailed(errors={"tiers": [message]})
+
+
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
     ordered = _tiers_ordered(tiers, program.tier_basis)
+    _tiers_in_use_kept(program, tiers)
     Tier.objects.filter(program=program).delete()
     Tier.objects.bulk_create(
         Tier(
@@ -234,6 +251,7 @@ def program_update_check(
     )
     if tiers:
         _tiers_ordered(tiers, candidate.tier_basis)
+        _tiers_in_use_kept(program, tiers)
     elif candidate.tier_basis != program.tier_basis:  # (sent back unchanged: not checked)
         _stored_tiers_fit(candidate)
     return candidate

@@ -350,6 +350,12 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
             snapshot_to_tier=snapshot.to_tier,
         )
     program = balance.program
+    if not Tier.objects.filter(program=program, name=snapshot.from_tier).exists():
+        # The program's tiers were changed since: the member would sit on no tier at all.
+        raise InvalidState(
+            "The tier this change replaced is no longer one of the program's tiers.",
+            snapshot_from_tier=snapshot.from_tier,
+        )
     now = timezone.now()
     metric = tier_metrics(program=program, balance_ids=[balance.pk])[balance.pk]
     balance.tier, balance.tier_updated_at = snapshot.from_tier, now

@@ -85,6 +85,16 @@ def test_tier_multiplier_adds_tier_bonus_points(make_program, purchase):
     assert explained(result) == result.entry.points
 
 
+def test_a_tier_multiplier_below_one_never_rounds_the_award_up(make_program, purchase):
+    # 1,999 XOF x 0.02 x 0.75 = 29.985 points exactly: 29.98, not 29.99 (the tier's part,
+    # -9.995, rounds down to -10.00, not toward zero).
+    program = make_program(tiers=[TierInput(name="basic", earn_multiplier=D("0.75"))])
+    result = purchase(program, amount="1999")
+    assert result.as_dict()["breakdown"]["tier_bonus_points"] == "-10.00"
+    assert result.entry.points == D("29.98")
+    assert explained(result) == result.entry.points
+
+
 def test_gold_member_earns_with_gold_multiplier(make_program, purchase):
     program = make_program(
         tiers=[

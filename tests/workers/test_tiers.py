@@ -356,3 +356,47 @@ def test_a_tier_basis_sent_back_unchanged_does_not_recheck_tiers_set_up_before(a
     response = client.patch(url, {"name": "Renamed", "tier_basis": body["tier_basis"]})
     assert response.status_code == 200, response.json().get("errors")
     assert Program.objects.get(pk=program.pk).name == "Renamed"
+
+
+def _tiers(*names_and_points):
+    from loyalty.services import TierInput
+
+    return [TierInput(name=n, min_points=Decimal(p)) for n, p in names_and_points]
+
+
+def test_new_tiers_that_drop_a_tier_members_are_on_are_refused(program, earn, run_job):
+    from loyalty.errors import ValidationFailed
+    from loyalty.models import Tier
+
+    earn(program, "p", "25000")
+    run_job(TIER, program)
+    assert member(program, "p").tier == "platinum"
+    before = list(Tier.objects.filter(program=program).values_list("name", flat=True))
+    for tiers in (
+        _tiers(("basic", 0), ("silver", 1000), ("gold", 5000)),  # platinum removed
+        _tiers(("basic", 0), ("silver", 1000), ("gold", 5000), ("plat", 20000)),  # renamed
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            program_update(program_id=program.pk, changes={}, actor=ACTOR, tiers=tiers)
+        assert "platinum" in str(refused.value.errors["tiers"])
+    assert list(Tier.objects.filter(program=program).values_list("name", flat=True)) == before
+    # Tiers no member is on may go; new thresholds for the kept names are fine.
+    program_update(
+        program_id=program.pk, changes={}, actor=ACTOR,
+        tiers=_tiers(("basic", 0), ("gold", 3000), ("platinum", 30000)),
+    )  # fmt: skip
+    assert member(program, "p").tier == "platinum"
+
+
+def test_a_rollback_to_a_tier_the_program_no_longer_has_is_refused(program, earn, run_job):
+    earn(program, "s", "1500")
+    run_job(TIER, program)  # basic -> silver
+    snapshot = TierSnapshot.objects.get(balance=member(program, "s"))
+    program_update(  # basic renamed: nobody is on it any more
+        program_id=program.pk, changes={}, actor=ACTOR,
+        tiers=_tiers(("bronze", 0), ("silver", 1000), ("gold", 5000), ("platinum", 20000)),
+    )  # fmt: skip
+    with pytest.raises(InvalidState):
+        tier_rollback(snapshot_id=snapshot.pk, actor=ACTOR)
+    assert member(program, "s").tier == "silver"
+    assert TierSnapshot.objects.filter(balance=member(program, "s")).count() == 1
