@@ -304,6 +304,8 @@ def _execute(request: ApprovalRequest, *, approver: Actor) -> None:
         request.error_detail = str(error.detail)
         request.result = {"error": {"code": error.code, "detail": str(error.detail),
                                     **{k: str(v) for k, v in error.context.items()}}}  # fmt: skip
+        if getattr(error, "errors", None):  # a validation error's reasons, field by field
+            request.result["error"]["errors"] = error.errors
     else:
         request.status = ApprovalRequest.Status.EXECUTED
         request.result = result

@@ -6,7 +6,7 @@ money columns hold (`models.money_field`): TND's third place (millimes) is not k
 budget spread, charged and checked in TND is what is stored.
 """
 
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal, InvalidOperation
 
 # ISO 4217 minor units of the currencies programs may use.
 CURRENCY_EXPONENTS: dict[str, int] = {
@@ -39,10 +39,8 @@ _QUANTA = {
 
 
 def points_floor(value: Decimal) -> Decimal:
-    """Earned points round down to the cent of a point: toward minus infinity, so that a
-    negative part of an award (the bonus of a tier multiplier below 1) never rounds the
-    award up."""
-    return value.quantize(POINTS_QUANTUM, rounding=ROUND_FLOOR)
+    """Earned points round down to the cent of a point."""
+    return value.quantize(POINTS_QUANTUM, rounding=ROUND_DOWN)
 
 
 def money_ceil(value: Decimal, currency: str) -> Decimal:

@@ -210,12 +210,18 @@ def _tiers_in_use_kept(program: Program, tiers: list[TierInput]) -> None:
         .distinct()
     )
     if in_use:
-        message = f"Members are on {', '.join(in_use)}: keep it (by name), or move them first."
+        message = (
+            f"Members are on {', '.join(in_use)}: a tier members are on cannot be dropped or "
+            "renamed (its thresholds and multiplier can change)."
+        )
         raise ValidationFailed(errors={"tiers": [message]})
 
 
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
     ordered = _tiers_ordered(tiers, program.tier_basis)
+    # Locked before the check: a tier job or rollback moving members onto one of them (which
+    # locks them too) has committed, and is seen, or waits for these.
+    list(Tier.objects.select_for_update().filter(program=program))
     _tiers_in_use_kept(program, tiers)
     Tier.objects.filter(program=program).delete()
     Tier.objects.bulk_create(

@@ -78,8 +78,12 @@ class Change:
     upgrade: bool
 
 
-def tier_ladder(program: Program) -> Ladder:
-    tiers = list(Tier.objects.filter(program=program).order_by("rank"))
+def tier_ladder(program: Program, *, lock: bool = False) -> Ladder:
+    """The program's tiers; with `lock`, their rows locked until commit, so that new tiers
+    (`programs._tiers_replace`, which locks them before it checks who is on them) wait for
+    the caller's tier moves, and the caller reads any committed before."""
+    tiers = Tier.objects.filter(program=program).order_by("rank")
+    tiers = list(tiers.select_for_update() if lock else tiers)
     by_spend = program.tier_basis == Program.TierBasis.SPEND
     return Ladder(
         names=tuple(t.name for t in tiers),
@@ -224,6 +228,9 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
         b.pk: b
         for b in MemberBalance.objects.select_for_update().filter(pk__in=balance_ids).order_by("pk")
     }
+    # The tiers as they are now (the job read them when it started), held until commit: no
+    # member is moved onto a tier the program has dropped meanwhile.
+    ladder = tier_ladder(program, lock=True)
     changes = _changes(program, ladder, list(balances), mode, cycle)
     updated = []
     for change in changes:
@@ -350,7 +357,8 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
             snapshot_to_tier=snapshot.to_tier,
         )
     program = balance.program
-    if not Tier.objects.filter(program=program, name=snapshot.from_tier).exists():
+    # Locked until commit, as `programs._tiers_replace` locks the tiers before it checks.
+    if not Tier.objects.select_for_update().filter(program=program, name=snapshot.from_tier):
         # The program's tiers were changed since: the member would sit on no tier at all.
         raise InvalidState(
             "The tier this change replaced is no longer one of the program's tiers.",

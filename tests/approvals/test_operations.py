@@ -218,3 +218,19 @@ def test_budget_change_with_a_review_date_passed_before_approval_fails(program):
     assert (request.status, request.error_code) == ("failed", "validation_error")
     program = Program.objects.get(pk=program.pk)
     assert (program.budget_limit, program.tier_cycle_date) == (None, None)
+
+
+def test_a_budget_change_whose_tiers_no_longer_fit_fails_with_the_reason(program):
+    changes = {
+        "budget_limit": "900000",
+        "tiers": [{"name": "basic", "min_points": "0"}, {"name": "vip", "min_points": "1000"}],
+    }
+    request = make(program, "budget_change", {"program_id": str(program.pk), "changes": changes},
+                   f"program:{program.pk}", amount=Decimal("900000"))  # fmt: skip
+    # Before the last approval a member reaches silver, which the new tiers drop.
+    MemberBalance.objects.create(program=program, member_id="u_s", tier="silver")
+    request = approve_fully(request)
+    assert request.status == "failed"
+    assert request.error_code == "validation_error"
+    assert "silver" in str(request.result["error"]["errors"]["tiers"])
+    assert Program.objects.get(pk=program.pk).budget_limit is None  # nothing of it ran

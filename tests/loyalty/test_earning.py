@@ -95,6 +95,27 @@ def test_a_tier_multiplier_below_one_never_rounds_the_award_up(make_program, pur
     assert explained(result) == result.entry.points
 
 
+@pytest.mark.parametrize(
+    ("amount", "rate", "multiplier", "points"),
+    [
+        ("0.25", "0.02", "0.75", "0.00"),  # 0.00375: nothing, not -0.01 (a refused row)
+        ("1", "1.001", "0.5", "0.50"),  # 0.5005: the floor of the product, not 0.49
+        ("10.99", "0.05", "0.75", "0.41"),  # 0.412125
+        ("100.09", "0.1", "1.5", "15.01"),  # 15.0135: above 1 too, the product's floor
+    ],
+)
+def test_the_tier_part_makes_the_award_the_floor_of_the_whole_product(
+    make_program, purchase, amount, rate, multiplier, points
+):
+    program = make_program(
+        currency="USD", earn_rate=D(rate), sira_settings={"enabled": False},
+        tiers=[TierInput(name="basic", earn_multiplier=D(multiplier))],
+    )  # fmt: skip
+    result = purchase(program, amount=amount)
+    assert result.entry.points == D(points)
+    assert explained(result) == result.entry.points
+
+
 def test_gold_member_earns_with_gold_multiplier(make_program, purchase):
     program = make_program(
         tiers=[

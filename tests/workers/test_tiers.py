@@ -400,3 +400,24 @@ def test_a_rollback_to_a_tier_the_program_no_longer_has_is_refused(program, earn
         tier_rollback(snapshot_id=snapshot.pk, actor=ACTOR)
     assert member(program, "s").tier == "silver"
     assert TierSnapshot.objects.filter(balance=member(program, "s")).count() == 1
+
+
+def test_the_tier_job_moves_no_one_onto_a_tier_dropped_after_it_started(
+    program, earn, run_job, monkeypatch
+):
+    from loyalty.services import tiers as tiers_module
+
+    earn(program, "p", "25000")  # platinum's threshold is 20,000
+    started_with = tiers_module.tier_ladder(program)  # what the job read when it started
+    program_update(  # then platinum goes: nobody is on it yet
+        program_id=program.pk, changes={}, actor=ACTOR,
+        tiers=_tiers(("basic", 0), ("silver", 1000), ("gold", 5000)),
+    )  # fmt: skip
+    real = tiers_module.tier_ladder
+    monkeypatch.setattr(
+        tiers_module,
+        "tier_ladder",
+        lambda program, lock=False: real(program, lock=True) if lock else started_with,
+    )
+    run_job(TIER, program)
+    assert member(program, "p").tier == "gold"

@@ -88,7 +88,10 @@ def earn_apply(
             settings=sira_settings_resolve(program.sira_settings),
         )
         base = points_floor(event.amount * program.earn_rate)
-        tier_bonus = points_floor(event.amount * program.earn_rate * (multiplier - 1))
+        # The tier's part is what the multiplied amount adds to (or, below 1, takes from) the
+        # base, both rounded down as a whole: never more than the exact product, never
+        # below zero, whatever the multiplier.
+        tier_bonus = points_floor(event.amount * program.earn_rate * multiplier) - base
         sira_rate = points_floor(
             event.amount * program.earn_rate * multiplier * (score.multiplier - 1)
         )
