@@ -79,16 +79,31 @@ class Change:
 
 
 def tier_ladder(program: Program, *, lock: bool = False) -> Ladder:
-    """The program's tiers; with `lock`, their rows locked until commit, so that new tiers
-    (`programs._tiers_replace`, which locks them before it checks who is on them) wait for
-    the caller's tier moves, and the caller reads any committed before."""
-    tiers = Tier.objects.filter(program=program).order_by("rank")
-    tiers = list(tiers.select_for_update() if lock else tiers)
+    """The program's tiers; with `lock`, their rows locked until commit (`tiers_locked`)."""
+    tiers = tiers_locked(program) if lock else list(Tier.objects.filter(program=program))
+    tiers.sort(key=lambda t: t.rank)
     by_spend = program.tier_basis == Program.TierBasis.SPEND
     return Ladder(
         names=tuple(t.name for t in tiers),
         thresholds=tuple(t.min_spend if by_spend else t.min_points for t in tiers),
     )
+
+
+def tiers_locked(program: Program) -> list[Tier]:
+    """The program's tier rows, locked until commit, so that new tiers (`programs.
+    _tiers_replace`, which locks them before it checks who is on them) wait for the caller's
+    tier moves. New tiers replace the rows (delete, insert): a lock that waited for that sees
+    neither the old rows (deleted) nor the new (inserted after it began), so it is taken
+    again until two in a row find the same rows."""
+    rows = Tier.objects.select_for_update().filter(program=program).order_by("pk")
+    tiers = list(rows.all())
+    while True:
+        # A new statement (`all()`: not the cached rows), which sees what committed while the
+        # last one waited.
+        again = list(rows.all())
+        if [t.pk for t in again] == [t.pk for t in tiers]:
+            return again
+        tiers = again
 
 
 def tier_metrics(*, program: Program, balance_ids: list[int]) -> dict[int, Decimal]:
@@ -231,6 +246,8 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
     # The tiers as they are now (the job read them when it started), held until commit: no
     # member is moved onto a tier the program has dropped meanwhile.
     ladder = tier_ladder(program, lock=True)
+    if len(ladder.names) < 2:
+        return  # its tiers were replaced by fewer than two meanwhile: no one moves
     changes = _changes(program, ladder, list(balances), mode, cycle)
     updated = []
     for change in changes:
@@ -358,7 +375,7 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
         )
     program = balance.program
     # Locked until commit, as `programs._tiers_replace` locks the tiers before it checks.
-    if not Tier.objects.select_for_update().filter(program=program, name=snapshot.from_tier):
+    if snapshot.from_tier not in {t.name for t in tiers_locked(program)}:
         # The program's tiers were changed since: the member would sit on no tier at all.
         raise InvalidState(
             "The tier this change replaced is no longer one of the program's tiers.",

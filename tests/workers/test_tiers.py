@@ -421,3 +421,37 @@ def test_the_tier_job_moves_no_one_onto_a_tier_dropped_after_it_started(
     )
     run_job(TIER, program)
     assert member(program, "p").tier == "gold"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_tier_job_waiting_on_new_tiers_reads_them_once_they_commit(program, earn, run_job):
+    import threading
+
+    from django.db import transaction
+
+    from loyalty.services.programs import _tiers_replace
+    from tests.parallel import join_all, start_thread, wait_for_lock_waiters
+
+    earn(program, "p", "6000")  # basic now; gold at 5,000, and "top" in the new tiers
+    replaced, release, results = threading.Event(), threading.Event(), {}
+
+    def new_tiers_held_open():
+        with transaction.atomic():
+            _tiers_replace(program, _tiers(("basic", 0), ("silver", 1000), ("top", 5000)))
+            replaced.set()
+            release.wait(10)
+
+    writer = start_thread(results, "writer", new_tiers_held_open)
+    assert replaced.wait(10)
+    # The job reads the old tiers, then its chunk waits on the tier rows the writer holds.
+    job_thread = start_thread(results, "job", lambda: run_job(TIER, program))
+    wait_for_lock_waiters(1)
+    release.set()
+    join_all([writer, job_thread])
+    job = results["job"]
+    assert not isinstance(job, BaseException), job
+    assert job.status == Job.Status.SUCCEEDED, job.error
+    # The chunk read the tiers once they committed: the new ones (not none, on which it
+    # crashed, nor the deleted gold).
+    assert member(program, "p").tier == "top"
