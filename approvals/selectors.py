@@ -1,12 +1,20 @@
 """Reads of approval requests, scoped to the caller's merchant."""
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from access.caller import Caller
 from access.scoping import scope_queryset
 from loyalty.errors import NotFound
 
 from .models import ApprovalRequest
+
+
+def approvals_due() -> QuerySet[ApprovalRequest]:
+    """Requests past their expiry, still pending (the expiry job's)."""
+    return ApprovalRequest.objects.filter(
+        status=ApprovalRequest.Status.PENDING, expires_at__lte=timezone.now()
+    )
 
 
 def approval_requests_for_caller(

@@ -40,6 +40,7 @@ from .errors import (
 )
 from .models import Approval, ApprovalPolicy, ApprovalRequest, Operation
 from .registry import OPERATIONS, policy_default, policy_errors, policy_get, policy_loosening
+from .selectors import approvals_due
 
 
 def approval_request_create(
@@ -66,10 +67,11 @@ def approval_request_create(
         with transaction.atomic():
             # One past its expiry can never run: it gives way now rather than at the expiry
             # job's next run (or never, with beat down).
-            # So does one holding the ledger key this one needs.
+            gives_way = Q(operation=operation, target=target)
+            if ledger_key:  # so does one holding the ledger key this one needs
+                gives_way |= Q(program=program, ledger_key=ledger_key)
             overdue = ApprovalRequest.objects.select_for_update().filter(
-                Q(operation=operation, target=target)
-                | (Q(program=program, ledger_key=ledger_key) if ledger_key else Q(pk__in=[])),
+                gives_way,
                 status=ApprovalRequest.Status.PENDING,
                 expires_at__lte=timezone.now(),
             )
@@ -169,13 +171,7 @@ def approval_reject(
 
 def approvals_expire(*, actor: Actor, limit: int = 1000) -> int:
     """Marks pending requests past their expiry as expired (one short transaction each)."""
-    due = (
-        ApprovalRequest.objects.filter(
-            status=ApprovalRequest.Status.PENDING, expires_at__lte=timezone.now()
-        )
-        .order_by("expires_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = approvals_due().order_by("expires_at").values_list("pk", flat=True)[:limit]
     return sum(approval_expire(request_id=pk, actor=actor) for pk in list(due))
 
 

@@ -99,14 +99,13 @@ _SETTING_NUMBER = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?")
 def _setting_decimal(key: str, value) -> Decimal:
     # A JSON number arrives as an int or a float, written out in full (0.00005, whose repr
     # is "5e-05"); a float's shortest repr is the number it was sent as.
+    text = value  # refused below unless a plain decimal text
     if type(value) is int:
         text = str(value)
-    elif type(value) is float:
-        text = format(D(repr(value)), "f") if math.isfinite(value) else "-"
-    elif isinstance(value, Decimal):  # from Python callers
-        text = format(value, "f") if value.is_finite() else "-"
-    else:
-        text = value
+    elif type(value) is float and math.isfinite(value):
+        text = format(D(repr(value)), "f")
+    elif isinstance(value, Decimal) and value.is_finite():  # from Python callers
+        text = format(value, "f")
     if not isinstance(text, str) or not _SETTING_NUMBER.fullmatch(text):
         raise ValueError(
             f'SIRA setting {key!r} must be a decimal like "0.05" (ASCII digits, no exponent)'

@@ -29,7 +29,7 @@ from audit.services import audit_entries_build, audit_record
 
 from ..actors import Actor, system_actor
 from ..errors import Conflict, NotFound, QueueUnavailable
-from ..models import Job, Program, Redemption
+from ..models import Job, Program
 from .balances import program_local_date, serial_sequence
 
 logger = logging.getLogger(__name__)
@@ -347,29 +347,22 @@ def _sweep(tracker: JobTracker, counter: str, sweep, actor, *, still_due=None) -
 
 def _hold_expiry(*, job: Job, tracker: JobTracker) -> None:
     """Holds past their time-to-live are released, and vouchers past their date expired."""
-    from .redemptions import redemptions_expire_due, vouchers_expire_due
+    from .redemptions import redemptions_due, redemptions_expire_due, vouchers_expire_due
 
     actor = system_actor(job.kind)
-
-    def holds_due() -> bool:
-        return Redemption.objects.filter(
-            status=Redemption.Status.PENDING, expires_at__lte=timezone.now()
-        ).exists()
-
-    _sweep(tracker, "expired", redemptions_expire_due, actor, still_due=holds_due)
+    _sweep(
+        tracker, "expired", redemptions_expire_due, actor,
+        still_due=lambda: redemptions_due().exists(),
+    )  # fmt: skip
     _sweep(tracker, "vouchers_expired", vouchers_expire_due, actor)  # skips locked vouchers
 
 
 def _approval_expiry(*, job: Job, tracker: JobTracker) -> None:
-    from approvals.models import ApprovalRequest
+    from approvals.selectors import approvals_due
     from approvals.services import approvals_expire
 
-    def requests_due() -> bool:
-        return ApprovalRequest.objects.filter(
-            status=ApprovalRequest.Status.PENDING, expires_at__lte=timezone.now()
-        ).exists()
-
-    _sweep(tracker, "expired", approvals_expire, system_actor(job.kind), still_due=requests_due)
+    actor = system_actor(job.kind)
+    _sweep(tracker, "expired", approvals_expire, actor, still_due=lambda: approvals_due().exists())
 
 
 def _runners() -> dict[str, Callable[..., None]]:

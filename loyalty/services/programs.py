@@ -20,6 +20,7 @@ from ..models import MemberBalance, Merchant, Program, Tier, validate_timezone
 from ..money import CURRENCY_EXPONENTS, is_exact_money, money_quantum
 from .balances import balance_lock
 from .budget import budget_set_limit, budget_shards_create
+from .tiers import tiers_locked
 
 DEFAULT_TIERS = [
     {"name": "basic", "min_points": Decimal("0")},
@@ -201,7 +202,7 @@ def _stored_tiers_fit(program: Program) -> None:
 def _tiers_in_use_kept(program: Program, tiers: list[TierInput]) -> None:
     """Refuses new tiers that drop (or rename) a tier members are on: they would sit on a
     tier the program no longer has, earning at no multiplier, until the tier job moved them
-    as if upgraded. Move them first (or keep the tier's name)."""
+    as if upgraded. Nothing moves members between tiers by hand: such a tier is kept."""
     kept = {t.name for t in tiers}
     dropped = set(Tier.objects.filter(program=program).values_list("name", flat=True)) - kept
     in_use = sorted(
@@ -219,10 +220,6 @@ def _tiers_in_use_kept(program: Program, tiers: list[TierInput]) -> None:
 
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
     ordered = _tiers_ordered(tiers, program.tier_basis)
-    # Locked before the check: a tier job or rollback moving members onto one of them (which
-    # locks them too) has committed, and is seen, or waits for these.
-    list(Tier.objects.select_for_update().filter(program=program))
-    _tiers_in_use_kept(program, tiers)
     Tier.objects.filter(program=program).delete()
     Tier.objects.bulk_create(
         Tier(
@@ -269,6 +266,10 @@ def program_update(
 ) -> Program:
     """Applies `changes` to the program; a new budget limit is re-spread over the shards."""
     program = _program_lock(program_id)
+    if tiers:
+        # Locked before the check of who is on them: a tier job or rollback moving members
+        # onto one of them (which locks them too) has committed, and is seen, or waits.
+        tiers_locked(program)
     before = program_snapshot(program)
     checked = program_update_check(program=program, changes=changes, tiers=tiers)
     for field in changes:  # the values as checked and cleaned, on the locked row

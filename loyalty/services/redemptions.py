@@ -303,13 +303,16 @@ def redemption_expire(*, redemption_id, actor: Actor) -> bool:
     return True
 
 
+def redemptions_due():
+    """Holds past their time-to-live, still pending."""
+    return Redemption.objects.filter(
+        status=Redemption.Status.PENDING, expires_at__lte=timezone.now()
+    )
+
+
 def redemptions_expire_due(*, actor: Actor, limit: int = 1000) -> int:
     """Expires up to `limit` holds past their TTL, one short transaction each."""
-    due = (
-        Redemption.objects.filter(status=Redemption.Status.PENDING, expires_at__lte=timezone.now())
-        .order_by("expires_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = redemptions_due().order_by("expires_at").values_list("pk", flat=True)[:limit]
     return sum(redemption_expire(redemption_id=pk, actor=actor) for pk in list(due))
 
 
