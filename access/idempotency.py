@@ -33,6 +33,7 @@ from loyalty.errors import (
     DomainError,
     IdempotencyKeyReused,
     NotFound,
+    PermissionMissing,
     ValidationFailed,
 )
 
@@ -590,6 +591,7 @@ def idempotent(handler):
             **asked, also=prefetch(request) if prefetch is not None else None
         )
         if replay:
+            _replay_permitted(self, request)
             return replay_response(record)
         # A handler may store its outcome itself, in the transaction of its write
         # (`idempotency_complete` there, then `record.stored = True` once committed).
@@ -614,6 +616,22 @@ def idempotent(handler):
 
     wrapper.idempotent = True
     return wrapper
+
+
+def _replay_permitted(view, request) -> None:
+    """A stored answer is replayed only to a caller who may make the request. DRF checked the
+    endpoint's permission before; a view whose handler checks finer ones on the body (a
+    manual_adjust event needs members:adjust) names them in `replay_permissions(request)`,
+    checked here on the repeat's body, the first request's (same fingerprint): a caller of
+    the merchant without them gets 403, not the answer another credential's request got."""
+    needed = getattr(view, "replay_permissions", None)
+    if needed is None:
+        return
+    missing = sorted(p for p in needed(request) if not request.caller.has(p))
+    if missing:
+        raise PermissionMissing(
+            f"This request needs the {missing[0]} permission.", permission=missing[0]
+        )
 
 
 def idempotency_records_purge(*, chunk: int = 5000, max_chunks: int = 200) -> int:

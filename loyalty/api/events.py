@@ -255,6 +255,13 @@ def _adjustment_permitted(event: EventInput, caller) -> bool:
     return True
 
 
+def _adjustment_replay_permissions(events) -> set[str]:
+    """What `_adjustment_permitted` asks of the caller for these raw events, for the replay of
+    a stored answer (`idempotent`): members:adjust if one is a manual_adjust."""
+    adjusts = any(isinstance(e, dict) and e.get("type") == "manual_adjust" for e in events)
+    return {"members:adjust"} if adjusts else set()
+
+
 def _adjustment_needs_approval(event: EventInput, caller) -> bool:
     """Whether `adjustment_gate` would ask the approval policy for this event, and it says
     yes (PermissionMissing as the gate raises it)."""
@@ -290,6 +297,10 @@ def event_ingest_stored(*, program: Program, event: EventInput, actor, record) -
 
 class EventsApi(LoyaltyApi):
     method_permissions = {"post": "events:write"}
+
+    @staticmethod
+    def replay_permissions(request) -> set[str]:
+        return _adjustment_replay_permissions([request.data])
 
     def guarded_write(self, request, guard) -> Response | None:
         """An earning on PostgreSQL, the common case, as one transaction in two round trips:
@@ -378,6 +389,14 @@ class EventsApi(LoyaltyApi):
 class EventsBatchApi(LoyaltyApi):
     method_permissions = {"post": "events:write"}
     max_body_setting = "LOYALTY_API_MAX_BODY_BYTES"  # up to 1,000 events
+
+    @staticmethod
+    def replay_permissions(request) -> set[str]:
+        # Stricter than the first answer, which refused such items one by one: a replay
+        # is all or nothing, and holds those items' outcomes.
+        data = request.data
+        raw = data.get("events") if isinstance(data, dict) else None
+        return _adjustment_replay_permissions(raw if isinstance(raw, list) else [])
 
     @extend_schema(
         operation_id="events_batch",

@@ -109,6 +109,14 @@ class ProgramDetailApi(LoyaltyApi):
         program = program_get_for_caller(caller=request.caller, program_id=program_id)
         return Response(program_body(_reload(program.pk)))
 
+    @staticmethod
+    def replay_permissions(request) -> set[str]:
+        """What `patch` asks of the caller for these changes, for the replay of a stored
+        answer (`idempotent`)."""
+        changes = set(request.data) if isinstance(request.data, dict) else set()
+        needed = {"budgets:write"} if "budget_limit" in changes else set()
+        return needed | ({"programs:write"} if changes - {"budget_limit"} else set())
+
     @extend_schema(
         operation_id="programs_update",
         summary="Change a program (a budget change over the threshold waits for approval)",
