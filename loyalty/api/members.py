@@ -91,6 +91,7 @@ class MemberTierHistoryApi(LoyaltyApi):
 
 
 _LEDGER_KEY_LENGTH = LedgerEntry._meta.get_field("idempotency_key").max_length
+_DIGEST_PREFIX = "sha256:"
 
 
 def adjustment_ledger_key(key: str) -> str:
@@ -98,11 +99,12 @@ def adjustment_ledger_key(key: str) -> str:
     collides with an event of the same key. A key too long to take the prefix (the header
     allows as many characters as the column holds) is replaced by its digest, of fixed length;
     shorter keys keep the ledger key they always had, so repeats of earlier adjustments still
-    find their entry."""
+    find their entry. A key that itself starts with the digest's `sha256:` is digested too:
+    kept as it is, it could spell the digest of another, longer key and take its entry."""
     ledger_key = f"{ADJUSTMENT_KEY_PREFIX}{key}"
-    if len(ledger_key) <= _LEDGER_KEY_LENGTH:
+    if len(ledger_key) <= _LEDGER_KEY_LENGTH and not key.startswith(_DIGEST_PREFIX):
         return ledger_key
-    return f"{ADJUSTMENT_KEY_PREFIX}sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return f"{ADJUSTMENT_KEY_PREFIX}{_DIGEST_PREFIX}{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 class MemberAdjustmentsApi(LoyaltyApi):

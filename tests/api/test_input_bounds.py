@@ -260,3 +260,20 @@ def test_an_adjustment_takes_any_key_the_header_allows(api, funded, length):
     other = client.post(url, {"points": "5", "reason": "goodwill"}, key=key[:-1] + "y")
     assert other.status_code == 201
     assert LedgerEntry.objects.filter(type="manual_adjust").count() == 2
+
+
+def test_a_key_spelling_a_long_keys_digest_is_another_adjustment(api, funded):
+    """`sha256:<digest of a long key>` is a legal key of its own: it must not take the long
+    key's entry (answered with its transaction, or refused as reused with another body)."""
+    client = api("system")
+    url = f"/api/v1/programs/{funded.pk}/members/u_1/adjustments"
+    long_key = "L" * 250
+    short_key = "sha256:" + hashlib.sha256(long_key.encode()).hexdigest()
+    first = client.post(url, {"points": "5", "reason": "goodwill"}, key=long_key)
+    second = client.post(url, {"points": "5", "reason": "goodwill"}, key=short_key)
+    assert (first.status_code, second.status_code) == (201, 201), second.content
+    assert "Idempotent-Replayed" not in second.headers
+    assert second.json()["transaction_id"] != first.json()["transaction_id"]
+    assert LedgerEntry.objects.filter(type="manual_adjust").count() == 2
+    again = client.post(url, {"points": "5", "reason": "goodwill"}, key=short_key)
+    assert again.json()["transaction_id"] == second.json()["transaction_id"]
