@@ -636,6 +636,9 @@ class Campaign(models.Model):
     # When it first ran: its segment is the one as of then (campaigns.campaign_members).
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When its members were listed, a pending award each (campaigns._members_list): at its
+    # start, or, for a campaign started before awards could be pending, at its next run.
+    members_listed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -650,18 +653,28 @@ class Campaign(models.Model):
 
 
 class CampaignAward(models.Model):
-    """At most one award per member per campaign, whatever the number of runs or workers."""
+    """At most one award per member per campaign, whatever the number of runs or workers.
+    Pending from the campaign's start (its segment as of then) until its chunk runs."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        AWARDED = "awarded"
+        FAILED = "failed"
 
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="awards")
     balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="+")
     entry = models.ForeignKey(LedgerEntry, null=True, blank=True, on_delete=models.PROTECT)
-    status = models.CharField(max_length=16, default="awarded")  # awarded | failed
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.AWARDED)
     error_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["campaign", "balance"], name="campaign_award_once"),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "awarded", "failed"]),
+                name="campaign_award_status_valid",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,10 +1,11 @@
 """Campaign execution (the hourly job): bonus points to a segment, at most once per member.
 
 Due campaigns are `scheduled` (or `running`, resumed after a crash) with `scheduled_at` past.
-Members are selected in SQL by segment, keyset on balance id, skipping those who already have
-an award row. Per chunk, one short transaction: lock the balance rows in id order (the lock
-every member write takes first), re-read the awards and the segment under the lock (a
-concurrent run may have awarded them while we waited), apply the normal earning rules (frozen
+The start lists the segment's members as of then, a pending award row each (one INSERT ...
+SELECT); runs pay the pending ones, keyset on balance id. Per chunk, one short transaction:
+lock the balance rows in id order (the lock every member write takes first), re-read which
+awards are still pending under the lock (a concurrent run may have paid them while we
+waited), apply the normal earning rules (frozen
 or fraud-review members are refused, the daily cap in the program's time zone, one budget
 charge for the chunk through the sharded budget, spread in id order), then write the award
 rows, ledger entries (idempotency key `campaign:<id>:<member>`), lots, balances, outbox events,
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -76,19 +77,53 @@ def segment_q(segment: str, *, now) -> Q:
 
 
 def campaign_members(campaign: Campaign):
-    """The segment's members who have no award row for this campaign yet.
+    """The members the campaign has still to award: those its start listed (`_members_list`)
+    whose award is pending."""
+    pending = CampaignAward.objects.filter(
+        campaign=campaign, balance=OuterRef("pk"), status=CampaignAward.Status.PENDING
+    )
+    return MemberBalance.objects.filter(program_id=campaign.program_id).filter(Exists(pending))
 
-    The segment is the one when the campaign started (`started_at`): members who had joined
-    by then, inactive as of then. Read at the time of each run instead, a long run (or the
-    next hourly one) would find more members falling into it (or joining) and never
-    complete, paying them as they came."""
-    as_of = campaign.started_at or timezone.now()
-    awarded = CampaignAward.objects.filter(campaign=campaign, balance=OuterRef("pk"))
-    return (
+
+def _members_list(campaign: Campaign) -> int:
+    """A pending award for each member of the segment as of the campaign's start
+    (`started_at`): members who had joined by then, inactive (at risk, on the tier...) then.
+    One statement, in the start's transaction. Read chunk by chunk instead, a member of the
+    segment at the start whose state changed before their chunk (a win-back's member buying
+    meanwhile, a long or resumed run) would not be paid, and members falling into the segment
+    or joining during a long run would be paid as they came. Returns how many were listed."""
+    as_of = campaign.started_at
+    has_award = CampaignAward.objects.filter(campaign=campaign, balance=OuterRef("pk"))
+    members = (
         MemberBalance.objects.filter(program_id=campaign.program_id, created_at__lte=as_of)
         .filter(segment_q(campaign.segment, now=as_of))
-        .exclude(Exists(awarded))
+        .exclude(Exists(has_award))  # awarded before the listing (a campaign started earlier)
+        .annotate(listed_id=F("pk"))
+        .values("listed_id")
     )
+    select, params = members.query.sql_with_params()
+    qn = connection.ops.quote_name
+    meta = CampaignAward._meta
+    columns = ", ".join(
+        qn(meta.get_field(name).column)
+        for name in ("campaign", "balance", "status", "error_code", "created_at")
+    )
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {qn(meta.db_table)} ({columns})"  # noqa: S608 (the model's names)
+            f" SELECT %s, m.listed_id, %s, '', %s FROM ({select}) AS m",
+            [
+                meta.get_field("campaign").get_db_prep_value(campaign.pk, connection),
+                CampaignAward.Status.PENDING.value,
+                meta.get_field("created_at").get_db_prep_value(now, connection),
+                *params,
+            ],
+        )
+        listed = cursor.rowcount
+    campaign.members_listed_at = now
+    campaign.save(update_fields=["members_listed_at", "updated_at"])
+    return listed
 
 
 def campaigns_execute(*, job: Job, tracker: JobTracker) -> None:
@@ -123,10 +158,11 @@ def campaign_execute(
         if program.status != Program.Status.ACTIVE:
             return campaign  # stays running; resumes when the program is active again
         ids = list(
-            campaign_members(campaign)
-            .filter(pk__gt=last)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:CHUNK]
+            CampaignAward.objects.filter(
+                campaign=campaign, status=CampaignAward.Status.PENDING, balance_id__gt=last
+            )
+            .order_by("balance_id")
+            .values_list("balance_id", flat=True)[:CHUNK]
         )
         if not ids:
             break
@@ -151,6 +187,8 @@ def _campaign_start(*, campaign_id, actor: Actor) -> Campaign | None:
         campaign.started_at = timezone.now()
         campaign.save(update_fields=["status", "started_at", "updated_at"])
         _audit_campaign(actor, campaign, "campaign.start", before="scheduled")
+    if campaign.members_listed_at is None:
+        _members_list(campaign)
     return campaign
 
 
@@ -250,16 +288,14 @@ def _award_chunk(
     locked = list(
         MemberBalance.objects.select_for_update().filter(pk__in=balance_ids).order_by("pk")
     )
-    # Fresh reads after the locks: what a concurrent run committed while we waited.
-    done = set(
-        CampaignAward.objects.filter(campaign=campaign, balance_id__in=balance_ids).values_list(
-            "balance_id", flat=True
+    # Fresh read after the locks: a concurrent run may have awarded some while we waited.
+    pending = {
+        award.balance_id: award
+        for award in CampaignAward.objects.filter(
+            campaign=campaign, balance_id__in=balance_ids, status=CampaignAward.Status.PENDING
         )
-    )
-    members = campaign_members(campaign).filter(pk__in=balance_ids)
-    still_in = set(members.values_list("pk", flat=True))
-    plan = _plan(campaign, program, (b for b in locked if b.pk not in done and b.pk in still_in),
-                 today)  # fmt: skip
+    }
+    plan = _plan(campaign, program, (b for b in locked if b.pk in pending), today)
     awarded = [a for a in plan if not a.error]
 
     entries, flags_changed = [], []
@@ -343,19 +379,15 @@ def _award_chunk(
     if flags_changed:
         MemberBalance.objects.bulk_update(flags_changed, ["fraud_flags"])
     by_balance = {e.balance_id: e for e in entries}
-    copy_insert(
-        CampaignAward,
-        [
-            CampaignAward(
-                campaign=campaign,
-                balance=a.balance,
-                entry=by_balance.get(a.balance.pk),
-                status="failed" if a.error else "awarded",
-                error_code=a.error,
-            )
-            for a in plan
-        ],
-    )
+    awards = []
+    for a in plan:
+        award = pending[a.balance.pk]
+        entry = by_balance.get(a.balance.pk)
+        award.entry_id = None if entry is None else entry.pk
+        award.status = CampaignAward.Status.FAILED if a.error else CampaignAward.Status.AWARDED
+        award.error_code = a.error
+        awards.append(award)
+    bulk_set(CampaignAward, awards, ["entry", "status", "error_code"])
     copy_insert(
         OutboxEvent,
         [

@@ -340,3 +340,58 @@ def test_a_chunk_no_one_shard_has_room_for_is_paid_across_shards(program, run_jo
     assert (campaign.awarded_count, campaign.failed_count) == (2, 0)
     assert max(BudgetShard.objects.values_list("spent", flat=True)) == SPENT_MAX
     assert ledger_verify() == []
+
+
+def test_a_member_of_the_segment_at_the_start_is_paid_whatever_they_do_meanwhile(
+    program, buy, run_job, monkeypatch
+):
+    """The campaign lists its members when it starts (a pending award each): a member
+    inactive then who buys before their chunk runs (a long run, or one resumed later) is
+    still paid by the win-back campaign, once."""
+    from loyalty.services import campaigns as campaigns_module
+
+    t0 = datetime.fromisoformat("2026-03-01T12:00:00+00:00")
+    with time_machine.travel(t0 - timedelta(days=40), tick=False):
+        buy(program, "a", "1000")
+        buy(program, "b", "1000")
+    first = member(program, "a").pk
+    award_chunk = campaigns_module._award_chunk
+
+    def then_b_buys(**kwargs):
+        award_chunk(**kwargs)
+        if kwargs["balance_ids"] == [first]:
+            buy(program, "b", "500")  # b is active again before b's chunk
+
+    monkeypatch.setattr(campaigns_module, "CHUNK", 1)
+    monkeypatch.setattr(campaigns_module, "_award_chunk", then_b_buys)
+    with time_machine.travel(t0, tick=False):
+        campaign = make_campaign(program, "inactive", "100", scheduled_at=t0)
+        run_job(CAMPAIGNS, program)
+
+    campaign.refresh_from_db()
+    assert awarded(campaign) == {"a", "b"}
+    assert (campaign.status, campaign.awarded_count) == (Campaign.Status.COMPLETED, 2)
+    assert not CampaignAward.objects.filter(campaign=campaign, status="pending").exists()
+    assert ledger_verify() == []
+
+
+def test_a_campaign_started_before_members_were_listed_resumes_without_paying_twice(
+    program, earn, run_job
+):
+    """A campaign left running by a release that read the segment chunk by chunk has award
+    rows but no pending ones: its next run lists who is left of its segment and pays them."""
+    for name in ("a", "b", "c"):
+        earn(program, name, "10")
+    campaign = make_campaign(
+        program, "all", "50", status=Campaign.Status.RUNNING, started_at=timezone.now()
+    )
+    CampaignAward.objects.create(campaign=campaign, balance=member(program, "a"))
+
+    run_job(CAMPAIGNS, program)
+
+    campaign.refresh_from_db()
+    assert awarded(campaign) == {"b", "c"}
+    assert campaign.status == Campaign.Status.COMPLETED
+    assert campaign.members_listed_at is not None
+    assert CampaignAward.objects.filter(campaign=campaign).count() == 3
+    assert member(program, "a").points_balance == Decimal("10.00")
