@@ -285,11 +285,26 @@ def redemption_release(*, redemption_id, actor: Actor) -> Redemption:
 
 
 def _unlock(redemption: Redemption, balance: MemberBalance, status: str) -> None:
+    """Ends a hold without spending it (released, or expired), with its business event: the
+    merchant learns that the held points are available again, also when no request of
+    theirs ended it (the hold expiry job, an operator)."""
     balance.locked -= redemption.points
     balance.save(update_fields=["locked", "updated_at"])
     redemption.status = status
     redemption.finished_at = timezone.now()
     redemption.save(update_fields=["status", "finished_at"])
+    released = status == Redemption.Status.CANCELLED
+    outbox_publish(
+        program=balance.program,
+        event_type="loyalty.redemption.released" if released else "loyalty.redemption.expired",
+        payload={
+            "redemption_id": str(redemption.pk),
+            "member_id": balance.member_id,
+            "points": str(redemption.points),
+            "status": redemption.status,
+            "balance": balance_snapshot(balance),
+        },
+    )
 
 
 @transaction.atomic(durable=True)

@@ -339,3 +339,26 @@ def test_a_hold_for_a_voucher_worth_nothing_is_refused_and_spends_nothing(make_p
     balance = MemberBalance.objects.get(program=program, member_id="u_1")
     assert (balance.points_balance, balance.locked) == (Decimal("100.00"), Decimal("0.00"))
     assert not Voucher.objects.exists()
+
+
+@pytest.mark.parametrize("ending", ["released", "expired"])
+def test_a_hold_that_ends_unspent_tells_the_merchant_once(funded, actor, ending):
+    """The held points are available again: a business event for the merchant's webhooks,
+    whoever ended the hold (their release, an operator, the expiry job), once."""
+    with time_machine.travel(T0, tick=False):
+        redemption = hold(funded, "150", actor)
+    with time_machine.travel(T0 + timedelta(hours=1), tick=False):
+        for _ in range(2):  # a repeat writes nothing more
+            if ending == "released":
+                redemption_release(redemption_id=redemption.pk, actor=actor)
+            else:
+                redemptions_expire_due(actor=actor)
+
+    events = OutboxEvent.objects.filter(event_type=f"loyalty.redemption.{ending}")
+    assert events.count() == 1
+    payload = events.get().payload
+    assert payload["redemption_id"] == str(redemption.pk)
+    assert (payload["member_id"], payload["points"]) == ("u_1", "150.00")
+    assert payload["status"] == ("cancelled" if ending == "released" else "expired")
+    assert payload["balance"]["available"] == "200.00"
+    assert events.get().merchant_id == funded.merchant_id
