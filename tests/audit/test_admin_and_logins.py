@@ -152,6 +152,24 @@ def test_a_staff_users_roles_changed_in_the_admin_are_audited(user_in):
     assert AuditEntry.objects.filter(action="user.password_change", entity_id=str(bob.pk)).exists()
 
 
+def test_a_staff_users_email_changed_in_the_admin_is_audited_not_in_clear(user_in):
+    """Password resets go to the e-mail: changing an approver's is a write the trail keeps,
+    as a fingerprint (the address itself is PII)."""
+    root = user_in(None, superuser=True)
+    bob = make_user("bob@molam.example", "finance_ops")
+    client = login(root)
+    data = _user_form(client, bob)
+    data["email"] = "eve@elsewhere.example"
+    response = client.post(reverse("admin:auth_user_change", args=[bob.pk]), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    entry = AuditEntry.objects.get(action="user.update", entity_id=str(bob.pk))
+    before, after = entry.changes["before"], entry.changes["after"]
+    assert before["email"] != after["email"]
+    assert after["email"] is not None
+    assert "eve@elsewhere.example" not in str(entry.changes)
+    assert before["groups"] == after["groups"] == ["finance_ops"]
+
+
 def test_a_merchant_created_and_renamed_in_the_admin_is_audited(user_in):
     from loyalty.models import Merchant
 
