@@ -47,6 +47,7 @@ def _pretty(value) -> str:
 # What the list says of each request to the person looking at it (approvals.selectors).
 _DECISION_NOTES = {
     "not_pending": "",
+    "expired": "expired: no longer approvable",
     "maker": "your own request: not approvable by you",
     "already_approved": "approved by you",
     "no_missing_role": "no missing role of yours",

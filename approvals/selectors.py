@@ -46,6 +46,8 @@ def approval_refusal(request: ApprovalRequest, *, actor_ids: frozenset[str], rol
     request, as a stable code, or None when they may: the one rule the API and the admin show."""
     if request.status != ApprovalRequest.Status.PENDING:
         return "not_pending"
+    if request.expires_at <= timezone.now():
+        return "expired"  # still pending until the expiry job records it; never approvable
     if request.maker_id in actor_ids:
         return "maker"
     if any(a.actor_id in actor_ids for a in request.approvals.all()):

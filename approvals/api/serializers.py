@@ -85,7 +85,8 @@ class _ActorSerializer(serializers.Serializer):
 class _CallerDecisionSerializer(serializers.Serializer):
     can_approve = serializers.BooleanField()
     reason = serializers.ChoiceField(
-        choices=["not_pending", "maker", "already_approved", "no_missing_role"], allow_null=True
+        choices=["not_pending", "expired", "maker", "already_approved", "no_missing_role"],
+        allow_null=True,
     )
 
 

@@ -1,8 +1,10 @@
 """The approvals API and the approval gate on every path that reaches a gated operation."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from approvals.models import ApprovalRequest
 from audit.models import AuditEntry
@@ -192,3 +194,23 @@ def test_an_adjustment_with_a_key_of_255_characters_executes_once_approved(api, 
     # The member is not blocked: the next adjustment over the threshold waits for approval.
     response = maker.post(url, {"points": "10000.01", "reason": "again"}, key=key[:-1] + "y")
     assert response.status_code == 202, response.content
+
+
+def test_a_request_past_its_time_is_shown_as_not_approvable(api, funded):
+    """Until the expiry job records it, an expired request is still `pending`: the API (and
+    the admin's "you" column, from the same rule) must not tell an approver they may
+    approve what would then be refused."""
+    maker = api("system", sub="ops-maker")
+    request_id = maker.post("/api/v1/events", big_adjust(funded)).json()["approval_request_id"]
+    ApprovalRequest.objects.filter(pk=request_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    approver = api("finance_ops", sub="fin-1")
+    url = f"/api/v1/approvals/{request_id}"
+    shown = approver.get(url).json()
+    assert (shown["status"], shown["you"]) == (
+        "pending", {"can_approve": False, "reason": "expired"},
+    )  # fmt: skip
+    response = approver.post(f"{url}/approve", {})
+    assert (response.status_code, response.json()["code"]) == (409, "approval_expired")
+    assert adjustments() == 0
