@@ -662,7 +662,13 @@ class CampaignAward(models.Model):
         FAILED = "failed"
 
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="awards")
-    balance = models.ForeignKey(MemberBalance, on_delete=models.PROTECT, related_name="+")
+    # No foreign key constraint: its check, at the commit of a campaign's start, would lock
+    # every listed balance (KEY SHARE) in the order rows were listed, against the id order of
+    # every balance writer (a deadlock), and hold up their writes meanwhile. Balances are
+    # never deleted (a trigger), which is what it guaranteed.
+    balance = models.ForeignKey(
+        MemberBalance, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     entry = models.ForeignKey(LedgerEntry, null=True, blank=True, on_delete=models.PROTECT)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.AWARDED)
     error_code = models.CharField(max_length=64, blank=True)

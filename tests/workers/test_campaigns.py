@@ -1,11 +1,14 @@
 """Campaign execution: segments, once per member however often it runs (also under two
 concurrent runs), the earning rules (frozen, daily cap, budget), and counts."""
 
+import threading
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import time_machine
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditEntry
@@ -17,7 +20,7 @@ from loyalty.services import balance_set_frozen
 from loyalty.services.budget import budget_spent
 from loyalty.services.campaigns import campaign_execute
 from loyalty.verify import ledger_verify
-from tests.parallel import run_parallel
+from tests.parallel import lock_waiters, run_parallel, start_thread
 from tests.workers.conftest import member
 
 pytestmark = pytest.mark.django_db
@@ -395,3 +398,60 @@ def test_a_campaign_started_before_members_were_listed_resumes_without_paying_tw
     assert campaign.members_listed_at is not None
     assert CampaignAward.objects.filter(campaign=campaign).count() == 3
     assert member(program, "a").points_balance == Decimal("10.00")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_campaign_start_does_not_deadlock_with_a_writer_locking_balances_in_id_order(
+    make_program, earn
+):
+    """The start lists its members in one statement while member writes go on: it must take
+    no balance lock against their id order (a foreign key check at its commit did, in the
+    order its scan listed them: here m2 before m1, m1's row having moved in the heap)."""
+    program = make_program()
+    earn(program, "m1", "10")
+    earn(program, "m2", "10")
+    earn(program, "m1", "5")  # m1's live row now lies after m2's
+    low, high = member(program, "m1").pk, member(program, "m2").pk
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE loyalty_memberbalance")  # as autovacuum would: a heap scan
+    campaign = make_campaign(program, "all", "50")
+    low_locked = threading.Event()
+
+    def writer():  # the lock order of every multi-balance writer: ids ascending
+        with transaction.atomic():
+            list(MemberBalance.objects.select_for_update().filter(pk=low))
+            low_locked.set()
+            _until_another_waits_for_a_lock(seconds=5)
+            list(MemberBalance.objects.select_for_update().filter(pk=high))
+            MemberBalance.objects.filter(pk__in=[low, high]).update(updated_at=timezone.now())
+        return "ok"
+
+    results = {}
+    threads = [start_thread(results, "writer", writer)]
+    assert low_locked.wait(10)
+    threads.append(
+        start_thread(
+            results,
+            "campaign",
+            lambda: campaign_execute(campaign_id=campaign.pk, actor=system_actor("test")),
+        )
+    )
+    for thread in threads:
+        thread.join(60)
+
+    assert not any(isinstance(r, BaseException) for r in results.values()), results
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.awarded_count) == (Campaign.Status.COMPLETED, 2)
+    assert ledger_verify() == []
+
+
+def _until_another_waits_for_a_lock(*, seconds: float) -> None:
+    """Inside a transaction: pg_stat_activity is read afresh each time (its snapshot)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+        if lock_waiters():
+            return
+        time.sleep(0.05)
