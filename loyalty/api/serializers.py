@@ -480,7 +480,13 @@ class ProgramFieldsSerializer(StrictInput):
     def validate_tiers(self, value):
         """A body read back from GET may carry each tier's `rank`: accepted when it is the place
         the thresholds give the tier (the only thing that decides it), then dropped."""
-        # (A PATCH validates partially: the thresholds' defaults are not filled in yet.)
+        if self.partial:
+            # A PATCH validates partially, and DRF passes that on to the tiers: a tier
+            # without its name would pass, its defaults unset. New tiers are a whole list.
+            whole = TierInputSerializer(data=self.initial_data.get("tiers"), many=True)
+            if not whole.is_valid():
+                raise serializers.ValidationError(whole.errors)
+            value = whole.validated_data
         ordered = sorted(value, key=lambda t: (t.get("min_points", 0), t.get("min_spend", 0)))
         places = {id(tier): place for place, tier in enumerate(ordered)}
         if any(tier.get("rank", places[id(tier)]) != places[id(tier)] for tier in value):

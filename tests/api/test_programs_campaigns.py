@@ -401,3 +401,29 @@ def test_pages_of_rows_sharing_a_created_at_neither_skip_nor_repeat(api, make_pr
         expected = set(Voucher.objects.values_list("code", flat=True))
     assert len(seen) == len(set(seen)), "an item was listed twice"
     assert set(seen) == expected, "an item was never listed"
+
+
+@pytest.mark.parametrize(
+    "tier",
+    [{"min_points": "0"}, {"name": "basic", "min_points": "-"}, {"name": "Bad Name"}],
+)
+def test_a_tier_patch_is_validated_whole(api, funded, tier):
+    """A PATCH validates its fields partially, never a new tier list: a tier without its
+    name is a 400 on `tiers` (it was a 500), and nothing changes."""
+    before = list(funded.tiers.values_list("name", "min_points"))
+    response = api("system").patch(f"/api/v1/programs/{funded.pk}", {"tiers": [tier]})
+    assert (response.status_code, response.json()["code"]) == (400, "validation_error")
+    assert list(response.json()["errors"]) == ["tiers"]
+    assert list(funded.tiers.values_list("name", "min_points")) == before
+
+
+def test_a_tier_patch_fills_in_the_defaults(api, funded):
+    response = api("system").patch(
+        f"/api/v1/programs/{funded.pk}",
+        {"tiers": [{"name": "basic"}, {"name": "gold", "min_points": "500"}]},
+    )
+    assert response.status_code == 200, response.content
+    tiers = response.json()["tiers"]
+    assert [(t["name"], t["min_points"], t["earn_multiplier"]) for t in tiers] == [
+        ("basic", "0.00", "1.00"), ("gold", "500.00", "1.00"),
+    ]  # fmt: skip
