@@ -77,7 +77,7 @@ def program_create(
         entity_type="program",
         entity_id=program.pk,
         merchant_id=merchant.pk,
-        after=program_snapshot(program),
+        after={**program_snapshot(program), "tiers": _tiers_snapshot(program)},
     )
     return program
 
@@ -218,6 +218,17 @@ def _tiers_in_use_kept(program: Program, tiers: list[TierInput]) -> None:
         raise ValidationFailed(errors={"tiers": [message]})
 
 
+def _tiers_snapshot(program: Program) -> list[dict]:
+    """The program's tiers as the audit trail records them, in rank order."""
+    return [
+        {"name": name, "min_points": str(points), "min_spend": str(spend),
+         "earn_multiplier": str(multiplier)}
+        for name, points, spend, multiplier in Tier.objects.filter(program=program)
+        .order_by("rank")
+        .values_list("name", "min_points", "min_spend", "earn_multiplier")
+    ]  # fmt: skip
+
+
 def _tiers_replace(program: Program, tiers: list[TierInput]) -> None:
     ordered = _tiers_ordered(tiers, program.tier_basis)
     Tier.objects.filter(program=program).delete()
@@ -277,8 +288,11 @@ def program_update(
     program.save(update_fields=[*changes, "updated_at"])
     if "budget_limit" in changes:
         budget_set_limit(program=program, limit=program.budget_limit)
-    if tiers:
+    after = program_snapshot(program)
+    if tiers:  # thresholds and multipliers decide what members earn: recorded like fields
+        before["tiers"] = _tiers_snapshot(program)
         _tiers_replace(program, tiers)
+        after["tiers"] = _tiers_snapshot(program)
     audit_record(
         actor=actor,
         action="program.update",
@@ -286,7 +300,7 @@ def program_update(
         entity_id=program.pk,
         merchant_id=program.merchant_id,
         before=before,
-        after=program_snapshot(program),
+        after=after,
     )
     return program
 

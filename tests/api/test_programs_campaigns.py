@@ -427,3 +427,23 @@ def test_a_tier_patch_fills_in_the_defaults(api, funded):
     assert [(t["name"], t["min_points"], t["earn_multiplier"]) for t in tiers] == [
         ("basic", "0.00", "1.00"), ("gold", "500.00", "1.00"),
     ]  # fmt: skip
+
+
+def test_new_tiers_are_in_the_programs_audit_entry(api, funded):
+    """Thresholds and multipliers decide what members earn: who changed them, and from what,
+    is in the trail (a tier-only PATCH recorded identical before and after)."""
+    before = list(funded.tiers.order_by("rank").values_list("name", flat=True))
+    response = api("system").patch(
+        f"/api/v1/programs/{funded.pk}",
+        {"tiers": [{"name": name, "min_points": str(i * 100), "earn_multiplier": "3"}
+                   for i, name in enumerate(before)]},
+    )  # fmt: skip
+    assert response.status_code == 200, response.content
+    entry = AuditEntry.objects.filter(action="program.update", entity_id=str(funded.pk)).latest(
+        "id"
+    )
+    assert [t["name"] for t in entry.changes["before"]["tiers"]] == before
+    assert {t["earn_multiplier"] for t in entry.changes["after"]["tiers"]} == {"3.000"}
+    assert entry.changes["before"]["tiers"] != entry.changes["after"]["tiers"]
+    created = AuditEntry.objects.get(action="program.create", entity_id=str(funded.pk))
+    assert [t["name"] for t in created.changes["after"]["tiers"]] == before
