@@ -70,10 +70,14 @@ def approval_request_create(
             gives_way = Q(operation=operation, target=target)
             if ledger_key:  # so does one holding the ledger key this one needs
                 gives_way |= Q(program=program, ledger_key=ledger_key)
-            overdue = ApprovalRequest.objects.select_for_update().filter(
-                gives_way,
-                status=ApprovalRequest.Status.PENDING,
-                expires_at__lte=timezone.now(),
+            overdue = (
+                ApprovalRequest.objects.select_for_update()
+                .filter(
+                    gives_way,
+                    status=ApprovalRequest.Status.PENDING,
+                    expires_at__lte=timezone.now(),
+                )
+                .order_by("pk")  # two may match (target, key): locked in one order by all
             )
             for stale in overdue:
                 _expire(stale, system_actor("approval_expiry"))
