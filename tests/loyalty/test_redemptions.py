@@ -362,3 +362,30 @@ def test_a_hold_that_ends_unspent_tells_the_merchant_once(funded, actor, ending)
     assert payload["status"] == ("cancelled" if ending == "released" else "expired")
     assert payload["balance"]["available"] == "200.00"
     assert events.get().merchant_id == funded.merchant_id
+
+
+def test_a_frozen_members_voucher_is_not_redeemable_until_unfrozen(funded, actor):
+    """A freeze stops value leaving the account, as it stops a capture: the voucher stays
+    active, and redeems once the account is unfrozen."""
+    voucher = hold(funded, "150", actor, capture=True).voucher
+    balance_set_frozen(program=funded, member_id="u_1", frozen=True, actor=actor)
+    before = db_state()
+    with pytest.raises(AccountFrozen):
+        voucher_redeem(voucher=voucher, actor=CASHIER)
+    assert db_state() == before
+    assert Voucher.objects.get(pk=voucher.pk).status == "active"
+
+    balance_set_frozen(program=funded, member_id="u_1", frozen=False, actor=actor)
+    assert voucher_redeem(voucher=voucher, actor=CASHIER).status == "redeemed"
+
+
+@pytest.mark.parametrize("status", ["suspended", "closed"])
+def test_a_voucher_of_a_program_not_active_is_not_redeemable(funded, actor, status):
+    voucher = hold(funded, "150", actor, capture=True).voucher
+    program_set_status(program_id=funded.pk, status=status, actor=actor)
+    before = db_state()
+    with pytest.raises(ProgramInactive) as exc:
+        voucher_redeem(voucher=voucher, actor=CASHIER)
+    assert exc.value.context == {"status": status}
+    assert db_state() == before
+    assert Voucher.objects.get(pk=voucher.pk).status == "active"
