@@ -591,7 +591,7 @@ def idempotent(handler):
             **asked, also=prefetch(request) if prefetch is not None else None
         )
         if replay:
-            _replay_permitted(self, request)
+            _replay_permitted(self, request, record)
             return replay_response(record)
         # A handler may store its outcome itself, in the transaction of its write
         # (`idempotency_complete` there, then `record.stored = True` once committed).
@@ -618,20 +618,28 @@ def idempotent(handler):
     return wrapper
 
 
-def _replay_permitted(view, request) -> None:
+def _replay_permitted(view, request, record: IdempotencyRecord) -> None:
     """A stored answer is replayed only to a caller who may make the request. DRF checked the
     endpoint's permission before; a view whose handler checks finer ones on the body (a
-    manual_adjust event needs members:adjust) names them in `replay_permissions(request)`,
-    checked here on the repeat's body, the first request's (same fingerprint): a caller of
-    the merchant without them gets 403, not the answer another credential's request got."""
+    manual_adjust event needs members:adjust) names them in `replay_permissions(request,
+    record)`, checked here on the repeat's body, the first request's (same fingerprint): a
+    caller of the merchant without them gets 403, not the answer another credential's
+    request got."""
     needed = getattr(view, "replay_permissions", None)
     if needed is None:
         return
-    missing = sorted(p for p in needed(request) if not request.caller.has(p))
+    missing = sorted(p for p in needed(request, record) if not request.caller.has(p))
     if missing:
         raise PermissionMissing(
             f"This request needs the {missing[0]} permission.", permission=missing[0]
         )
+
+
+def stored_answer(record: IdempotencyRecord):
+    """The stored answer's JSON, parsed (a view deciding who may have it replayed)."""
+    if record.response_bytes is not None:
+        return orjson.loads(bytes(record.response_bytes))
+    return record.response_body
 
 
 def idempotency_records_purge(*, chunk: int = 5000, max_chunks: int = 200) -> int:

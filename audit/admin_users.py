@@ -20,13 +20,14 @@ User = get_user_model()
 
 def _user_state(user) -> dict:
     """What the trail records of a staff user. The e-mail is where password resets go:
-    changing it is a write like a role's. Names and e-mail are fingerprinted (audit.pii)."""
+    changing it is a write like a role's. Names and e-mail are fingerprinted (audit.pii).
+    (Not `date_joined`: the admin's form sends it without microseconds, so an unchanged
+    save would read as a change.)"""
     return {
         "username": user.get_username(),  # fingerprinted in the trail (audit.pii)
         "email": user.email,
         "first_name": user.first_name,
         "last_name": user.last_name,
-        "date_joined": user.date_joined.isoformat() if user.date_joined else None,
         "is_active": user.is_active,
         "is_staff": user.is_staff,
         "is_superuser": user.is_superuser,

@@ -24,6 +24,7 @@ from access.idempotency import (
     KeyRecorded,
     idempotency_complete,
     idempotent,
+    stored_answer,
 )
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
@@ -299,7 +300,8 @@ class EventsApi(LoyaltyApi):
     method_permissions = {"post": "events:write"}
 
     @staticmethod
-    def replay_permissions(request) -> set[str]:
+    def replay_permissions(request, record) -> set[str]:
+        # (A manual_adjust refused for the permission is a 403, never stored.)
         return _adjustment_replay_permissions([request.data])
 
     def guarded_write(self, request, guard) -> Response | None:
@@ -391,12 +393,30 @@ class EventsBatchApi(LoyaltyApi):
     max_body_setting = "LOYALTY_API_MAX_BODY_BYTES"  # up to 1,000 events
 
     @staticmethod
-    def replay_permissions(request) -> set[str]:
-        # Stricter than the first answer, which refused such items one by one: a replay
-        # is all or nothing, and holds those items' outcomes.
+    def replay_permissions(request, record) -> set[str]:
+        """members:adjust when an adjustment of the batch got past the permission check (the
+        first caller held it): its outcome is in the answer. A batch whose adjustments were
+        all refused on their line (403, or 400/404 before the check) replays to any caller
+        of the merchant, the one who sent it included."""
         data = request.data
         raw = data.get("events") if isinstance(data, dict) else None
-        return _adjustment_replay_permissions(raw if isinstance(raw, list) else [])
+        raw = raw if isinstance(raw, list) else []
+        if not _adjustment_replay_permissions(raw):
+            return set()
+        adjustments = {
+            index
+            for index, event in enumerate(raw)
+            if isinstance(event, dict) and event.get("type") == "manual_adjust"
+        }
+        answer = stored_answer(record)
+        results = answer.get("results") if isinstance(answer, dict) else None
+        past_the_check = any(
+            isinstance(item, dict)
+            and item.get("index") in adjustments
+            and item.get("status") not in (400, 403, 404)
+            for item in (results if isinstance(results, list) else [])
+        )
+        return {"members:adjust"} if past_the_check else set()
 
     @extend_schema(
         operation_id="events_batch",

@@ -110,7 +110,7 @@ class ProgramDetailApi(LoyaltyApi):
         return Response(program_body(_reload(program.pk)))
 
     @staticmethod
-    def replay_permissions(request) -> set[str]:
+    def replay_permissions(request, record) -> set[str]:
         """What `patch` asks of the caller for these changes, for the replay of a stored
         answer (`idempotent`)."""
         changes = set(request.data) if isinstance(request.data, dict) else set()

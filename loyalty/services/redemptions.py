@@ -378,25 +378,29 @@ def voucher_code_generate() -> str:
 
 @transaction.atomic(durable=True)
 def voucher_redeem(*, voucher: Voucher, actor: Actor) -> Voucher:
-    """Marks an active voucher redeemed, exactly once: a conditional UPDATE decides the race.
-    Like a capture, it is refused while the member's account is frozen or the program is
-    not active (a freeze stops value leaving the account; the voucher stays active)."""
+    """Marks an active voucher redeemed, exactly once: a conditional UPDATE on the voucher's
+    own row decides the race. Like a capture, it is refused while the member's account is
+    frozen or the program is not active (a freeze stops value leaving the account; the
+    voucher stays active): the balance is locked first, as a capture and a freeze lock it."""
     now = timezone.now()
-    won = Voucher.objects.filter(
-        pk=voucher.pk,
-        status=Voucher.Status.ACTIVE,
-        expires_at__gt=now,
-        balance__is_frozen=False,
-        program__status=Program.Status.ACTIVE,
+    balance = (
+        MemberBalance.objects.select_for_update(of=("self",))
+        .select_related("program")
+        .get(pk=voucher.balance_id)
+    )
+    refusal = None
+    if balance.program.status != Program.Status.ACTIVE:
+        refusal = ProgramInactive(status=balance.program.status)
+    elif balance.is_frozen:
+        refusal = AccountFrozen(member_id=balance.member_id)
+    won = refusal is None and Voucher.objects.filter(
+        pk=voucher.pk, status=Voucher.Status.ACTIVE, expires_at__gt=now
     ).update(status=Voucher.Status.REDEEMED, redeemed_at=now, redeemed_by=actor.id)
     voucher.refresh_from_db()
     if not won:
         status = voucher.status
-        if status == Voucher.Status.ACTIVE and voucher.expires_at > now:
-            balance = MemberBalance.objects.select_related("program").get(pk=voucher.balance_id)
-            if balance.program.status != Program.Status.ACTIVE:
-                raise ProgramInactive(status=balance.program.status)
-            raise AccountFrozen(member_id=balance.member_id)
+        if refusal is not None and status == Voucher.Status.ACTIVE and voucher.expires_at > now:
+            raise refusal
         if status == Voucher.Status.ACTIVE:  # past its date but not yet swept
             status = Voucher.Status.EXPIRED
         raise VoucherNotRedeemable(f"The voucher is {status}.", status=status)

@@ -92,3 +92,21 @@ def test_a_program_change_is_not_replayed_to_a_key_without_its_permission(
     again = staff.patch(url, change, key="change-1")
     assert (again.status_code, again.headers["Idempotent-Replayed"]) == (first.status_code, "true")
     assert again.content == first.content
+
+
+def test_a_batch_whose_adjustments_were_refused_on_their_line_replays_to_its_sender(funded, actor):
+    """The sender without members:adjust got its purchase's 201 and the adjustment's 403
+    on their lines: its retry under the same key gets that answer back, as any retry."""
+    checkout = key_client(actor, CHECKOUT, "checkout")
+    purchase = {"program_id": str(funded.pk), "member_id": "u_1", "type": "purchase",
+                "amount": "1000", "currency": funded.currency,
+                "idempotency_key": "p-1"}  # fmt: skip
+    body = {"events": [purchase, {**adjust(funded), "idempotency_key": "a-1"}]}
+    first = checkout.post("/api/v1/events/batch", body, key="batch-1")
+    assert [r["status"] for r in first.json()["results"]] == [201, 403]
+
+    again = checkout.post("/api/v1/events/batch", body, key="batch-1")
+
+    assert (again.status_code, again.headers["Idempotent-Replayed"]) == (200, "true")
+    assert again.content == first.content
+    assert LedgerEntry.objects.filter(idempotency_key="p-1").count() == 1

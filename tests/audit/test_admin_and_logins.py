@@ -209,3 +209,17 @@ def test_deleting_a_staff_user_or_a_role_group_is_audited(user_in):
     )
     entry = AuditEntry.objects.get(action="user.delete", entity_id=str(bob.pk))
     assert entry.changes["before"]["groups"] == ["ops_marketing"]
+
+
+def test_saving_a_staff_user_unchanged_in_the_admin_writes_no_entry(user_in):
+    root = user_in(None, superuser=True)
+    bob = make_user("bob@molam.example", "finance_ops")
+    client = login(root)
+    data = _user_form(client, bob)
+    data.update(
+        {"date_joined_0": bob.date_joined.strftime("%Y-%m-%d"),
+         "date_joined_1": bob.date_joined.strftime("%H:%M:%S")}
+    )  # fmt: skip
+    response = client.post(reverse("admin:auth_user_change", args=[bob.pk]), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert not AuditEntry.objects.filter(action="user.update", entity_id=str(bob.pk)).exists()
