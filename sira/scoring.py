@@ -68,6 +68,8 @@ MAX_FREQUENCY_DAYS = 3650
 
 def sira_settings_resolve(overrides: dict | None) -> dict:
     """Program overrides on top of the defaults; unknown keys and bad values raise ValueError."""
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError("SIRA settings are a JSON object of setting: value")
     settings = dict(DEFAULT_SIRA_SETTINGS)
     for key, value in (overrides or {}).items():
         if key not in DEFAULT_SIRA_SETTINGS:

@@ -54,6 +54,14 @@ def test_ops_invalid_sira_settings_is_a_form_error_not_a_500(program):
     assert refused_fields(client.post(url, data)) == {"sira_settings"}
 
 
+@pytest.mark.parametrize("settings", [["eats"], "x", 5])
+def test_ops_sira_settings_that_are_not_an_object_are_a_form_error_not_a_500(program, settings):
+    client = _client(make_user("ops", "ops_marketing"))
+    url, data = _change_form(client, program)
+    data["sira_settings"] = json.dumps(settings)
+    assert refused_fields(client.post(url, data)) == {"sira_settings"}
+
+
 def test_ops_tier_basis_the_tiers_do_not_fit_is_a_form_error_not_a_500(program):
     client = _client(make_user("ops", "ops_marketing"))
     url, data = _change_form(client, program)

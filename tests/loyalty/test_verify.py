@@ -112,3 +112,11 @@ def test_an_entry_rewritten_behind_the_trigger_breaks_the_chain_and_is_reported(
     # The balance no longer equals its entries, and the running totals stop matching.
     assert "balance_vs_ledger" in report
     assert "balance_after_chain" in report
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_a_limit_below_one_is_refused_not_an_ok(program, limit):
+    """With no row shown per check, every check came back empty: OK on a corrupt ledger."""
+    MemberBalance.objects.create(program=program, member_id="tampered", points_balance=Decimal(1))
+    with pytest.raises(CommandError, match="--limit"):
+        call_command("loyalty_verify", "--limit", limit, stdout=StringIO(), stderr=StringIO())

@@ -4,7 +4,7 @@ budget), and their write on the ORM path."""
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 
 from django.utils import timezone
 
@@ -49,6 +49,10 @@ EARNING_FIELDS = [
 ]
 PURCHASE_FIELDS = ["lifetime_spend", "purchase_count", "last_purchase_at"]
 EARN_FIELDS = EARNING_FIELDS + PURCHASE_FIELDS
+# Wide enough for the exact product of any amount, rate and multipliers the fields allow
+# (the default 28 digits rounded, then failed to quantize, past ~10^26: a 500 where the
+# ledger's limit refuses the award).
+_WIDE = Context(prec=80)
 
 
 def earn_apply(
@@ -66,47 +70,10 @@ def earn_apply(
     _refuse_blocked(program, balance)
     today = program_local_date(program, now)
     earned_today = balance.earned_today if balance.earned_day == today else ZERO
-    breakdown: dict = {}
     sira = None
-
     if event.type == "purchase":
-        multiplier = _tier_multiplier(balance)
-        facts = MemberFacts(
-            churn_risk=balance.churn_risk,
-            engagement_score=balance.engagement_score,
-            lifetime_spend=balance.lifetime_spend,
-            tier=balance.tier,
-            last_purchase_at=balance.last_purchase_at,
-            first_purchase_today=balance.last_purchase_at is None
-            or program_local_date(program, balance.last_purchase_at) != today,
-        )
-        score = sira_score_purchase(
-            member=facts,
-            amount=event.amount,
-            module=event.module,
-            now=now,
-            settings=sira_settings_resolve(program.sira_settings),
-        )
-        base = points_floor(event.amount * program.earn_rate)
-        # The tier's part is what the multiplied amount adds to (or, below 1, takes from) the
-        # base, both rounded down as a whole: never more than the exact product, never
-        # below zero, whatever the multiplier.
-        tier_bonus = points_floor(event.amount * program.earn_rate * multiplier) - base
-        sira_rate = points_floor(
-            event.amount * program.earn_rate * multiplier * (score.multiplier - 1)
-        )
-        sira_bonus = points_floor(score.bonus_points)
-        breakdown = {
-            "base_points": str(base),
-            "earn_rate": str(program.earn_rate.normalize()),
-            "tier": balance.tier,
-            "tier_multiplier": str(multiplier.normalize()),
-            "tier_bonus_points": str(tier_bonus),
-            "sira_multiplier_points": str(sira_rate),
-            "sira_bonus_points": str(sira_bonus),
-        }
-        uncapped = base + tier_bonus + sira_rate + sira_bonus
-        sira = score.as_dict()
+        with localcontext(_WIDE):  # exact products, whatever the rates (the limit refuses)
+            uncapped, breakdown, sira = _purchase_points(program, balance, event, now, today)
     else:
         uncapped = event.points
         breakdown = {"base_points": str(uncapped)}
@@ -155,6 +122,46 @@ def earn_apply(
         # `breakdown`, which is the answer's: this is the ledger's record alone.
         details={"breakdown": breakdown, "sira": sira, "point_value": _plain(program.point_value)},
     )
+
+
+def _purchase_points(program, balance, event, now, today) -> tuple[Decimal, dict, dict]:
+    """A purchase's points before the caps: base, tier and SIRA, and their breakdown."""
+    multiplier = _tier_multiplier(balance)
+    facts = MemberFacts(
+        churn_risk=balance.churn_risk,
+        engagement_score=balance.engagement_score,
+        lifetime_spend=balance.lifetime_spend,
+        tier=balance.tier,
+        last_purchase_at=balance.last_purchase_at,
+        first_purchase_today=balance.last_purchase_at is None
+        or program_local_date(program, balance.last_purchase_at) != today,
+    )
+    score = sira_score_purchase(
+        member=facts,
+        amount=event.amount,
+        module=event.module,
+        now=now,
+        settings=sira_settings_resolve(program.sira_settings),
+    )
+    base = points_floor(event.amount * program.earn_rate)
+    # The tier's part is what the multiplied amount adds to (or, below 1, takes from) the
+    # base, both rounded down as a whole: never more than the exact product, never
+    # below zero, whatever the multiplier.
+    tier_bonus = points_floor(event.amount * program.earn_rate * multiplier) - base
+    sira_rate = points_floor(event.amount * program.earn_rate * multiplier * (score.multiplier - 1))
+    sira_bonus = points_floor(score.bonus_points)
+    breakdown = {
+        "base_points": str(base),
+        "earn_rate": str(program.earn_rate.normalize()),
+        "tier": balance.tier,
+        "tier_multiplier": str(multiplier.normalize()),
+        "tier_bonus_points": str(tier_bonus),
+        "sira_multiplier_points": str(sira_rate),
+        "sira_bonus_points": str(sira_bonus),
+    }
+    uncapped = base + tier_bonus + sira_rate + sira_bonus
+    sira = score.as_dict()
+    return uncapped, breakdown, sira
 
 
 def _plain(value: Decimal) -> str:
