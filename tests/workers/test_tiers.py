@@ -455,3 +455,25 @@ def test_a_tier_job_waiting_on_new_tiers_reads_them_once_they_commit(program, ea
     # The chunk read the tiers once they committed: the new ones (not none, on which it
     # crashed, nor the deleted gold).
     assert member(program, "p").tier == "top"
+
+
+@pytest.mark.parametrize("policy", ["none", "one_down"])
+def test_a_staff_correction_counts_against_the_tier_under_every_policy(
+    make_program, actor, run_job, policy
+):
+    """5,000 points credited by mistake and debited back: no upgrade, under upgrade-only
+    (lifetime_earned) as under the window policies (the ledger's net earning)."""
+    from loyalty.services import EventInput, event_ingest
+
+    program = make_program(tier_downgrade_policy=policy)
+
+    def adjust(points, key):
+        event = EventInput(type="manual_adjust", member_id="u1", idempotency_key=key,
+                           points=Decimal(points), reason="correction")  # fmt: skip
+        event_ingest(program=program, event=event, actor=actor)
+
+    adjust("5000", "a1")
+    adjust("-5000", "a2")
+    run_job(TIER, program)
+    assert member(program, "u1").tier == "basic"
+    assert member(program, "u1").lifetime_earned == Decimal("0.00")

@@ -5,6 +5,7 @@ from django.utils import timezone
 from ...actors import Actor
 from ...errors import InsufficientPoints, LedgerLimitExceeded
 from ...models import LedgerEntry, MemberBalance, Program
+from ...money import ZERO
 from ..balances import REFUND_DEBT_FLAG, fraud_flag_remove, lots_settle, totals_fit
 from ..budget import budget_charge
 from ..outbox import outbox_publish
@@ -32,10 +33,11 @@ def _adjust(
         raise InsufficientPoints(available=str(balance.available), requested=str(-points))
     before = balance.points_balance
     balance.points_balance += points
-    fields = ["points_balance", "last_activity_at"]
-    if points > 0:
-        balance.lifetime_earned += points
-        fields.append("lifetime_earned")
+    fields = ["points_balance", "lifetime_earned", "last_activity_at"]
+    # A debit corrects what was earned, as a refund's clawback does: lifetime_earned, the
+    # tier job's measure under upgrade-only, is earning net of staff corrections, as the
+    # window policies count it (tiers.QUALIFYING_TYPES). Never below zero.
+    balance.lifetime_earned = max(balance.lifetime_earned + points, ZERO)
     balance.last_activity_at = timezone.now()
     if before < 0 <= balance.points_balance:
         fraud_flag_remove(balance, REFUND_DEBT_FLAG)  # the refund debt is repaid
