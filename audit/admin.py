@@ -9,7 +9,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
-from . import admin_users  # noqa: F401  (staff users and roles, audited)
+from . import admin_beat, admin_users  # noqa: F401  (schedules, staff users, roles: audited)
 from .models import AuditEntry, AuditSeal
 
 

@@ -13,7 +13,8 @@ from .models import AuditEntry
 ENTITY_TYPES = (
     "program", "balance", "transaction", "redemption", "voucher", "campaign", "approval",
     "webhook_endpoint", "user", "approval_policy", "job", "tier_snapshot", "api_key",
-    "staff_identity", "merchant", "group",
+    "staff_identity", "merchant", "group", "periodic_task", "crontab_schedule",
+    "interval_schedule", "solar_schedule", "clocked_schedule",
 )  # fmt: skip
 
 
