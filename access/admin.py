@@ -5,11 +5,17 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
 from .idempotency import replay_response
 from .models import IdempotencyRecord, MerchantAPIKey, StaffIdentity
 from .selectors import staff_actor
 from .services import API_KEY_UPDATABLE, apikey_create, apikey_update, staff_identity_link
+
+# The library's own key model: the API never reads it (merchant keys are MerchantAPIKey), so a
+# key made in its stock admin would be shown once, unaudited, and refused everywhere.
+if admin.site.is_registered(APIKey):
+    admin.site.unregister(APIKey)
 
 
 @admin.register(MerchantAPIKey)

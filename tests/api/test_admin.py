@@ -199,3 +199,13 @@ def test_apikey_create_command_is_audited_without_the_secret():
     )  # fmt: skip
     assert entry.changes["after"]["permissions"] == ["members:read"]
     _assert_no_secret(entry, api_key, key)
+
+
+def test_only_merchant_keys_are_made_in_the_admin():
+    """The library's own key model is never read by the API: its stock admin would make keys
+    that are refused everywhere, with no audit entry."""
+    from django.contrib import admin
+    from rest_framework_api_key.models import APIKey
+
+    assert not admin.site.is_registered(APIKey)
+    assert admin.site.is_registered(MerchantAPIKey)
