@@ -633,7 +633,7 @@ class Campaign(models.Model):
     created_by = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    # When it first ran: its segment is the one as of then (campaigns.campaign_members).
+    # When it first ran: its segment is the one as of then (campaigns._members_list).
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     # When its members were listed, a pending award each (campaigns._members_list): at its

@@ -256,11 +256,9 @@ def _adjustment_permitted(event: EventInput, caller) -> bool:
     return True
 
 
-def _adjustment_replay_permissions(events) -> set[str]:
-    """What `_adjustment_permitted` asks of the caller for these raw events, for the replay of
-    a stored answer (`idempotent`): members:adjust if one is a manual_adjust."""
-    adjusts = any(isinstance(e, dict) and e.get("type") == "manual_adjust" for e in events)
-    return {"members:adjust"} if adjusts else set()
+def _is_adjustment(raw) -> bool:
+    """A raw event (the body, or a batch item) that `_adjustment_permitted` checks."""
+    return isinstance(raw, dict) and raw.get("type") == "manual_adjust"
 
 
 def _adjustment_needs_approval(event: EventInput, caller) -> bool:
@@ -302,7 +300,7 @@ class EventsApi(LoyaltyApi):
     @staticmethod
     def replay_permissions(request, record) -> set[str]:
         # (A manual_adjust refused for the permission is a 403, never stored.)
-        return _adjustment_replay_permissions([request.data])
+        return {"members:adjust"} if _is_adjustment(request.data) else set()
 
     def guarded_write(self, request, guard) -> Response | None:
         """An earning on PostgreSQL, the common case, as one transaction in two round trips:
@@ -400,14 +398,12 @@ class EventsBatchApi(LoyaltyApi):
         of the merchant, the one who sent it included."""
         data = request.data
         raw = data.get("events") if isinstance(data, dict) else None
-        raw = raw if isinstance(raw, list) else []
-        if not _adjustment_replay_permissions(raw):
-            return set()
         adjustments = {
-            index
-            for index, event in enumerate(raw)
-            if isinstance(event, dict) and event.get("type") == "manual_adjust"
-        }
+            index for index, item in enumerate(raw if isinstance(raw, list) else [])
+            if _is_adjustment(item)
+        }  # fmt: skip
+        if not adjustments:
+            return set()
         answer = stored_answer(record)
         results = answer.get("results") if isinstance(answer, dict) else None
         past_the_check = any(

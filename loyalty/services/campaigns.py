@@ -76,13 +76,10 @@ def segment_q(segment: str, *, now) -> Q:
     raise ValidationFailed(errors={"segment": [f"Unknown segment {segment!r}."]})
 
 
-def campaign_members(campaign: Campaign):
-    """The members the campaign has still to award: those its start listed (`_members_list`)
-    whose award is pending."""
-    pending = CampaignAward.objects.filter(
-        campaign=campaign, balance=OuterRef("pk"), status=CampaignAward.Status.PENDING
-    )
-    return MemberBalance.objects.filter(program_id=campaign.program_id).filter(Exists(pending))
+def pending_awards(campaign: Campaign):
+    """The awards the campaign has still to pay: its members as its start listed them
+    (`_members_list`), by the unique (campaign, balance) index."""
+    return CampaignAward.objects.filter(campaign=campaign, status=CampaignAward.Status.PENDING)
 
 
 def _members_list(campaign: Campaign) -> int:
@@ -158,9 +155,8 @@ def campaign_execute(
         if program.status != Program.Status.ACTIVE:
             return campaign  # stays running; resumes when the program is active again
         ids = list(
-            CampaignAward.objects.filter(
-                campaign=campaign, status=CampaignAward.Status.PENDING, balance_id__gt=last
-            )
+            pending_awards(campaign)
+            .filter(balance_id__gt=last)
             .order_by("balance_id")
             .values_list("balance_id", flat=True)[:CHUNK]
         )
@@ -195,7 +191,7 @@ def _campaign_start(*, campaign_id, actor: Actor) -> Campaign | None:
 @transaction.atomic(durable=True)
 def _campaign_finish(*, campaign_id, actor: Actor) -> Campaign:
     campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
-    if campaign.status != Campaign.Status.RUNNING or campaign_members(campaign).exists():
+    if campaign.status != Campaign.Status.RUNNING or pending_awards(campaign).exists():
         return campaign  # another run finished it, or members are still being awarded
     campaign.status = Campaign.Status.COMPLETED
     campaign.finished_at = timezone.now()
@@ -291,9 +287,7 @@ def _award_chunk(
     # Fresh read after the locks: a concurrent run may have awarded some while we waited.
     pending = {
         award.balance_id: award
-        for award in CampaignAward.objects.filter(
-            campaign=campaign, balance_id__in=balance_ids, status=CampaignAward.Status.PENDING
-        )
+        for award in pending_awards(campaign).filter(balance_id__in=balance_ids)
     }
     plan = _plan(campaign, program, (b for b in locked if b.pk in pending), today)
     awarded = [a for a in plan if not a.error]

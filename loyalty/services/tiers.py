@@ -91,7 +91,7 @@ def tier_ladder(program: Program, *, lock: bool = False) -> Ladder:
 
 def tiers_locked(program: Program) -> list[Tier]:
     """The program's tier rows, locked until commit, so that new tiers (`programs.
-    _tiers_replace`, which locks them before it checks who is on them) wait for the caller's
+    program_update`, which locks them before it checks who is on them) wait for the caller's
     tier moves. New tiers replace the rows (delete, insert): a lock that waited for that sees
     neither the old rows (deleted) nor the new (inserted after it began), so it is taken
     again until two in a row find the same rows."""
@@ -374,7 +374,7 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
             snapshot_to_tier=snapshot.to_tier,
         )
     program = balance.program
-    # Locked until commit, as `programs._tiers_replace` locks the tiers before it checks.
+    # Locked until commit, as `programs.program_update` locks the tiers before it checks.
     if snapshot.from_tier not in {t.name for t in tiers_locked(program)}:
         # The program's tiers were changed since: the member would sit on no tier at all.
         raise InvalidState(
