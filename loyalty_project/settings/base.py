@@ -107,6 +107,21 @@ elif env.bool("DB_PREPARED_STATEMENTS", default=True):
         {"server_side_binding": True, "prepare_threshold": 5}
     )
 
+if DATABASES["default"]["ENGINE"] == "loyalty_project.postgresql":
+    # The planner's price of a random page read, for this application's connections only
+    # (PostgreSQL's default, 4, prices a disk seek). A batch finds its 1,000 balances, keys
+    # and rows to update by index probes; priced as seeks, 1,000 probes lost to a scan of the
+    # whole balance table, hashed, in programs of some 20,000 to 100,000 members: twice the
+    # PostgreSQL time of the batch (docs/BENCHMARKS.md, session 14). 1.1 is the usual value
+    # where the working set is in memory or on SSD. Empty leaves the server's setting (a
+    # transaction-mode pooler refuses startup options: set it on the role there).
+    page_cost = env.str("DB_RANDOM_PAGE_COST", default="1.1")
+    if page_cost:
+        options = DATABASES["default"].setdefault("OPTIONS", {})
+        options["options"] = " ".join(
+            filter(None, [options.get("options"), f"-c random_page_cost={float(page_cost)}"])
+        )
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
