@@ -379,7 +379,7 @@ class PointLotAdmin(ReadOnlyAdmin):
 
 @admin.register(Redemption)
 class RedemptionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "balance", "points", "reward_type", "status", "expires_at",
+    list_display = ["id", "balance", "points", "value", "reward_type", "status", "expires_at",
                     "created_at"]  # fmt: skip
     list_filter = ["status", "reward_type"]
     search_fields = ["balance__member_id", "idempotency_key"]

@@ -540,6 +540,10 @@ class Redemption(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     expires_at = models.DateTimeField()
+    # The voucher's value, fixed when the points are held (like a card authorisation's
+    # amount): a point value changed before the capture does not reprice it. Null for the
+    # holds made before the value was kept: their capture prices them then, and checks it.
+    value = money_field(null=True, blank=True)
     voucher = models.OneToOneField(
         Voucher, null=True, blank=True, on_delete=models.PROTECT, related_name="redemption"
     )

@@ -103,7 +103,7 @@ def _hold_atomic(
     if program.status != Program.Status.ACTIVE:
         raise ProgramInactive(status=program.status)
     value = money_floor(points * program.point_value, program.currency)
-    if value <= 0 or not fits_ledger(value):
+    if not _voucher_value_valid(value):
         # The voucher would be worth nothing (or more than can be stored): no points spent.
         raise ValidationFailed(
             errors={
@@ -133,6 +133,7 @@ def _hold_atomic(
         points=points,
         reward_type=reward_type,
         idempotency_key=idempotency_key,
+        value=value,
         expires_at=timezone.now() + timedelta(seconds=program.hold_ttl_seconds),
         actor_id=actor.id,
         actor_role=actor.role,
@@ -141,6 +142,26 @@ def _hold_atomic(
     if capture:
         _capture(redemption, balance, actor)
     return redemption
+
+
+def _voucher_value_valid(value) -> bool:
+    return value > 0 and fits_ledger(value)
+
+
+def _voucher_value(redemption: Redemption, program: Program):
+    """The value of the voucher a capture issues: the one fixed at the hold."""
+    if redemption.value is not None:
+        return redemption.value
+    # A hold from before holds kept their value: priced now, at the program's point value.
+    value = money_floor(redemption.points * program.point_value, program.currency)
+    if not _voucher_value_valid(value):
+        raise InvalidState(
+            f"At the program's point value ({program.point_value}) the hold's "
+            f"{redemption.points} points make a voucher of {value} {program.currency}: "
+            "release the hold.",
+            status=redemption.status,
+        )
+    return value
 
 
 def _refuse_redemption(program: Program, balance: MemberBalance) -> None:
@@ -193,6 +214,7 @@ def redemption_capture(*, redemption_id, actor: Actor) -> Redemption:
 
 def _capture(redemption: Redemption, balance: MemberBalance, actor: Actor) -> None:
     program = balance.program
+    value = _voucher_value(redemption, program)  # before any change: it may refuse
     now = timezone.now()
     balance.points_balance -= redemption.points
     balance.locked -= redemption.points
@@ -214,7 +236,7 @@ def _capture(redemption: Redemption, balance: MemberBalance, actor: Actor) -> No
         program=program,
         balance=balance,
         type=redemption.reward_type,
-        value=money_floor(redemption.points * program.point_value, program.currency),
+        value=value,
         currency=program.currency,
         expires_at=now + timedelta(days=program.voucher_validity_days),
     )

@@ -20,10 +20,12 @@ from loyalty.errors import (
     ValidationFailed,
     VoucherNotRedeemable,
 )
-from loyalty.models import LedgerEntry, OutboxEvent, Voucher
+from loyalty.models import LedgerEntry, OutboxEvent, Redemption, Voucher
+from loyalty.money import money_floor
 from loyalty.services import (
     balance_set_frozen,
     program_set_status,
+    program_update,
     redemption_capture,
     redemption_release,
     redemptions_expire_due,
@@ -389,3 +391,50 @@ def test_a_voucher_of_a_program_not_active_is_not_redeemable(funded, actor, stat
     assert exc.value.context == {"status": status}
     assert db_state() == before
     assert Voucher.objects.get(pk=voucher.pk).status == "active"
+
+
+@pytest.mark.parametrize(
+    "point_value_at_capture",
+    [
+        "10000000000000",  # the voucher would be worth 10^18: more than a voucher can hold
+        "0.001",  # the voucher would be worth nothing
+    ],
+)
+def test_a_capture_issues_the_voucher_the_hold_was_made_for(funded, actor, point_value_at_capture):
+    """Like a card authorisation, the hold fixes the amount: a point value changed before
+    the capture does not reprice the voucher (repriced, a raise made the capture a 500 and a
+    cut spent the member's points for a voucher worth nothing)."""
+    held_for = money_floor(D("150") * funded.point_value, funded.currency)
+    redemption = hold(funded, "150", actor)
+    program_update(
+        program_id=funded.pk, changes={"point_value": D(point_value_at_capture)}, actor=actor
+    )
+
+    captured = redemption_capture(redemption_id=redemption.pk, actor=actor)
+
+    assert captured.voucher.value == held_for > 0
+    assert balance_of(funded).points_balance == D("50.00")
+    assert ledger_verify() == []
+
+
+def test_a_hold_made_before_holds_kept_their_value_is_priced_at_capture(funded, actor):
+    redemption = hold(funded, "150", actor)
+    Redemption.objects.filter(pk=redemption.pk).update(value=None)  # as such holds were
+    program_update(program_id=funded.pk, changes={"point_value": D("2")}, actor=actor)
+
+    captured = redemption_capture(redemption_id=redemption.pk, actor=actor)
+
+    assert captured.voucher.value == money_floor(D("300"), funded.currency)
+
+
+def test_a_hold_made_before_holds_kept_their_value_and_now_worth_nothing_is_refused(funded, actor):
+    redemption = hold(funded, "150", actor)
+    Redemption.objects.filter(pk=redemption.pk).update(value=None)
+    program_update(program_id=funded.pk, changes={"point_value": D("0.001")}, actor=actor)
+    before = db_state()
+
+    with pytest.raises(InvalidState):
+        redemption_capture(redemption_id=redemption.pk, actor=actor)
+
+    assert db_state() == before
+    assert redemption_release(redemption_id=redemption.pk, actor=actor).status == "cancelled"
