@@ -105,7 +105,9 @@ class CursorPage(CursorPagination):
     def paginate_queryset(self, queryset, request, view=None):
         self._model = queryset.model
         self._list = _list_token(request, self.cursor_query_param, self.page_size_query_param)
-        return super().paginate_queryset(queryset, request, view=view)
+        page = super().paginate_queryset(queryset, request, view=view)
+        self.base_url = _page_url(request)
+        return page
 
     def encode_cursor(self, cursor):
         """DRF's cursor, plus the list it belongs to (`l`: its path and filters), so that it
@@ -180,6 +182,19 @@ def _cursor_tokens(encoded: str) -> dict[str, list[str]] | None:
     if set(tokens) <= {"l", "o", "r", "p"} and all(len(v) == 1 for v in tokens.values()):
         return tokens
     return None
+
+
+def _page_url(request) -> str:
+    """The request's absolute URL, for its pages' links. Not `build_absolute_uri()`, which
+    resolves "." and ".." path segments (a member named so before such ids were refused):
+    `/members/../transactions` would link to `/transactions`. Such segments go escaped."""
+    path, _, query = request.get_full_path().partition("?")
+    segments = [_DOT_SEGMENTS.get(segment, segment) for segment in path.split("/")]
+    url = request.build_absolute_uri("/").removesuffix("/") + "/".join(segments)
+    return f"{url}?{query}" if query else url
+
+
+_DOT_SEGMENTS = {".": "%2E", "..": "%2E%2E"}
 
 
 def _list_token(request, *skipped: str) -> str:

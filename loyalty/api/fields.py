@@ -21,8 +21,10 @@ from rest_framework import serializers
 DECIMAL_PATTERN = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,8})?")
 # Printable text: no control characters (PostgreSQL refuses NUL; the rest is never wanted).
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-# Member ids travel in URL paths too, so no "/".
-MEMBER_ID_PATTERN = re.compile(r"^[^/\x00-\x1f\x7f]{1,128}$")
+# Member ids travel in URL paths too, so no "/", and neither "." nor "..": URL clients (and
+# Django's own absolute links, the pages' `next`) resolve such a segment away, landing on
+# another resource.
+MEMBER_ID_PATTERN = re.compile(r"^(?!\.\.?$)[^/\x00-\x1f\x7f]{1,128}$")
 MAX_JSON_DEPTH = 8
 MAX_JSON_BYTES = 8192
 
@@ -170,7 +172,9 @@ class AwareDateTime(_ParsingField):
         return iso(value)
 
 
-@extend_schema_field({"type": "string", "maxLength": 128, "pattern": r"^[^/\x00-\x1f\x7f]+$"})
+@extend_schema_field(
+    {"type": "string", "maxLength": 128, "pattern": r"^(?!\.\.?$)[^/\x00-\x1f\x7f]+$"}
+)
 class MemberId(_ParsingField):
     def parse(self, data):
         return parse_text(data, max_length=128, pattern=MEMBER_ID_PATTERN)

@@ -14,8 +14,10 @@ from access.models import IdempotencyRecord
 from approvals.models import ApprovalRequest
 from audit.models import AuditEntry
 from loyalty.models import Campaign, LedgerEntry, MemberBalance, Program, Redemption
+from loyalty.services import event_ingest
 from tests.api.test_problems import assert_problem
 from tests.api.test_request_fingerprint import _former_canonical
+from tests.factories import PurchaseFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -277,3 +279,69 @@ def test_a_key_spelling_a_long_keys_digest_is_another_adjustment(api, funded):
     assert LedgerEntry.objects.filter(type="manual_adjust").count() == 2
     again = client.post(url, {"points": "5", "reason": "goodwill"}, key=short_key)
     assert again.json()["transaction_id"] == second.json()["transaction_id"]
+
+
+# Member ids "." and ".." ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("member_id", [".", ".."])
+def test_a_member_id_that_is_a_dot_segment_is_refused(api, funded, member_id):
+    """URL clients resolve such a path segment away (and so did the pages' `next` links):
+    `/members/../transactions` is another resource. No event may create such a member."""
+    client = api("system")
+    before = counts()
+
+    response = client.post(
+        "/api/v1/events",
+        {"program_id": str(funded.pk), "member_id": member_id, "type": "purchase",
+         "amount": "100", "currency": funded.currency},
+        key=f"dot-{len(member_id)}",
+    )  # fmt: skip
+
+    body = assert_problem(response, 400, "validation_error")
+    assert "member_id" in body["errors"]
+    assert counts() == before
+
+
+@pytest.mark.parametrize("member_id", [".", ".."])
+def test_the_pages_of_a_member_named_by_a_dot_segment_stay_on_its_list(
+    api, funded, actor, member_id
+):
+    """A member named so before such ids were refused: its history's `next` and `previous`
+    links page through its own list (they linked to `/members/transactions` and
+    `/transactions`, another member's balance or nothing)."""
+    for n in range(3):
+        event_ingest(
+            program=funded,
+            event=PurchaseFactory(member_id=member_id, idempotency_key=f"dot-{n}"),
+            actor=actor,
+        )
+    client = api("system")
+    seen = []
+    page = client.get(f"/api/v1/programs/{funded.pk}/members/{member_id}/transactions",
+                      {"limit": 1}).json()  # fmt: skip
+    while True:
+        seen += [row["transaction_id"] for row in page["results"]]
+        if page["next"] is None:
+            break
+        response = client.get(page["next"])
+        assert response.status_code == 200, (page["next"], response.content)
+        page = response.json()
+    assert len(seen) == len(set(seen)) == 3
+    back = client.get(page["previous"])
+    assert back.status_code == 200, (page["previous"], back.content)
+    assert [row["transaction_id"] for row in back.json()["results"]] == seen[1:2]
+
+
+def test_member_ids_with_dots_that_are_not_dot_segments_are_members(api, funded, actor):
+    client = api("system")
+    for n, member_id in enumerate(["...", ".a", "a.", "a..b"]):
+        response = client.post(
+            "/api/v1/events",
+            {"program_id": str(funded.pk), "member_id": member_id, "type": "purchase",
+             "amount": "100", "currency": funded.currency},
+            key=f"dots-{n}",
+        )  # fmt: skip
+        assert response.status_code == 201, response.content
+        balance = client.get(f"/api/v1/programs/{funded.pk}/members/{member_id}")
+        assert balance.status_code == 200, balance.content
