@@ -233,6 +233,7 @@ def job_run(*, job_id) -> Job:
     except Exception as exc:
         # The chunks that committed stay committed (and counted); the next run does the rest.
         logger.exception("job %s (%s) failed", job.pk, job.kind)
+        tracker.rolled_back()
         _job_end(job, tracker, status=Job.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         return job
     _job_end(job, tracker, status=Job.Status.SUCCEEDED, error="")
@@ -274,6 +275,14 @@ class JobTracker:
         self.job = job
         self.counts: dict[str, int] = dict(job.counts or {})
         self.progress: dict[str, Any] = dict(job.progress or {})
+
+    def rolled_back(self) -> None:
+        """Back to what has committed, after a chunk failed: it may have added its counts (and
+        progress) here before its transaction rolled back."""
+        row = Job.objects.filter(pk=self.job.pk).values("counts", "progress").first()
+        if row is not None:
+            self.counts = dict(row["counts"] or {})
+            self.progress = dict(row["progress"] or {})
 
     def add(self, **counts: int) -> None:
         for name, value in counts.items():
@@ -323,6 +332,7 @@ def each_part(job: Job, tracker: "JobTracker", parts: Iterable, run: Callable[[A
                 raise
             logger.exception("job %s: %s %s failed", job.pk, type(part).__name__, part.pk)
             failed[str(part.pk)] = f"{type(exc).__name__}: {exc}"[:500]
+            tracker.rolled_back()
             tracker.save(failed=failed)
     if failed:
         raise PartsFailed(f"{len(failed)} failed: " + "; ".join(failed.values())[:2000])

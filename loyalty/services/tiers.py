@@ -30,7 +30,15 @@ from ..errors import InvalidState, NotFound
 from ..models import Job, LedgerEntry, MemberBalance, OutboxEvent, Program, Tier, TierSnapshot
 from ..money import ZERO
 from .balances import program_local_date
-from .jobs import JobTracker, audit_many, bulk_set, copy_insert, each_part, job_programs
+from .jobs import (
+    JobTracker,
+    audit_many,
+    bulk_set,
+    copy_insert,
+    each_part,
+    job_attempt,
+    job_programs,
+)
 
 CHUNK = 2000
 # Ledger entries that count as qualifying points in a window: earning net of clawbacks and
@@ -196,6 +204,11 @@ def _changes(
 def tiers_evaluate(*, job: Job, tracker: JobTracker) -> None:
     """The tier job over its program (or every active program)."""
     actor = system_actor(job.kind)
+    if job_attempt(job) > 1:
+        # A takeover reviews every member again from the first: counted once, not on top of
+        # what the dead run counted (its changes stand, and are not made again).
+        for name in ("evaluated", "cycle_reviewed"):
+            tracker.counts.pop(name, None)
 
     def evaluate(program: Program) -> None:
         ladder = tier_ladder(program)

@@ -580,3 +580,50 @@ def test_hold_expiry_job_goes_on_when_a_due_hold_was_settled_meanwhile(
     assert not Redemption.objects.filter(status=Redemption.Status.PENDING).exists()
     assert MemberBalance.objects.get(member_id="u1").locked == Decimal("0.00")
     assert ledger_verify() == []
+
+
+def test_a_takeover_counts_each_member_evaluated_once(program, earn):
+    """The job's counts tell what has committed: a takeover reviews every member again, and
+    counts them once, not on top of the dead run's count."""
+    for name in ("a", "b", "c"):
+        earn(program, name, "10")
+    with _at("2026-05-01T01:00:00+00:00"):
+        job = job_create(kind=Job.Kind.TIER_EVALUATION, program=program, actor=ACTOR)
+        job_run(job_id=job.pk)
+        # Its worker died just before it recorded the end.
+        Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, finished_at=None)
+    with _at("2026-05-01T03:00:00+00:00"):
+        job_run(job_id=job.pk)  # redelivered: taken over
+
+    job.refresh_from_db()
+    assert (job.status, job.progress["attempt"]) == (Job.Status.SUCCEEDED, 2)
+    assert job.counts["evaluated"] == 3
+
+
+def test_a_failed_chunk_is_not_counted(make_program, earn, run_job, monkeypatch):
+    """A job over every program: one program's chunk fails and rolls back; the job's counts
+    are those of what committed, the other program's."""
+    from loyalty.services import tiers
+
+    first, second = make_program(name="first"), make_program(name="second")
+    for program in (first, second):
+        for name in ("a", "b"):
+            earn(program, name, "1500")  # both move up to silver
+    real = tiers._apply
+
+    def fail_on_second(program, *args, **kwargs):
+        if program.pk == second.pk:
+            raise RuntimeError("database went away")
+        return real(program, *args, **kwargs)
+
+    monkeypatch.setattr(tiers, "_apply", fail_on_second)
+
+    job = run_job(Job.Kind.TIER_EVALUATION)
+
+    assert job.status == Job.Status.FAILED
+    assert list(job.progress["failed"]) == [str(second.pk)]
+    assert (job.counts["evaluated"], job.counts["upgraded"]) == (2, 2)
+    assert set(MemberBalance.objects.values_list("program__name", "tier")) == {
+        ("first", "silver"),
+        ("second", "basic"),
+    }
