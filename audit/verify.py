@@ -69,9 +69,12 @@ def audit_verify(*, limit: int = 20, anchors: tuple[tuple[int, str], ...] = ()) 
             return findings[:limit]
         prev_digest, expected_lo, expected_seq = seal.digest, seal.hi, seal.seq + 1
     # Every entry no seal covers: those not sealed yet, and any outside the sealed ranges
-    # (a txid moved below zero would otherwise be in no range at all).
+    # (a txid moved below zero, or to NULL by its table's owner, would otherwise be in no
+    # range at all, and never sealed).
     key = "txid" if seal_basis() == AuditSeal.Basis.TXID else "id"
-    unsealed = Q(**{f"{key}__gte": expected_lo}) | Q(**{f"{key}__lt": 0})
+    unsealed = (
+        Q(**{f"{key}__gte": expected_lo}) | Q(**{f"{key}__lt": 0}) | Q(**{f"{key}__isnull": True})
+    )
     for entry in AuditEntry.objects.filter(unsealed).order_by("id").iterator(chunk_size=CHUNK):
         _check_entry(entry, findings)
         if len(findings) >= limit:

@@ -263,6 +263,28 @@ def test_verify_checks_an_entry_moved_out_of_every_sealed_range():
     assert ("entry_altered", entry.pk) in kinds
 
 
+@pytest.mark.postgres
+def test_verify_checks_an_entry_whose_txid_was_nulled():
+    """Its table's owner may also drop the column's NOT NULL: a NULL txid is in no range
+    either, nor ever sealed, and is checked like an unsealed entry."""
+    with transaction.atomic():
+        (entry,) = record(1)
+    table = AuditEntry._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {table} ALTER COLUMN txid DROP NOT NULL")
+    try:
+        behind_the_triggers_back(
+            f"UPDATE {table} SET txid = NULL, actor_id = 'someone-else' WHERE id = %s",  # noqa: S608
+            [entry.pk],
+        )
+        kinds = {(f.kind, f.entry_id) for f in audit_verify()}
+        assert ("entry_altered", entry.pk) in kinds
+    finally:
+        behind_the_triggers_back(f"DELETE FROM {table} WHERE txid IS NULL", [])  # noqa: S608
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} ALTER COLUMN txid SET NOT NULL")
+
+
 def test_verify_names_a_genuine_entry_copied_in_even_once_sealed():
     with transaction.atomic():
         (entry,) = record(1)
