@@ -6,7 +6,7 @@ money columns hold (`models.money_field`): TND's third place (millimes) is not k
 budget spread, charged and checked in TND is what is stored.
 """
 
-from decimal import ROUND_CEILING, ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_DOWN, Context, Decimal, InvalidOperation
 
 # ISO 4217 minor units of the currencies programs may use.
 CURRENCY_EXPONENTS: dict[str, int] = {
@@ -18,6 +18,9 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 
 POINTS_QUANTUM = Decimal("0.01")
 ZERO = Decimal("0.00")
+# Wide enough for the exact product (or proportion) of any amounts, rates and points the
+# fields allow, before it is rounded down once: the default 28 digits round past ~10^26.
+EXACT = Context(prec=80)
 
 
 def currency_choices() -> list[tuple[str, str]]:

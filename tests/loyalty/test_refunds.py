@@ -335,3 +335,41 @@ def test_cap_at_available_counts_expired_points_out_of_the_due_not_the_shortfall
     assert (breakdown["clawback_due"], breakdown["shortfall"]) == ("0.00", "0.00")
     assert balance_of(program).points_balance == D("50.00")
     assert ledger_verify() == []
+
+
+def test_a_full_refund_of_a_very_large_purchase_takes_back_exactly_its_award(
+    make_program, purchase, refund
+):
+    """The share of 20-digit points by 18-digit amounts, computed exactly (at 28 digits it
+    rounded before the floor, and a full refund left a cent of a point and a franc of budget
+    behind)."""
+    program = make_program(budget_limit=None)
+    amount = "373360405763120191"
+    earned = purchase(program, amount=amount, reference="order-big")
+    assert earned.entry.points == D("7467208115262403.82")
+
+    result = refund(program, "order-big", amount=amount)
+
+    assert result.entry.points == -earned.entry.points
+    assert balance_of(program).points_balance == D("0.00")
+    assert db_state()["budget_spent"] == D("0")
+
+
+def test_a_refund_after_a_debit_leaves_lifetime_earned_at_zero_not_below(program, purchase, refund):
+    """A debit corrects lifetime_earned down to zero at most; the refund's clawback of the
+    same purchase does not take it below zero either."""
+    purchase(program, amount="10000", reference="order-1")  # 200 points
+    event_ingest(
+        program=program,
+        event=PointsEventFactory(
+            member_id="u_1", type="manual_adjust", points=D("-200"), reason="correction"
+        ),
+        actor=Actor(id="fin-1", role="finance_ops"),
+    )
+    assert balance_of(program).lifetime_earned == D("0.00")
+
+    refund(program, "order-1", amount="10000")
+
+    balance = balance_of(program)
+    assert (balance.points_balance, balance.lifetime_earned) == (D("-200.00"), D("0.00"))
+    assert ledger_verify() == []

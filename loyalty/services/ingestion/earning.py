@@ -4,7 +4,7 @@ budget), and their write on the ORM path."""
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 
 from django.utils import timezone
 
@@ -13,7 +13,7 @@ from sira.scoring import MemberFacts, sira_score_purchase, sira_settings_resolve
 from ...actors import Actor
 from ...errors import AccountFrozen, FraudReview, LedgerLimitExceeded
 from ...models import LedgerEntry, MemberBalance, Program
-from ...money import ZERO, points_floor
+from ...money import EXACT, ZERO, points_floor
 from ..balances import (
     REFUND_DEBT_FLAG,
     fraud_flag_remove,
@@ -49,10 +49,6 @@ EARNING_FIELDS = [
 ]
 PURCHASE_FIELDS = ["lifetime_spend", "purchase_count", "last_purchase_at"]
 EARN_FIELDS = EARNING_FIELDS + PURCHASE_FIELDS
-# Wide enough for the exact product of any amount, rate and multipliers the fields allow
-# (the default 28 digits rounded, then failed to quantize, past ~10^26: a 500 where the
-# ledger's limit refuses the award).
-_WIDE = Context(prec=80)
 
 
 def earn_apply(
@@ -72,7 +68,7 @@ def earn_apply(
     earned_today = balance.earned_today if balance.earned_day == today else ZERO
     sira = None
     if event.type == "purchase":
-        with localcontext(_WIDE):  # exact products, whatever the rates (the limit refuses)
+        with localcontext(EXACT):  # exact products, whatever the rates (the limit refuses)
             uncapped, breakdown, sira = _purchase_points(program, balance, event, now, today)
     else:
         uncapped = event.points

@@ -1,13 +1,13 @@
 """Refunds: the proportional clawback of a purchase's points, and the budget credit."""
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from django.utils import timezone
 
 from ...actors import Actor
 from ...errors import OriginalNotFound, RefundExceedsOriginal
 from ...models import LedgerEntry, MemberBalance, PointLot, Program
-from ...money import ZERO, points_cost, points_floor
+from ...money import EXACT, ZERO, points_cost, points_floor
 from ..balances import REFUND_DEBT_FLAG, fraud_flag_add, lots_settle
 from ..budget import award_point_value, budget_credit
 from ..outbox import outbox_publish
@@ -46,10 +46,9 @@ def _refund(
     # and after an expiry never take a point twice; a shortfall stays forgiven, as before.
     expired = _expired_of(original)
     due_before = sum((_due_of(r) for r in earlier), ZERO)
-    due = max(
-        points_floor(original.points * refunded_after / original.amount) - expired - due_before,
-        ZERO,
-    )
+    with localcontext(EXACT):  # the share of 20-digit points by 18-digit amounts, exact
+        share = points_floor(original.points * refunded_after / original.amount)
+    due = max(share - expired - due_before, ZERO)
     before = balance.points_balance
     fields = ["points_balance", "lifetime_earned", "lifetime_spend", "last_activity_at"]
     if program.refund_policy == Program.RefundPolicy.CAP_AT_AVAILABLE:
@@ -58,7 +57,9 @@ def _refund(
         applied = due
     shortfall = due - applied
     balance.points_balance -= applied
-    balance.lifetime_earned -= applied
+    # Never below zero, as a debit's correction (adjustments): what was earned may have been
+    # corrected away already.
+    balance.lifetime_earned = max(balance.lifetime_earned - applied, ZERO)
     balance.lifetime_spend = max(balance.lifetime_spend - event.amount, ZERO)
     balance.last_activity_at = timezone.now()
     debt = max(-balance.points_balance, ZERO)
