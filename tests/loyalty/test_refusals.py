@@ -44,6 +44,25 @@ def test_frozen_member_earns_nothing(program, purchase, award):
     assert balance_of(program).points_balance == D("200.00")
 
 
+def test_staff_corrections_still_apply_to_a_frozen_member(program, purchase):
+    """A freeze stops the member's own activity (earning, redeeming); finance corrects the
+    account while it is frozen, which is what a fraud review freezes it for."""
+    purchase(program, amount="10000")  # 200 points
+    balance_set_frozen(program=program, member_id="u_1", frozen=True, actor=FINANCE)
+
+    debit = event_ingest(
+        program=program,
+        event=PointsEventFactory(
+            member_id="u_1", type="manual_adjust", points=D("-150"), reason="fraudulent earning"
+        ),
+        actor=FINANCE,
+    )
+
+    assert debit.entry.points == D("-150.00")
+    balance = balance_of(program)
+    assert (balance.points_balance, balance.is_frozen) == (D("50.00"), True)
+
+
 def test_unfrozen_member_earns_again(program, purchase):
     purchase(program, amount="10000")
     balance_set_frozen(program=program, member_id="u_1", frozen=True, actor=FINANCE)
