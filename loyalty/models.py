@@ -11,6 +11,7 @@ import zoneinfo
 
 import pgtrigger
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -26,6 +27,20 @@ def money_field(**kwargs) -> models.DecimalField:
     # Quantizing to the currency's own minor unit, at most these places, happens in
     # loyalty.money (TND's millimes are not kept).
     return models.DecimalField(max_digits=20, decimal_places=MONEY_PLACES, **kwargs)
+
+
+# The bounds of a program's durations, in the model so that every path (the API, the admin's
+# form, the services) refuses what the dates computed from them cannot hold: a lot's expiry,
+# a voucher's, a tier window's start (past them, every purchase, capture or tier run failed).
+EXPIRY_DAYS = (1, 36500)
+EXPIRY_WARNING_DAYS = (0, 3650)
+TIER_QUALIFYING_DAYS = (1, 3650)
+HOLD_TTL_SECONDS = (30, 86400)
+VOUCHER_VALIDITY_DAYS = (1, 3650)
+
+
+def _bounds(bounds: tuple[int, int]) -> list:
+    return [MinValueValidator(bounds[0]), MaxValueValidator(bounds[1])]
 
 
 # Names some tz databases list that are no place's time: the host's own zone (differs from
@@ -155,11 +170,15 @@ class Program(models.Model):
     point_value = models.DecimalField(
         max_digits=20, decimal_places=6, help_text="Money (program currency) per point."
     )
-    expiry_days = models.PositiveIntegerField(null=True, blank=True)
+    expiry_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=_bounds(EXPIRY_DAYS)
+    )
     expiry_rounding = models.CharField(
         max_length=8, choices=ExpiryRounding.choices, default=ExpiryRounding.NONE
     )
-    expiry_warning_days = models.PositiveIntegerField(default=30)
+    expiry_warning_days = models.PositiveIntegerField(
+        default=30, validators=_bounds(EXPIRY_WARNING_DAYS)
+    )
     budget_limit = money_field(null=True, blank=True)
     max_earn_per_day = points_field(null=True, blank=True)
     fraud_detection_enabled = models.BooleanField(default=True)
@@ -170,11 +189,17 @@ class Program(models.Model):
     tier_downgrade_policy = models.CharField(
         max_length=12, choices=DowngradePolicy.choices, default=DowngradePolicy.NONE
     )
-    tier_qualifying_days = models.PositiveIntegerField(default=365)
+    tier_qualifying_days = models.PositiveIntegerField(
+        default=365, validators=_bounds(TIER_QUALIFYING_DAYS)
+    )
     tier_cycle_date = models.DateField(null=True, blank=True)
     sira_settings = models.JSONField(default=dict, blank=True)
-    hold_ttl_seconds = models.PositiveIntegerField(default=900)
-    voucher_validity_days = models.PositiveIntegerField(default=90)
+    hold_ttl_seconds = models.PositiveIntegerField(
+        default=900, validators=_bounds(HOLD_TTL_SECONDS)
+    )
+    voucher_validity_days = models.PositiveIntegerField(
+        default=90, validators=_bounds(VOUCHER_VALIDITY_DAYS)
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -12,6 +12,11 @@ from rest_framework import serializers
 from access.idempotency import KEY_REGEX
 
 from ..models import (
+    EXPIRY_DAYS,
+    EXPIRY_WARNING_DAYS,
+    HOLD_TTL_SECONDS,
+    TIER_QUALIFYING_DAYS,
+    VOUCHER_VALIDITY_DAYS,
     Campaign,
     LedgerEntry,
     MemberBalance,
@@ -440,12 +445,14 @@ class ProgramFieldsSerializer(StrictInput):
     earn_rate = DecimalString(max_digits=12, places=6)
     point_value = DecimalString(max_digits=20, places=6)
     expiry_days = serializers.IntegerField(
-        min_value=1, max_value=36500, required=False, allow_null=True
+        min_value=EXPIRY_DAYS[0], max_value=EXPIRY_DAYS[1], required=False, allow_null=True
     )
     expiry_rounding = serializers.ChoiceField(
         choices=Program.ExpiryRounding.choices, required=False
     )
-    expiry_warning_days = serializers.IntegerField(min_value=0, max_value=3650, required=False)
+    expiry_warning_days = serializers.IntegerField(
+        min_value=EXPIRY_WARNING_DAYS[0], max_value=EXPIRY_WARNING_DAYS[1], required=False
+    )
     budget_limit = DecimalString(required=False, allow_null=True, max_digits=20)
     max_earn_per_day = DecimalString(required=False, allow_null=True, max_digits=20)
     fraud_detection_enabled = serializers.BooleanField(required=False)
@@ -454,7 +461,9 @@ class ProgramFieldsSerializer(StrictInput):
     tier_downgrade_policy = serializers.ChoiceField(
         choices=Program.DowngradePolicy.choices, required=False
     )
-    tier_qualifying_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+    tier_qualifying_days = serializers.IntegerField(
+        min_value=TIER_QUALIFYING_DAYS[0], max_value=TIER_QUALIFYING_DAYS[1], required=False
+    )
     tier_cycle_date = serializers.DateField(
         required=False,
         allow_null=True,
@@ -465,8 +474,12 @@ class ProgramFieldsSerializer(StrictInput):
     )
     tiers = TierInputSerializer(many=True, required=False, min_length=1, max_length=20)
     sira_settings = JSONObject(required=False)
-    hold_ttl_seconds = serializers.IntegerField(min_value=30, max_value=86400, required=False)
-    voucher_validity_days = serializers.IntegerField(min_value=1, max_value=3650, required=False)
+    hold_ttl_seconds = serializers.IntegerField(
+        min_value=HOLD_TTL_SECONDS[0], max_value=HOLD_TTL_SECONDS[1], required=False
+    )
+    voucher_validity_days = serializers.IntegerField(
+        min_value=VOUCHER_VALIDITY_DAYS[0], max_value=VOUCHER_VALIDITY_DAYS[1], required=False
+    )
 
     def validate_sira_settings(self, value):
         from sira.scoring import sira_settings_resolve

@@ -166,6 +166,34 @@ def test_finance_cannot_change_a_program_earn_rate(client, staff, history):
     assert not AuditEntry.objects.filter(action="program.update").exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("expiry_days", "4000000"),  # a lot's expiry past the calendar: every purchase failed
+        ("voucher_validity_days", "3000000"),  # every capture failed
+        ("tier_qualifying_days", "3000000"),  # the tier job failed
+        ("hold_ttl_seconds", "0"),  # every hold expired at once
+        ("expiry_warning_days", "4000000"),
+    ],
+)
+def test_the_console_bounds_a_programs_durations_as_the_api_does(
+    client, staff, history, actor, field, value
+):
+    program = Program.objects.get()
+    before = getattr(program, field)
+    client.force_login(staff("ops_marketing"))
+    url, data = _program_form(client, program)
+    data[field] = value
+
+    response = client.post(url, data)
+
+    assert response.status_code == 200  # the form again, with the error
+    assert field in response.context["adminform"].form.errors
+    program.refresh_from_db()
+    assert getattr(program, field) == before
+    event_ingest(program=program, event=PurchaseFactory(member_id="u_9"), actor=actor)
+
+
 def test_program_save_refuses_a_field_the_role_may_not_change(rf, staff, history):
     """Behind the read-only fields, the save refuses too (a form that let one through)."""
     from django.core.exceptions import PermissionDenied
