@@ -25,6 +25,7 @@ from .serializers import (
     ProgramUpdateSerializer,
     ReasonInputSerializer,
     program_body,
+    tier_ranks_check,
 )
 
 
@@ -79,6 +80,9 @@ class ProgramsApi(LoyaltyApi):
     @idempotent
     def post(self, request):
         data = dict(validated(ProgramCreateSerializer, request.data))
+        if "tiers" in data:
+            basis = data.get("tier_basis", Program.TierBasis.POINTS)
+            data["tiers"] = tier_ranks_check(data["tiers"], basis)
         caller = request.caller
         merchant_id = data.pop("merchant_id", None) or caller.merchant_id
         if merchant_id is None:
@@ -140,6 +144,9 @@ class ProgramDetailApi(LoyaltyApi):
         if set(changes) - {"budget_limit"} and not caller.has("programs:write"):
             raise PermissionDenied("Changing a program needs the programs:write permission.")
         program = program_get_for_caller(caller=caller, program_id=program_id)
+        if "tiers" in changes:
+            basis = changes.get("tier_basis", program.tier_basis)
+            changes["tiers"] = tier_ranks_check(changes["tiers"], basis)
         fields = {name: value for name, value in changes.items() if name != "tiers"}
         tiers = _tiers(changes.get("tiers"))
         # Before the gate: no approval request for changes the service would refuse.

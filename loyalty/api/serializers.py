@@ -11,6 +11,7 @@ from rest_framework import serializers
 
 from access.idempotency import KEY_REGEX
 
+from ..errors import ValidationFailed
 from ..models import (
     EXPIRY_DAYS,
     EXPIRY_WARNING_DAYS,
@@ -491,8 +492,8 @@ class ProgramFieldsSerializer(StrictInput):
         return value
 
     def validate_tiers(self, value):
-        """A body read back from GET may carry each tier's `rank`: accepted when it is the place
-        the thresholds give the tier (the only thing that decides it), then dropped."""
+        """The whole list, each tier's `rank` kept for `tier_ranks_check` (a PATCH's tiers are
+        checked against the program's basis, which only the view knows)."""
         if self.partial:
             # A PATCH validates partially, and DRF passes that on to the tiers: a tier
             # without its name would pass, its defaults unset. New tiers are a whole list.
@@ -500,14 +501,7 @@ class ProgramFieldsSerializer(StrictInput):
             if not whole.is_valid():
                 raise serializers.ValidationError(whole.errors)
             value = whole.validated_data
-        ordered = sorted(value, key=lambda t: (t.get("min_points", 0), t.get("min_spend", 0)))
-        places = {id(tier): place for place, tier in enumerate(ordered)}
-        if any(tier.get("rank", places[id(tier)]) != places[id(tier)] for tier in value):
-            raise serializers.ValidationError(
-                "A tier's rank is its place once ordered by min_points then min_spend; "
-                "change the thresholds to reorder tiers, or leave rank out."
-            )
-        return [{k: v for k, v in tier.items() if k != "rank"} for tier in value]
+        return value
 
     def validate_budget_limit(self, value):
         if value is not None and value < 0:
@@ -528,6 +522,26 @@ class ProgramFieldsSerializer(StrictInput):
         if value <= 0:
             raise serializers.ValidationError("Must be positive.")
         return value
+
+
+def tier_ranks_check(tiers: list[dict], basis: str) -> list[dict]:
+    """A body read back from GET may carry each tier's `rank`: accepted when it is the place
+    the thresholds give the tier on the program's basis (points or spend: the only thing that
+    decides it), then dropped."""
+    first, then = ("min_spend", "min_points") if basis == "spend" else ("min_points", "min_spend")
+    ordered = sorted(tiers, key=lambda t: (t.get(first, 0), t.get(then, 0)))
+    places = {id(tier): place for place, tier in enumerate(ordered)}
+    if any(tier.get("rank", places[id(tier)]) != places[id(tier)] for tier in tiers):
+        raise ValidationFailed(
+            errors={
+                "tiers": [
+                    f"A tier's rank is its place once ordered by {first} then {then} (the "
+                    f"program's tiers are by {basis}); change the thresholds to reorder "
+                    "tiers, or leave rank out."
+                ]
+            }
+        )
+    return [{k: v for k, v in tier.items() if k != "rank"} for tier in tiers]
 
 
 class ProgramCreateSerializer(ProgramFieldsSerializer):

@@ -123,6 +123,37 @@ def test_a_tier_rank_that_its_thresholds_do_not_give_is_400_and_changes_nothing(
     assert client.get(url).json()["tiers"] == before
 
 
+@pytest.mark.parametrize("method", ["post", "patch"])
+def test_a_spend_programs_tiers_read_back_are_accepted_as_they_are(api, method):
+    """Ranks follow the thresholds of the program's basis: a spend program's follow
+    min_spend, whatever its min_points (ordered by min_points first, its own tiers read with
+    GET were a 400)."""
+    client = api("ops_marketing")
+    body = {
+        "merchant_id": OWN, "name": "Spend Rewards", "currency": "XOF", "earn_rate": "0.02",
+        "point_value": "1", "tier_basis": "spend",
+        "tiers": [
+            {"name": "basic"},
+            {"name": "silver", "min_spend": "100000", "min_points": "5000"},
+            {"name": "gold", "min_spend": "500000", "min_points": "1000"},
+        ],
+    }  # fmt: skip
+    created = client.post("/api/v1/programs", body, key="spend-1").json()
+    assert [(t["name"], t["rank"]) for t in created["tiers"]] == [
+        ("basic", 0), ("silver", 1), ("gold", 2)
+    ]  # fmt: skip
+
+    if method == "patch":
+        response = client.patch(f"/api/v1/programs/{created['id']}", {"tiers": created["tiers"]})
+    else:
+        response = client.post(
+            "/api/v1/programs", {**body, "tiers": created["tiers"]}, key="spend-2"
+        )
+
+    assert response.status_code in (200, 201), response.json()
+    assert response.json()["tiers"] == created["tiers"]
+
+
 @_on("2026-06-01T12:00:00+00:00")
 def test_the_tier_review_date_is_read_set_and_cleared(api, own_program):
     client = api("ops_marketing")
