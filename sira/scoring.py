@@ -40,7 +40,7 @@ DEFAULT_SIRA_SETTINGS: dict[str, object] = {
     # 7. Engagement.
     "engagement_score": D("0.8"),
     "engagement_bonus": D("0.005"),
-    # 8. Tier stagnation: still basic after this much lifetime spend.
+    # 8. Tier stagnation: still on the lowest tier (the seed's "basic") after this much spend.
     "stagnation_spend": D("300"),
     "stagnation_points": D("15"),
     # Confidence: a base plus a step per rule that fired, capped.
@@ -135,7 +135,7 @@ class MemberFacts:
     churn_risk: Decimal
     engagement_score: Decimal
     lifetime_spend: Decimal
-    tier: str
+    on_entry_tier: bool  # the program's lowest tier (the seed's "basic")
     last_purchase_at: datetime | None
     first_purchase_today: bool
 
@@ -196,7 +196,7 @@ def sira_score_purchase(
         fire("high_lifetime_value", rate=settings["ltv_bonus"])
     if member.engagement_score > settings["engagement_score"]:
         fire("high_engagement", rate=settings["engagement_bonus"])
-    if member.tier == "basic" and member.lifetime_spend >= settings["stagnation_spend"]:
+    if member.on_entry_tier and member.lifetime_spend >= settings["stagnation_spend"]:
         fire("tier_stagnation_incentive", points=settings["stagnation_points"])
 
     score.multiplier = D("1") + bonus_rate

@@ -39,9 +39,10 @@ def _local_date(zone: str, at: datetime) -> date:
 _BALANCE_COLUMNS = ", ".join(f'b."{f.column}"' for f in MemberBalance._meta.concrete_fields)
 _BALANCE_LOCK_SQL = (
     f"SELECT {_BALANCE_COLUMNS},"  # noqa: S608
-    " (SELECT t.earn_multiplier FROM loyalty_tier t"
-    "  WHERE t.program_id = b.program_id AND t.name = b.tier) AS tier_multiplier"
-    " FROM loyalty_memberbalance b WHERE b.program_id = %s AND b.member_id = %s"
+    " t.earn_multiplier AS tier_multiplier, t.rank AS tier_rank"
+    " FROM loyalty_memberbalance b LEFT JOIN loyalty_tier t"
+    "  ON t.program_id = b.program_id AND t.name = b.tier"
+    " WHERE b.program_id = %s AND b.member_id = %s"
 )
 
 
@@ -102,7 +103,7 @@ def serial_sequence(model) -> str:
 
 def balance_lock(*, program: Program, member_id: str, create: bool = False) -> MemberBalance | None:
     """The member's balance row, locked until commit; created on first use when `create`.
-    It carries `tier_multiplier`, the earn multiplier of its tier (None: no such tier)."""
+    It carries `tier_multiplier` and `tier_rank` (`tier_of`)."""
     balance = _balance_fetch_locked(program, member_id)
     if balance is None and create:
         # ON CONFLICT DO NOTHING: a concurrent first event of the same member creates it once.
@@ -127,10 +128,17 @@ def _balance_fetch_locked(program: Program, member_id: str) -> MemberBalance | N
     if row is None:
         return None
     balance = balance_from_row(conn, row)
-    balance.tier_multiplier = multiplier = row[_BALANCE_WIDTH]
-    if multiplier is not None and not isinstance(multiplier, Decimal):
-        balance.tier_multiplier = Decimal(str(multiplier))  # SQLite returns a float
+    tier_of(balance, *row[_BALANCE_WIDTH : _BALANCE_WIDTH + 2])
     return balance
+
+
+def tier_of(balance: MemberBalance, multiplier, rank) -> None:
+    """Sets what the balance lock reads of the member's tier: `tier_multiplier`, its earn
+    multiplier, and `tier_rank`, its place from the lowest (both None: a tier the program
+    no longer has)."""
+    if multiplier is not None and not isinstance(multiplier, Decimal):
+        multiplier = Decimal(str(multiplier))  # SQLite returns a float
+    balance.tier_multiplier, balance.tier_rank = multiplier, rank
 
 
 def balance_defaults() -> tuple[list[str], list[tuple[str, object]]]:

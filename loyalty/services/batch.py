@@ -609,12 +609,19 @@ def _balances_unused_delete(created: dict[int, tuple], written) -> set[tuple]:
     return {created[pk] for pk in unused}
 
 
+_NO_TIER = (None, None)  # a tier the program no longer has (balances.tier_of)
+
+
 def _balances_lock(programs: dict, members: set, tiers: dict, *, wait: bool) -> dict:
-    """Locks the members' balances, each carrying its tier's earn multiplier as
-    `balance_lock` gives it: {(program key, member id): balance}. Not `wait`: only those free
+    """Locks the members' balances, each carrying its tier's earn multiplier and rank as
+    `balance_lock` gives them: {(program key, member id): balance}. Not `wait`: only those free
     now (SKIP LOCKED), the others are left out."""
     arrays, _ = _members_arrays(programs, members)
-    multipliers = {(pid, name): m for pid, ranked in tiers.items() for name, m in ranked}
+    tier_rows = {
+        (pid, name): (multiplier, rank)
+        for pid, ranked in tiers.items()
+        for rank, (name, multiplier) in enumerate(ranked)
+    }
     locked = {}
     with connection.cursor() as cursor:
         # last_purchase_at by psycopg's own loader (C, 0.2 us a value): Django's, which only
@@ -629,7 +636,7 @@ def _balances_lock(programs: dict, members: set, tiers: dict, *, wait: bool) -> 
         values["fraud_flags"] = [] if flags == "[]" else flags_from_db(flags, None, connection)
         pid = values["program_id"].int
         balance = _model_new(MemberBalance, values, {"program": programs[pid]})
-        balance.tier_multiplier = multipliers.get((pid, balance.tier))
+        balance.tier_multiplier, balance.tier_rank = tier_rows.get((pid, balance.tier), _NO_TIER)
         locked[(pid, balance.member_id)] = balance
     return locked
 

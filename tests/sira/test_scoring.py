@@ -23,7 +23,7 @@ def facts(**overrides) -> MemberFacts:
         "churn_risk": D("0.1"),
         "engagement_score": D("0.1"),
         "lifetime_spend": D("0"),
-        "tier": "silver",
+        "on_entry_tier": False,
         "last_purchase_at": None,
         "first_purchase_today": False,
     }
@@ -78,7 +78,7 @@ def test_no_rule_fires_for_an_ordinary_purchase():
         ({"member": facts(engagement_score=D("0.81"))}, "high_engagement", "1.005", "0"),
         # 8. still basic after 300 spent: +15 points
         (
-            {"member": facts(tier="basic", lifetime_spend=D("300"))},
+            {"member": facts(on_entry_tier=True, lifetime_spend=D("300"))},
             "tier_stagnation_incentive",
             "1",
             "15",
@@ -100,10 +100,10 @@ def test_each_rule_fires_alone_past_its_threshold(kwargs, reason, multiplier, bo
         {"member": facts(churn_risk=D("0.5"))},
         {"member": facts(last_purchase_at=NOW - timedelta(days=7))},
         {"module": "rides"},
-        {"member": facts(lifetime_spend=D("10000"), tier="gold")},
+        {"member": facts(lifetime_spend=D("10000"), on_entry_tier=False)},
         {"member": facts(engagement_score=D("0.8"))},
-        {"member": facts(tier="basic", lifetime_spend=D("299.99"))},
-        {"member": facts(tier="silver", lifetime_spend=D("5000"))},
+        {"member": facts(on_entry_tier=True, lifetime_spend=D("299.99"))},
+        {"member": facts(on_entry_tier=False, lifetime_spend=D("5000"))},
     ],
 )
 def test_no_rule_fires_at_or_below_its_threshold(kwargs):
@@ -115,7 +115,7 @@ def test_rules_add_up_and_confidence_is_capped():
         churn_risk=D("0.9"),
         engagement_score=D("0.9"),
         lifetime_spend=D("20000"),
-        tier="basic",
+        on_entry_tier=True,
         last_purchase_at=NOW - timedelta(days=1),
         first_purchase_today=True,
     )

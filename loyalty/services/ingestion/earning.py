@@ -127,7 +127,7 @@ def _purchase_points(program, balance, event, now, today) -> tuple[Decimal, dict
         churn_risk=balance.churn_risk,
         engagement_score=balance.engagement_score,
         lifetime_spend=balance.lifetime_spend,
-        tier=balance.tier,
+        on_entry_tier=balance.tier_rank == 0,
         last_purchase_at=balance.last_purchase_at,
         first_purchase_today=balance.last_purchase_at is None
         or program_local_date(program, balance.last_purchase_at) != today,

@@ -27,6 +27,7 @@ from ..balances import (
     db_id,
     lot_expiry,
     serial_sequence,
+    tier_of,
 )
 from ..budget import BudgetRetry, budget_charge, budget_charge_statement
 from .earning import earn_apply
@@ -102,7 +103,8 @@ def _event_lock(
             preface.refuse()
     balance = balance_from_row(cursor.db, row)
     # The columns after the balance's: see _EVENT_LOCK_SQL.
-    balance.tier_multiplier, replay_id, held_by, entry_id = row[_BALANCE_WIDTH:]
+    multiplier, rank, replay_id, held_by, entry_id = row[_BALANCE_WIDTH:]
+    tier_of(balance, multiplier, rank)
     if replay_id is None and held_by is not None:
         # Both probes read the snapshot from before the lock: the holder may have been
         # approved and written the key meanwhile, its entry the answer then.
