@@ -284,6 +284,12 @@ def test_a_key_spelling_a_long_keys_digest_is_another_adjustment(api, funded):
 # Member ids "." and ".." ----------------------------------------------------------------
 
 
+def _purchase(client, program, member_id: str, *, key: str):
+    body = {"program_id": str(program.pk), "member_id": member_id, "type": "purchase",
+            "amount": "100", "currency": program.currency}  # fmt: skip
+    return client.post("/api/v1/events", body, key=key)
+
+
 @pytest.mark.parametrize("member_id", [".", ".."])
 def test_a_member_id_that_is_a_dot_segment_is_refused(api, funded, member_id):
     """URL clients resolve such a path segment away (and so did the pages' `next` links):
@@ -291,12 +297,7 @@ def test_a_member_id_that_is_a_dot_segment_is_refused(api, funded, member_id):
     client = api("system")
     before = counts()
 
-    response = client.post(
-        "/api/v1/events",
-        {"program_id": str(funded.pk), "member_id": member_id, "type": "purchase",
-         "amount": "100", "currency": funded.currency},
-        key=f"dot-{len(member_id)}",
-    )  # fmt: skip
+    response = _purchase(client, funded, member_id, key=f"dot-{len(member_id)}")
 
     body = assert_problem(response, 400, "validation_error")
     assert "member_id" in body["errors"]
@@ -336,12 +337,7 @@ def test_the_pages_of_a_member_named_by_a_dot_segment_stay_on_its_list(
 def test_member_ids_with_dots_that_are_not_dot_segments_are_members(api, funded, actor):
     client = api("system")
     for n, member_id in enumerate(["...", ".a", "a.", "a..b"]):
-        response = client.post(
-            "/api/v1/events",
-            {"program_id": str(funded.pk), "member_id": member_id, "type": "purchase",
-             "amount": "100", "currency": funded.currency},
-            key=f"dots-{n}",
-        )  # fmt: skip
+        response = _purchase(client, funded, member_id, key=f"dots-{n}")
         assert response.status_code == 201, response.content
         balance = client.get(f"/api/v1/programs/{funded.pk}/members/{member_id}")
         assert balance.status_code == 200, balance.content
