@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 
 from access.permissions import ROLE_PERMISSIONS
 from loyalty.actors import Actor
@@ -172,7 +173,35 @@ def _validate_adjustment(payload: dict) -> dict:
         "points": str(points),
         "reason": str(payload["reason"]),
         "idempotency_key": str(payload["idempotency_key"]),
+        **_adjustment_extras(payload),
     }
+
+
+def _adjustment_extras(payload: dict) -> dict:
+    """The optional fields of the event an adjustment request was made of (reference, module,
+    occurred_at, metadata), as it sent them: the approved entry is that event."""
+    extras, errors = {}, {}
+    for name in ("reference", "module"):
+        value = payload.get(name)
+        if value is not None and not isinstance(value, str):
+            errors[name] = ["A text is required."]
+        elif value:
+            extras[name] = value
+    occurred_at = payload.get("occurred_at")
+    if occurred_at is not None:
+        parsed = parse_datetime(occurred_at) if isinstance(occurred_at, str) else None
+        if parsed is None or parsed.tzinfo is None:
+            errors["occurred_at"] = ["An ISO 8601 time with its UTC offset is required."]
+        else:
+            extras["occurred_at"] = occurred_at
+    metadata = payload.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        errors["metadata"] = ["A JSON object is required."]
+    elif metadata:
+        extras["metadata"] = metadata
+    if errors:
+        raise ValidationFailed("The approval payload is invalid.", errors=errors)
+    return extras
 
 
 def _validate_budget(payload: dict) -> dict:
@@ -243,12 +272,17 @@ def _program(payload: dict) -> Program:
 
 def _run_adjustment(payload: dict, actor: Actor) -> dict:
     program = _program(payload)
+    occurred_at = payload.get("occurred_at")
     event = EventInput(
         type="manual_adjust",
         member_id=payload["member_id"],
         idempotency_key=payload["idempotency_key"],
         points=Decimal(payload["points"]),
         reason=payload["reason"],
+        reference=payload.get("reference", ""),
+        module=payload.get("module", ""),
+        occurred_at=None if occurred_at is None else parse_datetime(occurred_at),
+        metadata=payload.get("metadata") or {},
     )
     event_validate(program, event)
     result = event_replay(program, event) or ingest_in_transaction(

@@ -238,9 +238,24 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
             "points": str(event.points),
             "reason": event.reason,
             "idempotency_key": event.idempotency_key,
+            # The rest of the event as sent, so that the approved entry is that event: its
+            # reference is in the key's fingerprint (a resend is then a replay, not a reuse).
+            **adjustment_extras(event),
         },
         done=lambda: stored_entry_id(program, event.idempotency_key) is not None,
     )
+
+
+def adjustment_extras(event: EventInput) -> dict:
+    """The optional fields of an adjustment the event sets, JSON-safe (approvals.registry
+    reads them back)."""
+    extras = {
+        "reference": event.reference,
+        "module": event.module,
+        "occurred_at": None if event.occurred_at is None else event.occurred_at.isoformat(),
+        "metadata": event.metadata or None,
+    }
+    return {name: value for name, value in extras.items() if value}
 
 
 def _adjustment_permitted(event: EventInput, caller) -> bool:

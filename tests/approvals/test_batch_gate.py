@@ -139,3 +139,28 @@ def test_items_after_a_waiting_adjustment_wait_for_it_too(api, funded):
     assert got == [(422, "insufficient_points"), (202, None), (422, "idempotency_key_reused")]
     assert not LedgerEntry.objects.filter(program=funded, idempotency_key="K").exists()
     assert ApprovalRequest.objects.count() == 1
+
+
+def test_an_approved_event_is_written_as_it_was_sent(api, funded):
+    """The approval runs the event the request was made of, reference, module, time and
+    metadata included: its entry carries them, and a resend of that event (a batch item, or
+    the event once its HTTP record is gone) is its replay, not a reuse of the key."""
+    maker = api("system", sub="ops-maker")
+    event = {
+        **big_adjust(funded), "reference": "ticket-77", "module": "support",
+        "occurred_at": "2026-11-20T09:30:00Z", "metadata": {"case": "C-12"},
+    }  # fmt: skip
+    first = maker.post("/api/v1/events", event, key="ref-k")
+    assert first.status_code == 202
+    execute(api, first.json()["approval_request_id"])
+
+    entry = LedgerEntry.objects.get(idempotency_key="ref-k")
+    assert (entry.reference, entry.module, entry.occurred_at.isoformat(), entry.metadata) == (
+        "ticket-77", "support", "2026-11-20T09:30:00+00:00", {"case": "C-12"}
+    )  # fmt: skip
+    (item,) = batch(maker, keyed(event, "ref-k"))
+    assert (item["status"], item["replayed"]) == (201, True)
+    IdempotencyRecord.objects.filter(key="ref-k").delete()
+    again = maker.post("/api/v1/events", event, key="ref-k")
+    assert again.status_code == 201, again.json()
+    assert again.json()["transaction_id"] == str(entry.pk)
