@@ -276,14 +276,6 @@ def _is_adjustment(raw) -> bool:
     return isinstance(raw, dict) and raw.get("type") == "manual_adjust"
 
 
-def _adjustment_needs_approval(event: EventInput, caller) -> bool:
-    """Whether `adjustment_gate` would ask the approval policy for this event, and it says
-    yes (PermissionMissing as the gate raises it)."""
-    return _adjustment_permitted(event, caller) and approval_needed(
-        "balance_adjustment", event.points
-    )
-
-
 def _created(result) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     # Encoded once, for the response and the stored answer.
@@ -482,8 +474,12 @@ class EventsBatchApi(LoyaltyApi):
         todo: list[tuple[int, Program, EventInput]] = []
         sent = _FirstOfKey(todo)
         gated: dict[tuple, tuple[int, EventInput]] = {}  # key: its request's item, event
-        waiting: list[tuple[int, Program, EventInput, int]] = []
-        waits: dict[tuple, int] = {}  # key of a waiting item: the place of its first in todo
+        # A gated adjustment of a member one of whose gated adjustments waits keeps its place
+        # behind it (one by one, the first opens the member's pending request, and the next
+        # is refused with approval_pending_exists).
+        waiting: list[tuple[int, Program, EventInput, int | None]] = []
+        waits: dict[tuple, int | None] = {}  # key of a waiting item: its first's place in todo
+        waiting_members: set[tuple] = set()
         for index, program_id, event in parsed:
             program = programs.get(program_id.int)
             try:
@@ -492,17 +488,26 @@ class EventsBatchApi(LoyaltyApi):
                 # (A batch of earnings: none of these.)
                 if gated or waits or event.type == "manual_adjust":
                     key = (program_id.int, event.idempotency_key)
+                    if event.type == "manual_adjust":
+                        # What the gate refuses first, one by one: the permission, then what
+                        # the service would refuse (before any answer from the key's items).
+                        _adjustment_permitted(event, caller)
+                        event_validate(program, event)
                     if key in gated:
                         results[index] = _pending_repeat(index, event, gated[key], results)
                         continue
                     if key in waits:
                         waiting.append((index, program, event, waits[key]))
                         continue
-                    first = sent.get(key) if event.type == "manual_adjust" else None
-                    if first is not None and _adjustment_needs_approval(event, caller):
-                        waiting.append((index, program, event, first))
-                        waits[key] = first
-                        continue
+                    if event.type == "manual_adjust":
+                        first, member = sent.get(key), (program_id.int, event.member_id)
+                        if (first is not None or member in waiting_members) and approval_needed(
+                            "balance_adjustment", event.points
+                        ):
+                            waiting.append((index, program, event, first))
+                            waits[key] = first
+                            waiting_members.add(member)
+                            continue
                 pending = adjustment_gate(program=program, event=event, caller=caller)
             except DomainError as error:
                 results[index] = _error_item(index, error)
@@ -530,7 +535,9 @@ class EventsBatchApi(LoyaltyApi):
                 if key in gated:
                     results[index] = _pending_repeat(index, event, gated[key], results)
                     continue
-                outcome = _gated_repeat(program, event, outcomes[first], caller)
+                outcome = _gated_repeat(
+                    program, event, None if first is None else outcomes[first], caller
+                )
             except DomainError as error:
                 results[index] = _error_item(index, error)
                 continue
@@ -627,9 +634,10 @@ def _pending_repeat(index: int, event: EventInput, first: tuple, results: list) 
 def _gated_repeat(program: Program, event: EventInput, first, caller):
     """The outcome of an adjustment that waits for approval and repeats the key of an item
     sent to the service, whose outcome is `first`: that item's entry answers it (its replay,
-    or `idempotency_key_reused`); if that item was refused the key is still free, as one by
-    one, and this one goes to the gate (the pending request), or to the service should the
-    gate let it through (its key stored meanwhile, by a later item: answered from there)."""
+    or `idempotency_key_reused`); if that item was refused (or none was sent: it waited
+    behind the member's) the key is still free, as one by one, and this one goes to the gate
+    (the pending request), or to the service should the gate let it through (its key stored
+    meanwhile, by a later item: answered from there)."""
     if isinstance(first, IngestResult):
         return replay_answer(first.entry, event)
     pending = adjustment_gate(program=program, event=event, caller=caller)

@@ -164,3 +164,37 @@ def test_an_approved_event_is_written_as_it_was_sent(api, funded):
     again = maker.post("/api/v1/events", event, key="ref-k")
     assert again.status_code == 201, again.json()
     assert again.json()["transaction_id"] == str(entry.pk)
+
+
+def test_a_waiting_adjustment_keeps_its_place_before_the_members_next_one(api, funded):
+    """Item 1 repeats the key of item 0, refused: it waits for that outcome, then opens the
+    member's pending request, as one by one; item 2, the member's next gated adjustment,
+    waits behind it and is refused with approval_pending_exists (it took the request
+    first)."""
+    maker = api("system", sub="ops-maker")
+    refused_purchase = {
+        "program_id": str(funded.pk), "member_id": "u_1", "type": "purchase",
+        "amount": "10000", "currency": "USD",  # the program's is XOF
+    }  # fmt: skip
+    results = batch(
+        maker,
+        keyed(refused_purchase, "K"),
+        keyed(big_adjust(funded), "K"),
+        keyed(big_adjust(funded, points="20000"), "K2"),
+    )
+    got = [(r["status"], r.get("error", {}).get("code")) for r in results]
+    assert got == [(422, "currency_mismatch"), (202, None), (409, "approval_pending_exists")]
+    assert ApprovalRequest.objects.get().payload["idempotency_key"] == "K"
+
+
+def test_an_invalid_adjustment_repeating_a_written_key_is_a_400_as_one_by_one(api, funded):
+    maker = api("system", sub="ops-maker")
+    invalid = keyed(big_adjust(funded), "K")
+    del invalid["points"]
+    single = maker.post("/api/v1/events", invalid, key="K-single")
+    assert (single.status_code, single.json()["code"]) == (400, "validation_error")
+
+    results = batch(maker, keyed(big_adjust(funded, points="5"), "K"), invalid)
+
+    got = [(r["status"], r.get("error", {}).get("code")) for r in results]
+    assert got == [(201, None), (400, "validation_error")]
