@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Django's command-line utility for administrative tasks."""
 
-import os
 import sys
 
 
 def main():
     """Run administrative tasks."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
+    from loyalty_project.environment import environment_load
+
+    environment_load()
     try:
         from django.core.management import execute_from_command_line
     except ImportError as exc:

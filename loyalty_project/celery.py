@@ -1,13 +1,12 @@
 """The Celery application; configuration comes from Django settings (CELERY_* names)."""
 
-import os
-
 from celery import Celery
 from celery.signals import worker_process_init
 
 from loyalty_project.collector import startup_objects_freeze
+from loyalty_project.environment import environment_load
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
+environment_load()
 
 app = Celery("loyalty_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")

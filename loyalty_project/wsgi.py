@@ -1,14 +1,13 @@
 """The WSGI application the web process (Procfile) serves."""
 
-import os
-
 from django.core.wsgi import get_wsgi_application
 from django.urls import get_resolver
 
 from loyalty_project.collector import startup_objects_freeze
+from loyalty_project.environment import environment_load
 from loyalty_project.serving import without_process_environment
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "loyalty_project.settings.base")
+environment_load()
 
 application = without_process_environment(get_wsgi_application())
 

@@ -28,3 +28,79 @@ def test_production_settings_pass_check_deploy():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def _production_env(tmp_path, **overrides) -> dict:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "loyalty_project.settings.production",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "AUDIT_HMAC_KEY": secrets.token_urlsafe(40),
+        "ALLOWED_HOSTS": "loyalty.example.com",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
+        **overrides,
+    }
+
+
+def _procfile(process: str) -> str:
+    line = next(
+        line for line in (ROOT / "Procfile").read_text().splitlines()
+        if line.startswith(f"{process}:")
+    )  # fmt: skip
+    return line.removeprefix(f"{process}:").strip()
+
+
+def test_after_the_release_step_the_production_admin_and_api_docs_render(tmp_path):
+    """The Procfile's `release` collects the static files the production storage serves by
+    their manifest: without it, the admin and the API docs answered 500."""
+    env = _production_env(tmp_path)
+    release = subprocess.run(  # noqa: S602 (the Procfile's line, as a shell runs it)
+        _procfile("release"), shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert release.returncode == 0, release.stdout + release.stderr
+
+    page = subprocess.run(
+        [sys.executable, "-c",
+         "import django; django.setup(); from django.test import Client;"
+         " c = Client(HTTP_HOST='loyalty.example.com');"
+         " print(c.get('/admin/login/', secure=True).status_code,"
+         " c.get('/api/docs/', secure=True).status_code)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert page.stdout.split() == ["200", "200"], page.stdout + page.stderr
+
+
+def test_production_refuses_to_start_without_a_real_secret_key(tmp_path):
+    for weak in ("", "short", "a" * 60):
+        result = subprocess.run(
+            [sys.executable, "manage.py", "check"],
+            cwd=ROOT, env=_production_env(tmp_path, SECRET_KEY=weak),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode != 0, weak
+        assert "SECRET_KEY must be a long random value" in result.stderr, weak
+
+
+def test_the_settings_module_may_be_named_in_the_env_file(tmp_path):
+    """deploy/example.env, copied to .env as it says, names the production settings: read
+    before Django picks its settings module (it was read inside the development settings,
+    too late, which then ran in production's place)."""
+    env = _production_env(tmp_path)
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "".join(f"{name}={env.pop(name)}\n" for name in (
+            "DJANGO_SETTINGS_MODULE", "SECRET_KEY", "AUDIT_HMAC_KEY", "ALLOWED_HOSTS",
+        ))
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from django.conf import settings; print(settings.SETTINGS_MODULE, settings.DEBUG)"],
+        cwd=ROOT, env={**env, "LOYALTY_ENV_FILE": str(env_file)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.stdout.split()[-2:] == ["loyalty_project.settings.production", "False"], (
+        result.stdout + result.stderr
+    )

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import environ
 
+from loyalty_project.environment import env_file
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+environ.Env.read_env(env_file(), overwrite=False)  # as the entry points did (environment.py)
 
 DEBUG = env.bool("DEBUG", default=True)
 # Development-only fallback; production.py requires SECRET_KEY from the environment.
@@ -142,7 +144,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
 
 LOGGING = {
     "version": 1,
