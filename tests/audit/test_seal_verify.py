@@ -304,3 +304,16 @@ def test_verify_names_a_genuine_entry_copied_in_even_once_sealed():
     findings = audit_verify()
     assert [(f.kind, f.entry_id) for f in findings] == [("entry_copied", copy.pk)]
     assert f"entries {entry.pk}, {copy.pk}" in findings[0].message
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "ten"])
+def test_a_limit_that_shows_no_finding_is_refused_not_an_ok(limit):
+    """With room for no finding, an altered trail came back clean: OK, exit 0."""
+    with transaction.atomic():
+        (entry,) = record(1)
+    behind_the_triggers_back(
+        f"UPDATE {AuditEntry._meta.db_table} SET actor_id = 'someone-else' WHERE id = %s",  # noqa: S608
+        [entry.pk],
+    )
+    with pytest.raises(CommandError, match="--limit"):
+        call_command("audit_verify", "--limit", limit, stdout=io.StringIO())

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.models import AuditEntry, AuditSeal
 from audit.verify import audit_verify
+from loyalty_project.arguments import findings_limit
 
 
 class Command(BaseCommand):
@@ -13,7 +14,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--limit", type=int, default=20, help="Findings shown at most.")
+        parser.add_argument(
+            "--limit", type=findings_limit, default=20, help="Findings shown at most (>= 1)."
+        )
         parser.add_argument(
             "--anchor",
             action="append",

@@ -1,9 +1,8 @@
-import argparse
-
 from django.core.management.base import BaseCommand, CommandError
 
 from loyalty.models import MemberBalance
 from loyalty.verify import CHECKS, ledger_verify
+from loyalty_project.arguments import findings_limit
 
 
 class Command(BaseCommand):
@@ -14,7 +13,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--limit", type=_at_least_one, default=100, help="Rows shown per check (>= 1)."
+            "--limit", type=findings_limit, default=100, help="Rows shown per check (>= 1)."
         )
 
     def handle(self, *args, limit, **options):
@@ -28,11 +27,3 @@ class Command(BaseCommand):
         for mismatch in mismatches:
             self.stderr.write(f"MISMATCH {mismatch.check}: {mismatch.row}")
         raise CommandError(f"{len(mismatches)} mismatch(es) found over {members} members.")
-
-
-def _at_least_one(text: str) -> int:
-    """A limit of 0 would show no row of any check, and report OK on any ledger."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
