@@ -1,6 +1,7 @@
 """Writes of the access app that are not part of a request's handling: staff identities and
 merchant API keys. Each is audited in its own transaction."""
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.db import transaction
 from audit.services import audit_record
 from loyalty.actors import Actor
 from loyalty.errors import ValidationFailed
-from loyalty.models import Merchant
+from loyalty.models import MERCHANT_ID_PATTERN, Merchant
 
 from .models import MerchantAPIKey, StaffIdentity
 
@@ -74,11 +75,16 @@ def apikey_create(
 ) -> tuple[MerchantAPIKey, str]:
     """Creates a merchant's API key (and the merchant on first use); returns it with its
     secret, which is shown once and stored only hashed. Audited (`api_key.create`)."""
-    id_field = Merchant._meta.pk
-    if not merchant_id or not merchant_id.strip() or len(merchant_id) > id_field.max_length:
-        # get_or_create validates nothing: an empty id would be a merchant, a long one a crash.
+    if not isinstance(merchant_id, str) or not re.fullmatch(MERCHANT_ID_PATTERN, merchant_id):
+        # get_or_create validates nothing: "m 1/é" or a trailing space would be a merchant of
+        # its own, never deleted (an empty id would be one too, a long one a crash).
         raise ValidationFailed(
-            errors={"merchant": [f"A merchant id of 1 to {id_field.max_length} characters."]}
+            errors={
+                "merchant": [
+                    "A merchant id as the platform writes them: 1 to 64 letters, digits and "
+                    "_ . : - (the API's rule)."
+                ]
+            }
         )
     merchant, _ = Merchant.objects.get_or_create(id=merchant_id)
     api_key = MerchantAPIKey(

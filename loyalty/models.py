@@ -10,6 +10,7 @@ import uuid
 import zoneinfo
 
 import pgtrigger
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -41,6 +42,15 @@ VOUCHER_VALIDITY_DAYS = (1, 3650)
 
 def _bounds(bounds: tuple[int, int]) -> list:
     return [MinValueValidator(bounds[0]), MaxValueValidator(bounds[1])]
+
+
+# A new program's, unless it sets its own (deploy/example.env).
+def default_hold_ttl_seconds() -> int:
+    return settings.LOYALTY_HOLD_TTL_SECONDS
+
+
+def default_voucher_validity_days() -> int:
+    return settings.LOYALTY_VOUCHER_VALIDITY_DAYS
 
 
 # Names some tz databases list that are no place's time: the host's own zone (differs from
@@ -111,6 +121,10 @@ def balance_never_deleted() -> pgtrigger.Trigger:
         declare=[("own_xid", "bigint"), ("row_xid", "bigint")],
         func=_BALANCE_DELETE_FUNC,
     )
+
+
+# A merchant id as the platform writes them (`m_123`): what the API and the key command take.
+MERCHANT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class Merchant(models.Model):
@@ -195,10 +209,10 @@ class Program(models.Model):
     tier_cycle_date = models.DateField(null=True, blank=True)
     sira_settings = models.JSONField(default=dict, blank=True)
     hold_ttl_seconds = models.PositiveIntegerField(
-        default=900, validators=_bounds(HOLD_TTL_SECONDS)
+        default=default_hold_ttl_seconds, validators=_bounds(HOLD_TTL_SECONDS)
     )
     voucher_validity_days = models.PositiveIntegerField(
-        default=90, validators=_bounds(VOUCHER_VALIDITY_DAYS)
+        default=default_voucher_validity_days, validators=_bounds(VOUCHER_VALIDITY_DAYS)
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

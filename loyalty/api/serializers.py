@@ -16,6 +16,7 @@ from ..models import (
     EXPIRY_DAYS,
     EXPIRY_WARNING_DAYS,
     HOLD_TTL_SECONDS,
+    MERCHANT_ID_PATTERN,
     TIER_QUALIFYING_DAYS,
     VOUCHER_VALIDITY_DAYS,
     Campaign,
@@ -546,7 +547,7 @@ def tier_ranks_check(tiers: list[dict], basis: str) -> list[dict]:
 
 class ProgramCreateSerializer(ProgramFieldsSerializer):
     merchant_id = serializers.RegexField(
-        r"^[A-Za-z0-9_.:-]{1,64}$",
+        MERCHANT_ID_PATTERN,
         required=False,
         help_text="Defaults to the caller's merchant; platform callers must send it.",
     )

@@ -17,7 +17,10 @@ from loyalty.models import Campaign, MemberBalance, Merchant, Program
 pytestmark = pytest.mark.django_db
 
 
-@pytest.mark.parametrize("merchant", ["", "   ", "m" * 65])
+@pytest.mark.parametrize(
+    "merchant",
+    ["", "   ", "m" * 65, "m 1/é", "m_123 ", " m_123"],  # a typo would be a merchant of its own
+)
 def test_apikey_create_refuses_a_merchant_id_it_cannot_make(merchant):
     with pytest.raises(CommandError):
         call_command(
@@ -26,6 +29,15 @@ def test_apikey_create_refuses_a_merchant_id_it_cannot_make(merchant):
         )  # fmt: skip
     assert not Merchant.objects.filter(id=merchant).exists()
     assert not MerchantAPIKey.objects.exists()
+
+
+def test_a_new_program_takes_the_deployments_hold_and_voucher_defaults(api, settings):
+    settings.LOYALTY_HOLD_TTL_SECONDS, settings.LOYALTY_VOUCHER_VALIDITY_DAYS = 60, 7
+    created = api("ops_marketing").post("/api/v1/programs", {
+        "name": "Defaults", "currency": "XOF", "earn_rate": "0.02", "point_value": "1"},
+        key="defaults-1")  # fmt: skip
+    assert created.status_code == 201, created.json()
+    assert (created.json()["hold_ttl_seconds"], created.json()["voucher_validity_days"]) == (60, 7)
 
 
 def test_a_campaign_of_a_closed_program_cannot_be_scheduled_by_patch(api, own_program):
