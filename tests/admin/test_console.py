@@ -105,8 +105,12 @@ def _program_form(client, program) -> tuple[str, dict]:
     url = reverse("admin:loyalty_program_change", args=[program.pk])
     form = client.get(url).context["adminform"].form
     data = {k: v for k, v in form.initial.items() if v is not None and k in form.fields}
-    if "sira_settings" in data:  # a callable default: the page posts its initial value too
-        data["sira_settings"] = data["initial-sira_settings"] = json.dumps(data["sira_settings"])
+    if "sira_settings" in data:
+        data["sira_settings"] = json.dumps(data["sira_settings"])
+    for name, field in form.fields.items():
+        if field.show_hidden_initial and name in data:
+            # A callable default: the page posts the field's initial value too, hidden.
+            data[f"initial-{name}"] = data[name]
     return url, data
 
 
