@@ -7,5 +7,5 @@ class AccessConfig(AppConfig):
     verbose_name = "API access"
 
     def ready(self) -> None:
-        # Registers the OpenAPI descriptions of our authentication classes.
-        from . import schema  # noqa: F401
+        # Registers the OpenAPI descriptions of our authentication classes, and the checks.
+        from . import checks, schema  # noqa: F401

@@ -104,3 +104,12 @@ def test_the_settings_module_may_be_named_in_the_env_file(tmp_path):
     assert result.stdout.split()[-2:] == ["loyalty_project.settings.production", "False"], (
         result.stdout + result.stderr
     )
+
+
+def test_idempotency_keys_kept_less_than_a_day_is_a_configuration_error(settings):
+    from django.core.checks import run_checks
+
+    settings.LOYALTY_IDEMPOTENCY_TTL_HOURS = 12
+    assert [e.id for e in run_checks()] == ["access.E001"]
+    settings.LOYALTY_IDEMPOTENCY_TTL_HOURS = 24
+    assert run_checks() == []
