@@ -37,12 +37,16 @@ def _local_date(zone: str, at: datetime) -> date:
 # result type") in long-lived connections once a migration adds a column. (Column names come
 # from the model, values are parameters.)
 _BALANCE_COLUMNS = ", ".join(f'b."{f.column}"' for f in MemberBalance._meta.concrete_fields)
+# The tier's multiplier and rank are subqueries, not a join: a lock that waited for a writer
+# of the row re-reads the row as committed, and re-evaluates the subqueries for its tier; a
+# join would keep the tier row it had read first, which no longer matches (a member moved up
+# meanwhile read as "a tier the program no longer has", and earned x1).
+_TIER_OF_BALANCE = " FROM loyalty_tier t WHERE t.program_id = b.program_id AND t.name = b.tier"
 _BALANCE_LOCK_SQL = (
     f"SELECT {_BALANCE_COLUMNS},"  # noqa: S608
-    " t.earn_multiplier AS tier_multiplier, t.rank AS tier_rank"
-    " FROM loyalty_memberbalance b LEFT JOIN loyalty_tier t"
-    "  ON t.program_id = b.program_id AND t.name = b.tier"
-    " WHERE b.program_id = %s AND b.member_id = %s"
+    f" (SELECT t.earn_multiplier{_TIER_OF_BALANCE}) AS tier_multiplier,"
+    f" (SELECT t.rank{_TIER_OF_BALANCE}) AS tier_rank"
+    " FROM loyalty_memberbalance b WHERE b.program_id = %s AND b.member_id = %s"
 )
 
 
