@@ -49,6 +49,7 @@ from .services import (
 )
 from .services.budget import budget_spent as program_budget_spent
 from .services.budget import with_budget_spent
+from .services.campaigns_admin import campaign_update
 from .services.programs import (
     UPDATABLE_FIELDS,
     program_create_check,
@@ -421,10 +422,18 @@ class VoucherStatusFilter(admin.SimpleListFilter):
 
 @admin.register(Voucher)
 class VoucherAdmin(ReadOnlyAdmin):
-    list_display = ["code", "type", "value", "currency", "status_now", "expires_at",
+    # A code is a bearer secret: shown by its last four characters (a whole one, searched for,
+    # still finds its voucher), never whole to whoever may read the console.
+    list_display = ["code_last4", "type", "value", "currency", "status_now", "expires_at",
                     "redeemed_at"]  # fmt: skip
     list_filter = [VoucherStatusFilter, "type"]
     search_fields = ["code", "balance__member_id"]
+    exclude = ["code"]
+    readonly_fields = ["code_last4"]
+
+    @admin.display(description="code")
+    def code_last4(self, voucher):
+        return f"…{voucher.code[-4:]}"
 
     @admin.display(description="status", ordering="status")
     def status_now(self, voucher):
@@ -458,6 +467,26 @@ class CampaignAdmin(ReadOnlyAdmin):
                     "awarded_count", "failed_count"]  # fmt: skip
     list_filter = ["status", "segment"]
     search_fields = ["name"]
+    actions = ["cancel"]
+
+    def has_cancel_permission(self, request) -> bool:
+        # As over the API (`campaigns:write`, ops): a wrong campaign is stopped before it runs.
+        return user_has_permission(request.user, "campaigns:write")
+
+    @admin.action(
+        description="Cancel the selected campaigns (draft or scheduled)", permissions=["cancel"]
+    )
+    def cancel(self, request, queryset):
+        actor = request_actor(request)
+
+        def cancel(campaign):
+            campaign_update(
+                campaign_id=campaign.pk, changes={"status": Campaign.Status.CANCELLED}, actor=actor
+            )
+            return str(campaign.pk)
+
+        run_each(self, request, queryset, cancel, name=lambda campaign: f"Campaign {campaign.name}",
+                 summary=lambda done: f"{done} campaign(s) cancelled.")  # fmt: skip
 
 
 @admin.register(CampaignAward)

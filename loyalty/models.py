@@ -541,7 +541,9 @@ class Voucher(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.code
+        # The code is a bearer secret: where a voucher is named (the console, logs), by its
+        # last four characters only.
+        return f"{self.get_type_display()} voucher …{self.code[-4:]}"
 
     @property
     def current_status(self) -> str:

@@ -1,15 +1,16 @@
 """Campaign set-up: create and edit campaigns before they run (execution: campaigns.py)."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
 from audit.services import audit_record
 
 from ..actors import Actor
 from ..errors import InvalidState, NotFound, ProgramInactive, ValidationFailed
-from ..models import Campaign, Program
+from ..models import Campaign, Program, Tier
 from ..money import is_exact_points
 
 # Statuses a client may set; running/completed belong to the execution job.
@@ -29,6 +30,35 @@ def campaign_snapshot(campaign: Campaign) -> dict:
         "scheduled_at": campaign.scheduled_at.isoformat(),
         "status": campaign.status,
     }
+
+
+# How far in the past a campaign may be scheduled (a client's clock, a form filled a moment
+# ago): it runs at the job's next run. Further back is a mistyped date, which would pay the
+# whole segment within the hour.
+SCHEDULE_GRACE = timedelta(minutes=10)
+
+
+def _segment_check(program: Program, segment: str) -> None:
+    """A tier segment names one of the program's tiers (it would pay no one)."""
+    tier = segment.removeprefix("tier_") if segment.startswith("tier_") else None
+    if tier is not None and not Tier.objects.filter(program=program, name=tier).exists():
+        raise ValidationFailed(
+            errors={"segment": [f"The program has no tier named {tier!r}: it would pay no one."]}
+        )
+
+
+def _schedule_check(campaign_status: str, scheduled_at: datetime) -> None:
+    if campaign_status == Campaign.Status.SCHEDULED and (
+        scheduled_at < timezone.now() - SCHEDULE_GRACE
+    ):
+        raise ValidationFailed(
+            errors={
+                "scheduled_at": [
+                    "In the past: a scheduled campaign pays at the next run after this time. "
+                    "Send the current time to run it at the next run."
+                ]
+            }
+        )
 
 
 def _validate(fields: dict) -> None:
@@ -78,6 +108,8 @@ def campaign_create(
         raise ValidationFailed(errors={"status": ["A new campaign is draft or scheduled."]})
     if program.status == Program.Status.CLOSED:
         raise ProgramInactive(status=program.status)
+    _segment_check(program, segment)
+    _schedule_check(status, scheduled_at)
     campaign = Campaign.objects.create(program=program, created_by=actor.id, **fields)
     audit_record(
         actor=actor,
@@ -106,6 +138,13 @@ def campaign_update(*, campaign_id, changes: dict, actor: Actor) -> Campaign:
         raise InvalidState(f"The campaign is {campaign.status}.", status=campaign.status)
     if campaign.program.status == Program.Status.CLOSED:  # as campaign_create refuses it
         raise ProgramInactive(status=campaign.program.status)
+    if "segment" in changes:
+        _segment_check(campaign.program, changes["segment"])
+    if {"status", "scheduled_at"} & set(changes):
+        _schedule_check(
+            changes.get("status", campaign.status),
+            changes.get("scheduled_at", campaign.scheduled_at),
+        )
     before = campaign_snapshot(campaign)
     for field, value in changes.items():
         setattr(campaign, field, value)

@@ -252,7 +252,10 @@ def _capture(redemption: Redemption, balance: MemberBalance, actor: Actor) -> No
         details={
             "member_id": balance.member_id,
             "balance": balance_snapshot(balance),
-            "voucher_code": voucher.code,
+            # The voucher, not its code: a bearer secret, and the ledger keeps what it is
+            # given for ever (the outbox and the audit trail carry its last four too).
+            "voucher_id": str(voucher.pk),
+            "voucher_code_last4": voucher.code[-4:],
         },
         actor_id=actor.id,
         actor_role=actor.role,
