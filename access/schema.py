@@ -64,7 +64,7 @@ COMMON_ERRORS = {
 WRITE_ERRORS = {
     **COMMON_ERRORS,
     409: problem("Conflict (`idempotency_in_progress`, `invalid_state`)."),
-    422: problem("Refused by a business rule (`insufficient_points`, `approval_required`...)."),
+    422: problem("Refused by a business rule (`insufficient_points`, `program_inactive`...)."),
 }
 
 IDEMPOTENCY_KEY = OpenApiParameter(

@@ -126,11 +126,3 @@ class HoldExpired(DomainError):
 class VoucherNotRedeemable(DomainError):
     code = "voucher_not_redeemable"
     title = "The voucher is not active"
-
-
-class ApprovalRequired(DomainError):
-    """Raised by a service when the operation needs multi-signature approval first."""
-
-    code = "approval_required"
-    http_status = 422
-    title = "This operation needs multi-signature approval"

@@ -104,6 +104,10 @@ def trigger_view(slug: str) -> type[WorkerTriggerApi]:
                 202: OpenApiResponse(JobQueuedSerializer, "Queued; poll GET /api/v1/jobs/{id}."),
                 **WRITE_ERRORS,
                 409: OpenApiResponse(description="`job_already_running` for this program today."),
+                503: OpenApiResponse(
+                    description="`queue_unavailable`: the job queue is unreachable; the job "
+                    "is recorded failed, retry later."
+                ),
             },
         )
         @idempotent

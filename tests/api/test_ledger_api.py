@@ -113,14 +113,11 @@ def test_frozen_member_is_refused(api, funded):
 
 
 def assert_gated(status: int, body: dict) -> None:
-    """Waiting for approval (202 with the request) or, before the approvals app is wired in,
-    refused with `approval_required`; never applied."""
-    if status == 202:
-        assert body["status"] == "pending"
-        assert body["approval_request_id"]
-        assert set(body["required_roles"]) >= {"ops_marketing", "finance_ops"}
-    else:
-        assert (status, body["code"]) == (422, "approval_required")
+    """Waiting for approval: 202 with the request; never applied."""
+    assert status == 202, body
+    assert body["status"] == "pending"
+    assert body["approval_request_id"]
+    assert set(body["required_roles"]) >= {"ops_marketing", "finance_ops"}
 
 
 def test_manual_adjust_over_threshold_needs_approval_on_every_path(api, funded):
