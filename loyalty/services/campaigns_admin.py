@@ -136,7 +136,10 @@ def campaign_update(*, campaign_id, changes: dict, actor: Actor) -> Campaign:
         raise NotFound("No such campaign.")
     if campaign.status not in EDITABLE_STATUSES:
         raise InvalidState(f"The campaign is {campaign.status}.", status=campaign.status)
-    if campaign.program.status == Program.Status.CLOSED:  # as campaign_create refuses it
+    cancel_only = changes == {"status": Campaign.Status.CANCELLED}
+    if campaign.program.status == Program.Status.CLOSED and not cancel_only:
+        # As campaign_create refuses it; a closed program's campaigns never run (the job runs
+        # active programs'), so cancelling one is what is left to do with it.
         raise ProgramInactive(status=campaign.program.status)
     if "segment" in changes:
         _segment_check(campaign.program, changes["segment"])

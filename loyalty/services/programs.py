@@ -16,15 +16,7 @@ from sira.scoring import sira_settings_resolve
 
 from ..actors import Actor
 from ..errors import InvalidState, NotFound, ValidationFailed
-from ..models import (
-    Campaign,
-    CampaignAward,
-    MemberBalance,
-    Merchant,
-    Program,
-    Tier,
-    validate_timezone,
-)
+from ..models import MemberBalance, Merchant, Program, Tier, validate_timezone
 from ..money import CURRENCY_EXPONENTS, is_exact_money, money_quantum
 from .balances import balance_lock
 from .budget import budget_set_limit, budget_shards_create
@@ -345,38 +337,7 @@ def program_set_status(*, program_id, status: str, actor: Actor, reason: str = "
         before={"status": before},
         after={"status": status, "reason": reason},
     )
-    if status == Program.Status.CLOSED:
-        _campaigns_cancel(program, actor)
     return program
-
-
-def _campaigns_cancel(program: Program, actor: Actor) -> None:
-    """A closed program's campaigns that have not ended are cancelled, their awards not yet
-    paid failed: none can run any more (the job runs active programs' campaigns only), and
-    a scheduled or running one would otherwise say so for ever. (The program's lock is held;
-    every other writer of a campaign takes the campaign alone.)"""
-    now = timezone.now()
-    open_statuses = [Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.RUNNING]
-    for campaign in (
-        Campaign.objects.select_for_update()
-        .filter(program=program, status__in=open_statuses)
-        .order_by("pk")
-    ):
-        before = campaign.status
-        campaign.status, campaign.finished_at = Campaign.Status.CANCELLED, now
-        campaign.save(update_fields=["status", "finished_at", "updated_at"])
-        CampaignAward.objects.filter(campaign=campaign, status=CampaignAward.Status.PENDING).update(
-            status=CampaignAward.Status.FAILED, error_code="program_inactive"
-        )
-        audit_record(
-            actor=actor,
-            action="campaign.cancel",
-            entity_type="campaign",
-            entity_id=campaign.pk,
-            merchant_id=program.merchant_id,
-            before={"status": before},
-            after={"status": campaign.status, "reason": "program closed"},
-        )
 
 
 @transaction.atomic(durable=True)
