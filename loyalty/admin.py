@@ -368,6 +368,18 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     search_fields = ["balance__member_id", "reference", "idempotency_key"]
     list_select_related = ["balance"]
     show_full_result_count = False
+    exclude = ["details"]
+    readonly_fields = ["details_shown"]
+
+    @admin.display(description="details")
+    def details_shown(self, entry):
+        """The entry's details, a voucher code (a bearer secret, whole in captures written
+        before the ledger kept the voucher's id instead) by its last four."""
+        details = dict(entry.details or {})
+        code = details.pop("voucher_code", None)
+        if isinstance(code, str):
+            details["voucher_code_last4"] = code[-4:]
+        return json.dumps(details, indent=2, sort_keys=True, cls=DjangoJSONEncoder)
 
 
 @admin.register(PointLot)

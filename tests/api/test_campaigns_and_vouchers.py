@@ -6,6 +6,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -129,3 +130,26 @@ def test_the_ledger_keeps_the_voucher_not_its_code(active_voucher):
     assert (entry.details["voucher_id"], entry.details["voucher_code_last4"]) == (
         str(active_voucher.pk), active_voucher.code[-4:]
     )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)  # the ledger's triggers are switched off, committed
+def test_a_capture_written_before_keeps_its_code_out_of_the_console(client, active_voucher):
+    entry = LedgerEntry.objects.get(type=LedgerEntry.Type.REDEMPTION)
+    legacy = {**entry.details, "voucher_code": active_voucher.code}
+    del legacy["voucher_id"], legacy["voucher_code_last4"]
+    with connection.cursor() as cursor:  # as captures were written (the ledger's owner only)
+        postgres = connection.vendor == "postgresql"
+        if postgres:
+            cursor.execute("ALTER TABLE loyalty_ledgerentry DISABLE TRIGGER USER")
+        try:
+            LedgerEntry.objects.filter(pk=entry.pk).update(details=legacy)
+        finally:
+            if postgres:
+                cursor.execute("ALTER TABLE loyalty_ledgerentry ENABLE TRIGGER USER")
+    client.force_login(make_user("aud", "auditor"))
+
+    page = client.get(reverse("admin:loyalty_ledgerentry_change", args=[entry.pk]))
+
+    assert page.status_code == 200
+    assert active_voucher.code not in page.content.decode()
+    assert active_voucher.code[-4:] in page.content.decode()
