@@ -75,7 +75,10 @@ def apikey_create(
 ) -> tuple[MerchantAPIKey, str]:
     """Creates a merchant's API key (and the merchant on first use); returns it with its
     secret, which is shown once and stored only hashed. Audited (`api_key.create`)."""
-    if not isinstance(merchant_id, str) or not re.fullmatch(MERCHANT_ID_PATTERN, merchant_id):
+    if not isinstance(merchant_id, str) or (
+        not re.fullmatch(MERCHANT_ID_PATTERN, merchant_id)
+        and not Merchant.objects.filter(id=merchant_id).exists()  # one made before the rule
+    ):
         # get_or_create validates nothing: "m 1/é" or a trailing space would be a merchant of
         # its own, never deleted (an empty id would be one too, a long one a crash).
         raise ValidationFailed(

@@ -113,3 +113,10 @@ def test_idempotency_keys_kept_less_than_a_day_is_a_configuration_error(settings
     assert [e.id for e in run_checks()] == ["access.E001"]
     settings.LOYALTY_IDEMPOTENCY_TTL_HOURS = 24
     assert run_checks() == []
+
+
+def test_program_defaults_out_of_a_programs_bounds_are_a_configuration_error(settings):
+    from django.core.checks import run_checks
+
+    settings.LOYALTY_HOLD_TTL_SECONDS, settings.LOYALTY_VOUCHER_VALIDITY_DAYS = 0, 10_000
+    assert [e.id for e in run_checks()] == ["access.E002", "access.E003"]

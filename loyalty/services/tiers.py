@@ -209,6 +209,7 @@ def tiers_evaluate(*, job: Job, tracker: JobTracker) -> None:
         # what the dead run counted (its changes stand, and are not made again).
         for name in ("evaluated", "cycle_reviewed"):
             tracker.counts.pop(name, None)
+        tracker.save()  # committed, so a part failing before any chunk does not restore them
 
     def evaluate(program: Program) -> None:
         ladder = tier_ladder(program)

@@ -31,6 +31,13 @@ def test_apikey_create_refuses_a_merchant_id_it_cannot_make(merchant):
     assert not MerchantAPIKey.objects.exists()
 
 
+def test_apikey_create_still_serves_a_merchant_made_before_the_rule():
+    Merchant.objects.create(id="legacy merchant")
+    call_command("apikey_create", "--merchant", "legacy merchant", "--name", "pos",
+                 stdout=StringIO(), stderr=StringIO())  # fmt: skip
+    assert MerchantAPIKey.objects.get().merchant_id == "legacy merchant"
+
+
 def test_a_new_program_takes_the_deployments_hold_and_voucher_defaults(api, settings):
     settings.LOYALTY_HOLD_TTL_SECONDS, settings.LOYALTY_VOUCHER_VALIDITY_DAYS = 60, 7
     created = api("ops_marketing").post("/api/v1/programs", {
