@@ -23,6 +23,13 @@ from .test_programs_campaigns import campaign_body
 pytestmark = pytest.mark.django_db
 
 
+def _scheduled(program, actor, name: str) -> Campaign:
+    return campaign_create(
+        program=program, name=name, segment="all", bonus_points=Decimal("10"),
+        scheduled_at=timezone.now() + timedelta(hours=1), actor=actor,
+    )  # fmt: skip
+
+
 def test_a_tier_segment_of_a_tier_the_program_does_not_have_is_refused(api, make_program):
     program = make_program(
         merchant_id=OWN, tiers=[TierInput("bronze"), TierInput("argent", min_points=Decimal(1))]
@@ -60,14 +67,8 @@ def test_a_closed_programs_scheduled_campaign_is_cancelled_not_left_scheduled(
 ):
     """A closed program's campaigns never run; cancelling is what is left (over the API or in
     the console), and nothing else may change."""
-    over_api = campaign_create(
-        program=own_program, name="api", segment="all", bonus_points=Decimal("10"),
-        scheduled_at=timezone.now() + timedelta(days=1), actor=actor,
-    )  # fmt: skip
-    in_console = campaign_create(
-        program=own_program, name="console", segment="all", bonus_points=Decimal("10"),
-        scheduled_at=timezone.now() + timedelta(days=1), actor=actor,
-    )  # fmt: skip
+    over_api = _scheduled(own_program, actor, "api")
+    in_console = _scheduled(own_program, actor, "console")
     program_set_status(program_id=own_program.pk, status=Program.Status.CLOSED, actor=actor)
     ops = api("ops_marketing")
 
@@ -85,10 +86,7 @@ def test_a_closed_programs_scheduled_campaign_is_cancelled_not_left_scheduled(
 
 
 def test_ops_cancel_a_scheduled_campaign_from_the_console(client, own_program, actor):
-    campaign = campaign_create(
-        program=own_program, name="oops", segment="all", bonus_points=Decimal("100000"),
-        scheduled_at=timezone.now() + timedelta(hours=1), actor=actor,
-    )  # fmt: skip
+    campaign = _scheduled(own_program, actor, "oops")
     client.force_login(make_user("ops", "ops_marketing"))
 
     cancel = {"action": "cancel", "_selected_action": [str(campaign.pk)]}
@@ -100,10 +98,7 @@ def test_ops_cancel_a_scheduled_campaign_from_the_console(client, own_program, a
 
 
 def test_finance_may_not_cancel_a_campaign_in_the_console(client, own_program, actor):
-    campaign = campaign_create(
-        program=own_program, name="c", segment="all", bonus_points=Decimal("10"),
-        scheduled_at=timezone.now() + timedelta(hours=1), actor=actor,
-    )  # fmt: skip
+    campaign = _scheduled(own_program, actor, "c")
     client.force_login(make_user("fin", "finance_ops"))
     client.post(reverse("admin:loyalty_campaign_changelist"),
                 {"action": "cancel", "_selected_action": [str(campaign.pk)]})  # fmt: skip
