@@ -439,7 +439,8 @@ class VoucherAdmin(ReadOnlyAdmin):
     list_display = ["code_last4", "type", "value", "currency", "status_now", "expires_at",
                     "redeemed_at"]  # fmt: skip
     list_filter = [VoucherStatusFilter, "type"]
-    search_fields = ["code", "balance__member_id"]
+    # Exact: a search by part of a code would tell, one character at a time, the whole of it.
+    search_fields = ["=code", "balance__member_id"]
     exclude = ["code"]
     readonly_fields = ["code_last4"]
 

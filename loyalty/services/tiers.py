@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Case, DecimalField, F, Max, Sum, Value, When
+from django.db.models import Case, DecimalField, F, Max, Q, Sum, Value, When
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -121,7 +121,11 @@ def tier_metrics(*, program: Program, balance_ids: list[int]) -> dict[int, Decim
         field = "lifetime_spend" if by_spend else "lifetime_earned"
         return dict(MemberBalance.objects.filter(pk__in=balance_ids).values_list("pk", field))
     since = timezone.now() - timedelta(days=program.tier_qualifying_days)
-    entries = LedgerEntry.objects.filter(balance_id__in=balance_ids, created_at__gte=since)
+    entries = LedgerEntry.objects.filter(balance_id__in=balance_ids, created_at__gte=since).filter(
+        # A refund counts against the window of the purchase it claws back: one of a purchase
+        # from before the window takes nothing from it (its points were never counted there).
+        ~Q(type=LedgerEntry.Type.REFUND) | Q(original_entry__created_at__gte=since)
+    )
     if by_spend:
         value = Sum(
             Case(

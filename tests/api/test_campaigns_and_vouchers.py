@@ -115,8 +115,12 @@ def test_the_console_never_shows_a_voucher_code_whole(client, active_voucher):
         assert page.status_code == 200
         assert active_voucher.code not in page.content.decode()
         assert f"…{active_voucher.code[-4:]}" in page.content.decode()
-    # A whole code searched for (what a customer reads out) finds its voucher.
+    # A whole code searched for (what a customer reads out) finds its voucher; part of one
+    # finds none (it would tell the rest, a character at a time).
     assert list(found.context["cl"].result_list) == [active_voucher]
+    partial = client.get(reverse("admin:loyalty_voucher_changelist"),
+                         {"q": active_voucher.code[:-1]})  # fmt: skip
+    assert list(partial.context["cl"].result_list) == []
 
 
 def test_the_ledger_keeps_the_voucher_not_its_code(active_voucher):

@@ -11,9 +11,10 @@ from audit.models import AuditEntry
 from loyalty.actors import system_actor
 from loyalty.errors import InvalidState
 from loyalty.models import Job, MemberBalance, OutboxEvent, Program, TierSnapshot
-from loyalty.services import program_update
+from loyalty.services import event_ingest, program_update
 from loyalty.services.tiers import tier_rollback
 from loyalty.verify import ledger_verify
+from tests.factories import PurchaseFactory, RefundFactory
 from tests.workers.conftest import member
 
 pytestmark = pytest.mark.django_db
@@ -477,3 +478,33 @@ def test_a_staff_correction_counts_against_the_tier_under_every_policy(
     run_job(TIER, program)
     assert member(program, "u1").tier == "basic"
     assert member(program, "u1").lifetime_earned == Decimal("0.00")
+
+
+def test_a_refund_of_a_purchase_from_before_the_window_does_not_cost_the_window(
+    make_program, run_job, actor
+):
+    """The window counts earning net of its own clawbacks: a refund of a purchase earned
+    before the window takes nothing from it (it took 5,000 of this member's 6,000)."""
+
+    def at(iso):
+        return time_machine.travel(datetime.fromisoformat(iso), tick=False)
+
+    def ingest(event_type, **fields):
+        factory = PurchaseFactory if event_type == "purchase" else RefundFactory
+        event_ingest(program=program, event=factory(member_id="u1", **fields), actor=actor)
+
+    with at("2025-01-10T12:00:00+00:00"):
+        program = make_program(
+            tier_downgrade_policy=Program.DowngradePolicy.RECALCULATE,
+            tier_qualifying_days=365,
+            tier_cycle_date=date(2026, 6, 1),
+        )
+        ingest("purchase", amount=Decimal("250000"), reference="old")  # 5,000 points
+    with at("2026-03-01T12:00:00+00:00"):
+        ingest("purchase", amount=Decimal("300000"), reference="new")  # 6,000 points
+        ingest("refund", amount=Decimal("250000"), original_reference="old")  # -5,000
+    with at("2026-06-01T12:00:00+00:00"):
+        run_job(TIER, program)  # the review: 6,000 in the window, gold from 5,000
+
+    assert member(program, "u1").tier == "gold"
+    assert ledger_verify() == []
