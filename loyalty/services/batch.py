@@ -103,12 +103,14 @@ from .ingestion import (
     EARN_TYPES,
     EventInput,
     IngestResult,
+    deadlock_retried,
     earn_apply,
     entry_audit_after,
     entry_values,
     event_replay,
     event_validate,
     ingest_in_transaction,
+    is_deadlock,
     replay_answer,
 )
 from .ingestion.key_holds import key_held, key_holder
@@ -157,7 +159,7 @@ def events_ingest_batch(*, items: Items, actor: Actor) -> list[IngestResult | Do
                     items, pending, results, actor, tiers, create=create, wait=wait
                 )
             except (IntegrityError, OperationalError, psycopg.Error) as exc:
-                if not (_is_key_conflict(exc) or _is_deadlock(exc)):
+                if not (_is_key_conflict(exc) or is_deadlock(exc)):
                     raise
                 # A concurrent request committed one of this pass's keys after the lookup (or,
                 # which the entries' key order should prevent, a deadlock chose this pass):
@@ -207,11 +209,6 @@ def _is_key_conflict(exc: Exception) -> bool:
     error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
     diag = getattr(error, "diag", None)
     return getattr(diag, "constraint_name", None) == KEY_CONSTRAINT
-
-
-def _is_deadlock(exc: Exception) -> bool:
-    error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
-    return isinstance(error, psycopg.errors.DeadlockDetected)
 
 
 # --- the set-based path ------------------------------------------------------------------------
@@ -1092,7 +1089,7 @@ def _ingest_each(items: Items, todo: list[int], results: list, actor: Actor) -> 
     # After the stored keys: a repeated key is answered as one by one (a replay, or reused).
     pending = _refunds_of_unknown_members_refused(items, pending, results)
     if pending:
-        _ingest_items(items, pending, results, actor)
+        deadlock_retried(lambda: _ingest_items(items, pending, results, actor))
 
 
 def _refunds_of_unknown_members_refused(items: Items, todo: list[int], results: list) -> list:
@@ -1151,8 +1148,13 @@ def _ingest_items(items: Items, todo: list[int], results: list, actor: Actor) ->
         except DomainError as error:
             results[index] = error
         except IntegrityError:
-            # The same key inside this batch, or committed meanwhile by another request.
-            replay = event_replay(program, event)
+            # The same key inside this batch, or committed meanwhile by another request: its
+            # replay, or (another event under it) this item's refusal alone.
+            try:
+                replay = event_replay(program, event)
+            except DomainError as error:
+                results[index] = error
+                continue
             if replay is None:
                 raise
             results[index] = replay

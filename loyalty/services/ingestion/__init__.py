@@ -15,11 +15,13 @@ from .earning import EARN_FIELDS, Earning, earn_apply
 from .entries import balance_snapshot, entry_audit_after, entry_build, entry_values
 from .inputs import EARN_TYPES, EVENT_TYPES, POINTS_TYPES, EventInput, IngestResult, event_validate
 from .service import (
+    deadlock_retried,
     event_ingest,
     event_ingest_prefaced,
     event_replay,
     ingest_in_transaction,
     ingest_prefaceable,
+    is_deadlock,
     replay_answer,
     stored_entry_id,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "EventInput",
     "IngestResult",
     "balance_snapshot",
+    "deadlock_retried",
     "earn_apply",
     "earn_lot_values",
     "earn_outbox_values",
@@ -46,6 +49,7 @@ __all__ = [
     "event_validate",
     "ingest_in_transaction",
     "ingest_prefaceable",
+    "is_deadlock",
     "replay_answer",
     "stored_entry_id",
 ]

@@ -2,8 +2,10 @@
 caller's), and the answer to a repeated idempotency key."""
 
 from collections.abc import Callable
+from typing import TypeVar
 
-from django.db import IntegrityError, connection, transaction
+import psycopg
+from django.db import IntegrityError, OperationalError, connection, transaction
 from psycopg.pq import TransactionStatus
 
 from audit.services import audit_record
@@ -27,8 +29,44 @@ from .statement import (
     entry_id_stored,
 )
 
+T = TypeVar("T")
+
+
+def is_deadlock(exc: Exception) -> bool:
+    """PostgreSQL chose this transaction to end a deadlock (rolled back whole)."""
+    error = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return isinstance(error, psycopg.errors.DeadlockDetected)
+
+
+def deadlock_retried(fn: Callable[[], T]) -> T:
+    """`fn()`, run once more if PostgreSQL ended a deadlock by rolling it back: every write
+    here is keyed, so the second run applies what the first did not, or answers it as a
+    replay. (A wait cycle can form through a key: an event holds its uncommitted key while it
+    waits for budget shards that a batch holds while it waits for that key.)"""
+    try:
+        return fn()
+    except OperationalError as exc:
+        if not is_deadlock(exc):
+            raise
+        return fn()
+
 
 def event_ingest(
+    *,
+    program: Program,
+    event: EventInput,
+    actor: Actor,
+    in_transaction: Callable[[IngestResult], None] | None = None,
+) -> IngestResult:
+    """Applies one event exactly once per (program, idempotency key); see `_event_ingest`."""
+    return deadlock_retried(
+        lambda: _event_ingest(
+            program=program, event=event, actor=actor, in_transaction=in_transaction
+        )
+    )
+
+
+def _event_ingest(
     *,
     program: Program,
     event: EventInput,
