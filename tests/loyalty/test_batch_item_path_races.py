@@ -29,6 +29,22 @@ def adjust(member, key, points):
     )  # fmt: skip
 
 
+def _holding(program, actor, event, held: threading.Event, release: threading.Event, *, commit):
+    """A single event's transaction that holds its key (a debit charges no budget shard: the
+    member's balance and the key only) until `release`, then commits or rolls back."""
+
+    def work():
+        with transaction.atomic():
+            ingest_in_transaction(program=program, event=event, actor=actor)
+            held.set()
+            assert release.wait(20)
+            if not commit:
+                transaction.set_rollback(True)
+        return "committed" if commit else "rolled back"
+
+    return work
+
+
 def test_item_path_key_taken_meanwhile_by_another_member_is_one_items_refusal(program, actor):
     """One by one, an adjustment of x whose key k a concurrent debit of y commits first is
     refused idempotency_key_reused; the batch's other items stand (the refusal escaped the
@@ -38,16 +54,8 @@ def test_item_path_key_taken_meanwhile_by_another_member_is_one_items_refusal(pr
 
     locked, release = threading.Event(), threading.Event()
     results: dict = {}
-
-    def debit_of_y_holding_key():
-        with transaction.atomic():
-            # A debit charges no budget shard: y's balance and key k only.
-            ingest_in_transaction(program=program, event=adjust("y", "k", "-10"), actor=actor)
-            locked.set()
-            assert release.wait(20)
-        return "committed"
-
-    threads = [start_thread(results, "single", debit_of_y_holding_key)]
+    debit = _holding(program, actor, adjust("y", "k", "-10"), locked, release, commit=True)
+    threads = [start_thread(results, "single", debit)]
     assert locked.wait(10)
     items = [
         (program, adjust("z", "z1", "7")),  # a new member, applied before x's item
@@ -86,16 +94,8 @@ def test_item_path_holding_every_shard_deadlocks_with_a_refund_that_took_the_key
 
     held, release = threading.Event(), threading.Event()
     results: dict = {}
-
-    def debit_of_w_holding_k0_then_rolled_back():
-        with transaction.atomic():
-            ingest_in_transaction(program=program, event=adjust("w", "k0", "-10"), actor=actor)
-            held.set()
-            assert release.wait(20)
-            transaction.set_rollback(True)
-        return "rolled back"
-
-    threads = [start_thread(results, "holder", debit_of_w_holding_k0_then_rolled_back)]
+    debit = _holding(program, actor, adjust("w", "k0", "-10"), held, release, commit=False)
+    threads = [start_thread(results, "holder", debit)]
     assert held.wait(10)
     # The batch (item path: adjustments) locks x and every shard, then waits on k0.
     items = [(program, adjust("x", "k0", "5")), (program, adjust("x", "k", "5"))]
