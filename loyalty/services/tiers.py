@@ -144,7 +144,15 @@ def tier_metrics(*, program: Program, balance_ids: list[int]) -> dict[int, Decim
     return metrics
 
 
-def _rollback_pins(balance_ids: list[int]) -> dict[int, Decimal]:
+def qualifying_measure(program: Program) -> str:
+    """What `tier_metrics` measures for the program: "points" or "spend", "lifetime" or the
+    window's days ("spend:365d")."""
+    if program.tier_downgrade_policy == Program.DowngradePolicy.NONE:
+        return f"{program.tier_basis}:lifetime"
+    return f"{program.tier_basis}:{program.tier_qualifying_days}d"
+
+
+def _rollback_pins(program: Program, balance_ids: list[int]) -> dict[int, Decimal]:
     """Members whose latest tier change is a rollback: the qualifying value at that time. The
     job leaves them where the rollback put them until they qualify on more than that."""
     latest = (
@@ -153,12 +161,20 @@ def _rollback_pins(balance_ids: list[int]) -> dict[int, Decimal]:
         .annotate(last=Max("id"))
         .values("last")
     )
-    return {
-        balance_id: value if value is not None else ZERO
-        for balance_id, value in TierSnapshot.objects.filter(
-            id__in=latest, rollback_of__isnull=False
-        ).values_list("balance_id", "qualifying_value")
-    }
+    # Against today's measure: a pin measured otherwise (the basis or the window changed
+    # since) is compared in its unit (lifetime spend, which the snapshot records, for a
+    # program now by lifetime spend), or not at all when it cannot be (comparing points with
+    # spend moved the member up again at once, or held them for good).
+    measure = qualifying_measure(program)
+    pins = {}
+    for balance_id, value, measured, spend in TierSnapshot.objects.filter(
+        id__in=latest, rollback_of__isnull=False
+    ).values_list("balance_id", "qualifying_value", "qualifying_measure", "lifetime_spend"):
+        if measured in ("", measure):  # blank: recorded before the measure was kept
+            pins[balance_id] = value if value is not None else ZERO
+        elif measure == "spend:lifetime":
+            pins[balance_id] = spend
+    return pins
 
 
 def _cycle_reason(cycle: date) -> str:
@@ -173,7 +189,7 @@ def _changes(
     basis = program.tier_basis
     changes = []
     if mode == UPGRADE:
-        pins = _rollback_pins(balance_ids)
+        pins = _rollback_pins(program, balance_ids)
         for pk, tier in rows:
             metric, current = metrics[pk], ladder.rank(tier)
             target = ladder.qualified(metric)
@@ -188,7 +204,7 @@ def _changes(
         ).values_list("balance_id", flat=True)
     )
     one_down = program.tier_downgrade_policy == Program.DowngradePolicy.ONE_DOWN
-    pins = _rollback_pins(balance_ids)
+    pins = _rollback_pins(program, balance_ids)
     for pk, tier in rows:
         if pk in done:  # re-assessed in this cycle already (a re-run after a crash)
             continue
@@ -273,6 +289,7 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
         balance.tier, balance.tier_updated_at, balance.updated_at = change.to_tier, now, now
         updated.append(balance)
     bulk_set(MemberBalance, updated, ["tier", "tier_updated_at", "updated_at"])
+    measure = qualifying_measure(program)
     snapshots = [
         TierSnapshot(
             balance_id=c.balance_id,
@@ -283,6 +300,7 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
             points_balance=balances[c.balance_id].points_balance,
             lifetime_spend=balances[c.balance_id].lifetime_spend,
             qualifying_value=c.metric,
+            qualifying_measure=measure,
             actor_id=actor.id,
             job=job,
         )
@@ -412,6 +430,7 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
         points_balance=balance.points_balance,
         lifetime_spend=balance.lifetime_spend,
         qualifying_value=metric,
+        qualifying_measure=qualifying_measure(program),
         actor_id=actor.id,
         rollback_of=snapshot,
     )

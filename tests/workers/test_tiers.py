@@ -11,7 +11,7 @@ from audit.models import AuditEntry
 from loyalty.actors import system_actor
 from loyalty.errors import InvalidState
 from loyalty.models import Job, MemberBalance, OutboxEvent, Program, TierSnapshot
-from loyalty.services import event_ingest, program_update
+from loyalty.services import TierInput, event_ingest, program_update
 from loyalty.services.tiers import tier_rollback
 from loyalty.verify import ledger_verify
 from tests.factories import PurchaseFactory, RefundFactory
@@ -508,3 +508,30 @@ def test_a_refund_of_a_purchase_from_before_the_window_does_not_cost_the_window(
 
     assert member(program, "u1").tier == "gold"
     assert ledger_verify() == []
+
+
+def test_a_rollback_pin_holds_only_against_what_it_measured(make_program, buy, run_job, actor):
+    """Rolled back on 2,000 points, then the program's tiers go by spend: the member's
+    100,000 of spend is not "more than 2,000" of the same thing (compared, it moved them up
+    again at once, on the very purchases the rollback set aside)."""
+    program = make_program()  # by points, upgrade only
+    buy(program, "u1", "100000")  # 2,000 points: silver
+    run_job(TIER, program)
+    tier_rollback(snapshot_id=TierSnapshot.objects.get().pk, actor=actor, reason="fraud")
+    spend_tiers = [
+        TierInput("basic"),
+        TierInput("silver", min_points=Decimal(1000), min_spend=Decimal(50000)),
+        TierInput("gold", min_points=Decimal(5000), min_spend=Decimal(500000)),
+    ]
+    program_update(program_id=program.pk, changes={"tier_basis": Program.TierBasis.SPEND},
+                   tiers=spend_tiers, actor=actor)  # fmt: skip
+    program.refresh_from_db()
+
+    run_job(TIER, program)  # nothing earned or spent since the rollback
+    assert member(program, "u1").tier == "basic"  # pinned at its spend then: 100,000
+
+    buy(program, "u1", "10")
+    run_job(TIER, program)  # spent more than at the rollback
+    assert member(program, "u1").tier == "silver"
+    pin = TierSnapshot.objects.filter(rollback_of__isnull=False).get()
+    assert (pin.qualifying_measure, pin.lifetime_spend) == ("points:lifetime", Decimal(100000))
