@@ -161,19 +161,26 @@ def _rollback_pins(program: Program, balance_ids: list[int]) -> dict[int, Decima
         .annotate(last=Max("id"))
         .values("last")
     )
-    # Against today's measure: a pin measured otherwise (the basis or the window changed
-    # since) is compared in its unit (lifetime spend, which the snapshot records, for a
-    # program now by lifetime spend), or not at all when it cannot be (comparing points with
-    # spend moved the member up again at once, or held them for good).
-    measure = qualifying_measure(program)
+    # In today's basis: a pin in the same basis (points or spend, whatever the window) holds
+    # as it is (a window's total is never more than the lifetime's, a shorter window's than
+    # a longer one's: the pin holds at least as long). Across a basis switch it becomes what
+    # the snapshot recorded in the new basis: the member's lifetime spend, or their points;
+    # compared as it was, 100,000 of spend outran 2,000 pinned points at once. A pin recorded
+    # before the measure was kept (blank) is taken as points, the only basis then but spend.
+    basis = program.tier_basis
     pins = {}
-    for balance_id, value, measured, spend in TierSnapshot.objects.filter(
+    for balance_id, value, measured, spend, points in TierSnapshot.objects.filter(
         id__in=latest, rollback_of__isnull=False
-    ).values_list("balance_id", "qualifying_value", "qualifying_measure", "lifetime_spend"):
-        if measured in ("", measure):  # blank: recorded before the measure was kept
+    ).values_list(
+        "balance_id", "qualifying_value", "qualifying_measure", "lifetime_spend", "points_balance"
+    ):
+        measured_basis = measured.partition(":")[0] or Program.TierBasis.POINTS
+        if measured_basis == basis:
             pins[balance_id] = value if value is not None else ZERO
-        elif measure == "spend:lifetime":
+        elif basis == Program.TierBasis.SPEND:
             pins[balance_id] = spend
+        else:
+            pins[balance_id] = points
     return pins
 
 

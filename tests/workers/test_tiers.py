@@ -535,3 +535,51 @@ def test_a_rollback_pin_holds_only_against_what_it_measured(make_program, buy, r
     assert member(program, "u1").tier == "silver"
     pin = TierSnapshot.objects.filter(rollback_of__isnull=False).get()
     assert (pin.qualifying_measure, pin.lifetime_spend) == ("points:lifetime", Decimal(100000))
+
+
+def _pinned_silver_member(program, buy, run_job, actor):
+    buy(program, "u1", "100000")  # 2,000 points: silver
+    run_job(TIER, program)
+    assert member(program, "u1").tier == "silver"
+    tier_rollback(snapshot_id=TierSnapshot.objects.get().pk, actor=actor, reason="fraud")
+
+
+def test_a_rollback_pin_recorded_before_measures_were_kept_is_taken_as_points(
+    make_program, buy, run_job, actor
+):
+    program = make_program()
+    _pinned_silver_member(program, buy, run_job, actor)
+    TierSnapshot.objects.filter(rollback_of__isnull=False).update(qualifying_measure="")
+    program_update(program_id=program.pk, changes={"tier_basis": Program.TierBasis.SPEND},
+                   tiers=[TierInput("basic"), TierInput("silver", min_spend=Decimal(50000))],
+                   actor=actor)  # fmt: skip
+    program.refresh_from_db()
+
+    run_job(TIER, program)
+
+    assert member(program, "u1").tier == "basic"
+
+
+WINDOWED = {"tier_downgrade_policy": Program.DowngradePolicy.ONE_DOWN, "tier_qualifying_days": 365}
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({}, {"tier_downgrade_policy": Program.DowngradePolicy.ONE_DOWN}),  # lifetime -> window
+        (WINDOWED, {"tier_qualifying_days": 180}),  # a shorter window
+    ],
+)
+def test_a_rollback_pin_in_points_holds_whatever_the_window(
+    make_program, buy, run_job, actor, before, after
+):
+    """The same basis, another window: the window's total is never more than what the pin
+    measured, so the pin holds (dropped, the upgrade the rollback undid came back at once)."""
+    program = make_program(**before)
+    _pinned_silver_member(program, buy, run_job, actor)
+    program_update(program_id=program.pk, changes=after, actor=actor)
+    program.refresh_from_db()
+
+    run_job(TIER, program)
+
+    assert member(program, "u1").tier == "basic"
