@@ -19,21 +19,3 @@ def idempotency_ttl_check(app_configs, **kwargs) -> list[Error]:
             )
         ]
     return []
-
-
-@register()
-def program_defaults_check(app_configs, **kwargs) -> list[Error]:
-    """The new programs' defaults from the environment are within a program's bounds (else
-    every program created without its own value is refused, on a field its client never
-    sent)."""
-    from loyalty.models import HOLD_TTL_SECONDS, VOUCHER_VALIDITY_DAYS
-
-    errors = []
-    for name, (low, high), code in (
-        ("LOYALTY_HOLD_TTL_SECONDS", HOLD_TTL_SECONDS, "access.E002"),
-        ("LOYALTY_VOUCHER_VALIDITY_DAYS", VOUCHER_VALIDITY_DAYS, "access.E003"),
-    ):
-        value = getattr(settings, name)
-        if not low <= value <= high:
-            errors.append(Error(f"{name} is {value}: from {low} to {high}.", id=code))
-    return errors

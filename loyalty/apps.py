@@ -30,4 +30,6 @@ class LoyaltyConfig(AppConfig):
     name = "loyalty"
 
     def ready(self):
+        from . import checks  # noqa: F401  (registers them)
+
         post_migrate.connect(_roles_refresh, dispatch_uid="loyalty_roles_refresh")

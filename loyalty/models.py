@@ -633,10 +633,11 @@ class TierSnapshot(models.Model):
     # The qualifying points or spend the decision was based on; a rollback records it too,
     # so the tier job does not re-apply a rolled-back upgrade until the member earns more.
     qualifying_value = models.DecimalField(max_digits=20, decimal_places=2, null=True, blank=True)
-    # What `qualifying_value` measures (`tiers.qualifying_measure`: points or spend, lifetime
-    # or in a window of so many days): a rollback's pin holds only against the same measure.
-    # Blank: recorded before the measure was kept.
-    qualifying_measure = models.CharField(max_length=32, blank=True, default="")
+    # The basis `qualifying_value` is in (the program's then): a rollback's pin is compared in
+    # it (`tiers._rollback_pins`). Blank: recorded before the basis was kept.
+    qualifying_basis = models.CharField(
+        max_length=8, choices=Program.TierBasis.choices, blank=True, default=""
+    )
     actor_id = models.CharField(max_length=128)
     job = models.ForeignKey("Job", null=True, blank=True, on_delete=models.SET_NULL)
     rolled_back_at = models.DateTimeField(null=True, blank=True)

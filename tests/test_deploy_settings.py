@@ -119,4 +119,4 @@ def test_program_defaults_out_of_a_programs_bounds_are_a_configuration_error(set
     from django.core.checks import run_checks
 
     settings.LOYALTY_HOLD_TTL_SECONDS, settings.LOYALTY_VOUCHER_VALIDITY_DAYS = 0, 10_000
-    assert [e.id for e in run_checks()] == ["access.E002", "access.E003"]
+    assert [e.id for e in run_checks()] == ["loyalty.E001", "loyalty.E002"]

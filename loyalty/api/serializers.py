@@ -30,6 +30,7 @@ from ..models import (
 from ..money import ZERO, currency_choices
 from ..services.budget import budget_spent
 from ..services.ingestion import EVENT_TYPES
+from ..services.programs import tier_order
 from .fields import AwareDateTime, DecimalString, JSONObject, MemberId, Text, iso
 
 CURRENCIES = [code for code, _ in currency_choices()]
@@ -529,7 +530,7 @@ def tier_ranks_check(tiers: list[dict], basis: str) -> list[dict]:
     """A body read back from GET may carry each tier's `rank`: accepted when it is the place
     the thresholds give the tier on the program's basis (points or spend: the only thing that
     decides it), then dropped."""
-    first, then = ("min_spend", "min_points") if basis == "spend" else ("min_points", "min_spend")
+    first, then = tier_order(basis)
     ordered = sorted(tiers, key=lambda t: (t.get(first, 0), t.get(then, 0)))
     places = {id(tier): place for place, tier in enumerate(ordered)}
     if any(tier.get("rank", places[id(tier)]) != places[id(tier)] for tier in tiers):

@@ -161,6 +161,14 @@ def tier_cycle_date_check(value: date | None, *, zone: str, stored: date | None 
         )
 
 
+def tier_order(basis: str) -> tuple[str, str]:
+    """The thresholds that order a program's tiers, lowest first: its basis's, then the
+    other."""
+    if basis == Program.TierBasis.SPEND:
+        return "min_spend", "min_points"
+    return "min_points", "min_spend"
+
+
 def _tiers_ordered(tiers: list[TierInput], basis: str) -> list[TierInput]:
     """The tiers from the lowest, or ValidationFailed for a set a program of `basis` cannot
     have: each tier's threshold on the basis (points or spend) must be above the one below
@@ -169,8 +177,7 @@ def _tiers_ordered(tiers: list[TierInput], basis: str) -> list[TierInput]:
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
         raise ValidationFailed(errors={"tiers": ["Tier names must be unique."]})
-    field = "min_spend" if basis == Program.TierBasis.SPEND else "min_points"
-    other = "min_points" if field == "min_spend" else "min_spend"
+    field, other = tier_order(basis)
     ordered = sorted(tiers, key=lambda t: (getattr(t, field), getattr(t, other)))
     if ordered[0].min_points != 0 or ordered[0].min_spend != 0:
         raise ValidationFailed(errors={"tiers": ["The first tier must start at zero."]})

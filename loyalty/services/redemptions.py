@@ -102,7 +102,7 @@ def _hold_atomic(
 ) -> Redemption:
     if program.status != Program.Status.ACTIVE:
         raise ProgramInactive(status=program.status)
-    value = money_floor(points * program.point_value, program.currency)
+    value = _voucher_price(points, program)
     if not _voucher_value_valid(value):
         # The voucher would be worth nothing (or more than can be stored): no points spent.
         raise ValidationFailed(
@@ -144,6 +144,11 @@ def _hold_atomic(
     return redemption
 
 
+def _voucher_price(points, program: Program):
+    """What `points` are worth at the program's point value, floored to its currency."""
+    return money_floor(points * program.point_value, program.currency)
+
+
 def _voucher_value_valid(value) -> bool:
     return value > 0 and fits_ledger(value)
 
@@ -153,7 +158,7 @@ def _voucher_value(redemption: Redemption, program: Program):
     if redemption.value is not None:
         return redemption.value
     # A hold from before holds kept their value: priced now, at the program's point value.
-    value = money_floor(redemption.points * program.point_value, program.currency)
+    value = _voucher_price(redemption.points, program)
     if not _voucher_value_valid(value):
         raise InvalidState(
             f"At the program's point value ({program.point_value}) the hold's "

@@ -144,14 +144,6 @@ def tier_metrics(*, program: Program, balance_ids: list[int]) -> dict[int, Decim
     return metrics
 
 
-def qualifying_measure(program: Program) -> str:
-    """What `tier_metrics` measures for the program: "points" or "spend", "lifetime" or the
-    window's days ("spend:365d")."""
-    if program.tier_downgrade_policy == Program.DowngradePolicy.NONE:
-        return f"{program.tier_basis}:lifetime"
-    return f"{program.tier_basis}:{program.tier_qualifying_days}d"
-
-
 def _rollback_pins(program: Program, balance_ids: list[int]) -> dict[int, Decimal]:
     """Members whose latest tier change is a rollback: the qualifying value at that time. The
     job leaves them where the rollback put them until they qualify on more than that."""
@@ -166,16 +158,15 @@ def _rollback_pins(program: Program, balance_ids: list[int]) -> dict[int, Decima
     # a longer one's: the pin holds at least as long). Across a basis switch it becomes what
     # the snapshot recorded in the new basis: the member's lifetime spend, or their points;
     # compared as it was, 100,000 of spend outran 2,000 pinned points at once. A pin recorded
-    # before the measure was kept (blank) is taken as points, the only basis then but spend.
+    # before the basis was kept (blank) is taken as points.
     basis = program.tier_basis
     pins = {}
-    for balance_id, value, measured, spend, points in TierSnapshot.objects.filter(
+    for balance_id, value, pinned_basis, spend, points in TierSnapshot.objects.filter(
         id__in=latest, rollback_of__isnull=False
     ).values_list(
-        "balance_id", "qualifying_value", "qualifying_measure", "lifetime_spend", "points_balance"
+        "balance_id", "qualifying_value", "qualifying_basis", "lifetime_spend", "points_balance"
     ):
-        measured_basis = measured.partition(":")[0] or Program.TierBasis.POINTS
-        if measured_basis == basis:
+        if (pinned_basis or Program.TierBasis.POINTS) == basis:
             pins[balance_id] = value if value is not None else ZERO
         elif basis == Program.TierBasis.SPEND:
             pins[balance_id] = spend
@@ -296,7 +287,6 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
         balance.tier, balance.tier_updated_at, balance.updated_at = change.to_tier, now, now
         updated.append(balance)
     bulk_set(MemberBalance, updated, ["tier", "tier_updated_at", "updated_at"])
-    measure = qualifying_measure(program)
     snapshots = [
         TierSnapshot(
             balance_id=c.balance_id,
@@ -307,7 +297,7 @@ def _apply(program, ladder, balance_ids, mode, cycle, job, tracker, actor, progr
             points_balance=balances[c.balance_id].points_balance,
             lifetime_spend=balances[c.balance_id].lifetime_spend,
             qualifying_value=c.metric,
-            qualifying_measure=measure,
+            qualifying_basis=program.tier_basis,
             actor_id=actor.id,
             job=job,
         )
@@ -437,7 +427,7 @@ def tier_rollback(*, snapshot_id: int, actor: Actor, reason: str = "") -> TierSn
         points_balance=balance.points_balance,
         lifetime_spend=balance.lifetime_spend,
         qualifying_value=metric,
-        qualifying_measure=qualifying_measure(program),
+        qualifying_basis=program.tier_basis,
         actor_id=actor.id,
         rollback_of=snapshot,
     )

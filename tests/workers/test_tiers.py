@@ -534,7 +534,7 @@ def test_a_rollback_pin_holds_only_against_what_it_measured(make_program, buy, r
     run_job(TIER, program)  # spent more than at the rollback
     assert member(program, "u1").tier == "silver"
     pin = TierSnapshot.objects.filter(rollback_of__isnull=False).get()
-    assert (pin.qualifying_measure, pin.lifetime_spend) == ("points:lifetime", Decimal(100000))
+    assert (pin.qualifying_basis, pin.lifetime_spend) == ("points", Decimal(100000))
 
 
 def _pinned_silver_member(program, buy, run_job, actor):
@@ -549,7 +549,7 @@ def test_a_rollback_pin_recorded_before_measures_were_kept_is_taken_as_points(
 ):
     program = make_program()
     _pinned_silver_member(program, buy, run_job, actor)
-    TierSnapshot.objects.filter(rollback_of__isnull=False).update(qualifying_measure="")
+    TierSnapshot.objects.filter(rollback_of__isnull=False).update(qualifying_basis="")
     program_update(program_id=program.pk, changes={"tier_basis": Program.TierBasis.SPEND},
                    tiers=[TierInput("basic"), TierInput("silver", min_spend=Decimal(50000))],
                    actor=actor)  # fmt: skip

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='tiersnapshot',
-            name='qualifying_measure',
-            field=models.CharField(blank=True, default='', max_length=32),
+            name='qualifying_basis',
+            field=models.CharField(blank=True, choices=[('points', 'Points'), ('spend', 'Spend')], default='', max_length=8),
         ),
     ]
