@@ -11,7 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -109,10 +109,16 @@ def test_jobs_run_beside_every_kind_of_write(make_program, actor, monkeypatch):
         for kind in JOBS:
             job = job_run(job_id=job_create(kind=kind, program=program, actor=system_actor("t")).pk)
             ended.append((kind, job.status, job.error))
-            # What is left becomes due again: the next expiry meets holds and new lots.
-            PointLot.objects.filter(remaining__gt=0).update(
-                expires_at=timezone.now() - timedelta(days=1)
-            )
+            # What is left becomes due again: the next expiry meets holds and new lots. Lots
+            # are written under their member's balance lock, taken in id order (as every
+            # writer of several members does): an update of them all without it deadlocked
+            # with a writer's lot update.
+            with transaction.atomic():
+                list(MemberBalance.objects.select_for_update().filter(program=program)
+                     .order_by("pk").values_list("pk", flat=True))  # fmt: skip
+                PointLot.objects.filter(remaining__gt=0).update(
+                    expires_at=timezone.now() - timedelta(days=1)
+                )
     finally:
         time.sleep(0.5)
         stop.set()
