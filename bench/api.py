@@ -19,7 +19,10 @@ bench/batch_profile.py (a running program's events are mostly its members' next 
 pgbench TPC-B (`--pgbench-clients`, same duration) runs before and after the HTTP phases on a
 scratch database the script initialises; the ratios are to the mean of the two. With
 `--with-service`, also the service-level figure of bench/ingest.py (16 processes calling
-`event_ingest`). It prints events/s, p50/p99 per request and the ratios.
+`event_ingest`). With `--floor`, the host's floor for any Django write endpoint: the same
+server, settings and single-event load on bench/floor_app.py (no middleware nor REST
+framework; a locked read, an insert and an update per request), after the product's phases.
+It prints events/s, p50/p99 per request, CPU per request and the ratios.
 
 Targets (issue 3): single events at 16 clients >= 0.15 x pgbench TPC-B with p99 < 50 ms;
 batches >= 3 x pgbench in events/s.
@@ -46,6 +49,8 @@ from benchkit import bench_program, jwt_token, keys, members_create, purchase
 
 ROOT = Path(__file__).resolve().parent.parent
 MERCHANT = "m_bench_api"
+PRODUCT_APP = "loyalty_project.wsgi:application"
+FLOOR_APP = "floor_app:application"
 
 
 def django_setup() -> None:
@@ -60,26 +65,30 @@ def django_setup() -> None:
 # --- set-up ---------------------------------------------------------------------------------
 
 
-def server_command(server: str, port: int, workers: int, threads: int) -> list[str]:
+def server_command(
+    server: str, port: int, workers: int, threads: int, module: str = PRODUCT_APP
+) -> list[str]:
     """The production web server's command line (the Procfile's, on loopback, without the
-    request log). granian and gunicorn, the earlier web servers, are kept for comparison
-    (both in requirements-dev.txt)."""
+    request log), serving `module` (the product, or bench/floor_app.py for `--floor`).
+    granian and gunicorn, the earlier web servers, are kept for comparison (both in
+    requirements-dev.txt)."""
     bin_dir = ROOT / ".venv" / "bin"
     if server == "uwsgi":
         return [
             str(bin_dir / "uwsgi"), "--ini", str(ROOT / "deploy" / "uwsgi.ini"),
+            "--module", module,
             "--http-socket", f"127.0.0.1:{port}",
             "--processes", str(workers), "--threads", str(threads), "--disable-logging",
         ]  # fmt: skip
     if server == "granian":
         return [
-            str(bin_dir / "granian"), "loyalty_project.wsgi:application",
+            str(bin_dir / "granian"), module,
             "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers), "--blocking-threads", str(threads),
             "--no-ws", "--log-level", "warning",
         ]  # fmt: skip
     return [
-        str(bin_dir / "gunicorn"), "loyalty_project.wsgi:application",
+        str(bin_dir / "gunicorn"), module,
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),
         "--threads", str(threads),
@@ -90,8 +99,10 @@ def server_command(server: str, port: int, workers: int, threads: int) -> list[s
     ]  # fmt: skip
 
 
-def server_start(server: str, port: int, env: dict, workers: int, threads: int):
-    cmd = server_command(server, port, workers, threads)
+def server_start(
+    server: str, port: int, env: dict, workers: int, threads: int, module: str = PRODUCT_APP
+):
+    cmd = server_command(server, port, workers, threads, module)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
     try:
         wait_ready(port)
@@ -252,7 +263,8 @@ def run_wrk(args: dict, clients: int, duration: int) -> dict:
         "wrk", "-t", str(min(2, clients)), "-c", str(clients), "-d", f"{duration}s",
         "--timeout", "60s", "-s", str(ROOT / "bench" / "wrk_events.lua"),
         f"http://127.0.0.1:{args['port']}",
-        "--", "/api/v1/events/batch" if batch else "/api/v1/events", args["token"],
+        "--", args.get("path") or ("/api/v1/events/batch" if batch else "/api/v1/events"),
+        args["token"],
         ",".join(args["program_ids"]), str(args["members"]), str(batch), uuid.uuid4().hex[:12],
     ]  # fmt: skip
     load_before = os.getloadavg()[0]
@@ -401,6 +413,12 @@ def main() -> None:
         default="wrk" if shutil.which("wrk") else "python",
         help="load generator: wrk (apt-get install wrk; light on CPU) or Python threads",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also serve a minimal Django write endpoint (bench/floor_app.py) the same way, "
+        "under the single-event load: what any Django write costs on this host",
+    )
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-batch", action="store_true")
     opts = parser.parse_args()
@@ -472,6 +490,23 @@ def main() -> None:
             batch = measured({**args, "batch_size": opts.batch_size}, opts.batch_clients)
     finally:
         server_stop(server)
+    floor = None
+    if opts.floor:
+        from django.db import connection
+        from floor_app import floor_tables_create
+
+        with connection.cursor() as cursor:
+            floor_tables_create(cursor, opts.members)
+        floor_env = {**env, "PYTHONPATH": str(ROOT / "bench")}
+        server = server_start(
+            opts.server, opts.port, floor_env, opts.workers, opts.threads, FLOOR_APP
+        )
+        try:
+            floor_args = {**args, "path": "/floor"}
+            run_load(floor_args, opts.clients, 2)
+            floor = measured(floor_args, opts.clients)
+        finally:
+            server_stop(server)
     pgbench("after")
     tps = sum(pgbench_runs) / len(pgbench_runs) if pgbench_runs else None
     service = service_rate(opts.duration, 16) if opts.with_service else None
@@ -497,6 +532,13 @@ def main() -> None:
         line(f"HTTP single events, {opts.clients} clients", single, "per event")
     if batch:
         line(f"HTTP batches of {opts.batch_size}, {opts.batch_clients} clients", batch, "per batch")
+    if floor:
+        line(f"Django floor (bench/floor_app.py), {opts.clients} clients", floor, "per request")
+        if single:
+            print(
+                f"{'':<34} single events do {single['events_per_s'] / floor['events_per_s']:.2f}"
+                f" of the floor's requests/s at {single['p99_ms'] / floor['p99_ms']:.2f} x its p99"
+            )
     if service is not None:
         ratio = f"{service / tps:5.2f} x pgbench" if tps else ""
         print(f"{'service event_ingest, 16 processes':<34} {service:8.0f} events/s  {ratio}")
