@@ -317,6 +317,7 @@ def _award_chunk(
             points=award.points,
             reason=reason,
             reference=reference,
+            metadata={"campaign_id": str(campaign.pk)},  # the entry's, below
         ).fingerprint()
         breakdown = {
             "base_points": str(award.points),

@@ -8,7 +8,7 @@ from django.db import connection
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
-from access.idempotency import KeyGuard
+from access.idempotency import KeyGuard, idempotency_records_purge
 from access.models import IdempotencyRecord
 from audit.models import AuditEntry
 from loyalty.models import LedgerEntry, Redemption
@@ -230,6 +230,127 @@ def test_records_are_kept_at_least_24_hours_then_expire(api, funded):
     assert late.status_code == 201
     assert late.json()["transaction_id"] == replay.json()["transaction_id"]
     assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 1
+
+
+HOUR = timedelta(hours=1)
+
+# What a resend may change without being the same event any more: each part of the award
+# (the module SIRA scores) or of the record (reason, time, metadata).
+OTHER_EVENT = pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"module": "shop"}, id="module"),
+        pytest.param({"occurred_at": "2026-11-27T10:00:01Z"}, id="occurred_at"),
+        pytest.param({"metadata": {"channel": "web"}}, id="metadata"),
+        pytest.param({"reason": "another reason"}, id="reason"),
+    ],
+)
+
+
+def full_purchase(program, **change):
+    body = {
+        **purchase(program),
+        "module": "eats",
+        "occurred_at": "2026-11-27T10:00:00Z",
+        "metadata": {"channel": "app", "basket": [1, 2]},
+        "reason": "weekend order",
+    }
+    return {**body, **change}
+
+
+@OTHER_EVENT
+def test_once_the_record_expired_the_ledger_key_refuses_another_event(api, funded, change):
+    first = api("system").post("/api/v1/events", full_purchase(funded), key="late-1")
+    assert first.status_code == 201
+    with time_machine.travel(IdempotencyRecord.objects.get(key="late-1").expires_at + HOUR):
+        assert idempotency_records_purge() == 1  # the ledger's key is all that is left
+        other = api("system").post("/api/v1/events", full_purchase(funded, **change), key="late-1")
+    # Keys and order of the metadata, and the time's offset, are not a change.
+    with time_machine.travel(IdempotencyRecord.objects.get(key="late-1").expires_at + HOUR):
+        assert idempotency_records_purge() == 1  # the refusal's record, kept 48 hours
+        same = api("system").post(
+            "/api/v1/events",
+            full_purchase(
+                funded,
+                metadata={"basket": [1, 2], "channel": "app"},
+                occurred_at="2026-11-27T11:00:00+01:00",
+            ),
+            key="late-1",
+        )
+    assert other.status_code == 422, other.content
+    assert other.json()["code"] == "idempotency_key_reused"
+    assert same.status_code == 201
+    assert same.json()["transaction_id"] == first.json()["transaction_id"]
+    assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 1
+
+
+@OTHER_EVENT
+def test_a_batch_item_repeating_a_key_for_another_event_is_refused(api, funded, change):
+    client = api("system")
+    item = {**full_purchase(funded), "idempotency_key": "item-1"}
+    first = client.post("/api/v1/events/batch", {"events": [item]})
+    assert first.json()["results"][0]["status"] == 201
+    again = client.post(
+        "/api/v1/events/batch",
+        {
+            "events": [
+                {**item, **change},
+                item,
+                {**item, "metadata": {"basket": [1, 2], "channel": "app"}},
+            ]
+        },
+    )
+    other, same, reordered = again.json()["results"]
+    assert other["status"] == 422
+    assert other["error"]["code"] == "idempotency_key_reused"
+    for repeat in (same, reordered):
+        assert repeat["replayed"] is True
+        assert repeat["body"] == first.json()["results"][0]["body"]
+    # Two items of one batch: the second repeats the first, written in the same request.
+    both = client.post(
+        "/api/v1/events/batch",
+        {
+            "events": [
+                {**item, "idempotency_key": "item-2"},
+                {**item, **change, "idempotency_key": "item-2"},
+            ]
+        },
+    )
+    assert [r["status"] for r in both.json()["results"]] == [201, 422]
+    assert LedgerEntry.objects.filter(balance__member_id="u_7").count() == 2
+
+
+@pytest.mark.postgres  # the ledger's append-only trigger is switched off to write the former
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_stored_with_the_former_fingerprint_replays_its_repeat(api, funded):
+    """Entries written before the fingerprint covered module, reason, time and metadata keep
+    their repeats replayed, as they were then."""
+    client = api("system")
+    item = {**full_purchase(funded), "idempotency_key": "legacy-1"}
+    first = client.post("/api/v1/events/batch", {"events": [item]}).json()["results"][0]
+    entry = LedgerEntry.objects.get(idempotency_key="legacy-1")
+    assert entry.details["fingerprint"] != former_fingerprint(entry)
+    entry.details["fingerprint"] = former_fingerprint(entry)
+    with connection.cursor() as cursor:  # the ledger's rows cannot be updated: as stored then
+        cursor.execute("ALTER TABLE loyalty_ledgerentry DISABLE TRIGGER USER")
+        LedgerEntry.objects.filter(pk=entry.pk).update(details=entry.details)
+        cursor.execute("ALTER TABLE loyalty_ledgerentry ENABLE TRIGGER USER")
+    again = client.post("/api/v1/events/batch", {"events": [{**item, "module": "shop"}]})
+    assert again.json()["results"][0]["replayed"] is True
+    assert again.json()["results"][0]["body"] == first["body"]
+
+
+def former_fingerprint(entry) -> str:
+    from loyalty.services.ingestion import EventInput
+
+    return EventInput(
+        type=entry.type,
+        member_id=entry.details["member_id"],
+        idempotency_key=entry.idempotency_key,
+        amount=entry.amount,
+        currency=entry.currency,
+        reference=entry.reference,
+    ).former_fingerprint()
 
 
 @pytest.mark.postgres

@@ -3,7 +3,7 @@
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from ...errors import CurrencyMismatch, ProgramInactive, ValidationFailed
@@ -33,8 +33,29 @@ class EventInput:
     metadata: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """A digest of what the event asks for, to tell a replay from a reused key."""
+        """A digest of what the event asks for, to tell a replay from a reused key: every
+        field it sends but its key, as `json.dumps(fields, sort_keys=True)` digests them
+        (`occurred_at` in UTC). A resend that changes any of them (the module, which SIRA
+        scores, the reason, the time, the metadata) is another event: `idempotency_key_reused`."""
         values = (  # in the order of _FINGERPRINT_KEYS
+            None if self.amount is None else str(self.amount.normalize()),
+            self.currency,
+            self.member_id,
+            _metadata_json(self.metadata),
+            self.module,
+            None if self.occurred_at is None else self.occurred_at.astimezone(UTC).isoformat(),
+            self.original_reference,
+            None if self.points is None else str(self.points.normalize()),
+            self.reason,
+            self.reference,
+            self.type,
+        )
+        return hashlib.sha256(_fingerprint_json(values).encode()).hexdigest()
+
+    def former_fingerprint(self) -> str:
+        """The fingerprint entries stored before it covered the module, reason, time and
+        metadata: their repeats are told from reuses as they were then."""
+        values = (
             None if self.amount is None else str(self.amount.normalize()),
             self.currency,
             self.member_id,
@@ -43,14 +64,29 @@ class EventInput:
             self.reference,
             self.type,
         )
-        return hashlib.sha256(_fingerprint_json(values).encode()).hexdigest()
+        body = dict(zip(_FORMER_FINGERPRINT_KEYS, values, strict=True))
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+    def is_repeat_of(self, fingerprint: str | None) -> bool:
+        """Whether an entry stored with `fingerprint` is this event's (its replay)."""
+        return fingerprint == self.fingerprint() or fingerprint == self.former_fingerprint()
 
 
-_FINGERPRINT_KEYS = (
+_FORMER_FINGERPRINT_KEYS = (
     "amount", "currency", "member_id", "original_reference", "points", "reference", "type",
 )  # fmt: skip
+_FINGERPRINT_KEYS = (
+    "amount", "currency", "member_id", "metadata", "module", "occurred_at",
+    "original_reference", "points", "reason", "reference", "type",
+)  # fmt: skip
+# Every value is written as a JSON text but metadata, which comes as JSON already.
 _FINGERPRINT_TEMPLATE = "{{" + ", ".join(f'"{key}": {{}}' for key in _FINGERPRINT_KEYS) + "}}"
+_METADATA = _FINGERPRINT_KEYS.index("metadata")
 _json_string = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_ascii)
+
+
+def _metadata_json(metadata: dict) -> str:
+    return json.dumps(metadata, sort_keys=True) if metadata else "{}"
 
 
 def _fingerprint_json(values: tuple) -> str:
@@ -60,10 +96,15 @@ def _fingerprint_json(values: tuple) -> str:
     replays: the same text exactly (tests/loyalty/test_event_fingerprint.py)."""
     try:
         return _FINGERPRINT_TEMPLATE.format(
-            *["null" if value is None else _json_string(value) for value in values]
+            *[
+                value if place == _METADATA else "null" if value is None else _json_string(value)
+                for place, value in enumerate(values)
+            ]
         )
     except TypeError:  # not a text (a caller's int member id, say): as json writes it
-        return json.dumps(dict(zip(_FINGERPRINT_KEYS, values, strict=True)), sort_keys=True)
+        body = dict(zip(_FINGERPRINT_KEYS, values, strict=True))
+        body["metadata"] = json.loads(body["metadata"])
+        return json.dumps(body, sort_keys=True)
 
 
 @dataclass

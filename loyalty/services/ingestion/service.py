@@ -145,7 +145,7 @@ def stored_entry_id(program: Program, idempotency_key: str) -> int | None:
 
 def replay_answer(entry: LedgerEntry, event: EventInput) -> IngestResult:
     """The stored answer to a repeat of `event` whose key already wrote `entry`."""
-    if entry.details.get("fingerprint") != event.fingerprint():
+    if not event.is_repeat_of(entry.details.get("fingerprint")):
         raise IdempotencyKeyReused(
             "This idempotency key was already used for a different event.",
             idempotency_key=event.idempotency_key,
