@@ -6,7 +6,8 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.response import Response
 
 from access.approval_gate import approval_gate, approval_pending_body
-from access.idempotency import idempotent
+from access.caller import Caller
+from access.idempotency import REPLAY_HEADER, idempotent
 from access.schema import COMMON_ERRORS, IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import balance_get_for_caller
 
@@ -94,17 +95,28 @@ _LEDGER_KEY_LENGTH = LedgerEntry._meta.get_field("idempotency_key").max_length
 _DIGEST_PREFIX = "sha256:"
 
 
-def adjustment_ledger_key(key: str) -> str:
+def adjustment_ledger_key(key: str, caller: Caller) -> str:
     """The ledger key of an adjustment sent with Idempotency-Key `key`: prefixed so it never
     collides with an event of the same key. A key too long to take the prefix (the header
     allows as many characters as the column holds) is replaced by its digest, of fixed length;
     shorter keys keep the ledger key they always had, so repeats of earlier adjustments still
     find their entry. A key that itself starts with the digest's `sha256:` is digested too:
-    kept as it is, it could spell the digest of another, longer key and take its entry."""
+    kept as it is, it could spell the digest of another, longer key and take its entry.
+
+    Keys are the caller's (`Caller.idempotency_scope`): a merchant's callers share the
+    program's, but each platform person has their own, so theirs is digested with their
+    scope: two people who chose the same key each adjust. A key has no space, so no key of
+    the merchant's digests to the same text."""
+    if caller.merchant_id is None:  # a platform person
+        return _digested(f"{caller.idempotency_scope} {key}")
     ledger_key = f"{ADJUSTMENT_KEY_PREFIX}{key}"
     if len(ledger_key) <= _LEDGER_KEY_LENGTH and not key.startswith(_DIGEST_PREFIX):
         return ledger_key
-    return f"{ADJUSTMENT_KEY_PREFIX}{_DIGEST_PREFIX}{hashlib.sha256(key.encode()).hexdigest()}"
+    return _digested(key)
+
+
+def _digested(text: str) -> str:
+    return f"{ADJUSTMENT_KEY_PREFIX}{_DIGEST_PREFIX}{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 class MemberAdjustmentsApi(LoyaltyApi):
@@ -130,7 +142,7 @@ class MemberAdjustmentsApi(LoyaltyApi):
         event = EventInput(
             type="manual_adjust",
             member_id=balance.member_id,
-            idempotency_key=adjustment_ledger_key(request.idempotency_key),
+            idempotency_key=adjustment_ledger_key(request.idempotency_key, request.caller),
             points=data["points"],
             reason=data["reason"],
         )
@@ -138,7 +150,9 @@ class MemberAdjustmentsApi(LoyaltyApi):
         if pending is not None:
             return Response(approval_pending_body(pending), status=202)
         result = event_ingest(program=balance.program, event=event, actor=request.caller.actor)
-        return Response(ingest_body(result), status=201)
+        # The entry the key already wrote (its HTTP record gone): answered as a replay.
+        headers = {REPLAY_HEADER: "true"} if result.replayed else None
+        return Response(ingest_body(result), status=201, headers=headers)
 
 
 class _FreezeApi(LoyaltyApi):

@@ -3,12 +3,12 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
-from access.idempotency import idempotent
+from access.idempotency import REPLAY_HEADER, idempotent
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, redemption_get_for_caller
 
 from ..models import Redemption
-from ..services import redemption_capture, redemption_hold, redemption_release
+from ..services import redemption_capture, redemption_hold_or_replay, redemption_release
 from .base import LoyaltyApi, no_input, validated
 from .serializers import (
     RedemptionInputSerializer,
@@ -35,7 +35,7 @@ class RedemptionsApi(LoyaltyApi):
     def post(self, request):
         data = validated(RedemptionInputSerializer, request.data)
         program = program_get_for_caller(caller=request.caller, program_id=data["program_id"])
-        redemption = redemption_hold(
+        redemption, replayed = redemption_hold_or_replay(
             program=program,
             member_id=data["member_id"],
             points=data["points"],
@@ -44,7 +44,10 @@ class RedemptionsApi(LoyaltyApi):
             idempotency_key=request.idempotency_key,
             actor=request.caller.actor,
         )
-        return Response(redemption_body(_reload(redemption.pk)), status=201)
+        # A key the program's ledger already holds (the HTTP record gone, or made by another
+        # caller of the program): the redemption it made, as a replay.
+        headers = {REPLAY_HEADER: "true"} if replayed else None
+        return Response(redemption_body(_reload(redemption.pk)), status=201, headers=headers)
 
 
 class RedemptionCaptureApi(LoyaltyApi):

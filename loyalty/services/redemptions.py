@@ -49,6 +49,29 @@ def redemption_hold(
 ) -> Redemption:
     """Locks `points` of the member's available balance; never leaves available below zero.
     With `capture`, captures in the same transaction."""
+    return redemption_hold_or_replay(
+        program=program,
+        member_id=member_id,
+        points=points,
+        reward_type=reward_type,
+        idempotency_key=idempotency_key,
+        actor=actor,
+        capture=capture,
+    )[0]
+
+
+def redemption_hold_or_replay(
+    *,
+    program: Program,
+    member_id: str,
+    points: Decimal,
+    reward_type: str,
+    idempotency_key: str,
+    actor: Actor,
+    capture: bool = False,
+) -> tuple[Redemption, bool]:
+    """`redemption_hold`, and whether the redemption is the one the key already made (a
+    repeat, answered as a replay) rather than made now."""
     if points is None or not fits_ledger(points) or points <= 0 or not is_exact_points(points):
         raise ValidationFailed(errors={"points": ["Positive points, at most 2 places."]})
     if reward_type not in Voucher.Type.values:
@@ -57,9 +80,9 @@ def redemption_hold(
         program, idempotency_key, member_id, points, reward_type, capture
     )
     if existing:
-        return existing
+        return existing, True
     try:
-        return _hold_atomic(
+        held = _hold_atomic(
             program=program,
             member_id=member_id,
             points=points,
@@ -68,12 +91,13 @@ def redemption_hold(
             actor=actor,
             capture=capture,
         )
+        return held, False
     except IntegrityError:
         existing = _redemption_for_key(
             program, idempotency_key, member_id, points, reward_type, capture
         )
         if existing:
-            return existing
+            return existing, True
         raise
 
 

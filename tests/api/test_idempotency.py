@@ -597,7 +597,8 @@ def test_an_event_key_cannot_take_an_adjustments_ledger_key(api, funded):
     )
     assert staff.status_code == 201
     assert "Idempotent-Replayed" not in staff.headers
-    assert LedgerEntry.objects.filter(idempotency_key="adjustment:fix-1").count() == 1
+    # A platform person's key is digested with their scope (test_adjustment_and_hold_keys.py).
+    assert LedgerEntry.objects.get(type="manual_adjust").idempotency_key.startswith("adjustment:")
 
 
 @pytest.mark.parametrize("prefix", ["campaign:", "expiry:", "redemption:"])

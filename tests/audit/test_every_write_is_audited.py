@@ -140,6 +140,15 @@ def s_redemption_hold(program, make_program):
         _hold(program)
 
 
+def s_redemption_hold_or_replay(program, make_program):
+    _member(program)
+    with audited("redemption"):
+        loyalty_services.redemption_hold_or_replay(
+            program=program, member_id="u_1", points=Decimal("100"), reward_type="discount",
+            idempotency_key="h1", actor=OPS,
+        )  # fmt: skip
+
+
 def s_redemption_capture(program, make_program):
     hold = _hold(program)
     with audited("redemption"):
