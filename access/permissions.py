@@ -137,7 +137,9 @@ class HasPermission(BasePermission):
     def has_permission(self, request, view) -> bool:
         caller = getattr(request, "caller", None)
         method = request.method.lower()
-        if caller is not None and not hasattr(view, method):
+        if caller is not None and (
+            method not in view.http_method_names or not hasattr(view, method)
+        ):
             return True  # an unsupported method: let the view answer 405
         needed = view_permission(type(view), "get" if method == "head" else method)
         # A method without a declared permission is refused, never open by omission.

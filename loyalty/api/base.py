@@ -42,6 +42,9 @@ class LoyaltyApi(APIView):
 
     permission_classes = [HasPermission]
     method_permissions: dict[str, str | tuple[str, ...]] = {}
+    # No OPTIONS: DRF's answer describes a view to whoever asks, and the schema does that (a
+    # method the endpoint does not take is 405 `method_not_allowed`).
+    http_method_names = [m for m in APIView.http_method_names if m != "options"]
     # The settings name of the largest body it reads (access.parsers.body_limit).
     max_body_setting = "LOYALTY_API_MAX_SINGLE_BODY_BYTES"
 

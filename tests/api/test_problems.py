@@ -102,6 +102,16 @@ def test_unknown_api_url_and_method(api, funded):
     assert_problem(response, 405, "method_not_allowed")
 
 
+@pytest.mark.parametrize("role", ["system", "merchant_admin"])
+def test_options_is_a_method_the_api_does_not_take(api, funded, role):
+    """The schema describes the endpoints; OPTIONS is not one of their methods."""
+    client = api(role)
+    for path in ("/api/v1/events", f"/api/v1/programs/{funded.pk}"):
+        response = client.client.options(path, headers=client._headers(False, None))
+        assert_problem(response, 405, "method_not_allowed")
+        assert "OPTIONS" not in response["Allow"]
+
+
 def test_forbidden_is_403_problem(api, funded):
     response = api("auditor").post(
         "/api/v1/events", {"program_id": str(funded.pk), "member_id": "u", "type": "purchase"}
