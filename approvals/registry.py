@@ -178,10 +178,14 @@ def _validate_adjustment(payload: dict) -> dict:
 
 
 def _adjustment_extras(payload: dict) -> dict:
-    """The optional fields of the event an adjustment request was made of (reference, module,
-    occurred_at, metadata), as it sent them: the approved entry is that event."""
+    """The optional fields of the event an adjustment request was made of (amount, currency,
+    reference, original_reference, module, occurred_at, metadata), as it sent them: the
+    approved entry is that event, and a resend of it is its replay."""
     extras, errors = {}, {}
-    for name in ("reference", "module"):
+    amount = payload.get("amount")
+    if amount is not None:
+        extras["amount"] = str(_decimal(amount, "amount"))
+    for name in ("currency", "reference", "original_reference", "module"):
         value = payload.get(name)
         if value is not None and not isinstance(value, str):
             errors[name] = ["A text is required."]
@@ -279,7 +283,10 @@ def _run_adjustment(payload: dict, actor: Actor) -> dict:
         idempotency_key=payload["idempotency_key"],
         points=Decimal(payload["points"]),
         reason=payload["reason"],
+        amount=None if payload.get("amount") is None else Decimal(payload["amount"]),
+        currency=payload.get("currency"),
         reference=payload.get("reference", ""),
+        original_reference=payload.get("original_reference", ""),
         module=payload.get("module", ""),
         occurred_at=None if occurred_at is None else parse_datetime(occurred_at),
         metadata=payload.get("metadata") or {},

@@ -250,7 +250,10 @@ def adjustment_extras(event: EventInput) -> dict:
     """The optional fields of an adjustment the event sets, JSON-safe (approvals.registry
     reads them back)."""
     extras = {
+        "amount": None if event.amount is None else str(event.amount),
+        "currency": event.currency,
         "reference": event.reference,
+        "original_reference": event.original_reference,
         "module": event.module,
         "occurred_at": None if event.occurred_at is None else event.occurred_at.isoformat(),
         "metadata": event.metadata or None,

@@ -82,7 +82,7 @@ def redemption_hold_or_replay(
     if existing:
         return existing, True
     try:
-        held = _hold_atomic(
+        return _hold_atomic(
             program=program,
             member_id=member_id,
             points=points,
@@ -91,7 +91,6 @@ def redemption_hold_or_replay(
             actor=actor,
             capture=capture,
         )
-        return held, False
     except IntegrityError:
         existing = _redemption_for_key(
             program, idempotency_key, member_id, points, reward_type, capture
@@ -123,7 +122,9 @@ def _redemption_for_key(program, key, member_id, points, reward_type, capture) -
 @transaction.atomic(durable=True)
 def _hold_atomic(
     *, program, member_id, points, reward_type, idempotency_key, actor, capture
-) -> Redemption:
+) -> tuple[Redemption, bool]:
+    """The hold made now, or the one a concurrent request of the key committed while this
+    one waited for the member's lock (True: a repeat)."""
     if program.status != Program.Status.ACTIVE:
         raise ProgramInactive(status=program.status)
     value = _voucher_price(points, program)
@@ -144,7 +145,7 @@ def _hold_atomic(
         program, idempotency_key, member_id, points, reward_type, capture
     )
     if existing:
-        return existing
+        return existing, True
     _refuse_redemption(program, balance)
     if balance.available < points:
         raise InsufficientPoints(available=str(balance.available), requested=str(points))
@@ -165,7 +166,7 @@ def _hold_atomic(
     _audit(actor, "redemption.hold", redemption, program)
     if capture:
         _capture(redemption, balance, actor)
-    return redemption
+    return redemption, False
 
 
 def _voucher_price(points, program: Program):

@@ -2,13 +2,19 @@
 repeat answered from them (the HTTP record gone) says it is a replay."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 import time_machine
 
 from access.idempotency import idempotency_records_purge
 from access.models import IdempotencyRecord
+from loyalty.actors import Actor
 from loyalty.models import LedgerEntry, Redemption
+from loyalty.services import event_ingest
+from loyalty.services import redemptions as redemptions_module
+from loyalty.services.ingestion import EventInput
+from tests.conftest import hold
 
 pytestmark = pytest.mark.django_db
 
@@ -73,3 +79,53 @@ def test_a_hold_answered_from_its_redemption_says_replayed(api, funded):
     assert late["Idempotent-Replayed"] == "true"
     assert late.json()["id"] == first.json()["id"]
     assert Redemption.objects.count() == 1
+
+
+def test_a_platform_persons_adjustment_from_before_keys_were_theirs_is_replayed(api, funded):
+    """What POST .../adjustments wrote for a platform person before each had their own keys:
+    the shared form `adjustment:<key>`, found again on their resend."""
+    event_ingest(
+        program=funded,
+        event=EventInput(
+            type="manual_adjust",
+            member_id="u_1",
+            idempotency_key="adjustment:fix-1",
+            points=Decimal("100"),
+            reason="a",
+        ),
+        actor=Actor(id="alice", role="finance_ops"),
+    )
+    again = api("finance_ops", merchant_id=None, sub="alice").post(
+        adjustments(funded), {"points": "100", "reason": "a"}, key="fix-1"
+    )
+    assert again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    # Another person's key of the same text is theirs.
+    bob = api("finance_ops", merchant_id=None, sub="bob").post(
+        adjustments(funded), {"points": "100", "reason": "a"}, key="fix-1"
+    )
+    assert bob.status_code == 201
+    assert "Idempotent-Replayed" not in bob
+    assert LedgerEntry.objects.filter(type="manual_adjust").count() == 2
+
+
+def test_a_hold_found_under_the_balance_lock_says_replayed(api, funded, actor, monkeypatch):
+    """Two platform people (two HTTP scopes) race on one key: the second waits for the
+    member's lock and finds the first's redemption there."""
+    first = hold(funded, "100", actor, key="race-k")
+    real, calls = redemptions_module._redemption_for_key, []
+
+    def before_the_other_commit(*args):  # the read before the lock saw nothing yet
+        calls.append(1)
+        return None if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(redemptions_module, "_redemption_for_key", before_the_other_commit)
+    body = {"program_id": str(funded.pk), "member_id": "u_1", "points": "100"}
+    body["reward_type"] = "discount"
+    late = api("system", merchant_id=None, sub="bob").post(
+        "/api/v1/redemptions", body, key="race-k"
+    )
+    assert late.status_code == 201
+    assert late.json()["id"] == str(first.pk)
+    assert late["Idempotent-Replayed"] == "true"
+    assert Redemption.objects.filter(idempotency_key="race-k").count() == 1

@@ -160,3 +160,19 @@ def test_a_change_of_any_field_is_another_event(change):
     assert not other.is_repeat_of(first.fingerprint())
     # A stored former fingerprint covered none of these: its repeat is told as it was.
     assert other.is_repeat_of(first.former_fingerprint())
+
+
+def test_metadata_numbers_are_compared_by_value():
+    """As a JSON column gives them back: an approval's payload, stored, reads 1e19 as an int."""
+
+    def fingerprint(metadata):
+        return EventInput(
+            type="manual_adjust", member_id="u", idempotency_key="k", metadata=metadata
+        ).fingerprint()
+
+    assert fingerprint({"n": 1e19, "l": [7.0, {"x": -0.0}]}) == fingerprint(
+        {"n": 10**19, "l": [7, {"x": 0}]}
+    )
+    assert fingerprint({"n": 7.5}) != fingerprint({"n": 7})
+    assert fingerprint({"n": True}) != fingerprint({"n": 1})
+    assert fingerprint({"n": "7"}) != fingerprint({"n": 7})

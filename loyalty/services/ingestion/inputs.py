@@ -86,7 +86,19 @@ _json_string = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_a
 
 
 def _metadata_json(metadata: dict) -> str:
-    return json.dumps(metadata, sort_keys=True) if metadata else "{}"
+    """The metadata as canonical JSON, each number by its value: stored (an approval's
+    payload, a JSON column) 1e19 comes back as 10000000000000000000, 7.0 as 7."""
+    return json.dumps(_numbers_by_value(metadata), sort_keys=True) if metadata else "{}"
+
+
+def _numbers_by_value(value):
+    if isinstance(value, dict):
+        return {key: _numbers_by_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_numbers_by_value(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _fingerprint_json(values: tuple) -> str:
