@@ -16,6 +16,8 @@ pytestmark = pytest.mark.django_db
     "fields",
     [
         pytest.param({"metadata": {"n": 1e19, "l": [7.0, 0.1]}}, id="metadata-numbers"),
+        pytest.param({"metadata": {"n": 1e23, "m": 1.5e300}}, id="metadata-big-floats"),
+        pytest.param({"metadata": {"n": 2.0**64 + 2**12, "t": 1e-300}}, id="metadata-binary"),
         pytest.param({"currency": "XOF", "amount": "12.50"}, id="currency-amount"),
         pytest.param({"original_reference": "order-9"}, id="original_reference"),
         pytest.param(

@@ -173,6 +173,8 @@ def test_metadata_numbers_are_compared_by_value():
     assert fingerprint({"n": 1e19, "l": [7.0, {"x": -0.0}]}) == fingerprint(
         {"n": 10**19, "l": [7, {"x": 0}]}
     )
+    # The number the float's JSON text names, as jsonb keeps it: 1e23 is 10**23.
+    assert fingerprint({"n": 1e23}) == fingerprint({"n": 10**23}) != fingerprint({"n": int(1e23)})
     assert fingerprint({"n": 7.5}) != fingerprint({"n": 7})
     assert fingerprint({"n": True}) != fingerprint({"n": 1})
     assert fingerprint({"n": "7"}) != fingerprint({"n": 7})

@@ -92,8 +92,9 @@ _json_string = json.encoder.encode_basestring_ascii  # json.dumps' own (ensure_a
 
 
 def _metadata_json(metadata: dict) -> str:
-    """The metadata as canonical JSON, each number by its value: stored (an approval's
-    payload, a JSON column) 1e19 comes back as 10000000000000000000, 7.0 as 7."""
+    """The metadata as canonical JSON, each number by the value its JSON text names: stored
+    (an approval's payload, a jsonb column) 1e23 comes back as 100000000000000000000000,
+    7.0 as 7."""
     return json.dumps(_numbers_by_value(metadata), sort_keys=True) if metadata else "{}"
 
 
@@ -103,7 +104,8 @@ def _numbers_by_value(value):
     if isinstance(value, list):
         return [_numbers_by_value(item) for item in value]
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        # The number its JSON text names (1e23 is 10**23, not the float's 99999999999999991611392).
+        return int(Decimal(repr(value)))
     return value
 
 
