@@ -21,7 +21,7 @@ from decimal import Decimal
 
 import orjson
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpResponse
 from django.utils import timezone
 from rest_framework.exceptions import ParseError
@@ -565,7 +565,8 @@ def idempotent(handler):
 
     A view with `idempotency_per_person = True` keeps keys per person rather than per
     merchant: its write is a person's own act (an approval decision), which another person's
-    request under the same key must not replay."""
+    request under the same key must not replay. A view with `idempotency_atomic = True` has
+    its write and its answer's record committed together (`_with_record`)."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
@@ -598,7 +599,10 @@ def idempotent(handler):
         request.idempotency_record = record
         try:
             try:
-                response = handler(self, request, *args, **kwargs)
+                if getattr(self, "idempotency_atomic", False):
+                    response = _with_record(handler, self, request, record, args, kwargs)
+                else:
+                    response = handler(self, request, *args, **kwargs)
             except Exception as exc:
                 # Rendered here (not by dispatch) so a refusal's problem body can be stored;
                 # unknown exceptions re-raise from handle_exception.
@@ -616,6 +620,21 @@ def idempotent(handler):
 
     wrapper.idempotent = True
     return wrapper
+
+
+def _with_record(handler, view, request, record: IdempotencyRecord, args, kwargs):
+    """The handler of a view with `idempotency_atomic = True`, its write and its success's
+    record committed together: a create with no key of its own in the ledger (a program, a
+    campaign), which a process that died between two commits would leave made but unrecorded,
+    for a retry to take over the claim and make again. Its services' transactions are then
+    savepoints of this one."""
+    with transaction.atomic():
+        response = handler(view, request, *args, **kwargs)
+        succeeded = 200 <= response.status_code < 300
+        if succeeded:
+            idempotency_complete(record, response)
+    record.stored = succeeded  # committed with the write
+    return response
 
 
 def _replay_permitted(view, request, record: IdempotencyRecord) -> None:

@@ -23,6 +23,7 @@ from .serializers import (
 
 class CampaignsApi(LoyaltyApi):
     method_permissions = {"get": "campaigns:read", "post": "campaigns:write"}
+    idempotency_atomic = True  # a campaign has no key of its own: made once, with its record
 
     @extend_schema(
         operation_id="campaigns_list",

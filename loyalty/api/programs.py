@@ -52,6 +52,7 @@ def _reload(program_id) -> Program:
 
 class ProgramsApi(LoyaltyApi):
     method_permissions = {"get": "programs:read", "post": "programs:create"}
+    idempotency_atomic = True  # a program has no key of its own: made once, with its record
 
     @extend_schema(
         operation_id="programs_list",

@@ -84,7 +84,8 @@ def _validate(fields: dict) -> None:
         raise ValidationFailed("The campaign is invalid.", errors=errors)
 
 
-@transaction.atomic(durable=True)
+# Not durable: the API commits its answer's record with it (`idempotency_atomic`).
+@transaction.atomic
 def campaign_create(
     *,
     program: Program,

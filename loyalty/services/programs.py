@@ -54,7 +54,8 @@ def program_snapshot(program: Program) -> dict:
     }
 
 
-@transaction.atomic(durable=True)
+# Not durable: the API commits its answer's record with it (`idempotency_atomic`).
+@transaction.atomic
 def program_create(
     *,
     merchant_id: str,
