@@ -37,27 +37,11 @@ from .outbox import outbox_event, outbox_publish
 VOUCHER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I look-alikes
 
 
-def redemption_hold(
-    *,
-    program: Program,
-    member_id: str,
-    points: Decimal,
-    reward_type: str,
-    idempotency_key: str,
-    actor: Actor,
-    capture: bool = False,
-) -> Redemption:
+def redemption_hold(**hold) -> Redemption:
     """Locks `points` of the member's available balance; never leaves available below zero.
-    With `capture`, captures in the same transaction."""
-    return redemption_hold_or_replay(
-        program=program,
-        member_id=member_id,
-        points=points,
-        reward_type=reward_type,
-        idempotency_key=idempotency_key,
-        actor=actor,
-        capture=capture,
-    )[0]
+    With `capture`, captures in the same transaction. The arguments of
+    `redemption_hold_or_replay`."""
+    return redemption_hold_or_replay(**hold)[0]
 
 
 def redemption_hold_or_replay(

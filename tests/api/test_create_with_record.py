@@ -8,6 +8,7 @@ import access.idempotency
 from access.models import IdempotencyRecord
 from loyalty.models import Campaign, Program
 
+from .test_idempotency import TRANSACTIONS
 from .test_programs_campaigns import PROGRAM, campaign_body
 
 pytestmark = pytest.mark.django_db
@@ -29,20 +30,6 @@ CREATES = pytest.mark.parametrize(
     [
         pytest.param("ops_marketing", "/api/v1/programs", lambda p: PROGRAM, Program, id="program"),
         pytest.param("ops_marketing", "/api/v1/campaigns", campaign_body, Campaign, id="campaign"),
-    ],
-)
-
-
-# Inside the test's transaction, and in a transaction of its own, as in production.
-TRANSACTIONS = pytest.mark.parametrize(
-    "own_transaction",
-    [
-        pytest.param(False, id="in-test-transaction"),
-        pytest.param(
-            True,
-            id="own-transaction",
-            marks=[pytest.mark.postgres, pytest.mark.django_db(transaction=True)],
-        ),
     ],
 )
 
