@@ -73,6 +73,11 @@ def _verification_key(token: str):
             raise AuthenticationFailed("The token's signing keys cannot be fetched.") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationFailed("Invalid token.") from exc
+        except (ValueError, OSError) as exc:
+            # An answer that is not JSON (a proxy's page served with 200, an empty body) or a
+            # connection lost while it was read: PyJWT wraps neither.
+            logger.warning("JWKS unreadable: %r", exc)
+            raise AuthenticationFailed("The token's signing keys cannot be fetched.") from exc
     if settings.LOYALTY_JWT_PUBLIC_KEY:
         return _pem_key(settings.LOYALTY_JWT_PUBLIC_KEY)
     raise AuthenticationFailed("Bearer tokens are not accepted: no verification key is set.")

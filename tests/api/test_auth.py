@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from werkzeug import Response
 
+from access import authentication
 from access.models import MerchantAPIKey
 from access.permissions import API_KEY_DEFAULT_PERMISSIONS
 from audit.integrity import entry_digest_of
@@ -200,6 +201,30 @@ def test_jwks_url_is_used_to_find_the_key(settings, httpserver, rsa_key, funded)
     assert ApiClient(f"Bearer {token}").get(member_url(funded)).status_code == 200
     unknown_kid = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "nope"})
     assert_401(ApiClient(f"Bearer {unknown_kid}").get(member_url(funded)))
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [("<html>502 Bad Gateway</html>", 200), ("", 200), ("<html>oops</html>", 502)],
+    ids=["html-200", "empty-200", "html-502"],
+)
+def test_a_jwks_endpoint_answering_other_than_json_is_401_not_500(
+    settings, httpserver, rsa_key, funded, body, status
+):
+    httpserver.expect_request("/jwks.json").respond_with_data(
+        body, status=status, content_type="text/html"
+    )
+    # A process whose key set is not fetched yet (or has outlived its lifespan): the set an
+    # earlier test fetched from the same address would otherwise still verify.
+    authentication._jwks_client.cache_clear()
+    settings.LOYALTY_JWT_PUBLIC_KEY = ""
+    settings.LOYALTY_JWT_JWKS_URL = httpserver.url_for("/jwks.json")
+    claims = {"sub": "svc", "roles": ["auditor"], "iss": ISSUER, "aud": AUDIENCE,
+              "exp": int(time.time()) + 300}  # fmt: skip
+    token = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "k1"})
+    response = ApiClient(f"Bearer {token}").get(member_url(funded))
+    assert_401(response)
+    assert response.json()["detail"] == "The token's signing keys cannot be fetched."
 
 
 def test_a_key_withdrawn_from_the_jwks_stops_verifying_once_the_set_is_fetched_again(
