@@ -43,6 +43,14 @@ from .rows import RowLookup
 HEADER = "Idempotency-Key"
 _HEADER_META = "HTTP_IDEMPOTENCY_KEY"
 REPLAY_HEADER = "Idempotent-Replayed"
+
+
+def replay_headers(replayed: bool) -> dict[str, str] | None:
+    """The headers of an answer a view made from what the key already wrote (the ledger's
+    entry, the redemption): a replay says so, as one from the stored record does."""
+    return {REPLAY_HEADER: "true"} if replayed else None
+
+
 # Printable ASCII, no spaces. The text is also the schema's pattern (JSON Schema's `$` ends
 # the input); Python must use fullmatch: its `$` also matches before a final newline.
 KEY_REGEX = r"^[\x21-\x7e]{1,255}$"
@@ -544,7 +552,7 @@ def replay_response(record: IdempotencyRecord) -> HttpResponse:
         body = bytes(record.response_bytes)
     else:
         body = JSONRenderer().render(record.response_body)
-    response = HttpResponse(body, status=record.response_status, headers={REPLAY_HEADER: "true"})
+    response = HttpResponse(body, status=record.response_status, headers=replay_headers(True))
     if body:  # as DRF's Response: no Content-Type for an empty body
         # An empty stored type is DRF's default for the API's one renderer.
         response["Content-Type"] = record.response_content_type or JSONRenderer.media_type

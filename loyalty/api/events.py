@@ -24,6 +24,7 @@ from access.idempotency import (
     KeyRecorded,
     idempotency_complete,
     idempotent,
+    replay_headers,
     stored_answer,
 )
 from access.problems import problem
@@ -280,9 +281,8 @@ def _is_adjustment(raw) -> bool:
 
 
 def _created(result) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     # Encoded once, for the response and the stored answer.
-    return EncodedResponse(ingest_body(result), status=201, headers=headers)
+    return EncodedResponse(ingest_body(result), status=201, headers=replay_headers(result.replayed))
 
 
 def event_ingest_stored(*, program: Program, event: EventInput, actor, record) -> Response:

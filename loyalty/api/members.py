@@ -7,7 +7,7 @@ from rest_framework.response import Response
 
 from access.approval_gate import approval_gate, approval_pending_body
 from access.caller import Caller
-from access.idempotency import REPLAY_HEADER, idempotent
+from access.idempotency import idempotent, replay_headers
 from access.schema import COMMON_ERRORS, IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import balance_get_for_caller
 
@@ -156,8 +156,7 @@ class MemberAdjustmentsApi(LoyaltyApi):
             return Response(approval_pending_body(pending), status=202)
         result = event_ingest(program=balance.program, event=event, actor=request.caller.actor)
         # The entry the key already wrote (its HTTP record gone): answered as a replay.
-        headers = {REPLAY_HEADER: "true"} if result.replayed else None
-        return Response(ingest_body(result), status=201, headers=headers)
+        return Response(ingest_body(result), status=201, headers=replay_headers(result.replayed))
 
 
 class _FreezeApi(LoyaltyApi):

@@ -3,7 +3,7 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
-from access.idempotency import REPLAY_HEADER, idempotent
+from access.idempotency import idempotent, replay_headers
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, redemption_get_for_caller
 
@@ -46,8 +46,8 @@ class RedemptionsApi(LoyaltyApi):
         )
         # A key the program's ledger already holds (the HTTP record gone, or made by another
         # caller of the program): the redemption it made, as a replay.
-        headers = {REPLAY_HEADER: "true"} if replayed else None
-        return Response(redemption_body(_reload(redemption.pk)), status=201, headers=headers)
+        body = redemption_body(_reload(redemption.pk))
+        return Response(body, status=201, headers=replay_headers(replayed))
 
 
 class RedemptionCaptureApi(LoyaltyApi):
