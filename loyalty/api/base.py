@@ -10,6 +10,7 @@ from urllib import parse
 from django.core.exceptions import ValidationError
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
+from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
@@ -64,7 +65,7 @@ class LoyaltyApi(APIView):
         response = super().dispatch(request, *args, **kwargs)
         if callable(getattr(response, "render", None)):
             response.render()  # as Django's handler would next (then a no-op there)
-            _cycles_cut(self, response)
+        _cycles_cut(self, response)
         return response
 
     @property
@@ -92,7 +93,8 @@ def _cycles_cut(view: APIView, response) -> None:
     drf_request = getattr(view, "request", None)
     if drf_request is not None:
         drf_request.parser_context = {}
-    response.renderer_context = None
+    if isinstance(response, Response):  # (a replay's stored answer is a plain HttpResponse)
+        response.renderer_context = None
     view.__dict__.pop("response", None)
 
 

@@ -105,7 +105,9 @@ def test_a_batch_runs_with_the_collector_paused_a_single_event_does_not(api, fun
     assert gc.isenabled()
 
 
-def _wsgi_call(handler: WSGIHandler, path: str, body: bytes | None, auth: str) -> int:
+def _wsgi_call(
+    handler: WSGIHandler, path: str, body: bytes | None, auth: str, key: str | None = None
+) -> int:
     """A request through Django's WSGI handler, as the web server makes it (the test client
     keeps each response and makes cycles of its own around it)."""
     environ = {
@@ -113,7 +115,7 @@ def _wsgi_call(handler: WSGIHandler, path: str, body: bytes | None, auth: str) -
         "SCRIPT_NAME": "", "QUERY_STRING": "", "SERVER_NAME": "testserver", "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "testserver",
         "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body or b"")),
-        "HTTP_AUTHORIZATION": auth, "HTTP_IDEMPOTENCY_KEY": f"k-{uuid.uuid4()}",
+        "HTTP_AUTHORIZATION": auth, "HTTP_IDEMPOTENCY_KEY": key or f"k-{uuid.uuid4()}",
         "wsgi.input": io.BytesIO(body or b""), "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
         "wsgi.run_once": False, "wsgi.version": (1, 0),
@@ -143,17 +145,19 @@ def test_an_answered_event_request_leaves_nothing_for_the_collector(funded, make
         {**event(funded, member_id=f"g{i}", reference=f"o-{i}"), "idempotency_key": f"g-{i}"}
         for i in range(50)
     ]
+    batch = json.dumps({"events": items}).encode()
     requests = [
-        ("/api/v1/events/batch", json.dumps({"events": items}).encode(), 200),
-        ("/api/v1/events", json.dumps(event(funded, member_id="g-single")).encode(), 201),
-        ("/api/v1/events", b'{"program_id": "not-a-uuid"}', 400),  # a refusal
+        ("/api/v1/events/batch", batch, "batch-1", 200),
+        ("/api/v1/events/batch", batch, "batch-1", 200),  # its replay, the stored answer
+        ("/api/v1/events", json.dumps(event(funded, member_id="g-single")).encode(), None, 201),
+        ("/api/v1/events", b'{"program_id": "not-a-uuid"}', None, 400),  # a refusal
     ]
     handler = WSGIHandler()  # (its middleware chain is a cycle of its own, kept for the test)
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable stays in gc.garbage
     try:
-        for path, body, status in requests:
-            assert _wsgi_call(handler, path, body, auth) == status, path
+        for path, body, key, status in requests:
+            assert _wsgi_call(handler, path, body, auth, key) == status, path
             gc.collect()
             left = [type(thing).__name__ for thing in gc.garbage]
             gc.garbage.clear()
