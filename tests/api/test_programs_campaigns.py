@@ -112,6 +112,32 @@ def test_tiers_read_back_from_get_can_be_sent_back_in_a_patch(api, own_program):
     assert [(t["name"], t["rank"]) for t in single.json()["tiers"]] == [("solo", 0)]
 
 
+READ_ONLY_PROGRAM_FIELDS = {
+    "id", "merchant_id", "currency", "status", "budget_spent", "created_at", "updated_at",
+}  # fmt: skip
+
+
+def test_a_programs_read_without_its_read_only_fields_patches_back_unchanged(api, own_program):
+    """docs/API.md: what a PATCH may change can be sent back as GET wrote it; the read-only
+    fields are each a 400 there (and the refused PATCH changes nothing)."""
+    client = api("system")
+    url = f"/api/v1/programs/{own_program.pk}"
+    read = client.get(url).json()
+    assert read.keys() >= READ_ONLY_PROGRAM_FIELDS
+    whole = client.patch(url, read)
+    assert whole.status_code == 400
+    assert set(whole.json()["errors"]) == READ_ONLY_PROGRAM_FIELDS
+    changeable = {
+        name: value for name, value in read.items() if name not in READ_ONLY_PROGRAM_FIELDS
+    }
+    response = client.patch(url, changeable)
+    assert response.status_code == 200, response.json()
+    after = client.get(url).json()
+    assert {k: v for k, v in after.items() if k != "updated_at"} == {
+        k: v for k, v in read.items() if k != "updated_at"
+    }
+
+
 def test_a_tier_rank_that_its_thresholds_do_not_give_is_400_and_changes_nothing(api, own_program):
     client = api("ops_marketing")
     url = f"/api/v1/programs/{own_program.pk}"
