@@ -288,7 +288,9 @@ def api_key_verify(key: str) -> MerchantAPIKey:
     As `MerchantAPIKey.objects.get_from_key` (the key's prefix finds its row, the hash of the
     whole key must match), read with one statement of fixed text: this runs on every request
     of an integration. Revocation and expiry are read fresh each time."""
-    if "." not in key or len(key) > 200:
+    # Keys are printable ASCII: a control character (a NUL, which no database text holds)
+    # makes a wrong key, not a refused value.
+    if "." not in key or len(key) > 200 or not key.isprintable():
         raise AuthenticationFailed("Invalid API key.")
     prefix = key.partition(".")[0]
     api_key = row_get(MerchantAPIKey, API_KEY_FIELDS, prefix=prefix)

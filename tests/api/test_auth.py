@@ -494,6 +494,15 @@ def test_revoked_expired_and_wrong_keys_are_401(funded):
         assert_401(ApiClient(f"Api-Key {key}").get(member_url(funded)))
 
 
+def test_an_api_key_with_a_control_character_is_401_whatever_its_header(funded):
+    """A NUL in a key is a wrong key (401), not text the database refuses (was 400)."""
+    _, key = make_key()
+    prefix, _, secret = key.partition(".")
+    for bad in (f"{prefix}\x00.{secret}", f"{prefix}.{secret}\x00", f"{prefix}\x1f.{secret}"):
+        assert_401(ApiClient(f"Api-Key {bad}").get(member_url(funded)))
+        assert_401(ApiClient(None).get(member_url(funded), headers={"X-Api-Key": bad}))
+
+
 def test_an_api_key_hashed_by_an_older_hasher_works_and_is_rehashed(funded):
     """Keys made before the library's SHA-512 hasher were hashed by Django's password hashers:
     they keep working, and their hash is upgraded on first use."""
