@@ -274,10 +274,10 @@ def _program(payload: dict) -> Program:
     return program
 
 
-def _run_adjustment(payload: dict, actor: Actor) -> dict:
-    program = _program(payload)
+def adjustment_event(payload: dict) -> EventInput:
+    """The manual_adjust event an adjustment request was made of (its stored payload)."""
     occurred_at = payload.get("occurred_at")
-    event = EventInput(
+    return EventInput(
         type="manual_adjust",
         member_id=payload["member_id"],
         idempotency_key=payload["idempotency_key"],
@@ -291,6 +291,11 @@ def _run_adjustment(payload: dict, actor: Actor) -> dict:
         occurred_at=None if occurred_at is None else parse_datetime(occurred_at),
         metadata=payload.get("metadata") or {},
     )
+
+
+def _run_adjustment(payload: dict, actor: Actor) -> dict:
+    program = _program(payload)
+    event = adjustment_event(payload)
     event_validate(program, event)
     result = event_replay(program, event) or ingest_in_transaction(
         program=program, event=event, actor=actor

@@ -30,6 +30,8 @@ from access.idempotency import (
 from access.problems import problem
 from access.schema import IDEMPOTENCY_KEY, WRITE_ERRORS
 from access.scoping import program_get_for_caller, program_lookup, scope_queryset
+from approvals.models import ApprovalRequest
+from approvals.registry import adjustment_event
 from loyalty_project.collector import with_collector_paused
 
 from ..errors import (
@@ -53,6 +55,7 @@ from ..services.ingestion import (
     replay_answer,
     stored_entry_id,
 )
+from ..services.ingestion.key_holds import key_held, key_holder
 from . import fields as f
 from .base import LoyaltyApi
 from .serializers import (
@@ -227,6 +230,10 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
     # What the service would refuse (a suspended program, another currency, ...) is refused
     # now: no approval request for an adjustment that could never run.
     event_validate(program, event)
+    if approval_needed("balance_adjustment", event.points):
+        holder = key_holder(program.pk, event.idempotency_key)
+        if holder is not None:
+            return _pending_resend(holder, event)
     return approval_gate(
         operation="balance_adjustment",
         program=program,
@@ -245,6 +252,28 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
         },
         done=lambda: stored_entry_id(program, event.idempotency_key) is not None,
     )
+
+
+def _pending_resend(holder, event: EventInput):
+    """A gated adjustment whose key a pending request holds: the same event sent again (a
+    batch retried under a new request key, or sent on another path) is answered by that
+    request, its first answer (202), where the gate would refuse a second request for the
+    member (409 approval_pending_exists); another event with the key is refused
+    (`idempotency_key_reused`), as the service refuses any event with a held key. Marked
+    `resent` for the answer's replay flag."""
+    request = ApprovalRequest.objects.get(pk=holder)
+    if adjustment_event(request.payload).fingerprint() != event.fingerprint():
+        raise key_held(holder, event.idempotency_key)
+    request.resent = True
+    return request
+
+
+def _pending_item(index: int, pending) -> dict:
+    """A batch item's answer when an approval request answers it (202)."""
+    item = {"index": index, "status": 202, "body": approval_pending_body(pending)}
+    if getattr(pending, "resent", False):
+        item["replayed"] = True
+    return item
 
 
 def adjustment_extras(event: EventInput) -> dict:
@@ -390,7 +419,10 @@ class EventsApi(LoyaltyApi):
         )
         pending = adjustment_gate(program=program, event=event, caller=caller)
         if pending is not None:
-            return Response(approval_pending_body(pending), status=202)
+            resent = getattr(pending, "resent", False)
+            return Response(
+                approval_pending_body(pending), status=202, headers=replay_headers(resent)
+            )
         return event_ingest_stored(
             program=program, event=event, actor=caller.actor, record=request.idempotency_record
         )
@@ -516,11 +548,7 @@ class EventsBatchApi(LoyaltyApi):
                 results[index] = _error_item(index, error)
                 continue
             if pending is not None:
-                results[index] = {
-                    "index": index,
-                    "status": 202,
-                    "body": approval_pending_body(pending),
-                }
+                results[index] = _pending_item(index, pending)
                 gated[(program_id.int, event.idempotency_key)] = (index, event)
             else:
                 todo.append((index, program, event))
@@ -547,11 +575,7 @@ class EventsBatchApi(LoyaltyApi):
             if isinstance(outcome, IngestResult):
                 results[index] = _ingested_item(index, outcome, created)
             else:
-                results[index] = {
-                    "index": index,
-                    "status": 202,
-                    "body": approval_pending_body(outcome),
-                }
+                results[index] = _pending_item(index, outcome)
                 gated[key] = (index, event)
         return EncodedResponse({"results": results}, status=200)
 
