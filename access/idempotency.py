@@ -23,6 +23,7 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.http import HttpResponse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from rest_framework.exceptions import ParseError
 from rest_framework.renderers import JSONRenderer
@@ -146,8 +147,21 @@ def _canonical_json(value) -> bytes:
 
 def request_fingerprint(request) -> str:
     """Method, path and the body as canonical JSON (key order and spacing do not matter)."""
-    head = f"{request.method}\n{request.path}\n".encode()
+    head = f"{request.method}\n{_canonical_path(request)}\n".encode()
     return hashlib.sha256(head + _canonical_json(request.data)).hexdigest()
+
+
+def _canonical_path(request) -> str:
+    """The path as the URL configuration writes it for the view and arguments it resolved to:
+    a voucher code names its voucher in either case, so a retry that spells it in the other
+    is the same request. A path without arguments is as sent."""
+    match = request.resolver_match
+    if match is None or not (match.args or match.kwargs):
+        return request.path
+    try:
+        return reverse(match.view_name, args=match.args, kwargs=match.kwargs)
+    except NoReverseMatch:
+        return request.path
 
 
 def idempotency_key(request) -> str:

@@ -608,3 +608,44 @@ def test_an_event_key_cannot_take_a_key_the_engine_writes(api, funded, prefix):
             "points": "1", "reason": "r"}  # fmt: skip
     response = client.post("/api/v1/events", body, key=f"{prefix}{funded.pk}:u_1")
     assert (response.status_code, response.json()["code"]) == (400, "validation_error")
+
+
+def test_a_voucher_redeem_retried_with_its_code_in_the_other_case_replays(api, active_voucher):
+    """A voucher's code names it in either case (the path converter): a retry of the same
+    redemption under the same key, spelling the code otherwise, is the same request."""
+    from loyalty.models import Voucher
+
+    client = api("system")
+    code = active_voucher.code
+    first = client.post(f"/api/v1/vouchers/{code.lower()}/redeem", key="redeem-1")
+    assert first.status_code == 200, first.json()
+    retry = client.post(f"/api/v1/vouchers/{code}/redeem", key="redeem-1")
+    assert retry.status_code == 200, retry.json()
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    assert Voucher.objects.get(pk=active_voucher.pk).status == Voucher.Status.REDEEMED
+    # Another voucher under that key is still another request.
+    other = client.post("/api/v1/vouchers/MLY-NOSUCHCODE/redeem", key="redeem-1")
+    assert other.status_code == 422
+    assert other.json()["code"] == "idempotency_key_reused"
+
+
+def test_a_hold_repeated_after_its_record_expired_answers_the_redemption_as_it_stands(
+    api, funded
+):
+    """docs/API.md: past the HTTP record, the ledger's key answers a redemption's repeat with
+    the redemption it made as it now stands, and holds nothing more."""
+    client = api("system")
+    body = {"program_id": str(funded.pk), "member_id": "u_1", "points": "100",
+            "reward_type": "discount", "capture": False}  # fmt: skip
+    first = client.post("/api/v1/redemptions", body, key="hold-9")
+    assert first.status_code == 201
+    assert first.json()["status"] == "pending"
+    captured = client.post(f"/api/v1/redemptions/{first.json()['id']}/capture")
+    assert captured.status_code == 200
+    IdempotencyRecord.objects.filter(key="hold-9").delete()  # its time is over
+    repeat = client.post("/api/v1/redemptions", body, key="hold-9")
+    assert repeat.status_code == 201
+    assert repeat["Idempotent-Replayed"] == "true"
+    assert repeat.json() == captured.json()
+    assert Redemption.objects.filter(program=funded).count() == 1
