@@ -630,9 +630,7 @@ def test_a_voucher_redeem_retried_with_its_code_in_the_other_case_replays(api, a
     assert other.json()["code"] == "idempotency_key_reused"
 
 
-def test_a_hold_repeated_after_its_record_expired_answers_the_redemption_as_it_stands(
-    api, funded
-):
+def test_a_hold_repeated_after_its_record_expired_answers_the_redemption_as_it_stands(api, funded):
     """docs/API.md: past the HTTP record, the ledger's key answers a redemption's repeat with
     the redemption it made as it now stands, and holds nothing more."""
     client = api("system")
