@@ -1,5 +1,7 @@
 """OpenAPI descriptions of our authentication schemes and the problem-details error body."""
 
+import inspect
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
@@ -25,11 +27,14 @@ class APIKeyScheme(OpenApiAuthenticationExtension):
     name = "MerchantAPIKey"
 
     def get_security_definition(self, auto_schema):
+        # The header that takes the key as it is, which is what an OpenAPI client (Swagger
+        # UI's Authorize, a generated SDK) sends for an apiKey scheme.
         return {
             "type": "apiKey",
             "in": "header",
-            "name": "Authorization",
-            "description": "`Api-Key <key>`: a merchant API key (or header `X-Api-Key: <key>`).",
+            "name": "X-Api-Key",
+            "description": "A merchant API key, as it was shown once (`X-Api-Key: <key>`; "
+            "or `Authorization: Api-Key <key>`).",
         }
 
 
@@ -114,11 +119,39 @@ WRITES = {
 }
 
 
+# The response headers the API sends, by where it sends them.
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` on an answer replayed for a repeat of the `Idempotency-Key` "
+        "(the stored answer, or the one the ledger's key gives).",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+AUTHENTICATE_HEADER = {
+    "WWW-Authenticate": {
+        "description": "The schemes the API takes: "
+        '`Bearer realm="molam-loyalty", Api-Key realm="molam-loyalty"`.',
+        "schema": {"type": "string"},
+    }
+}
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds to wait, with `idempotency_in_progress`.",
+        "schema": {"type": "integer"},
+    }
+}
+
+
 def problem_responses_hook(result, generator, request, public):
     """Every /api/v1/ operation documents its error answers as problem details
-    (`application/problem+json`), whichever app declared the view."""
+    (`application/problem+json`), whichever app declared the view, and the headers the API
+    sends with them: `WWW-Authenticate` with a 401, `Retry-After` with a write's 409, and
+    `Idempotent-Replayed` with what a write's `Idempotency-Key` may replay (a success, a
+    409 or a 422). Descriptions a view or input inherited from the API's base classes (how
+    the code is built, not what the endpoint does) are left out."""
     result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     ref = {"$ref": "#/components/schemas/Problem"}
+    inherited = _inherited_docs()
     for path, operations in result.get("paths", {}).items():
         if not path.startswith("/api/v1/"):
             continue
@@ -135,7 +168,36 @@ def problem_responses_hook(result, generator, request, public):
                     status,
                     {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": ref}}},
                 )
+            _headers(operation, responses)
+            if inspect.cleandoc(operation.get("description", "")) in inherited:
+                del operation["description"]
+    for component in result["components"]["schemas"].values():
+        if inspect.cleandoc(component.get("description", "")) in inherited:
+            del component["description"]
     return result
+
+
+def _headers(operation: dict, responses: dict) -> None:
+    idempotent = any(p.get("name") == "Idempotency-Key" for p in operation.get("parameters", []))
+    for status, response in responses.items():
+        headers = {}
+        if status == "401":
+            headers.update(AUTHENTICATE_HEADER)
+        if idempotent and (status[0] == "2" or status in ("409", "422")):
+            headers.update(REPLAYED_HEADER)
+        if idempotent and status == "409":
+            headers.update(RETRY_AFTER_HEADER)
+        if headers:
+            response.setdefault("headers", {}).update(headers)
+
+
+def _inherited_docs() -> set[str]:
+    """The docstrings of the API's base classes, which drf-spectacular hands to every view and
+    input without one of its own."""
+    from loyalty.api.base import LoyaltyApi
+    from loyalty.api.serializers import StrictInput
+
+    return {inspect.cleandoc(cls.__doc__) for cls in (LoyaltyApi, StrictInput)}
 
 
 def _page_envelope(operation: dict, responses: dict) -> None:
