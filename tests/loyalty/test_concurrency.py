@@ -344,3 +344,42 @@ def test_a_limit_change_does_not_deadlock_with_a_new_members_award(make_program,
     allocated = BudgetShard.objects.filter(program=program).aggregate(a=Sum("allocated"))["a"]
     assert allocated == Decimal("20000")
     assert ledger_verify() == []
+
+
+def test_a_repeat_that_waited_for_its_first_is_its_replay_when_that_spent_the_budget(
+    make_program, actor
+):
+    """A repeat whose balance lock waits for the transaction writing the same event, which
+    takes the last of the budget: the repeat is that entry's replay, not `budget_exhausted`
+    (the lock statement's probe of the key sees the entry committed during the wait)."""
+    from django.db import transaction
+
+    from loyalty.services.ingestion import ingest_in_transaction
+
+    program = make_program(budget_limit=Decimal("200"))  # one purchase of 10,000: 200 points
+    event = PurchaseFactory(member_id="u_1", amount=Decimal("10000"), currency=program.currency)
+    first_written, release = threading.Event(), threading.Event()
+    results = {}
+
+    def first():
+        with transaction.atomic():
+            written = ingest_in_transaction(program=program, event=event, actor=actor)
+            first_written.set()
+            release.wait(10)
+        return written
+
+    def repeat():
+        with transaction.atomic():
+            return ingest_in_transaction(program=program, event=event, actor=actor)
+
+    threads = [start_thread(results, "first", first)]
+    assert first_written.wait(10)
+    threads.append(start_thread(results, "repeat", repeat))
+    wait_for_lock_waiters(1)
+    release.set()
+    join_all(threads)
+    assert isinstance(results["repeat"], IngestResult), results["repeat"]
+    assert results["repeat"].replayed
+    assert results["repeat"].entry.pk == results["first"].entry.pk
+    assert LedgerEntry.objects.filter(program=program).count() == 1
+    assert ledger_verify() == []
