@@ -11,7 +11,7 @@ from psycopg.pq import TransactionStatus
 from audit.services import audit_record
 
 from ...actors import Actor
-from ...errors import IdempotencyKeyReused
+from ...errors import DomainError, IdempotencyKeyReused
 from ...models import LedgerEntry, Program
 from ..balances import balance_lock
 from ..budget import BudgetRetry
@@ -254,11 +254,18 @@ def ingest_in_transaction(*, program: Program, event: EventInput, actor: Actor) 
         with connection.cursor() as cursor:  # one cursor for the event's two statements
             balance, replay_id, entry_id = _event_lock(cursor, program, event)
             if replay_id is None and event.type in EARN_TYPES:
-                return IngestResult(
-                    entry=_earn_in_one_statement(
+                try:
+                    entry = _earn_in_one_statement(
                         cursor, program, balance, event, actor, entry_id, retryable=False
                     )
-                )
+                except DomainError:
+                    # A refusal (the budget spent, most often) of an event whose key a
+                    # concurrent request wrote after the lock's probe: the entry answers.
+                    replay = event_replay(program, event)
+                    if replay:
+                        return replay
+                    raise
+                return IngestResult(entry=entry)
         if replay_id is not None:
             return replay_answer(LedgerEntry.objects.get(pk=replay_id), event)
     else:

@@ -41,8 +41,9 @@ from .key_holds import held_sql, key_held
 # holding the key, if any (`key_holds`), and the id of the entry this
 # event will write, so the entry, its lot, outbox and audit rows can all name it in the one
 # statement that writes them. The probe reads the statement's snapshot, taken before the lock
-# was granted: a repeat committed by a request we waited for is not seen here. An earning's
-# insert then fails on the key and `event_ingest` answers it as a replay; a refund or an
+# was granted: a repeat committed by a request we waited for may not be seen here. An
+# earning's insert then fails on the key and `event_ingest` answers it as a replay, and one
+# refused before its insert (the budget that repeat spent) asks again; a refund or an
 # adjustment asks again after the lock (`ingest_in_transaction`).
 _EVENT_LOCK_COLUMNS = (
     ", (SELECT e.id FROM loyalty_ledgerentry e WHERE e.program_id = b.program_id"  # noqa: S608
