@@ -37,19 +37,24 @@ def approval_gate(
     actor: Actor,
     amount: Decimal | None = None,
     done: Callable[[], bool] | None = None,
+    pending: Callable[[], Any | None] | None = None,
 ) -> Any | None:
     """None when the operation may run now; otherwise the pending approval request.
 
     `payload` is the validated input the operation would run with (JSON-safe); `target`
-    names what it acts on (one pending request per operation and target). `done`, for an
-    operation with an idempotency key of its own, tells whether that key already did its
-    work (a request executed, sent again): such a repeat needs no approval, and the
-    operation run now answers it from what the key did, without doing anything again.
+    names what it acts on (one pending request per operation and target). For an operation
+    with an idempotency key of its own: `done` tells whether that key already did its work
+    (a request executed, sent again): such a repeat needs no approval, and the operation run
+    now answers it from what the key did, without doing anything again; `pending` gives the
+    pending request that waits with that key for the same operation (a repeat sent while it
+    waits), which answers it, or None.
     """
     if not approval_needed(operation, amount):
         return None
     if done is not None and done():
         return None
+    if pending is not None and (waiting := pending()) is not None:
+        return waiting
     return approval_request_create(
         operation=operation,
         program=program,

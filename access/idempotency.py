@@ -146,20 +146,9 @@ def _canonical_json(value) -> bytes:
 
 
 def request_fingerprint(request) -> str:
-    """Method, path and the body as canonical JSON (key order and spacing do not matter)."""
-    return _fingerprint(request, _canonical_path(request))
-
-
-def former_request_fingerprint(request) -> str | None:
-    """The fingerprint records stored before 2026-11-29 13:00 UTC carry (over the path as
-    sent), where it is not `request_fingerprint`: the very same request, retried within
-    its record's lifetime across that change, is still that record's replay."""
-    canonical = _canonical_path(request)
-    return None if canonical == request.path else _fingerprint(request, request.path)
-
-
-def _fingerprint(request, path: str) -> str:
-    head = f"{request.method}\n{path}\n".encode()
+    """Method, path (as the URL configuration writes it) and the body as canonical JSON (key
+    order and spacing do not matter)."""
+    head = f"{request.method}\n{_canonical_path(request)}\n".encode()
     return hashlib.sha256(head + _canonical_json(request.data)).hexdigest()
 
 
@@ -353,11 +342,10 @@ def idempotency_claim(
     path: str,
     credential_id: str,
     also: RowLookup | None = None,
-    former_fingerprint: str | None = None,
 ) -> tuple[IdempotencyRecord, bool]:
     """Claims `key` for this request: (record, False), or (stored record, True) to replay.
     With `also`, the record's `prefetched` is that row (None: no such row), read by the
-    claim's own statement. A record stored with `former_fingerprint` is this request's too.
+    claim's own statement.
 
     Raises IdempotencyKeyReused for another body, IdempotencyInProgress while it runs.
     """
@@ -391,7 +379,7 @@ def idempotency_claim(
                 existing.refresh_from_db()
                 return existing, False
             existing.refresh_from_db()
-        if existing.request_hash not in (fingerprint, former_fingerprint):
+        if existing.request_hash != fingerprint:
             raise IdempotencyKeyReused(
                 "This idempotency key was already used for a different request.",
                 idempotency_key=key,
@@ -624,9 +612,7 @@ def idempotent(handler):
                 return response
         prefetch = getattr(self, "idempotency_prefetch", None)
         record, replay = idempotency_claim(
-            **asked,
-            also=prefetch(request) if prefetch is not None else None,
-            former_fingerprint=former_request_fingerprint(request),
+            **asked, also=prefetch(request) if prefetch is not None else None
         )
         if replay:
             _replay_permitted(self, request, record)

@@ -230,10 +230,6 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
     # What the service would refuse (a suspended program, another currency, ...) is refused
     # now: no approval request for an adjustment that could never run.
     event_validate(program, event)
-    if approval_needed("balance_adjustment", event.points):
-        holder = key_holder(program.pk, event.idempotency_key)
-        if holder is not None:
-            return _pending_resend(holder, event)
     return approval_gate(
         operation="balance_adjustment",
         program=program,
@@ -251,16 +247,20 @@ def adjustment_gate(*, program: Program, event: EventInput, caller):
             **adjustment_extras(event),
         },
         done=lambda: stored_entry_id(program, event.idempotency_key) is not None,
+        pending=lambda: _pending_resend(program, event),
     )
 
 
-def _pending_resend(holder, event: EventInput):
-    """A gated adjustment whose key a pending request holds: the same event sent again (a
-    batch retried under a new request key, or sent on another path) is answered by that
-    request, its first answer (202), where the gate would refuse a second request for the
-    member (409 approval_pending_exists); another event with the key is refused
+def _pending_resend(program: Program, event: EventInput):
+    """The pending request holding a gated adjustment's key, if any: the same event sent
+    again (a batch retried under a new request key, or sent on another path) is answered by
+    that request, its first answer (202), where the gate would refuse a second request for
+    the member (409 approval_pending_exists); another event with the key is refused
     (`idempotency_key_reused`), as the service refuses any event with a held key. Marked
     `resent` for the answer's replay flag."""
+    holder = key_holder(program.pk, event.idempotency_key)
+    if holder is None:
+        return None
     request = ApprovalRequest.objects.get(pk=holder)
     if adjustment_event(request.payload).fingerprint() != event.fingerprint():
         raise key_held(holder, event.idempotency_key)

@@ -647,31 +647,3 @@ def test_a_hold_repeated_after_its_record_expired_answers_the_redemption_as_it_s
     assert repeat["Idempotent-Replayed"] == "true"
     assert repeat.json() == captured.json()
     assert Redemption.objects.filter(program=funded).count() == 1
-
-
-@pytest.mark.parametrize("spelled", ["voucher", "member"])
-def test_a_request_recorded_over_its_path_as_sent_replays_its_exact_retry(
-    api, funded, active_voucher, monkeypatch, spelled
-):
-    """Records stored before the fingerprint took the canonical path (a lower-case voucher
-    code, a member id with a space: spelled otherwise by the URL configuration) still answer
-    the very same request within their lifetime."""
-    from access import idempotency
-
-    if spelled == "voucher":
-        client, body = api("system"), None
-        path = f"/api/v1/vouchers/{active_voucher.code.lower()}/redeem"
-    else:
-        client, body = api("finance_ops"), {"reason": "fraud"}
-        purchase = {"program_id": str(funded.pk), "member_id": "u 1", "type": "purchase",
-                    "amount": "1000", "currency": "XOF", "reference": "o-1"}  # fmt: skip
-        api("system").post("/api/v1/events", purchase)
-        path = f"/api/v1/programs/{funded.pk}/members/u 1/freeze"
-    with monkeypatch.context() as before:  # the fingerprint as it was
-        before.setattr(idempotency, "_canonical_path", lambda request: request.path)
-        first = client.post(path, body, key="recorded-before")
-    assert first.status_code == 200, first.json()
-    retry = client.post(path, body, key="recorded-before")
-    assert retry.status_code == 200, retry.json()
-    assert retry["Idempotent-Replayed"] == "true"
-    assert retry.content == first.content
