@@ -3,7 +3,7 @@
 from rest_framework import serializers
 
 from access.selectors import person_actor_ids
-from loyalty.api.fields import iso
+from loyalty.api.fields import Text, iso
 from loyalty.api.serializers import StrictInput
 
 from ..models import ApprovalRequest, Operation
@@ -63,11 +63,11 @@ class ApprovalFilterSerializer(serializers.Serializer):
 
 
 class ApproveInputSerializer(StrictInput):
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    comment = Text(required=False, allow_blank=True, max_length=2000, default="")
 
 
 class RejectInputSerializer(StrictInput):
-    comment = serializers.CharField(max_length=2000, help_text="The reason; required.")
+    comment = Text(max_length=2000, help_text="The reason; required.")
 
 
 class _ApprovalSerializer(serializers.Serializer):

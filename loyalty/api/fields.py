@@ -193,6 +193,21 @@ class Text(serializers.CharField):
         return value
 
 
+# ASCII digits, two for the month and the day, nothing around them.
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+class StrictDate(serializers.DateField):
+    """A date written YYYY-MM-DD and nothing else. DRF's DateField falls back on dateparse's
+    pattern, whose `\\d` matches any script's digits, which takes one-digit months and days,
+    and whose `$` lets a trailing newline by."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str) and not _ISO_DATE.fullmatch(value):
+            self.fail("invalid", format="YYYY-MM-DD")
+        return super().to_internal_value(value)
+
+
 @extend_schema_field({"type": "object", "additionalProperties": True})
 class JSONObject(_ParsingField):
     def parse(self, data):

@@ -31,7 +31,7 @@ from ..money import ZERO, currency_choices
 from ..services.budget import budget_spent
 from ..services.ingestion import EVENT_TYPES
 from ..services.programs import tier_order
-from .fields import AwareDateTime, DecimalString, JSONObject, MemberId, Text, iso
+from .fields import AwareDateTime, DecimalString, JSONObject, MemberId, StrictDate, Text, iso
 
 CURRENCIES = [code for code, _ in currency_choices()]
 
@@ -467,7 +467,7 @@ class ProgramFieldsSerializer(StrictInput):
     tier_qualifying_days = serializers.IntegerField(
         min_value=TIER_QUALIFYING_DAYS[0], max_value=TIER_QUALIFYING_DAYS[1], required=False
     )
-    tier_cycle_date = serializers.DateField(
+    tier_cycle_date = StrictDate(
         required=False,
         allow_null=True,
         help_text="The day (in the program's time zone) of the next yearly tier review, "

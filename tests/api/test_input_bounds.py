@@ -341,3 +341,23 @@ def test_member_ids_with_dots_that_are_not_dot_segments_are_members(api, funded,
         assert response.status_code == 201, response.content
         balance = client.get(f"/api/v1/programs/{funded.pk}/members/{member_id}")
         assert balance.status_code == 200, balance.content
+
+
+@pytest.mark.parametrize(
+    "value", ["2027-1-1", "\u0662\u0660\u0662\u0667-\u0660\u0661-\u0660\u0661", "2027-01-01\n"]
+)
+def test_a_tier_cycle_date_not_written_yyyy_mm_dd_is_400_and_changes_nothing(api, funded, value):
+    before = Program.objects.get(pk=funded.pk).tier_cycle_date
+    response = api("system").patch(f"/api/v1/programs/{funded.pk}", {"tier_cycle_date": value})
+    body = assert_problem(response, 400, "validation_error")
+    assert "tier_cycle_date" in body["errors"]
+    assert Program.objects.get(pk=funded.pk).tier_cycle_date == before
+
+
+def test_a_tier_cycle_date_written_yyyy_mm_dd_is_taken(api, funded):
+    response = api("system").patch(
+        f"/api/v1/programs/{funded.pk}", {"tier_cycle_date": "2099-01-31"}
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["tier_cycle_date"] == "2099-01-31"
+    assert str(Program.objects.get(pk=funded.pk).tier_cycle_date) == "2099-01-31"

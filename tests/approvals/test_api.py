@@ -214,3 +214,24 @@ def test_a_request_past_its_time_is_shown_as_not_approvable(api, funded):
     response = approver.post(f"{url}/approve", {})
     assert (response.status_code, response.json()["code"]) == (409, "approval_expired")
     assert adjustments() == 0
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_a_decision_comment_with_control_characters_is_400_and_changes_nothing(
+    api, funded, decision
+):
+    """The comment goes into the append-only audit log: it is text as every other text."""
+    response = api("system").post("/api/v1/events", big_adjust(funded))
+    request_id = response.json()["approval_request_id"]
+    audit_before = AuditEntry.objects.count()
+    checker = api("finance_ops", sub="fin-1")
+    response = checker.post(
+        f"/api/v1/approvals/{request_id}/{decision}", {"comment": "no\x1b[31m reason\x07"}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "validation_error"
+    assert "comment" in body["errors"]
+    assert ApprovalRequest.objects.get(pk=request_id).status == "pending"
+    assert not ApprovalRequest.objects.get(pk=request_id).approvals.exists()
+    assert AuditEntry.objects.count() == audit_before
