@@ -82,6 +82,9 @@ class AuditSearchApi(LoyaltyApi):
         return paginated(self, request, queryset, audit_entry_body)
 
 
+ENTITY_ID_MAX = AuditEntry._meta.get_field("entity_id").max_length
+
+
 class AuditEntityTrailApi(LoyaltyApi):
     method_permissions = {"get": "audit:read"}
 
@@ -94,6 +97,10 @@ class AuditEntityTrailApi(LoyaltyApi):
     def get(self, request, entity_type, entity_id):
         if entity_type not in ENTITY_TYPES:
             raise ValidationFailed(errors={"entity_type": [f"One of {list(ENTITY_TYPES)}."]})
+        # An id no entry can carry (a NUL, longer than the column) is an unknown entity, not
+        # a value for the database to refuse.
+        if "\x00" in entity_id or len(entity_id) > ENTITY_ID_MAX:
+            raise NotFound("No audit entries for this entity.")
         queryset = audit_entries_for_caller(
             caller=request.caller, entity_type=entity_type, entity_id=entity_id
         )

@@ -55,6 +55,10 @@ class VoucherDetailApi(LoyaltyApi):
 
 class VoucherRedeemApi(LoyaltyApi):
     method_permissions = {"post": "vouchers:redeem"}
+    # A redeem leaves no key of its own in the ledger, and its repeat is a refusal (the
+    # voucher is redeemed): the redeem and its answer's record commit together, so a
+    # request that dies between them leaves neither, and its retry redeems.
+    idempotency_atomic = True
 
     @extend_schema(
         operation_id="vouchers_redeem",

@@ -415,7 +415,8 @@ def voucher_code_generate() -> str:
     return f"MLY-{chars[:4]}-{chars[4:8]}-{chars[8:]}"
 
 
-@transaction.atomic(durable=True)
+# Not durable: the API commits its answer's record with it (`idempotency_atomic`).
+@transaction.atomic
 def voucher_redeem(*, voucher: Voucher, actor: Actor) -> Voucher:
     """Marks an active voucher redeemed, exactly once: a conditional UPDATE on the voucher's
     own row decides the race. Like a capture, it is refused while the member's account is

@@ -3,6 +3,7 @@ all that stops a retry from making it again. The create and its record commit to
 request that dies after its write cannot leave the write made and the key unrecorded."""
 
 import pytest
+from django.urls import get_resolver
 
 import access.idempotency
 from access.models import IdempotencyRecord
@@ -19,6 +20,10 @@ class ProcessDied(Exception):
 
 
 def dies_storing_the_answer(monkeypatch):
+    # The views first, so that none is imported under the patch: a module importing
+    # `idempotency_complete` by name (loyalty/api/events.py) would keep the stand-in.
+    get_resolver().url_patterns  # noqa: B018 (loads the URL configuration)
+
     def died(record, response):
         raise ProcessDied
 
@@ -64,3 +69,23 @@ def test_a_refused_create_is_stored_apart_and_makes_nothing(
     assert refused.status_code == 400
     assert model.objects.count() == before
     assert not IdempotencyRecord.objects.filter(key="create-2").exists()
+
+
+@TRANSACTIONS
+def test_a_voucher_redeem_whose_answer_was_not_stored_was_not_made(
+    api, active_voucher, monkeypatch, own_transaction
+):
+    """A redeem's repeat finds the voucher redeemed (422): had the redeem committed without
+    its record, the retry of a till that never heard the answer would be refused."""
+    path = f"/api/v1/vouchers/{active_voucher.code}/redeem"
+    with monkeypatch.context() as patched:
+        dies_storing_the_answer(patched)
+        with pytest.raises(ProcessDied):
+            api("system").post(path, key="redeem-1")
+    active_voucher.refresh_from_db()
+    assert active_voucher.status == "active"
+    redeemed = api("system").post(path, key="redeem-1")
+    assert (redeemed.status_code, redeemed.json()["status"]) == (200, "redeemed")
+    again = api("system").post(path, key="redeem-1")
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json() == redeemed.json()

@@ -102,3 +102,12 @@ def test_staff_identity_entries_are_found_by_entity(api):
     client = api("auditor", merchant_id=None)
     assert len(ids(client.get("/api/v1/audit/staff_identity/7"))) == 1
     assert len(ids(client.get("/api/v1/audit", {"entity_type": "staff_identity"}))) == 1
+
+
+@pytest.mark.parametrize("entity_id", ["%00", "p" * 65])
+def test_an_entity_id_no_entry_can_carry_is_an_unknown_entity(api, entity_id):
+    """A NUL or an id longer than the column: 404 as for any unknown entity, not a value the
+    database refuses."""
+    entry(OWN)
+    response = api("auditor", merchant_id=None).get(f"/api/v1/audit/program/{entity_id}")
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
