@@ -7,10 +7,11 @@ from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpResponseBadRequest, JsonResponse
 from django_prometheus.middleware import PrometheusAfterMiddleware, PrometheusBeforeMiddleware
 
-from .problems import PROBLEM_CONTENT_TYPE, problem
+from .problems import PROBLEM_CONTENT_TYPE, not_found_view, problem
 
 
 class RequestSizeLimitMiddleware:
@@ -60,6 +61,27 @@ class NulInUrlRefused:
         if not is_api(request) and ("\x00" in request.path or "%00" in query):
             return HttpResponseBadRequest("NUL characters are not allowed in URLs.")
         return self.get_response(request)
+
+
+class ApiNotFoundAsProblem:
+    """With DEBUG on, a path no route matches gets Django's technical 404 page, which is HTML
+    (handler404 only answers with DEBUG off): under /api/ it is the API's 404 problem, as in
+    production. With DEBUG off it takes itself out of the chain."""
+
+    def __init__(self, get_response):
+        if not settings.DEBUG:
+            raise MiddlewareNotUsed
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code == 404
+            and request.path.startswith("/api/")
+            and response.get("Content-Type", "").startswith("text/html")
+        ):
+            return not_found_view(request)
+        return response
 
 
 # --- what the API's requests skip --------------------------------------------------------------

@@ -120,3 +120,23 @@ def test_program_defaults_out_of_a_programs_bounds_are_a_configuration_error(set
 
     settings.LOYALTY_HOLD_TTL_SECONDS, settings.LOYALTY_VOUCHER_VALIDITY_DAYS = 0, 10_000
     assert [e.id for e in run_checks()] == ["loyalty.E001", "loyalty.E002"]
+
+
+def test_no_env_file_is_no_news_and_a_named_one_missing_is_said(
+    tmp_path, monkeypatch, caplog
+):
+    """`make run` has no .env: nothing to say about it (django-environ logs that a file is
+    missing, which the development server prints). A LOYALTY_ENV_FILE that is not there is a
+    mistake worth that line."""
+    from loyalty_project import environment
+
+    monkeypatch.setattr(environment, "BASE_DIR", tmp_path)  # a project root with no .env
+    monkeypatch.delenv("LOYALTY_ENV_FILE", raising=False)
+    with caplog.at_level("INFO", logger="environ.environ"):
+        environment.env_file_read()
+    assert "not found" not in caplog.text
+    missing = tmp_path / "absent.env"
+    monkeypatch.setenv("LOYALTY_ENV_FILE", str(missing))
+    with caplog.at_level("INFO", logger="environ.environ"):
+        environment.env_file_read()
+    assert f"{missing} not found" in caplog.text

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import environ
 
-from loyalty_project.environment import env_file
+from loyalty_project.environment import env_file_read
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
-environ.Env.read_env(env_file(), overwrite=False)  # as the entry points did (environment.py)
+env_file_read()  # as the entry points did (environment.py)
 
 DEBUG = env.bool("DEBUG", default=True)
 # Development-only fallback; production.py requires SECRET_KEY from the environment.
@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 # requests, which use none of them (token auth, no session or cookie; see access/middleware.py).
 MIDDLEWARE = [
     "access.middleware.PrometheusBeforeOutsideApi",
+    "access.middleware.ApiNotFoundAsProblem",  # with DEBUG on only
     "django.middleware.security.SecurityMiddleware",
     "access.middleware.RequestSizeLimitMiddleware",
     "access.middleware.NulInUrlRefused",

@@ -2,6 +2,7 @@
 Prometheus metrics that describe them; the admin keeps everything."""
 
 import pytest
+from django.test import Client
 from django_prometheus.middleware import Metrics
 
 from .conftest import OWN
@@ -61,3 +62,18 @@ def test_each_status_is_counted_under_its_own_labels(api, own_program):
     assert sample(metrics.responses_by_status_view_method, status="201", **view) == created + 2
     assert sample(metrics.responses_by_status_view_method, status="400", **view) == refused + 1
     assert sample(metrics.requests_latency_by_view_method, **view) == timed + 3
+
+
+@pytest.mark.parametrize("debug", [True, False])
+def test_a_path_no_api_route_matches_is_a_404_problem_with_debug_on_or_off(settings, debug):
+    """`make run` serves with DEBUG on: an unknown API path is still the API's problem, not
+    Django's HTML page."""
+    settings.DEBUG = debug
+    client = Client()
+    for path in ["/api/v1/nothing", "/api/v1/programs/not-a-uuid"]:
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response["Content-Type"] == "application/problem+json"
+        assert response.json()["code"] == "not_found"
+    # Elsewhere Django's page stays.
+    assert client.get("/no-such-page")["Content-Type"].startswith("text/html")
