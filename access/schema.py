@@ -2,11 +2,27 @@
 
 import inspect
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import (
+    OpenApiAuthenticationExtension,
+    OpenApiSerializerFieldExtension,
+)
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
 from .idempotency import KEY_REGEX
+
+
+class DecimalStringSchema(OpenApiSerializerFieldExtension):
+    """A decimal is written as a string; a request may also send a JSON number, which is read
+    exactly (`"points": 5` is 5.00)."""
+
+    target_class = "loyalty.api.fields.DecimalString"
+
+    def map_serializer_field(self, auto_schema, direction):
+        text = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "example": "250.00"}
+        if direction == "request":
+            return {"oneOf": [text, {"type": "number"}]}
+        return text
 
 
 class JWTScheme(OpenApiAuthenticationExtension):

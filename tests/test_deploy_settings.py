@@ -122,9 +122,7 @@ def test_program_defaults_out_of_a_programs_bounds_are_a_configuration_error(set
     assert [e.id for e in run_checks()] == ["loyalty.E001", "loyalty.E002"]
 
 
-def test_no_env_file_is_no_news_and_a_named_one_missing_is_said(
-    tmp_path, monkeypatch, caplog
-):
+def test_no_env_file_is_no_news_and_a_named_one_missing_is_said(tmp_path, monkeypatch, caplog):
     """`make run` has no .env: nothing to say about it (django-environ logs that a file is
     missing, which the development server prints). A LOYALTY_ENV_FILE that is not there is a
     mistake worth that line."""

@@ -148,9 +148,9 @@ class _ParsingField(serializers.Field):
             raise serializers.ValidationError(str(exc)) from exc
 
 
-@extend_schema_field({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "example": "250.00"})
 class DecimalString(_ParsingField):
-    """A decimal as a string on the wire, both ways."""
+    """A decimal as a string on the wire, both ways; a JSON number is also read, exactly (the
+    parser reads numbers as decimals). Its schema: access/schema.py `DecimalStringSchema`."""
 
     def __init__(self, *, max_digits: int = 20, places: int = 2, **kwargs):
         self.max_digits, self.places = max_digits, places

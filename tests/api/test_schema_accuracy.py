@@ -111,3 +111,19 @@ def test_no_description_is_a_base_classs_docstring(spec):
         assert inspect.cleandoc(operation.get("description", "")) not in inherited, (path, method)
     for name, component in spec["components"]["schemas"].items():
         assert inspect.cleandoc(component.get("description", "")) not in inherited, name
+
+
+def test_a_decimal_sent_as_a_json_number_is_declared_and_read_exactly(api, funded, spec):
+    """The API reads `"points": 200` as "200.00": a request's decimal is declared as a string
+    or a number, an answer's as the string it always is."""
+    schemas = spec["components"]["schemas"]
+    points = schemas["RedemptionInputRequest"]["properties"]["points"]
+    assert [variant["type"] for variant in points["oneOf"]] == ["string", "number"]
+    assert schemas["Redemption"]["properties"]["points"]["type"] == "string"
+    response = api("system").post(
+        "/api/v1/redemptions",
+        {"program_id": str(funded.pk), "member_id": "u_1", "points": 200,
+         "reward_type": "discount", "capture": False},
+    )  # fmt: skip
+    assert response.status_code == 201, response.content
+    assert response.json()["points"] == "200.00"
