@@ -14,7 +14,7 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from loyalty.errors import DomainError, ValidationFailed
+from loyalty.errors import FIELD_ERRORS_DETAIL, DomainError, ValidationFailed
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def problem_exception_handler(exc, context) -> Response | None:
             status_code=400,
             code="validation_error",
             title="Invalid input",
-            detail="The request has invalid fields; see `errors`.",
+            detail=FIELD_ERRORS_DETAIL,
             instance=instance,
             errors=_field_errors(errors),
         )

@@ -21,8 +21,13 @@ class ValidationFailed(DomainError):
     title = "Invalid input"
 
     def __init__(self, detail: str | None = None, *, errors: dict | None = None, **context):
+        if detail is None and errors:  # as the serializers' own refusals say it
+            detail = FIELD_ERRORS_DETAIL
         super().__init__(detail, **context)
         self.errors = errors or {}
+
+
+FIELD_ERRORS_DETAIL = "The request has invalid fields; see `errors`."
 
 
 class PermissionMissing(DomainError):

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from urllib import parse
 
 from django.core.exceptions import ValidationError
+from django.http import QueryDict
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
@@ -15,7 +17,7 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from access.permissions import HasPermission
-from loyalty.errors import DomainError
+from loyalty.errors import DomainError, ValidationFailed
 
 from .serializers import EmptyInputSerializer
 
@@ -100,8 +102,23 @@ def _cycles_cut(view: APIView, response) -> None:
 
 def validated(serializer_cls, data, **kwargs) -> dict:
     serializer = serializer_cls(data=data, **kwargs)
+    if isinstance(data, QueryDict):
+        _repeats_refused(serializer, data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
+
+
+def _repeats_refused(serializer, params: QueryDict) -> None:
+    """A query parameter that takes one value and is given more than once is a 400, where DRF
+    would silently read the last one (`since=...&since=...`)."""
+    repeated = {
+        name: ["Given more than once; this parameter takes one value."]
+        for name, field in serializer.fields.items()
+        if not isinstance(field, serializers.ListField | serializers.MultipleChoiceField)
+        and len(params.getlist(name)) > 1
+    }
+    if repeated:
+        raise ValidationFailed(errors=repeated)
 
 
 def no_input(request) -> None:

@@ -65,8 +65,8 @@ class MemberTransactionsApi(LoyaltyApi):
             caller=request.caller, program_id=program_id, member_id=member_id
         )
         entries = LedgerEntry.objects.filter(balance=balance)
-        if "type" in filters:
-            entries = entries.filter(type=filters["type"])
+        if filters.get("type"):
+            entries = entries.filter(type__in=sorted(filters["type"]))
         if "since" in filters:
             entries = entries.filter(created_at__gte=filters["since"])
         if "until" in filters:

@@ -379,7 +379,11 @@ class TransactionSerializer(serializers.Serializer):
 
 
 class TransactionFilterSerializer(serializers.Serializer):
-    type = serializers.ChoiceField(choices=LedgerEntry.Type.choices, required=False)
+    type = serializers.MultipleChoiceField(
+        choices=LedgerEntry.Type.choices,
+        required=False,
+        help_text="Entries of these types; repeat it for several (type=purchase&type=refund).",
+    )
     since = AwareDateTime(required=False)
     until = AwareDateTime(required=False)
 

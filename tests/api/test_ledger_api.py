@@ -306,3 +306,31 @@ def test_a_cursor_is_refused_on_another_list_or_with_other_filters(api, funded):
                       f"/api/v1/vouchers?cursor={cursor}"):  # fmt: skip
         response = client.get(elsewhere)
         assert (response.status_code, response.json()["code"]) == (400, "invalid_cursor")
+
+
+def test_transactions_of_several_types_and_a_filter_given_twice(api, funded):
+    """`type` repeats (entries of any of those types); a one-value filter given twice is a
+    400, not its last value read silently."""
+    from loyalty.actors import Actor
+    from loyalty.services import event_ingest
+    from tests.factories import PointsEventFactory
+
+    event_ingest(
+        program=funded,
+        event=PointsEventFactory(member_id="u_1"),
+        actor=Actor(id="o", role="system"),
+    )
+    client = api("auditor")
+    history = f"/api/v1/programs/{funded.pk}/members/u_1/transactions"
+    kinds = {e["type"] for e in client.get(history).json()["results"]}
+    assert {"purchase", "referral"} <= kinds
+    both = client.get(f"{history}?type=purchase&type=referral").json()["results"]
+    assert {e["type"] for e in both} == {"purchase", "referral"}
+    only = client.get(f"{history}?type=referral").json()["results"]
+    assert {e["type"] for e in only} == {"referral"}
+    twice = client.get(f"{history}?since=2020-01-01T00:00:00Z&since=2030-01-01T00:00:00Z")
+    assert (twice.status_code, twice.json()["code"]) == (400, "validation_error")
+    assert "since" in twice.json()["errors"]
+    assert twice.json()["detail"] == "The request has invalid fields; see `errors`."
+    unknown = client.get(f"{history}?type=purchase&type=nope")
+    assert (unknown.status_code, list(unknown.json()["errors"])) == (400, ["type"])
