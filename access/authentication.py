@@ -20,7 +20,7 @@ from loyalty.actors import Actor
 
 from .caller import Caller, client_ip, user_agent
 from .models import MerchantAPIKey, subject_reserved
-from .permissions import API_KEY_PERMISSIONS, ROLE_PERMISSIONS, permissions_for_roles
+from .permissions import API_KEY_PERMISSIONS, ROLE_ORDER, ROLE_PERMISSIONS, permissions_for_roles
 from .rows import row_get
 
 logger = logging.getLogger(__name__)
@@ -155,10 +155,11 @@ def caller_from_claims(claims: dict, request) -> Caller:
         raise AuthenticationFailed(
             "A merchant_admin token must carry `merchant_id`.", code="invalid_token"
         )
-    # The actor's role (ledger entries, audit rows) is the first known role of the token.
+    # The actor's role (ledger entries, audit rows): the most privileged of the token's roles;
+    # HasPermission narrows it to the one holding the permission a request uses.
     actor = Actor(
         id=sub,
-        role=known[0] if known else "none",
+        role=next((r for r in ROLE_ORDER if r in known), "none"),
         ip=client_ip(request),
         user_agent=user_agent(request),
         merchant_id=merchant_id,

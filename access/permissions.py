@@ -5,6 +5,8 @@ on a merchant API key); no header grants anything. Every API view names the perm
 of its methods needs; the RBAC matrix test is generated from this map and the URL list.
 """
 
+import dataclasses
+
 from rest_framework.permissions import BasePermission
 
 # Named permissions: `<resource>:<verb>`. Other apps (audit, approvals, jobs, webhooks, SIRA)
@@ -36,6 +38,10 @@ PERMISSIONS = (
 )
 
 READ_PERMISSIONS = frozenset(p for p in PERMISSIONS if p.endswith(":read"))
+
+# The most privileged role first: the one a staff user's actions are recorded under, and,
+# among a token's roles that hold the permission a request used, the one it acts as.
+ROLE_ORDER = ["system", "finance_ops", "ops_marketing", "auditor", "merchant_admin"]
 
 # The seed's five roles (DESIGN.md "Identity, roles, scoping").
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -146,8 +152,29 @@ class HasPermission(BasePermission):
         if caller is None or not needed:
             return False
         if isinstance(needed, tuple):  # any one of them (the view checks finer grains)
-            return any(p in caller.permissions for p in needed)
-        return needed in caller.permissions
+            used = next((p for p in needed if p in caller.permissions), None)
+        else:
+            used = needed if needed in caller.permissions else None
+        if used is None:
+            return False
+        if len(caller.roles) > 1:
+            _acts_as_its_role_for(request, caller, used)
+        return True
+
+
+def _acts_as_its_role_for(request, caller, permission: str) -> None:
+    """A token with several roles acts, for the ledger and the audit trail, as the most
+    privileged of its roles that holds the permission the request used (the first role of the
+    token might be one that cannot make this write at all). The caller is shared between
+    requests of one token (authentication caches it): this request gets its own copy."""
+    role = next(
+        (r for r in ROLE_ORDER if r in caller.roles and permission in ROLE_PERMISSIONS[r]),
+        caller.actor.role,
+    )
+    if role != caller.actor.role:
+        request._request.caller = dataclasses.replace(
+            caller, actor=dataclasses.replace(caller.actor, role=role)
+        )
 
 
 def view_permission(view_cls, method: str) -> str | tuple[str, ...] | None:

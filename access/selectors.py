@@ -15,9 +15,8 @@ from loyalty.actors import Actor
 
 from .caller import client_ip, user_agent
 from .models import StaffIdentity
+from .permissions import ROLE_ORDER
 
-# The most privileged role first: the one a staff user's actions are recorded under.
-ROLE_ORDER = ["system", "finance_ops", "ops_marketing", "auditor", "merchant_admin"]
 _USER_ACTOR_ID = re.compile(r"user:(\d+)")
 
 

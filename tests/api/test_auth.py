@@ -549,3 +549,39 @@ def test_apikey_create_refuses_a_permission_keys_cannot_hold():
             stdout=StringIO(), stderr=StringIO(),
         )  # fmt: skip
     assert MerchantAPIKey.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("roles", "path", "body", "acted_as"),
+    [
+        # An auditor changes nothing: the write was the system role's.
+        (["auditor", "system"], "/api/v1/events", "purchase", "system"),
+        (["merchant_admin", "system"], "/api/v1/events", "purchase", "system"),
+        # finance_ops outranks ops_marketing, but cannot create a program.
+        (["auditor", "finance_ops", "ops_marketing"], "/api/v1/programs", "program",
+         "ops_marketing"),
+    ],
+)  # fmt: skip
+def test_a_token_with_several_roles_acts_as_the_role_that_may_make_the_write(
+    make_token, funded, roles, path, body, acted_as
+):
+    from audit.models import AuditEntry
+
+    from .conftest import ApiClient
+    from .test_programs_campaigns import PROGRAM
+
+    sent = (
+        {"program_id": str(funded.pk), "member_id": "u_2", "type": "purchase",
+         "amount": "5000", "currency": "XOF"}
+        if body == "purchase" else PROGRAM
+    )  # fmt: skip
+    client = ApiClient("Bearer " + make_token(roles, sub="svc-x"))
+    response = client.post(path, sent, key=f"k-{uuid.uuid4()}")
+    assert response.status_code == 201, response.content
+    if body == "purchase":
+        entity_id = response.json()["transaction_id"]
+        assert LedgerEntry.objects.get(pk=entity_id).actor_role == acted_as
+    else:
+        entity_id = response.json()["id"]
+    audited = AuditEntry.objects.filter(entity_id=entity_id, actor_id="svc-x")
+    assert {entry.actor_role for entry in audited} == {acted_as}
