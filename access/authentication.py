@@ -6,6 +6,7 @@ The role always comes from the verified credential. Headers such as `X-User-Role
 
 import functools
 import logging
+import re
 import time
 
 import jwt
@@ -17,6 +18,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
 from loyalty.actors import Actor
+from loyalty.models import MERCHANT_ID_PATTERN
 
 from .caller import Caller, client_ip, user_agent
 from .models import MerchantAPIKey, subject_reserved
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 ALGORITHMS_BY_KEY = {rsa.RSAPublicKey: ["RS256"], ec.EllipticCurvePublicKey: ["ES256"]}
 REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub", "roles"]
 JWT_LEEWAY_SECONDS = 30
+MERCHANT_ID = re.compile(MERCHANT_ID_PATTERN)  # as a merchant is created
 
 
 def authorization_header(request) -> bytes:
@@ -134,7 +137,9 @@ def _jwt_verify(token: str, key, issuer: str, audience: str) -> dict:
 
 def caller_from_claims(claims: dict, request) -> Caller:
     sub, roles, merchant_id = claims.get("sub"), claims.get("roles"), claims.get("merchant_id")
-    if not isinstance(sub, str) or not sub or len(sub) > 128:
+    # Printable: the ids go into the ledger, the audit trail and queries, where a control
+    # character, a NUL or a lone surrogate (which no database text holds) has no place.
+    if not isinstance(sub, str) or not sub or len(sub) > 128 or not sub.isprintable():
         raise AuthenticationFailed("The token's `sub` must be a string.", code="invalid_token")
     if subject_reserved(sub):
         # Staff without a link, jobs and API keys act under these ids: a token claiming one
@@ -146,9 +151,12 @@ def caller_from_claims(claims: dict, request) -> Caller:
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise AuthenticationFailed("The token's `roles` must be a list.", code="invalid_token")
     if merchant_id is not None and (
-        not isinstance(merchant_id, str) or not merchant_id or len(merchant_id) > 64
+        not isinstance(merchant_id, str) or not MERCHANT_ID.fullmatch(merchant_id)
     ):
         raise AuthenticationFailed("The token's `merchant_id` is invalid.", code="invalid_token")
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or len(jti) > 128 or not jti.isprintable()):
+        raise AuthenticationFailed("The token's `jti` is invalid.", code="invalid_token")
     known = tuple(r for r in roles if r in ROLE_PERMISSIONS)
     if "merchant_admin" in known and merchant_id is None:
         # merchant_admin reads its own merchant only; without a scope it would see them all.
@@ -163,7 +171,7 @@ def caller_from_claims(claims: dict, request) -> Caller:
         ip=client_ip(request),
         user_agent=user_agent(request),
         merchant_id=merchant_id,
-        credential_id=f"jwt:{claims.get('jti') or sub}"[:128],
+        credential_id=f"jwt:{jti or sub}"[:128],
     )
     return Caller(
         actor=actor,

@@ -122,10 +122,11 @@ def problem_exception_handler(exc, context) -> Response | None:
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
-    elif isinstance(exc, DataError):
-        # A value the database cannot store (out of range, NUL byte) that validation let
-        # through: bad input, not a server fault. Logged, because validation should catch it.
-        logger.warning("DataError on %s: %s", instance, exc)
+    elif isinstance(exc, DataError | UnicodeEncodeError):
+        # A value the database cannot store (out of range, a NUL, a lone surrogate, which
+        # psycopg cannot encode) that validation let through: bad input, not a server fault.
+        # Logged, because validation should catch it.
+        logger.warning("%s on %s: %s", type(exc).__name__, instance, exc)
         body = problem(
             status_code=400,
             code="invalid_value",

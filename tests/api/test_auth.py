@@ -14,6 +14,7 @@ import time_machine
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 from werkzeug import Response
 
@@ -585,3 +586,33 @@ def test_a_token_with_several_roles_acts_as_the_role_that_may_make_the_write(
         entity_id = response.json()["id"]
     audited = AuditEntry.objects.filter(entity_id=entity_id, actor_id="svc-x")
     assert {entry.actor_role for entry in audited} == {acted_as}
+
+
+@pytest.mark.parametrize(
+    ("claims", "method"),
+    [
+        ({"sub": "a\ud800"}, "post"),  # a lone surrogate: no database text holds it
+        ({"sub": "a\x00"}, "post"),
+        ({"sub": "a\x01\n"}, "post"),
+        ({"jti": "j\ud800"}, "post"),
+        ({"jti": 7}, "post"),
+        ({"roles": ["merchant_admin"], "merchant_id": "m\ud800"}, "get"),
+        ({"merchant_id": "m\ud800"}, "post"),
+        ({"merchant_id": "m own"}, "post"),  # not a merchant id the API could have made
+    ],
+)
+def test_a_token_whose_ids_are_no_text_an_id_can_be_is_401(make_token, own_program, claims, method):
+    """The token is signed by the identity provider, but its ids go into queries, the ledger
+    and the audit trail: one no stored id can be is a bad token (401), never a 500."""
+    roles = claims.pop("roles", ["system"])
+    client = Client(raise_request_exception=False)
+    headers = {"Authorization": f"Bearer {make_token(roles, **claims)}", "Idempotency-Key": "k-1"}
+    if method == "get":
+        response = client.get("/api/v1/programs", headers=headers)
+    else:
+        response = client.post(
+            "/api/v1/programs", {"name": "n", "currency": "XOF", "earn_rate": "0.01",
+                                 "point_value": "1"},
+            content_type="application/json", headers=headers,
+        )  # fmt: skip
+    assert (response.status_code, response.json()["code"]) == (401, "invalid_token")

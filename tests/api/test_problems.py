@@ -184,3 +184,16 @@ def test_415_and_406_are_answered_and_documented(api, funded):
     spec = client.get("/api/schema/?format=json").json()
     assert "415" in spec["paths"]["/api/v1/redemptions"]["post"]["responses"]
     assert "406" in spec["paths"]["/api/v1/programs"]["get"]["responses"]
+
+
+def test_a_text_the_database_driver_cannot_encode_is_a_400_not_a_500(rf):
+    """Validation keeps lone surrogates out; should one slip through to a query, psycopg's
+    UnicodeEncodeError is the client's bad value (400 invalid_value), as a DataError is."""
+    from django.db import connection
+
+    from access.problems import problem_exception_handler
+
+    with pytest.raises(UnicodeEncodeError) as raised, connection.cursor() as cursor:
+        cursor.execute("SELECT %s", ["a\ud800"])
+    response = problem_exception_handler(raised.value, {"request": rf.get("/api/v1/programs")})
+    assert (response.status_code, response.data["code"]) == (400, "invalid_value")
