@@ -103,22 +103,33 @@ def _cycles_cut(view: APIView, response) -> None:
 def validated(serializer_cls, data, **kwargs) -> dict:
     serializer = serializer_cls(data=data, **kwargs)
     if isinstance(data, QueryDict):
-        _repeats_refused(serializer, data)
+        _query_checked(serializer, data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
 
 
-def _repeats_refused(serializer, params: QueryDict) -> None:
-    """A query parameter that takes one value and is given more than once is a 400, where DRF
-    would silently read the last one (`since=...&since=...`)."""
-    repeated = {
-        name: ["Given more than once; this parameter takes one value."]
+# Read by the paginator and the content negotiation, not by a list's filters.
+_LIST_PARAMS = {"cursor", "limit", "format"}
+
+
+def _query_checked(serializer, params: QueryDict) -> None:
+    """A list's query holds its own filters once each: a filter it does not have (a
+    misspelling, `program_id` for `program`) and a one-value filter given twice are each a
+    400 naming it, where DRF would ignore the first and read the last of the second, and the
+    caller would take an unfiltered or another list for the one asked."""
+    errors = {
+        name: ["Not a filter of this list."]
+        for name in params
+        if name not in serializer.fields and name not in _LIST_PARAMS
+    }
+    errors.update(
+        (name, ["Given more than once; this parameter takes one value."])
         for name, field in serializer.fields.items()
         if not isinstance(field, serializers.ListField | serializers.MultipleChoiceField)
         and len(params.getlist(name)) > 1
-    }
-    if repeated:
-        raise ValidationFailed(errors=repeated)
+    )
+    if errors:
+        raise ValidationFailed(errors=errors)
 
 
 def no_input(request) -> None:

@@ -361,3 +361,23 @@ def test_a_tier_cycle_date_written_yyyy_mm_dd_is_taken(api, funded):
     assert response.status_code == 200, response.content
     assert response.json()["tier_cycle_date"] == "2099-01-31"
     assert str(Program.objects.get(pk=funded.pk).tier_cycle_date) == "2099-01-31"
+
+
+@pytest.mark.parametrize(
+    ("path", "misspelt"),
+    [
+        ("/api/v1/programs", "state"),
+        ("/api/v1/vouchers", "program"),
+        ("/api/v1/campaigns", "programId"),
+        ("/api/v1/approvals", "program_id"),  # the filter is `program`
+        ("/api/v1/audit", "actor"),
+        ("/api/v1/programs/{pid}/members/u_1/transactions", "types"),
+    ],
+)
+def test_a_filter_a_list_does_not_have_is_400_not_ignored(api, funded, path, misspelt):
+    """Ignored, a misspelt filter answers the whole list as if it were the one asked for."""
+    client = api("system", merchant_id=None)
+    url = path.format(pid=funded.pk)
+    assert client.get(url, {"limit": 5}).status_code == 200
+    body = assert_problem(client.get(url, {misspelt: "x", "limit": 5}), 400, "validation_error")
+    assert list(body["errors"]) == [misspelt]
