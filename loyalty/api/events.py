@@ -36,7 +36,6 @@ from loyalty_project.collector import with_collector_paused
 
 from ..errors import (
     DomainError,
-    IdempotencyKeyReused,
     NotFound,
     PermissionMissing,
     ValidationFailed,
@@ -502,26 +501,21 @@ class EventsBatchApi(LoyaltyApi):
         # waits for approval, by the pending request: a later item with that key is answered
         # from the request (202, the same body; idempotency_key_reused for another body),
         # never sent to the gate again (409 approval_pending_exists) nor to the service.
-        # A gated adjustment repeating a key sent to the service waits for that item's
-        # outcome (`_gated_repeat`), and so does every later item with that key: the waiting
-        # item may yet take it (a pending request) before them. A key already stored is
-        # answered by the service: the gate opens no request for it (`adjustment_gate`).
-        todo: list[tuple[int, Program, EventInput]] = []
-        sent = _FirstOfKey(todo)
+        # A gated adjustment repeating a key sent to the service needs that item's outcome
+        # (`_gated_repeat`): the items gathered so far are sent first, the later ones after
+        # it, so that every item still meets the budget, caps and keys in the batch's order.
+        # A key already stored is answered by the service: the gate opens no request for it
+        # (`adjustment_gate`).
+        service = _ServiceQueue(caller.actor)
         gated: dict[tuple, tuple[int, EventInput]] = {}  # key: its request's item, event
-        # A gated adjustment of a member one of whose gated adjustments waits keeps its place
-        # behind it (one by one, the first opens the member's pending request, and the next
-        # is refused with approval_pending_exists).
-        waiting: list[tuple[int, Program, EventInput, int | None]] = []
-        waits: dict[tuple, int | None] = {}  # key of a waiting item: its first's place in todo
-        waiting_members: set[tuple] = set()
+        created: dict = {}  # a batch's entries share their time: its wire text once
         for index, program_id, event in parsed:
             program = programs.get(program_id.int)
             try:
                 if program is None:
                     raise NotFound("No such program.", program_id=str(program_id))
                 # (A batch of earnings: none of these.)
-                if gated or waits or event.type == "manual_adjust":
+                if gated or event.type == "manual_adjust":
                     key = (program_id.int, event.idempotency_key)
                     if event.type == "manual_adjust":
                         # What the gate refuses first, one by one: the permission, then what
@@ -531,18 +525,18 @@ class EventsBatchApi(LoyaltyApi):
                     if key in gated:
                         results[index] = _pending_repeat(index, event, gated[key], results)
                         continue
-                    if key in waits:
-                        waiting.append((index, program, event, waits[key]))
+                    if (
+                        event.type == "manual_adjust"
+                        and service.has_item_of(key)
+                        and approval_needed("balance_adjustment", event.points)
+                    ):
+                        outcome = _gated_repeat(program, event, service.first_outcome(key), caller)
+                        if isinstance(outcome, IngestResult):
+                            results[index] = _ingested_item(index, outcome, created)
+                        else:
+                            results[index] = _pending_item(index, outcome)
+                            gated[key] = (index, event)
                         continue
-                    if event.type == "manual_adjust":
-                        first, member = sent.get(key), (program_id.int, event.member_id)
-                        if (first is not None or member in waiting_members) and approval_needed(
-                            "balance_adjustment", event.points
-                        ):
-                            waiting.append((index, program, event, first))
-                            waits[key] = first
-                            waiting_members.add(member)
-                            continue
                 pending = adjustment_gate(program=program, event=event, caller=caller)
             except DomainError as error:
                 results[index] = _error_item(index, error)
@@ -551,32 +545,10 @@ class EventsBatchApi(LoyaltyApi):
                 results[index] = _pending_item(index, pending)
                 gated[(program_id.int, event.idempotency_key)] = (index, event)
             else:
-                todo.append((index, program, event))
-        created: dict = {}  # a batch's entries share their time: its wire text once
-        outcomes: list = []
-        if todo:
-            outcomes = events_ingest_batch(
-                items=[(program, event) for _, program, event in todo], actor=caller.actor
-            )
-            for (index, _, _), outcome in zip(todo, outcomes, strict=True):
-                results[index] = _ingested_item(index, outcome, created)
-        for index, program, event, first in waiting:
-            key = (program.pk.int, event.idempotency_key)
-            try:
-                if key in gated:
-                    results[index] = _pending_repeat(index, event, gated[key], results)
-                    continue
-                outcome = _gated_repeat(
-                    program, event, None if first is None else outcomes[first], caller
-                )
-            except DomainError as error:
-                results[index] = _error_item(index, error)
-                continue
-            if isinstance(outcome, IngestResult):
-                results[index] = _ingested_item(index, outcome, created)
-            else:
-                results[index] = _pending_item(index, outcome)
-                gated[key] = (index, event)
+                service.add(index, program, event)
+        service.send()
+        for (index, _, _), outcome in zip(service.items, service.outcomes, strict=True):
+            results[index] = _ingested_item(index, outcome, created)
         return EncodedResponse({"results": results}, status=200)
 
 
@@ -645,16 +617,47 @@ class _FirstOfKey:
         return places.get(key)
 
 
+class _ServiceQueue:
+    """A batch's items for the service, in item order, sent in as few calls as the batch
+    allows: all at once, unless an item needs the outcome of one gathered before it (a gated
+    adjustment repeating its key), when what was gathered is sent first."""
+
+    def __init__(self, actor) -> None:
+        self.actor = actor
+        self.items: list[tuple[int, Program, EventInput]] = []  # (index, program, event)
+        self.outcomes: list = []  # the service's, for items[: len(outcomes)]
+        self.firsts = _FirstOfKey(self.items)
+
+    def add(self, index: int, program: Program, event: EventInput) -> None:
+        self.items.append((index, program, event))
+
+    def has_item_of(self, key: tuple) -> bool:
+        return self.firsts.get(key) is not None
+
+    def first_outcome(self, key: tuple):
+        """The outcome of the first item with `key` (which `has_item_of`), sending it if it
+        waits with others."""
+        place = self.firsts.get(key)
+        if place >= len(self.outcomes):
+            self.send()
+        return self.outcomes[place]
+
+    def send(self) -> None:
+        unsent = self.items[len(self.outcomes) :]
+        if unsent:
+            self.outcomes += events_ingest_batch(
+                items=[(program, event) for _, program, event in unsent], actor=self.actor
+            )
+
+
 def _pending_repeat(index: int, event: EventInput, first: tuple, results: list) -> dict:
     """The answer to a repeat of a key whose first item (`first`: its index and event) an
-    approval request answered (202): as POST /events replays its stored answer, the same
-    202 for the same event, `idempotency_key_reused` for another."""
+    approval request answered (202): as a later request would be answered (`adjustment_gate`),
+    the same 202 for the same event, `idempotency_key_reused` naming the request for another."""
     first_index, first_event = first
     if event.fingerprint() != first_event.fingerprint():
-        raise IdempotencyKeyReused(
-            "This idempotency key was already used for a different event.",
-            idempotency_key=event.idempotency_key,
-        )
+        holder = results[first_index]["body"]["approval_request_id"]
+        raise key_held(holder, event.idempotency_key)
     return {**results[first_index], "index": index, "replayed": True}
 
 
