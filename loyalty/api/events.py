@@ -530,7 +530,7 @@ class EventsBatchApi(LoyaltyApi):
                         and service.has_item_of(key)
                         and approval_needed("balance_adjustment", event.points)
                     ):
-                        outcome = _gated_repeat(program, event, service.first_outcome(key), caller)
+                        outcome = _gated_repeat(program, event, service.key_outcome(key), caller)
                         if isinstance(outcome, IngestResult):
                             results[index] = _ingested_item(index, outcome, created)
                         else:
@@ -599,48 +599,51 @@ def _ingested_item(index: int, outcome, created: dict) -> dict:
     }
 
 
-class _FirstOfKey:
-    """{(program key, idempotency key): the place in `todo` of its first item}, indexed only
-    when asked: only an adjustment asks, so a batch of earnings pays nothing for it."""
+class _KeyPlaces:
+    """{(program key, idempotency key): the places in `items` of its items, in order},
+    indexed only when asked: only an adjustment asks, so a batch of earnings pays nothing."""
 
-    def __init__(self, todo: list) -> None:
-        self.todo = todo
-        self.places: dict[tuple, int] = {}
+    def __init__(self, items: list) -> None:
+        self.items = items
+        self.places: dict[tuple, list[int]] = {}
         self.indexed = 0
 
-    def get(self, key: tuple) -> int | None:
-        todo, places = self.todo, self.places
-        for place in range(self.indexed, len(todo)):
-            _, program, event = todo[place]
-            places.setdefault((program.pk.int, event.idempotency_key), place)
-        self.indexed = len(todo)
-        return places.get(key)
+    def get(self, key: tuple) -> list[int]:
+        items, places = self.items, self.places
+        for place in range(self.indexed, len(items)):
+            _, program, event = items[place]
+            places.setdefault((program.pk.int, event.idempotency_key), []).append(place)
+        self.indexed = len(items)
+        return places.get(key, [])
 
 
 class _ServiceQueue:
     """A batch's items for the service, in item order, sent in as few calls as the batch
-    allows: all at once, unless an item needs the outcome of one gathered before it (a gated
-    adjustment repeating its key), when what was gathered is sent first."""
+    allows: all at once, unless an item needs to know what the items before it did with its
+    key (a gated adjustment repeating it), when what was gathered is sent first."""
 
     def __init__(self, actor) -> None:
         self.actor = actor
         self.items: list[tuple[int, Program, EventInput]] = []  # (index, program, event)
         self.outcomes: list = []  # the service's, for items[: len(outcomes)]
-        self.firsts = _FirstOfKey(self.items)
+        self.places = _KeyPlaces(self.items)
 
     def add(self, index: int, program: Program, event: EventInput) -> None:
         self.items.append((index, program, event))
 
     def has_item_of(self, key: tuple) -> bool:
-        return self.firsts.get(key) is not None
+        return bool(self.places.get(key))
 
-    def first_outcome(self, key: tuple):
-        """The outcome of the first item with `key` (which `has_item_of`), sending it if it
-        waits with others."""
-        place = self.firsts.get(key)
-        if place >= len(self.outcomes):
+    def key_outcome(self, key: tuple):
+        """What the items with `key` (which `has_item_of`) made of it, sending those that
+        wait with others: the entry of the first that wrote one (it took the key, the
+        others were its replays or reuses), or else the first one's refusal (the key is
+        free)."""
+        places = self.places.get(key)
+        if places[-1] >= len(self.outcomes):
             self.send()
-        return self.outcomes[place]
+        outcomes = [self.outcomes[place] for place in places]
+        return next((o for o in outcomes if isinstance(o, IngestResult)), outcomes[0])
 
     def send(self) -> None:
         unsent = self.items[len(self.outcomes) :]
@@ -661,15 +664,15 @@ def _pending_repeat(index: int, event: EventInput, first: tuple, results: list) 
     return {**results[first_index], "index": index, "replayed": True}
 
 
-def _gated_repeat(program: Program, event: EventInput, first, caller):
-    """The outcome of an adjustment that waits for approval and repeats the key of an item
-    sent to the service, whose outcome is `first`: that item's entry answers it (its replay,
-    or `idempotency_key_reused`); if that item was refused (or none was sent: it waited
-    behind the member's) the key is still free, as one by one, and this one goes to the gate
-    (the pending request), or to the service should the gate let it through (its key stored
-    meanwhile, by a later item: answered from there)."""
-    if isinstance(first, IngestResult):
-        return replay_answer(first.entry, event)
+def _gated_repeat(program: Program, event: EventInput, taken, caller):
+    """The outcome of an adjustment that waits for approval and repeats the key of items
+    sent to the service before it, `taken` what they made of the key (`key_outcome`): the
+    entry that took it answers (its replay, or `idempotency_key_reused`); if they were all
+    refused the key is still free, as one by one, and this one goes to the gate (the pending
+    request), or to the service should the gate let it through (its key stored meanwhile by
+    another request: answered from there)."""
+    if isinstance(taken, IngestResult):
+        return replay_answer(taken.entry, event)
     pending = adjustment_gate(program=program, event=event, caller=caller)
     if pending is not None:
         return pending

@@ -103,3 +103,26 @@ def test_another_event_on_a_pending_key_names_the_request_in_the_batch_and_after
         assert refused["status"] == 422
         assert refused["error"]["code"] == "idempotency_key_reused"
         assert refused["error"]["approval_request_id"] == same[0]["body"]["approval_request_id"]
+
+
+def test_a_gated_adjustment_meets_its_key_taken_by_a_later_item_than_the_first(api, make_program):
+    """The first item with the key was refused, the next took it: the adjustment repeating
+    it is that entry's reuse, not a pending request holding a key already written (the
+    batch looked at the key's first item only)."""
+    client = api("system")
+    single, batch = (make_program(merchant_id=OWN, name=name) for name in ("single", "batch"))
+
+    def items(program_id):
+        return [
+            purchase(program_id, "x", "1000", "USD", "K"),  # refused: K stays free
+            purchase(program_id, "y", "1000", "USD", "J"),  # refused: J stays free
+            adjust(program_id, "m", "15000", "J"),  # m's pending request, holding J
+            purchase(program_id, "z", "1000", "XOF", "K"),  # takes K
+            adjust(program_id, "n", "15000", "K"),  # K is z's purchase's: reused
+        ]
+
+    expected = [(422, "currency_mismatch", None), (422, "currency_mismatch", None),
+                (202, None, None), (201, None, "20.00"),
+                (422, "idempotency_key_reused", None)]  # fmt: skip
+    assert one_by_one(client, items(str(single.pk))) == expected
+    assert batched(client, items(str(batch.pk))) == expected
