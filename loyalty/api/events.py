@@ -501,9 +501,10 @@ class EventsBatchApi(LoyaltyApi):
         # waits for approval, by the pending request: a later item with that key is answered
         # from the request (202, the same body; idempotency_key_reused for another body),
         # never sent to the gate again (409 approval_pending_exists) nor to the service.
-        # A gated adjustment repeating a key sent to the service needs that item's outcome
-        # (`_gated_repeat`): the items gathered so far are sent first, the later ones after
-        # it, so that every item still meets the budget, caps and keys in the batch's order.
+        # A gated adjustment repeating the key of items for the service needs what they made
+        # of it (`_gated_repeat`): the items gathered so far are sent first, the later ones
+        # after it, so that every item still meets the budget, caps and keys in the batch's
+        # order.
         # A key already stored is answered by the service: the gate opens no request for it
         # (`adjustment_gate`).
         service = _ServiceQueue(caller.actor)
