@@ -46,12 +46,10 @@ from ..services.batch import MAX_BATCH, events_ingest_batch
 from ..services.budget import BudgetRetry
 from ..services.ingestion import (
     EVENT_TYPES,
-    IngestResult,
     event_ingest,
     event_ingest_prefaced,
     event_validate,
     ingest_prefaceable,
-    replay_answer,
     stored_entry_id,
 )
 from ..services.ingestion.key_holds import key_held, key_holder
@@ -496,55 +494,27 @@ class EventsBatchApi(LoyaltyApi):
                 pk__in=list(wanted.values())
             )
         }
-        # Each item answers what POST /events would, one by one in order. A key is taken by
-        # the entry it writes (the service answers its repeats) or, for an adjustment that
-        # waits for approval, by the pending request: a later item with that key is answered
-        # from the request (202, the same body; idempotency_key_reused for another body),
-        # never sent to the gate again (409 approval_pending_exists) nor to the service.
-        # A gated adjustment repeating the key of items for the service needs what they made
-        # of it (`_gated_repeat`): the items gathered so far are sent first, the later ones
-        # after it, so that every item still meets the budget, caps and keys in the batch's
-        # order.
-        # A key already stored is answered by the service: the gate opens no request for it
-        # (`adjustment_gate`).
+        # Each item answers what POST /events would, one by one in order: the gate and the
+        # service each answer from what is stored (a key's entry, or the pending request
+        # holding it). A gated adjustment's gate must see what the items before it did with
+        # its key, so those gathered for the service go first when one of them carries it.
         service = _ServiceQueue(caller.actor)
-        gated: dict[tuple, tuple[int, EventInput]] = {}  # key: its request's item, event
         created: dict = {}  # a batch's entries share their time: its wire text once
         for index, program_id, event in parsed:
             program = programs.get(program_id.int)
             try:
                 if program is None:
                     raise NotFound("No such program.", program_id=str(program_id))
-                # (A batch of earnings: none of these.)
-                if gated or event.type == "manual_adjust":
-                    key = (program_id.int, event.idempotency_key)
-                    if event.type == "manual_adjust":
-                        # What the gate refuses first, one by one: the permission, then what
-                        # the service would refuse (before any answer from the key's items).
-                        _adjustment_permitted(event, caller)
-                        event_validate(program, event)
-                    if key in gated:
-                        results[index] = _pending_repeat(index, event, gated[key], results)
-                        continue
-                    if (
-                        event.type == "manual_adjust"
-                        and service.has_item_of(key)
-                        and approval_needed("balance_adjustment", event.points)
-                    ):
-                        outcome = _gated_repeat(program, event, service.key_outcome(key), caller)
-                        if isinstance(outcome, IngestResult):
-                            results[index] = _ingested_item(index, outcome, created)
-                        else:
-                            results[index] = _pending_item(index, outcome)
-                            gated[key] = (index, event)
-                        continue
+                if event.type == "manual_adjust" and approval_needed(
+                    "balance_adjustment", event.points
+                ):
+                    service.send_if_carrying((program_id.int, event.idempotency_key))
                 pending = adjustment_gate(program=program, event=event, caller=caller)
             except DomainError as error:
                 results[index] = _error_item(index, error)
                 continue
             if pending is not None:
                 results[index] = _pending_item(index, pending)
-                gated[(program_id.int, event.idempotency_key)] = (index, event)
             else:
                 service.add(index, program, event)
         service.send()
@@ -600,51 +570,43 @@ def _ingested_item(index: int, outcome, created: dict) -> dict:
     }
 
 
-class _KeyPlaces:
-    """{(program key, idempotency key): the places in `items` of its items, in order},
-    indexed only when asked: only an adjustment asks, so a batch of earnings pays nothing."""
+class _LastOfKey:
+    """{(program key, idempotency key): the place in `items` of its last item}, indexed only
+    when asked: only a gated adjustment asks, so a batch of earnings pays nothing for it."""
 
     def __init__(self, items: list) -> None:
         self.items = items
-        self.places: dict[tuple, list[int]] = {}
+        self.places: dict[tuple, int] = {}
         self.indexed = 0
 
-    def get(self, key: tuple) -> list[int]:
+    def get(self, key: tuple) -> int | None:
         items, places = self.items, self.places
         for place in range(self.indexed, len(items)):
             _, program, event = items[place]
-            places.setdefault((program.pk.int, event.idempotency_key), []).append(place)
+            places[(program.pk.int, event.idempotency_key)] = place
         self.indexed = len(items)
-        return places.get(key, [])
+        return places.get(key)
 
 
 class _ServiceQueue:
     """A batch's items for the service, in item order, sent in as few calls as the batch
-    allows: all at once, unless an item needs to know what the items before it did with its
-    key (a gated adjustment repeating it), when what was gathered is sent first."""
+    allows: all at once, unless a gated adjustment's key is among those gathered, which then
+    go first (`send_if_carrying`)."""
 
     def __init__(self, actor) -> None:
         self.actor = actor
         self.items: list[tuple[int, Program, EventInput]] = []  # (index, program, event)
         self.outcomes: list = []  # the service's, for items[: len(outcomes)]
-        self.places = _KeyPlaces(self.items)
+        self.last_of_key = _LastOfKey(self.items)
 
     def add(self, index: int, program: Program, event: EventInput) -> None:
         self.items.append((index, program, event))
 
-    def has_item_of(self, key: tuple) -> bool:
-        return bool(self.places.get(key))
-
-    def key_outcome(self, key: tuple):
-        """What the items with `key` (which `has_item_of`) made of it, sending those that
-        wait with others: the entry of the first that wrote one (it took the key, the
-        others were its replays or reuses), or else the first one's refusal (the key is
-        free)."""
-        places = self.places.get(key)
-        if places[-1] >= len(self.outcomes):
+    def send_if_carrying(self, key: tuple) -> None:
+        """Sends what was gathered if an item of it not yet sent carries `key`."""
+        last = self.last_of_key.get(key)
+        if last is not None and last >= len(self.outcomes):
             self.send()
-        outcomes = [self.outcomes[place] for place in places]
-        return next((o for o in outcomes if isinstance(o, IngestResult)), outcomes[0])
 
     def send(self) -> None:
         unsent = self.items[len(self.outcomes) :]
@@ -652,35 +614,6 @@ class _ServiceQueue:
             self.outcomes += events_ingest_batch(
                 items=[(program, event) for _, program, event in unsent], actor=self.actor
             )
-
-
-def _pending_repeat(index: int, event: EventInput, first: tuple, results: list) -> dict:
-    """The answer to a repeat of a key whose first item (`first`: its index and event) an
-    approval request answered (202): as a later request would be answered (`adjustment_gate`),
-    the same 202 for the same event, `idempotency_key_reused` naming the request for another."""
-    first_index, first_event = first
-    if event.fingerprint() != first_event.fingerprint():
-        holder = results[first_index]["body"]["approval_request_id"]
-        raise key_held(holder, event.idempotency_key)
-    return {**results[first_index], "index": index, "replayed": True}
-
-
-def _gated_repeat(program: Program, event: EventInput, taken, caller):
-    """The outcome of an adjustment that waits for approval and repeats the key of items
-    sent to the service before it, `taken` what they made of the key (`key_outcome`): the
-    entry that took it answers (its replay, or `idempotency_key_reused`); if they were all
-    refused the key is still free, as one by one, and this one goes to the gate (the pending
-    request), or to the service should the gate let it through (its key stored meanwhile by
-    another request: answered from there)."""
-    if isinstance(taken, IngestResult):
-        return replay_answer(taken.entry, event)
-    pending = adjustment_gate(program=program, event=event, caller=caller)
-    if pending is not None:
-        return pending
-    [outcome] = events_ingest_batch(items=[(program, event)], actor=caller.actor)
-    if isinstance(outcome, DomainError):
-        raise outcome
-    return outcome
 
 
 def _error_item(index: int, error: DomainError) -> dict:
